@@ -1,0 +1,99 @@
+//! `Backend` for the wgpu device: host slices in, kernels dispatched, host results out.
+
+use super::{words_le, GpuBackend};
+use crate::backend::{check_ingest_args, Backend, GroupFixed, IngestParams, KernelError, WideCase, WideResult};
+use crate::dtype::DType;
+use crate::error::Error;
+
+impl Backend for GpuBackend {
+    fn describe(&self) -> String {
+        format!("{}: {} ({})", super::backend_label(self.info.backend), self.info.name, self.info.driver_info)
+    }
+
+    fn api(&self) -> &'static str {
+        super::backend_label(self.info.backend)
+    }
+
+    fn ingest(&self, src: &[u8], dtype: DType, rows: usize, cols: usize, params: IngestParams)
+        -> Result<GroupFixed, KernelError> {
+        check_ingest_args(src, dtype, rows, cols, params)?;
+        let gpr = cols.div_ceil(params.group_size as usize);
+        let mut exponents = vec![0i32; rows * gpr];
+        let mut mantissas = vec![0i32; rows * cols];
+        if rows * cols == 0 {
+            return Ok(GroupFixed { rows, cols, params, exponents, mantissas });
+        }
+        // Mantissas (4 bytes per element) are the largest binding; split by rows so each
+        // chunk's bindings fit. Rows are independent, so the split never changes results.
+        let row_bytes = (cols * 4) as u64;
+        let rows_per_chunk = (self.max_binding / row_bytes) as usize;
+        if rows_per_chunk == 0 {
+            return Err(bad_input!(
+                "{}: one row of {cols} elements exceeds the device's {} byte storage binding",
+                self.info.name,
+                self.max_binding
+            )
+            .into());
+        }
+        let esize = dtype.size_bytes();
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + rows_per_chunk).min(rows);
+            let n = (r1 - r0) * cols;
+            let groups = (r1 - r0) * gpr;
+            let params_buf = self.uniform(&[
+                (r1 - r0) as u32,
+                cols as u32,
+                params.group_size,
+                params.mantissa_bits,
+                dtype.shader_code(),
+                gpr as u32,
+                groups as u32,
+                0,
+            ]);
+            let input = self.upload("ingest.src", &src[r0 * cols * esize..r1 * cols * esize]);
+            let exps = self.zeroed("ingest.exps", groups as u64 * 4);
+            let mants = self.zeroed("ingest.mants", n as u64 * 4);
+            let bad = self.upload_words("ingest.bad", &[u32::MAX]);
+            self.dispatch("ingest.wgsl", "ingest", &[&params_buf, &input, &exps, &mants, &bad], groups as u64)?;
+            let bad_index = words_le(&self.read(&bad)?)[0];
+            if bad_index != u32::MAX {
+                return Err(KernelError::NonFinite { index: r0 * cols + bad_index as usize });
+            }
+            let e = self.read(&exps)?;
+            let m = self.read(&mants)?;
+            for (dst, w) in exponents[r0 * gpr..r1 * gpr].iter_mut().zip(e.chunks_exact(4)) {
+                *dst = i32::from_le_bytes(w.try_into().unwrap());
+            }
+            for (dst, w) in mantissas[r0 * cols..r1 * cols].iter_mut().zip(m.chunks_exact(4)) {
+                *dst = i32::from_le_bytes(w.try_into().unwrap());
+            }
+            r0 = r1;
+        }
+        Ok(GroupFixed { rows, cols, params, exponents, mantissas })
+    }
+
+    fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {
+        if cases.is_empty() {
+            return Ok(Vec::new());
+        }
+        // 16 result words per case bound the chunk.
+        let per_chunk = ((self.max_binding / 64) as usize).max(1);
+        let mut out = Vec::with_capacity(cases.len());
+        for chunk in cases.chunks(per_chunk) {
+            let words: Vec<u32> = chunk
+                .iter()
+                .flat_map(|c| {
+                    [c.a as u32, (c.a >> 32) as u32, c.b as u32, (c.b >> 32) as u32, c.x as u32, c.y as u32, c.s, 0]
+                })
+                .collect();
+            let params_buf = self.uniform(&[chunk.len() as u32, 0, 0, 0]);
+            let input = self.upload_words("wide.cases", &words);
+            let results = self.zeroed("wide.results", chunk.len() as u64 * 64);
+            self.dispatch("wide_ops.wgsl", "wide_ops", &[&params_buf, &input, &results], chunk.len() as u64)?;
+            let r = words_le(&self.read(&results)?);
+            out.extend(r.chunks_exact(16).map(WideResult::from_words));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,309 @@
+//! The wgpu backend: adapters on every API wgpu supports, devices opened with the adapter's
+//! own limits, cached pipelines, and dispatches split to fit binding-size and grid limits.
+
+mod kernels;
+pub mod lint;
+pub mod shaders;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::Result;
+
+/// Workgroup size every 1-D kernel here declares (`@workgroup_size(64)`).
+pub const WORKGROUP: u32 = 64;
+
+pub fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::all();
+    // Validation layers are a debugging aid, not needed for correctness checks of our own.
+    desc.flags = wgpu::InstanceFlags::empty();
+    wgpu::Instance::new(desc)
+}
+
+/// Adapters that can run compute shaders, in wgpu's enumeration order.
+pub fn compute_adapters(inst: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .filter(|a| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
+        .collect()
+}
+
+/// Bytes the backend currently holds on the device, and the most it has held.
+#[derive(Default, Debug)]
+pub struct MemStats {
+    current: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl MemStats {
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+    pub fn current(&self) -> u64 {
+        self.current.load(Ordering::Relaxed)
+    }
+    fn add(&self, n: u64) {
+        let now = self.current.fetch_add(n, Ordering::Relaxed) + n;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+    fn sub(&self, n: u64) {
+        self.current.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// A device buffer counted in `MemStats` while it lives.
+pub struct Buf {
+    pub buf: wgpu::Buffer,
+    pub size: u64,
+    stats: Arc<MemStats>,
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        self.stats.sub(self.size);
+    }
+}
+
+pub struct GpuBackend {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+    /// Largest storage binding a kernel may use (device limit, lowered only by tests).
+    max_binding: u64,
+    /// Largest workgroup count per grid dimension (device limit, lowered only by tests).
+    max_groups_per_dim: u32,
+    /// First uncaptured device error; checked after every submission.
+    error: Arc<Mutex<Option<String>>>,
+    pub mem: Arc<MemStats>,
+}
+
+impl GpuBackend {
+    pub fn open(adapter: &wgpu::Adapter) -> Result<GpuBackend> {
+        let info = adapter.get_info();
+        // The adapter's own limits, not WebGPU's defaults: large models need large buffers.
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("ucw"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|e| bad_input!("{} ({:?}): cannot open device: {e}", info.name, info.backend))?;
+        let error: Arc<Mutex<Option<String>>> = Arc::default();
+        let slot = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if s.is_none() {
+                *s = Some(e.to_string());
+            }
+        }));
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let max_groups_per_dim = limits.max_compute_workgroups_per_dimension;
+        Ok(GpuBackend {
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: Mutex::default(),
+            max_binding,
+            max_groups_per_dim,
+            error,
+            mem: Arc::default(),
+        })
+    }
+
+    /// Lower the binding-size and grid limits so tests can exercise the splitting paths on
+    /// small inputs. Results must not change (DESIGN §3 rule 5).
+    pub fn with_work_limits(mut self, max_binding: u64, max_groups_per_dim: u32) -> Self {
+        self.max_binding = max_binding.clamp(4, self.max_binding);
+        self.max_groups_per_dim = max_groups_per_dim.clamp(1, self.max_groups_per_dim);
+        self
+    }
+
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding
+    }
+
+    fn device_error(&self, doing: &str) -> Result<()> {
+        let taken = self.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match taken {
+            Some(e) => Err(bad_input!("{} ({:?}): {doing}: {e}", self.info.name, self.info.backend)),
+            None => Ok(()),
+        }
+    }
+
+    /// The compute pipeline for `entry` in shader file `file`, compiled once per backend.
+    fn pipeline(&self, file: &'static str, entry: &'static str) -> Result<Arc<wgpu::ComputePipeline>> {
+        let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(&(file, entry)) {
+            return Ok(p.clone());
+        }
+        let composed = shaders::compose(file)?;
+        // naga first, so a broken shader is reported with its file and line rather than as
+        // an opaque device error.
+        shaders::validate(&composed)?;
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(file),
+            source: wgpu::ShaderSource::Wgsl(composed.source.into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        self.device_error(&format!("compiling shaders/{file} entry {entry}"))?;
+        let p = Arc::new(pipeline);
+        cache.insert((file, entry), p.clone());
+        Ok(p)
+    }
+
+    fn track(&self, buf: wgpu::Buffer, size: u64) -> Buf {
+        self.mem.add(size);
+        Buf { buf, size, stats: self.mem.clone() }
+    }
+
+    /// A storage buffer holding `bytes`, padded with zeros to a multiple of 4 (at least 4).
+    fn upload(&self, label: &str, bytes: &[u8]) -> Buf {
+        let size = (bytes.len().max(4).div_ceil(4) * 4) as u64;
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        write_mapped(&buf, bytes, size);
+        self.track(buf, size)
+    }
+
+    fn upload_words(&self, label: &str, words: &[u32]) -> Buf {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.upload(label, &bytes)
+    }
+
+    /// A zero-filled storage buffer of at least `size` bytes.
+    fn zeroed(&self, label: &str, size: u64) -> Buf {
+        let size = size.max(4).div_ceil(4) * 4;
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.track(buf, size)
+    }
+
+    fn uniform(&self, words: &[u32]) -> Buf {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let size = (bytes.len().max(16).div_ceil(16) * 16) as u64;
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: true,
+        });
+        write_mapped(&buf, &bytes, size);
+        self.track(buf, size)
+    }
+
+    /// Grid for `groups` workgroups: one dimension while it fits, else a 2-D grid whose
+    /// flat index the kernel rebuilds as `gid.x + gid.y * num_workgroups.x * 64`.
+    fn grid(&self, groups: u64) -> Result<(u32, u32)> {
+        let max = self.max_groups_per_dim as u64;
+        let x = groups.clamp(1, max);
+        let y = groups.div_ceil(x).max(1);
+        if y > max {
+            return Err(bad_input!("{}: dispatch of {groups} workgroups exceeds the device grid", self.info.name));
+        }
+        Ok((x as u32, y as u32))
+    }
+
+    /// Bind `buffers` to bindings 0.. of group 0 and run `entry` over `invocations` threads.
+    fn dispatch(&self, file: &'static str, entry: &'static str, buffers: &[&Buf], invocations: u64) -> Result<()> {
+        let pipeline = self.pipeline(file, entry)?;
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.buf.as_entire_binding() })
+            .collect();
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let (x, y) = self.grid(invocations.div_ceil(WORKGROUP as u64))?;
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        self.queue.submit([enc.finish()]);
+        self.device_error(&format!("running shaders/{file} entry {entry}"))
+    }
+
+    /// Copy a buffer back to the host.
+    fn read(&self, src: &Buf) -> Result<Vec<u8>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: src.size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let staging = self.track(staging, src.size);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&src.buf, 0, &staging.buf, 0, src.size);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.buf.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| bad_input!("{}: device lost while waiting: {e}", self.info.name))?;
+        let mapped = rx.recv().map_err(|_| bad_input!("{}: readback callback never ran", self.info.name))?;
+        mapped.map_err(|e| bad_input!("{}: cannot map readback buffer: {e}", self.info.name))?;
+        self.device_error("reading back results")?;
+        let out = staging
+            .buf
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| bad_input!("{}: cannot read mapped buffer: {e}", self.info.name))?
+            .to_vec();
+        staging.buf.unmap();
+        Ok(out)
+    }
+}
+
+/// Fill a buffer created with `mapped_at_creation` with `bytes`, zero-padded to `size`, and unmap it.
+fn write_mapped(buf: &wgpu::Buffer, bytes: &[u8], size: u64) {
+    let mut padded = vec![0u8; size as usize];
+    padded[..bytes.len()].copy_from_slice(bytes);
+    buf.slice(..).get_mapped_range_mut().expect("buffer mapped at creation").copy_from_slice(&padded);
+    buf.unmap();
+}
+
+pub(crate) fn words_le(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+pub(crate) fn backend_label(b: wgpu::Backend) -> &'static str {
+    match b {
+        wgpu::Backend::Vulkan => "vulkan",
+        wgpu::Backend::Metal => "metal",
+        wgpu::Backend::Dx12 => "dx12",
+        wgpu::Backend::Gl => "gl",
+        wgpu::Backend::BrowserWebGpu => "webgpu",
+        wgpu::Backend::Noop => "noop",
+    }
+}

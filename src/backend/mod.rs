@@ -1,0 +1,159 @@
+//! The `Backend` trait: every kernel ucw runs, with a pure-Rust reference (`cpu`) and a
+//! wgpu implementation (`gpu`) that must agree with it bit for bit (DESIGN §3 rule 7).
+//!
+//! Kernels take and return host data for now; device-resident chaining arrives with the
+//! forward pass, where the transfers start to matter.
+
+pub mod cpu;
+pub mod device;
+pub mod gpu;
+
+use crate::dtype::DType;
+use crate::error::Error;
+
+pub use device::{DeviceInfo, DeviceSpec};
+
+/// Fixed-point group format produced by `ingest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestParams {
+    /// Consecutive elements of a row sharing one exponent (the last group may be shorter).
+    pub group_size: u32,
+    /// Signed mantissa width: |m| <= 2^(mantissa_bits - 1).
+    pub mantissa_bits: u32,
+}
+
+impl IngestParams {
+    pub const MIN_MANTISSA_BITS: u32 = 2;
+    pub const MAX_MANTISSA_BITS: u32 = 30;
+    pub const MAX_GROUP_SIZE: u32 = 1 << 16;
+
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(Self::MIN_MANTISSA_BITS..=Self::MAX_MANTISSA_BITS).contains(&self.mantissa_bits) {
+            return Err(bad_input!(
+                "mantissa width {} out of range {}..={}",
+                self.mantissa_bits,
+                Self::MIN_MANTISSA_BITS,
+                Self::MAX_MANTISSA_BITS
+            ));
+        }
+        if self.group_size == 0 || self.group_size > Self::MAX_GROUP_SIZE {
+            return Err(bad_input!("group size {} out of range 1..={}", self.group_size, Self::MAX_GROUP_SIZE));
+        }
+        Ok(())
+    }
+}
+
+/// A `[rows, cols]` tensor as `mantissas[r*cols + c] * 2^exponents[r*groups_per_row + g]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupFixed {
+    pub rows: usize,
+    pub cols: usize,
+    pub params: IngestParams,
+    pub exponents: Vec<i32>,
+    pub mantissas: Vec<i32>,
+}
+
+impl GroupFixed {
+    pub fn groups_per_row(&self) -> usize {
+        self.cols.div_ceil(self.params.group_size as usize)
+    }
+}
+
+/// Why a kernel did not produce a result.
+#[derive(Debug)]
+pub enum KernelError {
+    /// Element `index` (row-major) is NaN or ±Inf; the caller names the tensor.
+    NonFinite { index: usize },
+    /// The device failed or lacks what the job needs.
+    Device(Error),
+}
+
+impl From<Error> for KernelError {
+    fn from(e: Error) -> Self {
+        KernelError::Device(e)
+    }
+}
+
+/// One case of the 64-bit arithmetic conformance kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WideCase {
+    pub a: i64,
+    pub b: i64,
+    pub x: i32,
+    pub y: i32,
+    pub s: u32,
+}
+
+/// Results of every 64-bit operation on one case, as the kernel library computes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WideResult {
+    pub add: i64,
+    pub sub: i64,
+    pub mul_i32: i64,
+    pub mul_u32: u64,
+    pub shl: i64,
+    pub sar: i64,
+    pub shr_round: i64,
+    pub neg: i64,
+}
+
+impl WideResult {
+    pub fn to_words(&self) -> [u32; 16] {
+        let vals = [
+            self.add as u64,
+            self.sub as u64,
+            self.mul_i32 as u64,
+            self.mul_u32,
+            self.shl as u64,
+            self.sar as u64,
+            self.shr_round as u64,
+            self.neg as u64,
+        ];
+        let mut w = [0u32; 16];
+        for (i, v) in vals.iter().enumerate() {
+            w[2 * i] = *v as u32;
+            w[2 * i + 1] = (*v >> 32) as u32;
+        }
+        w
+    }
+
+    pub fn from_words(w: &[u32]) -> WideResult {
+        let v = |i: usize| (w[2 * i] as u64) | ((w[2 * i + 1] as u64) << 32);
+        WideResult {
+            add: v(0) as i64,
+            sub: v(1) as i64,
+            mul_i32: v(2) as i64,
+            mul_u32: v(3),
+            shl: v(4) as i64,
+            sar: v(5) as i64,
+            shr_round: v(6) as i64,
+            neg: v(7) as i64,
+        }
+    }
+}
+
+pub trait Backend: Send + Sync {
+    /// What `ucw devices` calls this backend, e.g. "cpu" or "vulkan: llvmpipe (LLVM 15.0.6, 256 bits)".
+    fn describe(&self) -> String;
+
+    /// Short label for test output: "cpu", "vulkan", "gl", ...
+    fn api(&self) -> &'static str;
+
+    /// Float bits `[rows, cols]` (little-endian storage of `dtype`) → fixed-point groups.
+    fn ingest(&self, src: &[u8], dtype: DType, rows: usize, cols: usize, params: IngestParams)
+        -> Result<GroupFixed, KernelError>;
+
+    /// Evaluate the 64-bit arithmetic library on each case.
+    fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error>;
+}
+
+/// Shape and parameter checks shared by every backend's `ingest`.
+pub(crate) fn check_ingest_args(src: &[u8], dtype: DType, rows: usize, cols: usize, params: IngestParams)
+    -> Result<(), Error> {
+    params.validate()?;
+    let n = rows.checked_mul(cols).ok_or_else(|| bad_input!("tensor shape [{rows}, {cols}] overflows"))?;
+    if n.checked_mul(dtype.size_bytes()) != Some(src.len()) {
+        return Err(bad_input!("{} bytes do not hold [{rows}, {cols}] {dtype} elements", src.len()));
+    }
+    Ok(())
+}

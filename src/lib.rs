@@ -1,0 +1,16 @@
+//! ucw: bit-exact ~5-bit compression of transformer language models.
+//!
+//! Data flows one way: model → codec → pack → verify/eval (DESIGN §2). `backend` runs the
+//! integer kernels on the CPU or any wgpu adapter with identical results.
+
+#[macro_use]
+pub mod error;
+
+pub mod backend;
+pub mod cli;
+pub mod codec;
+pub mod digest;
+pub mod dtype;
+pub mod model;
+
+pub use error::{Error, Result};
