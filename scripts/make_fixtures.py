@@ -4,6 +4,7 @@
 What it writes (and nothing else; each output is deleted and rewritten):
 
   tests/fixtures/text/sample.txt        Chapter I of Alice in Wonderland (public domain)
+  tests/fixtures/text/sample.tokens.json  all token ids of sample.txt (fixture tokenizer)
   tests/fixtures/llama-bf16/            tiny random llama,   bfloat16, tied embeddings
   tests/fixtures/mistral-f16/           tiny random mistral, float16,  untied lm_head
   tests/fixtures/qwen2-f32/             tiny random qwen2,   float32,  q/k/v biases, tied

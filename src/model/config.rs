@@ -51,6 +51,9 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     /// Per-head RMSNorm on q and k (qwen3).
     pub qk_norm: bool,
+    /// Attention window for sliding-window attention (mistral `sliding_window`, qwen
+    /// `sliding_window` when `use_sliding_window`); None = full causal attention.
+    pub sliding_window: Option<usize>,
 }
 
 /// The subset of config.json keys we read. Unknown keys are ignored: HF configs carry many
@@ -73,6 +76,10 @@ struct RawConfig {
     mlp_bias: Option<bool>,
     hidden_act: Option<String>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers ≥ 5 writes `{"rope_theta": .., "rope_type": ..}` here instead.
+    rope_parameters: Option<serde_json::Value>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
 }
 
 impl ModelConfig {
@@ -132,14 +139,29 @@ impl ModelConfig {
                 return Err(bad_input!("unsupported hidden_act \"{act}\" (supported: silu)"));
             }
         }
-        // Scaled RoPE variants (llama3, yarn, ...) change the tables: refuse rather than run
-        // a different model than the one described.
-        if let Some(s) = &raw.rope_scaling {
-            if !s.is_null() {
-                return Err(bad_input!("unsupported rope_scaling {s} (only plain RoPE is implemented)"));
+        // RoPE: transformers ≥ 5 nests theta and type in `rope_parameters`; older configs
+        // have a top-level `rope_theta` and an optional `rope_scaling`. Scaled variants
+        // (llama3, yarn, ...) change the tables: refuse rather than run a different model.
+        let params = raw.rope_parameters.as_ref().filter(|v| !v.is_null());
+        if let Some(p) = params {
+            if !p.is_object() {
+                return Err(bad_input!("rope_parameters {p} is not an object"));
             }
         }
-        let rope_theta = raw.rope_theta.unwrap_or(10000.0);
+        for (key, v) in [("rope_parameters", params), ("rope_scaling", raw.rope_scaling.as_ref().filter(|v| !v.is_null()))] {
+            if let Some(v) = v {
+                let ty = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
+                if ty != "default" {
+                    return Err(bad_input!("unsupported {key} {v} (only plain RoPE, rope_type \"default\", is implemented)"));
+                }
+            }
+        }
+        let nested_theta = match params.and_then(|p| p.get("rope_theta")) {
+            None => None,
+            Some(t) => Some(t.as_f64().ok_or_else(|| bad_input!("rope_parameters.rope_theta {t} is not a number"))?),
+        };
+        // transformers' default for all four architectures.
+        let rope_theta = nested_theta.or(raw.rope_theta).unwrap_or(10000.0);
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
             return Err(bad_input!("rope_theta {rope_theta} must be positive"));
@@ -166,6 +188,11 @@ impl ModelConfig {
             o_bias: matches!(arch, Arch::Llama | Arch::Qwen3) && attention_bias,
             mlp_bias: arch == Arch::Llama && raw.mlp_bias.unwrap_or(false),
             qk_norm: arch == Arch::Qwen3,
+            sliding_window: match arch {
+                Arch::Mistral => raw.sliding_window,
+                Arch::Qwen2 | Arch::Qwen3 if raw.use_sliding_window.unwrap_or(false) => raw.sliding_window,
+                _ => None,
+            },
         })
     }
 }
