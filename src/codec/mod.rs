@@ -1,3 +1,12 @@
 //! The codec: float weights → fixed point → quantized codes (later issues) → reconstruction.
 
 pub mod ingest;
+
+/// Version of everything that decides the bits the codec produces. Golden files record it;
+/// a change in any produced bit requires bumping it (and regenerating golden/ on purpose).
+pub const CODEC_VERSION: u32 = 1;
+
+/// Fixed-point format the forward pass and codec ingest weights with by default
+/// (DESIGN §4: 16-bit mantissas per group of 64 input channels).
+pub const DEFAULT_INGEST: crate::backend::IngestParams =
+    crate::backend::IngestParams { group_size: 64, mantissa_bits: 16 };

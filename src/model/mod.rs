@@ -24,6 +24,9 @@ pub struct Model {
 
 impl Model {
     pub fn open(dir: &Path) -> Result<Model> {
+        if !dir.is_dir() {
+            return Err(bad_input!("{}: not a directory", dir.display()));
+        }
         let config = ModelConfig::load(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
         let tensors = arch::expected_tensors(&config);
