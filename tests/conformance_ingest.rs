@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{i32s_to_bytes, Rng};
+use common::{Rng, i32s_to_bytes};
 use ucw::backend::cpu::CpuBackend;
 use ucw::backend::{Backend, GroupFixed, IngestParams, KernelError};
 use ucw::dtype::{DType, Decoded};
@@ -26,15 +26,15 @@ fn special_bits(dtype: DType) -> Vec<u32> {
     let max_e = (1 << eb) - 2;
     let mut v = vec![
         0,
-        sign,                            // -0
-        1,                               // smallest subnormal
-        (1 << fb) - 1,                   // largest subnormal
-        enc(1, 0),                       // smallest normal
-        enc(bias as u32, 0),             // 1.0
-        enc(bias as u32, 1),             // 1 + ulp
-        enc(bias as u32, 1 << (fb - 1)), // 1.5
+        sign,                                   // -0
+        1,                                      // smallest subnormal
+        (1 << fb) - 1,                          // largest subnormal
+        enc(1, 0),                              // smallest normal
+        enc(bias as u32, 0),                    // 1.0
+        enc(bias as u32, 1),                    // 1 + ulp
+        enc(bias as u32, 1 << (fb - 1)),        // 1.5
         enc(bias as u32 + 1, 0b11 << (fb - 2)), // 3.5: a tie at 2 bits
-        enc(max_e, (1 << fb) - 1),       // largest finite
+        enc(max_e, (1 << fb) - 1),              // largest finite
         enc(max_e, 0),
         enc(bias as u32 - 1, (1 << fb) - 1), // just below 1: rounds up to the group top
     ];
@@ -101,7 +101,8 @@ conformance!(ingest_same_bits_everywhere, |b| {
     for (dtype, rows, cols, bits) in inputs() {
         let bytes = bits_to_bytes(dtype, &bits);
         for &p in PARAMS {
-            let g = b.ingest(&bytes, dtype, rows, cols, p).unwrap_or_else(|e| panic!("{dtype} {rows}x{cols} {p:?}: {e:?}"));
+            let g =
+                b.ingest(&bytes, dtype, rows, cols, p).unwrap_or_else(|e| panic!("{dtype} {rows}x{cols} {p:?}: {e:?}"));
             out.extend(encode(&g));
         }
     }
@@ -251,8 +252,16 @@ fn non_finite_values_are_rejected_everywhere() {
                     Err(KernelError::NonFinite { index }) => assert_eq!(index, 2 * cols + 66, "{} {dtype}", d.label),
                     other => panic!("{} {dtype}: expected NonFinite, got {:?}", d.label, other.map(|_| ())),
                 }
-                let err = ucw::codec::ingest::ingest_tensor(d.backend.as_ref(), "model.layers.0.mlp.up_proj.weight", &bytes, dtype, rows, cols, p)
-                    .unwrap_err();
+                let err = ucw::codec::ingest::ingest_tensor(
+                    d.backend.as_ref(),
+                    "model.layers.0.mlp.up_proj.weight",
+                    &bytes,
+                    dtype,
+                    rows,
+                    cols,
+                    p,
+                )
+                .unwrap_err();
                 assert_eq!(
                     err.to_string(),
                     format!("tensor \"model.layers.0.mlp.up_proj.weight\": element 206 (row 2, column 66) is {what}")

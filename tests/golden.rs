@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ucw::backend::Backend;
-use ucw::codec::{ingest::ingest_tensor, CODEC_VERSION, DEFAULT_INGEST};
+use ucw::codec::{CODEC_VERSION, DEFAULT_INGEST, ingest::ingest_tensor};
 use ucw::digest::sha256_hex;
-use ucw::model::{hash_model_dir, Model};
+use ucw::model::{Model, hash_model_dir};
 
 const FIXTURES: &[&str] = &["llama-bf16", "mistral-f16", "qwen2-f32", "qwen3-bf16-sharded"];
 
@@ -72,7 +72,12 @@ fn golden_ingest_digests_on_every_device() {
     assert_eq!(golden["fixtures"], doc["fixtures"], "cpu differs from golden/ingest.json");
     let mut ran = vec![devs[0].label.clone()];
     for d in &devs[1..] {
-        assert_eq!(serde_json::to_value(compute(d.backend.as_ref())).unwrap(), golden["fixtures"], "{} differs from golden", d.label);
+        assert_eq!(
+            serde_json::to_value(compute(d.backend.as_ref())).unwrap(),
+            golden["fixtures"],
+            "{} differs from golden",
+            d.label
+        );
         ran.push(d.label.clone());
     }
     println!("golden ingest digests of {} fixtures identical on {}", FIXTURES.len(), ran.join(", "));

@@ -26,10 +26,54 @@ fn fixtures_open_with_typed_configs() {
         files: usize,
     }
     let wants = [
-        Want { dir: "llama-bf16", arch: Arch::Llama, dtype: Dtype::BF16, head_dim: 16, rope_theta: 1e4, eps: 1e-6, tied: true, qkv_bias: false, qk_norm: false, files: 1 },
-        Want { dir: "mistral-f16", arch: Arch::Mistral, dtype: Dtype::F16, head_dim: 16, rope_theta: 1e5, eps: 1e-5, tied: false, qkv_bias: false, qk_norm: false, files: 1 },
-        Want { dir: "qwen2-f32", arch: Arch::Qwen2, dtype: Dtype::F32, head_dim: 16, rope_theta: 1e6, eps: 1e-6, tied: true, qkv_bias: true, qk_norm: false, files: 1 },
-        Want { dir: "qwen3-bf16-sharded", arch: Arch::Qwen3, dtype: Dtype::BF16, head_dim: 32, rope_theta: 1e6, eps: 1e-6, tied: false, qkv_bias: false, qk_norm: true, files: 3 },
+        Want {
+            dir: "llama-bf16",
+            arch: Arch::Llama,
+            dtype: Dtype::BF16,
+            head_dim: 16,
+            rope_theta: 1e4,
+            eps: 1e-6,
+            tied: true,
+            qkv_bias: false,
+            qk_norm: false,
+            files: 1,
+        },
+        Want {
+            dir: "mistral-f16",
+            arch: Arch::Mistral,
+            dtype: Dtype::F16,
+            head_dim: 16,
+            rope_theta: 1e5,
+            eps: 1e-5,
+            tied: false,
+            qkv_bias: false,
+            qk_norm: false,
+            files: 1,
+        },
+        Want {
+            dir: "qwen2-f32",
+            arch: Arch::Qwen2,
+            dtype: Dtype::F32,
+            head_dim: 16,
+            rope_theta: 1e6,
+            eps: 1e-6,
+            tied: true,
+            qkv_bias: true,
+            qk_norm: false,
+            files: 1,
+        },
+        Want {
+            dir: "qwen3-bf16-sharded",
+            arch: Arch::Qwen3,
+            dtype: Dtype::BF16,
+            head_dim: 32,
+            rope_theta: 1e6,
+            eps: 1e-6,
+            tied: false,
+            qkv_bias: false,
+            qk_norm: true,
+            files: 3,
+        },
     ];
     for w in wants {
         let m = Model::open(&fixture(w.dir)).unwrap_or_else(|e| panic!("{}: {e}", w.dir));
@@ -39,7 +83,12 @@ fn fixtures_open_with_typed_configs() {
         assert_eq!((c.num_attention_heads, c.num_key_value_heads, c.head_dim), (4, 2, w.head_dim), "{}", w.dir);
         assert_eq!((c.vocab_size, c.max_position_embeddings), (512, 256), "{}", w.dir);
         assert_eq!((c.rope_theta, c.rms_norm_eps, c.tie_word_embeddings), (w.rope_theta, w.eps, w.tied), "{}", w.dir);
-        assert_eq!((c.qkv_bias, c.o_bias, c.qk_norm, c.sliding_window), (w.qkv_bias, false, w.qk_norm, None), "{}", w.dir);
+        assert_eq!(
+            (c.qkv_bias, c.o_bias, c.qk_norm, c.sliding_window),
+            (w.qkv_bias, false, w.qk_norm, None),
+            "{}",
+            w.dir
+        );
         assert_eq!(m.checkpoint.files.len(), w.files, "{}", w.dir);
         // 3 scaffold-or-2 + per layer: 2 norms + 7 linears (+3 biases) (+2 qk norms).
         let per_layer = 9 + if w.qkv_bias { 3 } else { 0 } + if w.qk_norm { 2 } else { 0 };
@@ -61,9 +110,15 @@ fn config_forms_old_and_new() {
     let base = r#""model_type":"llama","hidden_size":64,"intermediate_size":160,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":512"#;
     // Legacy top-level rope_theta; defaults for kv heads, head_dim, tie, eps.
     let c = ModelConfig::parse(&format!("{{{base},\"rope_theta\":500000.0}}")).unwrap();
-    assert_eq!((c.rope_theta, c.num_key_value_heads, c.head_dim, c.tie_word_embeddings, c.rms_norm_eps), (5e5, 4, 16, false, 1e-6));
+    assert_eq!(
+        (c.rope_theta, c.num_key_value_heads, c.head_dim, c.tie_word_embeddings, c.rms_norm_eps),
+        (5e5, 4, 16, false, 1e-6)
+    );
     // transformers ≥ 5: nested rope_parameters wins.
-    let c = ModelConfig::parse(&format!("{{{base},\"rope_parameters\":{{\"rope_theta\":250.0,\"rope_type\":\"default\"}}}}")).unwrap();
+    let c = ModelConfig::parse(&format!(
+        "{{{base},\"rope_parameters\":{{\"rope_theta\":250.0,\"rope_type\":\"default\"}}}}"
+    ))
+    .unwrap();
     assert_eq!(c.rope_theta, 250.0);
     // Without either, transformers' default 10000.
     assert_eq!(ModelConfig::parse(&format!("{{{base}}}")).unwrap().rope_theta, 10000.0);
@@ -71,13 +126,22 @@ fn config_forms_old_and_new() {
     let c = ModelConfig::parse(&format!("{{{base},\"attention_bias\":true,\"mlp_bias\":true}}")).unwrap();
     assert!(c.qkv_bias && c.o_bias && c.mlp_bias);
     let bad = [
-        (format!("{{{base},\"rope_scaling\":{{\"rope_type\":\"llama3\",\"factor\":8.0}}}}"), "unsupported rope_scaling"),
-        (format!("{{{base},\"rope_parameters\":{{\"rope_theta\":1e4,\"rope_type\":\"yarn\"}}}}"), "unsupported rope_parameters"),
+        (
+            format!("{{{base},\"rope_scaling\":{{\"rope_type\":\"llama3\",\"factor\":8.0}}}}"),
+            "unsupported rope_scaling",
+        ),
+        (
+            format!("{{{base},\"rope_parameters\":{{\"rope_theta\":1e4,\"rope_type\":\"yarn\"}}}}"),
+            "unsupported rope_parameters",
+        ),
         (format!("{{{base},\"num_key_value_heads\":3}}"), "not a multiple of num_key_value_heads 3"),
         (format!("{{{base},\"hidden_act\":\"gelu\"}}"), "unsupported hidden_act \"gelu\""),
         (format!("{{{}}}", base.replace("\"hidden_size\":64,", "")), "missing \"hidden_size\""),
         ("{not json".to_string(), "invalid JSON"),
-        (format!("{{{}}}", base.replace("llama", "gpt2")), "unsupported model_type \"gpt2\" (supported: llama, mistral, qwen2, qwen3)"),
+        (
+            format!("{{{}}}", base.replace("llama", "gpt2")),
+            "unsupported model_type \"gpt2\" (supported: llama, mistral, qwen2, qwen3)",
+        ),
     ];
     for (text, want) in bad {
         let err = ModelConfig::parse(&text).unwrap_err();
@@ -150,7 +214,10 @@ fn missing_misshaped_extra_and_unsupported_tensors() {
         m.remove("model.layers.1.mlp.down_proj.weight");
     });
     let e = open_err(t.path());
-    assert!(e.contains("missing tensor \"model.layers.1.mlp.down_proj.weight\" (expected shape [64, 160] for llama)"), "{e}");
+    assert!(
+        e.contains("missing tensor \"model.layers.1.mlp.down_proj.weight\" (expected shape [64, 160] for llama)"),
+        "{e}"
+    );
 
     let t = scratch_copy("llama-bf16");
     rewrite(t.path(), |m| {
@@ -158,7 +225,10 @@ fn missing_misshaped_extra_and_unsupported_tensors() {
         r.shape = vec![64, 32]; // transposed
     });
     let e = open_err(t.path());
-    assert!(e.contains("tensor \"model.layers.0.self_attn.k_proj.weight\" has shape [64, 32], expected [32, 64]"), "{e}");
+    assert!(
+        e.contains("tensor \"model.layers.0.self_attn.k_proj.weight\" has shape [64, 32], expected [32, 64]"),
+        "{e}"
+    );
 
     let t = scratch_copy("llama-bf16");
     rewrite(t.path(), |m| {
@@ -170,7 +240,10 @@ fn missing_misshaped_extra_and_unsupported_tensors() {
 
     let t = scratch_copy("llama-bf16");
     rewrite(t.path(), |m| {
-        m.insert("model.layers.0.mlp.extra.weight".into(), Raw { dtype: Dtype::BF16, shape: vec![2], data: vec![0; 4] });
+        m.insert(
+            "model.layers.0.mlp.extra.weight".into(),
+            Raw { dtype: Dtype::BF16, shape: vec![2], data: vec![0; 4] },
+        );
     });
     let e = open_err(t.path());
     assert!(e.contains("unexpected tensor \"model.layers.0.mlp.extra.weight\" for model_type llama"), "{e}");
@@ -178,7 +251,10 @@ fn missing_misshaped_extra_and_unsupported_tensors() {
     // Old checkpoints' rotary buffers are derived data and accepted.
     let t = scratch_copy("llama-bf16");
     rewrite(t.path(), |m| {
-        m.insert("model.layers.0.self_attn.rotary_emb.inv_freq".into(), Raw { dtype: Dtype::F32, shape: vec![8], data: vec![0; 32] });
+        m.insert(
+            "model.layers.0.self_attn.rotary_emb.inv_freq".into(),
+            Raw { dtype: Dtype::F32, shape: vec![8], data: vec![0; 32] },
+        );
     });
     Model::open(t.path()).unwrap();
 }
@@ -255,7 +331,10 @@ fn shard_index_problems() {
     // The index places a tensor in the wrong shard.
     let t = edit_index(&|v| v["weight_map"]["model.norm.weight"] = "model-00001-of-00003.safetensors".into());
     let e = open_err(t.path());
-    assert!(e.contains("places tensor \"model.norm.weight\" in model-00001-of-00003.safetensors, which does not hold it"), "{e}");
+    assert!(
+        e.contains("places tensor \"model.norm.weight\" in model-00001-of-00003.safetensors, which does not hold it"),
+        "{e}"
+    );
     // A tensor stored in a shard but missing from the index.
     let t = edit_index(&|v| {
         v["weight_map"].as_object_mut().unwrap().remove("lm_head.weight");

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use ucw::backend::gpu::lint::{float_uses, FLOAT_EXCEPTIONS};
-use ucw::backend::gpu::shaders::{compose, validate, Composed, SHADER_FILES};
+use ucw::backend::gpu::lint::{FLOAT_EXCEPTIONS, float_uses};
+use ucw::backend::gpu::shaders::{Composed, SHADER_FILES, compose, validate};
 
 fn shader_dir_files() -> BTreeSet<String> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
@@ -17,14 +17,20 @@ fn shader_dir_files() -> BTreeSet<String> {
 }
 
 fn composed_of(name: &str, src: &str) -> Composed {
-    Composed { source: src.to_string(), parts: vec![(Box::leak(name.to_string().into_boxed_str()), 1, src.lines().count())] }
+    Composed {
+        source: src.to_string(),
+        parts: vec![(Box::leak(name.to_string().into_boxed_str()), 1, src.lines().count())],
+    }
 }
 
 #[test]
 fn every_shader_is_registered_valid_and_float_free() {
     let on_disk = shader_dir_files();
     let registered: BTreeSet<String> = SHADER_FILES.iter().map(|f| f.name.to_string()).collect();
-    assert_eq!(on_disk, registered, "shaders/*.wgsl and SHADER_FILES (src/backend/gpu/shaders.rs) must list the same files");
+    assert_eq!(
+        on_disk, registered,
+        "shaders/*.wgsl and SHADER_FILES (src/backend/gpu/shaders.rs) must list the same files"
+    );
     let mut linted = 0;
     for f in SHADER_FILES {
         // The embedded copy is the file on disk (include_str!), checked anyway.
@@ -68,7 +74,8 @@ fn lint_catches_float_arithmetic() {
 #[test]
 fn naga_errors_name_the_file_and_line() {
     // A composed kernel: the error is on line 2 of the second part.
-    let src = "fn ok() -> u32 { return 1u; }\nfn also_ok() -> u32 { return 2u; }\nfn broken() -> u32 {\n  return nope;\n}\n";
+    let src =
+        "fn ok() -> u32 { return 1u; }\nfn also_ok() -> u32 { return 2u; }\nfn broken() -> u32 {\n  return nope;\n}\n";
     let c = Composed { source: src.to_string(), parts: vec![("lib.wgsl", 1, 2), ("kernel.wgsl", 3, 3)] };
     let err = validate(&c).unwrap_err().to_string();
     assert!(err.starts_with("shaders/kernel.wgsl:2:"), "{err}");

@@ -7,9 +7,9 @@
 use serde::Serialize;
 use std::str::FromStr;
 
+use super::Backend;
 use super::cpu::CpuBackend;
 use super::gpu::{self, GpuBackend};
-use super::Backend;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +37,11 @@ impl FromStr for DeviceSpec {
         if let Some(api) = API_NAMES.iter().find(|a| **a == l) {
             return Ok(DeviceSpec::Api(api));
         }
-        l.parse::<usize>()
-            .map(DeviceSpec::Index)
-            .map_err(|_| format!("unknown device \"{s}\" (expected auto, cpu, vulkan, metal, dx12, gl or an index from `ucw devices`)"))
+        l.parse::<usize>().map(DeviceSpec::Index).map_err(|_| {
+            format!(
+                "unknown device \"{s}\" (expected auto, cpu, vulkan, metal, dx12, gl or an index from `ucw devices`)"
+            )
+        })
     }
 }
 
@@ -117,7 +119,13 @@ impl Devices {
         let mut adapters = gpu::compute_adapters(&inst);
         adapters.sort_by_cached_key(|a| {
             let i = a.get_info();
-            (i.device_type == wgpu::DeviceType::Cpu, api_rank(i.backend), i.name.clone(), i.device_pci_bus_id.clone(), i.device)
+            (
+                i.device_type == wgpu::DeviceType::Cpu,
+                api_rank(i.backend),
+                i.name.clone(),
+                i.device_pci_bus_id.clone(),
+                i.device,
+            )
         });
         let mut infos = vec![cpu];
         for (k, a) in adapters.iter().enumerate() {

@@ -140,16 +140,27 @@ pub trait Backend: Send + Sync {
     fn api(&self) -> &'static str;
 
     /// Float bits `[rows, cols]` (little-endian storage of `dtype`) → fixed-point groups.
-    fn ingest(&self, src: &[u8], dtype: DType, rows: usize, cols: usize, params: IngestParams)
-        -> Result<GroupFixed, KernelError>;
+    fn ingest(
+        &self,
+        src: &[u8],
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        params: IngestParams,
+    ) -> Result<GroupFixed, KernelError>;
 
     /// Evaluate the 64-bit arithmetic library on each case.
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error>;
 }
 
 /// Shape and parameter checks shared by every backend's `ingest`.
-pub(crate) fn check_ingest_args(src: &[u8], dtype: DType, rows: usize, cols: usize, params: IngestParams)
-    -> Result<(), Error> {
+pub(crate) fn check_ingest_args(
+    src: &[u8],
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    params: IngestParams,
+) -> Result<(), Error> {
     params.validate()?;
     let n = rows.checked_mul(cols).ok_or_else(|| bad_input!("tensor shape [{rows}, {cols}] overflows"))?;
     if n.checked_mul(dtype.size_bytes()) != Some(src.len()) {

@@ -1,4 +1,4 @@
-use super::{print_json, Common};
+use super::{Common, print_json};
 use crate::backend::device::Devices;
 use crate::error::Result;
 

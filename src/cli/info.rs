@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use super::{print_json, Common};
+use super::{Common, print_json};
 use crate::error::Result;
 use crate::model::Model;
 

@@ -134,25 +134,29 @@ impl ModelConfig {
         if head_dim % 2 != 0 {
             return Err(bad_input!("head_dim {head_dim} must be even for RoPE"));
         }
-        if let Some(act) = raw.hidden_act.as_deref() {
-            if act != "silu" {
-                return Err(bad_input!("unsupported hidden_act \"{act}\" (supported: silu)"));
-            }
+        if let Some(act) = raw.hidden_act.as_deref()
+            && act != "silu"
+        {
+            return Err(bad_input!("unsupported hidden_act \"{act}\" (supported: silu)"));
         }
         // RoPE: transformers ≥ 5 nests theta and type in `rope_parameters`; older configs
         // have a top-level `rope_theta` and an optional `rope_scaling`. Scaled variants
         // (llama3, yarn, ...) change the tables: refuse rather than run a different model.
         let params = raw.rope_parameters.as_ref().filter(|v| !v.is_null());
-        if let Some(p) = params {
-            if !p.is_object() {
-                return Err(bad_input!("rope_parameters {p} is not an object"));
-            }
+        if let Some(p) = params
+            && !p.is_object()
+        {
+            return Err(bad_input!("rope_parameters {p} is not an object"));
         }
-        for (key, v) in [("rope_parameters", params), ("rope_scaling", raw.rope_scaling.as_ref().filter(|v| !v.is_null()))] {
+        for (key, v) in
+            [("rope_parameters", params), ("rope_scaling", raw.rope_scaling.as_ref().filter(|v| !v.is_null()))]
+        {
             if let Some(v) = v {
                 let ty = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
                 if ty != "default" {
-                    return Err(bad_input!("unsupported {key} {v} (only plain RoPE, rope_type \"default\", is implemented)"));
+                    return Err(bad_input!(
+                        "unsupported {key} {v} (only plain RoPE, rope_type \"default\", is implemented)"
+                    ));
                 }
             }
         }

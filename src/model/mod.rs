@@ -10,7 +10,7 @@ pub use arch::{ExpectedTensor, Role};
 pub use config::{Arch, ModelConfig};
 pub use weights::{Checkpoint, TensorView};
 
-use crate::digest::{sha256_hex, weights_digest, TensorDigest};
+use crate::digest::{TensorDigest, sha256_hex, weights_digest};
 use crate::dtype::DType;
 use crate::error::Result;
 

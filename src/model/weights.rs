@@ -15,14 +15,16 @@ use crate::error::{Error, Result};
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
+/// A header entry: dtype, shape, and [begin, end) relative to the data section.
+type Entry = (Dtype, Vec<usize>, (usize, usize));
+
 /// One mapped `.safetensors` file with its parsed header.
 pub struct SafetensorsFile {
     pub path: PathBuf,
     mmap: Mmap,
     /// Byte offset of the data section (8 + header length).
     data_start: usize,
-    /// name → (dtype, shape, [begin, end) relative to `data_start`)
-    tensors: BTreeMap<String, (Dtype, Vec<usize>, (usize, usize))>,
+    tensors: BTreeMap<String, Entry>,
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -151,7 +153,10 @@ impl Checkpoint {
         for (name, shard) in &idx.weight_map {
             let fi = shard_names.binary_search(&shard).expect("shard listed above");
             if files[fi].tensor(name).is_none() {
-                return Err(bad_input!("{}: index places tensor \"{name}\" in {shard}, which does not hold it", index_path.display()));
+                return Err(bad_input!(
+                    "{}: index places tensor \"{name}\" in {shard}, which does not hold it",
+                    index_path.display()
+                ));
             }
             index.insert(name.clone(), fi);
         }

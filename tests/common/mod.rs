@@ -9,9 +9,9 @@
 
 use std::sync::{Arc, OnceLock};
 
+use ucw::backend::Backend;
 use ucw::backend::device::Devices;
 use ucw::backend::gpu::GpuBackend;
-use ucw::backend::Backend;
 
 pub struct TestDevice {
     /// "cpu", "vulkan", "gl", ... plus the adapter index when an API has several.

@@ -11,7 +11,7 @@ pub mod wide;
 
 use rayon::prelude::*;
 
-use crate::backend::{check_ingest_args, Backend, GroupFixed, IngestParams, KernelError, WideCase, WideResult};
+use crate::backend::{Backend, GroupFixed, IngestParams, KernelError, WideCase, WideResult, check_ingest_args};
 use crate::dtype::DType;
 use crate::error::Error;
 
@@ -36,8 +36,14 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn ingest(&self, src: &[u8], dtype: DType, rows: usize, cols: usize, params: IngestParams)
-        -> Result<GroupFixed, KernelError> {
+    fn ingest(
+        &self,
+        src: &[u8],
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        params: IngestParams,
+    ) -> Result<GroupFixed, KernelError> {
         check_ingest_args(src, dtype, rows, cols, params)?;
         let gpr = cols.div_ceil(params.group_size as usize);
         let mut exponents = vec![0i32; rows * gpr];

@@ -1,7 +1,7 @@
 //! `Backend` for the wgpu device: host slices in, kernels dispatched, host results out.
 
-use super::{words_le, GpuBackend};
-use crate::backend::{check_ingest_args, Backend, GroupFixed, IngestParams, KernelError, WideCase, WideResult};
+use super::{GpuBackend, words_le};
+use crate::backend::{Backend, GroupFixed, IngestParams, KernelError, WideCase, WideResult, check_ingest_args};
 use crate::dtype::DType;
 use crate::error::Error;
 
@@ -14,8 +14,14 @@ impl Backend for GpuBackend {
         super::backend_label(self.info.backend)
     }
 
-    fn ingest(&self, src: &[u8], dtype: DType, rows: usize, cols: usize, params: IngestParams)
-        -> Result<GroupFixed, KernelError> {
+    fn ingest(
+        &self,
+        src: &[u8],
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        params: IngestParams,
+    ) -> Result<GroupFixed, KernelError> {
         check_ingest_args(src, dtype, rows, cols, params)?;
         let gpr = cols.div_ceil(params.group_size as usize);
         let mut exponents = vec![0i32; rows * gpr];

@@ -5,8 +5,8 @@
 //! as raw bits through u32 views), so the rule is stricter than "no float arithmetic" and
 //! simpler to trust.
 
-use naga::{Module, ScalarKind, TypeInner};
 use naga::valid::{FunctionInfo, ModuleInfo};
+use naga::{Module, ScalarKind, TypeInner};
 
 /// Shader files allowed to contain float expressions, with the reason. Empty: bit-exact
 /// is the default and nothing has needed an exception yet.

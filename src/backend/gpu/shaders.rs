@@ -81,10 +81,8 @@ pub fn validate(composed: &Composed) -> Result<(naga::Module, naga::valid::Modul
     let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
         .validate(&module)
         .map_err(|e| {
-            let at = e
-                .spans()
-                .next()
-                .map(|(span, _)| composed.locate(span.location(&composed.source).line_number as usize));
+            let at =
+                e.spans().next().map(|(span, _)| composed.locate(span.location(&composed.source).line_number as usize));
             bad_input!("{}: WGSL validation error: {}", at.unwrap_or_else(|| "shaders".into()), e.as_inner())
         })?;
     Ok((module, info))
