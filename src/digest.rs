@@ -44,7 +44,12 @@ mod tests {
         let a = [0x80u8, 0x3f, 0x00, 0xc0]; // BF16 [1.0, -2.0]
         let b = [0x00u8, 0x00, 0xc0, 0x3f]; // F32 [1.5]
         let entries = vec![
-            TensorDigest { dtype: "BF16".into(), name: "model.norm.weight".into(), sha256: sha256_hex(&a), shape: vec![2] },
+            TensorDigest {
+                dtype: "BF16".into(),
+                name: "model.norm.weight".into(),
+                sha256: sha256_hex(&a),
+                shape: vec![2],
+            },
             TensorDigest { dtype: "F32".into(), name: "lm_head.bias".into(), sha256: sha256_hex(&b), shape: vec![1] },
         ];
         assert_eq!(entries[0].sha256, "7b429b1e3fd37fd03505ae4982471ea2c830392213b48a4e69976b5ebebce8e4");

@@ -270,6 +270,8 @@ fn non_finite_values_are_rejected_everywhere() {
             }
         }
     }
+    let labels: Vec<&str> = common::devices().iter().map(|d| d.label.as_str()).collect();
+    println!("non-finite inputs rejected identically on {}", labels.join(", "));
 }
 
 #[test]
