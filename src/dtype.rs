@@ -96,3 +96,56 @@ impl std::fmt::Display for DType {
         f.write_str(self.safetensors_name())
     }
 }
+
+impl DType {
+    /// Bits of `(-1)^neg * mag * 2^exp` in this format, rounded once to nearest even
+    /// (twin of `encode_float` in shaders/float_bits.wgsl). `None` when the value overflows
+    /// the format's largest finite value. An exact zero
+    /// (`mag == 0`) encodes as +0; a nonzero value that rounds to zero keeps its sign, as IEEE
+    /// conversions do.
+    pub fn encode(self, neg: bool, mag: u64, exp: i32) -> Option<u32> {
+        let (eb, fb, bias) = self.fields();
+        if mag == 0 {
+            return Some(0);
+        }
+        let sign = u32::from(neg) << (eb + fb);
+        let emax = (1i32 << eb) - 2 - bias;
+        let emin = 1 - bias;
+        let n = 64 - mag.leading_zeros() as i32;
+        let mut e = exp + n - 1;
+        if e >= emin {
+            let shift = n - (fb as i32 + 1);
+            let mut sig = if shift > 0 { shr_round_u64(mag, shift as u32) } else { mag << (-shift) as u32 };
+            if sig >> (fb + 1) != 0 {
+                // Rounded up to the next power of two.
+                sig >>= 1;
+                e += 1;
+            }
+            if e > emax {
+                return None;
+            }
+            Some(sign | (((e + bias) as u32) << fb) | (sig as u32 & ((1 << fb) - 1)))
+        } else {
+            // Subnormal: units of 2^(emin - fb). A round-up to 2^fb lands exactly on the
+            // smallest normal's encoding.
+            let shift = emin - fb as i32 - exp;
+            // shift <= 0 only for values with few significant bits, which fit exactly.
+            let sig = if shift <= 0 { mag << (-shift) as u32 } else { shr_round_u64(mag, shift as u32) };
+            Some(sign | sig as u32)
+        }
+    }
+}
+
+/// Unsigned `a / 2^s` rounded half to even, for `s` in 1..=63 (s >= 64 gives 0 when a < 2^63).
+pub fn shr_round_u64(a: u64, s: u32) -> u64 {
+    if s == 0 {
+        return a;
+    }
+    if s >= 64 {
+        return 0;
+    }
+    let q = a >> s;
+    let rem = a & ((1u64 << s) - 1);
+    let half = 1u64 << (s - 1);
+    if rem > half || (rem == half && q & 1 == 1) { q + 1 } else { q }
+}

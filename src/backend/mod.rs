@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod device;
 pub mod gpu;
 
+use crate::codec::quant::{MAX_GROUP_SIZE, MAX_IMPORTANCE, QuantParams, QuantTensor, SEARCH_MANTISSA_BITS};
 use crate::dtype::DType;
 use crate::error::Error;
 
@@ -64,6 +65,8 @@ impl GroupFixed {
 pub enum KernelError {
     /// Element `index` (row-major) is NaN or ±Inf; the caller names the tensor.
     NonFinite { index: usize },
+    /// Element `index` does not fit the output dtype (beyond its largest finite value).
+    Overflow { index: usize },
     /// The device failed or lacks what the job needs.
     Device(Error),
 }
@@ -149,6 +152,14 @@ pub trait Backend: Send + Sync {
         params: IngestParams,
     ) -> Result<GroupFixed, KernelError>;
 
+    /// Quantize ingested weights (groups of `p.group_size`, 16-bit mantissas) with the
+    /// codec-version-1 search; `importance` has one weight in [0, 2^12] per column.
+    fn quantize(&self, x: &GroupFixed, importance: &[u32], p: QuantParams, base_exp: i32)
+    -> Result<QuantTensor, Error>;
+
+    /// Reconstruct a quantized tensor as `dtype` bits (little-endian, row-major).
+    fn dequantize(&self, q: &QuantTensor, dtype: DType) -> Result<Vec<u8>, KernelError>;
+
     /// Evaluate the 64-bit arithmetic library on each case.
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error>;
 }
@@ -165,6 +176,26 @@ pub(crate) fn check_ingest_args(
     let n = rows.checked_mul(cols).ok_or_else(|| bad_input!("tensor shape [{rows}, {cols}] overflows"))?;
     if n.checked_mul(dtype.size_bytes()) != Some(src.len()) {
         return Err(bad_input!("{} bytes do not hold [{rows}, {cols}] {dtype} elements", src.len()));
+    }
+    Ok(())
+}
+
+/// Argument checks shared by every backend's `quantize`.
+pub(crate) fn check_quantize_args(x: &GroupFixed, importance: &[u32], p: QuantParams) -> Result<(), Error> {
+    if !(2..=8).contains(&p.bits) {
+        return Err(bad_input!("bits {} out of range 2..=8", p.bits));
+    }
+    if p.group_size == 0 || p.group_size > MAX_GROUP_SIZE {
+        return Err(bad_input!("group size {} out of range 1..={MAX_GROUP_SIZE}", p.group_size));
+    }
+    if x.params != (IngestParams { group_size: p.group_size, mantissa_bits: SEARCH_MANTISSA_BITS }) {
+        return Err(bad_input!("quantize needs weights ingested in groups of {} with 16-bit mantissas", p.group_size));
+    }
+    if importance.len() != x.cols {
+        return Err(bad_input!("importance has {} entries for {} columns", importance.len(), x.cols));
+    }
+    if let Some(j) = importance.iter().position(|&h| h > MAX_IMPORTANCE) {
+        return Err(bad_input!("importance of column {j} exceeds {MAX_IMPORTANCE}"));
     }
     Ok(())
 }

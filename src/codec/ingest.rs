@@ -29,6 +29,7 @@ pub fn ingest_tensor(
                 index % cols.max(1)
             ))
         }
+        KernelError::Overflow { index } => Error::bad_input(format!("tensor \"{tensor}\": element {index} overflows")),
         KernelError::Device(e) => Error::bad_input(format!("tensor \"{tensor}\": {e}")),
     })
 }

@@ -1,6 +1,7 @@
 //! The codec: float weights → fixed point → quantized codes (later issues) → reconstruction.
 
 pub mod ingest;
+pub mod quant;
 
 /// Version of everything that decides the bits the codec produces. Golden files record it;
 /// a change in any produced bit requires bumping it (and regenerating golden/ on purpose).

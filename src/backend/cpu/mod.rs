@@ -7,11 +7,15 @@
 //! number of threads (DESIGN §3 rule 6).
 
 pub mod ingest;
+pub mod quant;
 pub mod wide;
 
 use rayon::prelude::*;
 
-use crate::backend::{Backend, GroupFixed, IngestParams, KernelError, WideCase, WideResult, check_ingest_args};
+use crate::backend::{
+    Backend, GroupFixed, IngestParams, KernelError, WideCase, WideResult, check_ingest_args, check_quantize_args,
+};
+use crate::codec::quant::{QuantParams, QuantTensor};
 use crate::dtype::DType;
 use crate::error::Error;
 
@@ -58,6 +62,78 @@ impl Backend for CpuBackend {
             return Err(KernelError::NonFinite { index });
         }
         Ok(GroupFixed { rows, cols, params, exponents, mantissas })
+    }
+
+    fn quantize(
+        &self,
+        x: &GroupFixed,
+        importance: &[u32],
+        p: QuantParams,
+        base_exp: i32,
+    ) -> Result<QuantTensor, Error> {
+        check_quantize_args(x, importance, p)?;
+        let (rows, cols, g) = (x.rows, x.cols, p.group_size as usize);
+        let gpr = x.groups_per_row();
+        let mut codes = vec![0u8; rows * cols];
+        let mut meta = vec![(0u8, 0u8); rows * gpr];
+        codes
+            .par_chunks_mut(ROWS_PER_TASK * cols.max(1))
+            .zip(meta.par_chunks_mut(ROWS_PER_TASK * gpr.max(1)))
+            .enumerate()
+            .for_each(|(task, (codes, meta))| {
+                for (lg, m) in meta.iter_mut().enumerate() {
+                    let row = task * ROWS_PER_TASK + lg / gpr;
+                    let c0 = (lg % gpr) * g;
+                    let c1 = (c0 + g).min(cols);
+                    let lbase = (lg / gpr) * cols;
+                    *m = quant::quantize_group(
+                        &x.mantissas[row * cols + c0..row * cols + c1],
+                        x.exponents[row * gpr + lg % gpr],
+                        &importance[c0..c1],
+                        p,
+                        base_exp,
+                        &mut codes[lbase + c0..lbase + c1],
+                    );
+                }
+            });
+        Ok(QuantTensor {
+            rows,
+            cols,
+            params: p,
+            base_exp,
+            codes,
+            scales: meta.iter().map(|m| m.0).collect(),
+            zeros: meta.iter().map(|m| m.1).collect(),
+        })
+    }
+
+    fn dequantize(&self, q: &QuantTensor, dtype: DType) -> Result<Vec<u8>, KernelError> {
+        let cols = q.cols;
+        let mut bits = vec![0u32; q.rows * cols];
+        let bad = bits
+            .par_chunks_mut(ROWS_PER_TASK * cols.max(1))
+            .enumerate()
+            .filter_map(|(task, out)| {
+                quant::dequantize_rows(
+                    &q.codes,
+                    &q.scales,
+                    &q.zeros,
+                    cols,
+                    q.params.group_size as usize,
+                    q.base_exp,
+                    dtype,
+                    task * ROWS_PER_TASK,
+                    out,
+                )
+            })
+            .min();
+        if let Some(index) = bad {
+            return Err(KernelError::Overflow { index });
+        }
+        Ok(match dtype {
+            DType::F32 => bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
+            _ => bits.iter().flat_map(|b| (*b as u16).to_le_bytes()).collect(),
+        })
     }
 
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {

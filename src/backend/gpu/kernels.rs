@@ -1,7 +1,10 @@
 //! `Backend` for the wgpu device: host slices in, kernels dispatched, host results out.
 
 use super::{GpuBackend, words_le};
-use crate::backend::{Backend, GroupFixed, IngestParams, KernelError, WideCase, WideResult, check_ingest_args};
+use crate::backend::{
+    Backend, GroupFixed, IngestParams, KernelError, WideCase, WideResult, check_ingest_args, check_quantize_args,
+};
+use crate::codec::quant::{QuantParams, QuantTensor};
 use crate::dtype::DType;
 use crate::error::Error;
 
@@ -31,16 +34,7 @@ impl Backend for GpuBackend {
         }
         // Mantissas (4 bytes per element) are the largest binding; split by rows so each
         // chunk's bindings fit. Rows are independent, so the split never changes results.
-        let row_bytes = (cols * 4) as u64;
-        let rows_per_chunk = (self.max_binding / row_bytes) as usize;
-        if rows_per_chunk == 0 {
-            return Err(bad_input!(
-                "{}: one row of {cols} elements exceeds the device's {} byte storage binding",
-                self.info.name,
-                self.max_binding
-            )
-            .into());
-        }
+        let rows_per_chunk = self.rows_per_chunk(cols, 4)?;
         let esize = dtype.size_bytes();
         let mut r0 = 0;
         while r0 < rows {
@@ -77,6 +71,92 @@ impl Backend for GpuBackend {
             r0 = r1;
         }
         Ok(GroupFixed { rows, cols, params, exponents, mantissas })
+    }
+
+    fn quantize(
+        &self,
+        x: &GroupFixed,
+        importance: &[u32],
+        p: QuantParams,
+        base_exp: i32,
+    ) -> Result<QuantTensor, Error> {
+        check_quantize_args(x, importance, p)?;
+        let (rows, cols) = (x.rows, x.cols);
+        let gpr = x.groups_per_row();
+        let mut codes = vec![0u8; rows * cols];
+        let mut scales = vec![0u8; rows * gpr];
+        let mut zeros = vec![0u8; rows * gpr];
+        let rows_per_chunk = self.rows_per_chunk(cols, 4)?;
+        let h = self.upload_words("quantize.importance", importance);
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + rows_per_chunk).min(rows);
+            let groups = (r1 - r0) * gpr;
+            let params = self.uniform(&[
+                (r1 - r0) as u32,
+                cols as u32,
+                p.group_size,
+                p.bits,
+                base_exp as u32,
+                gpr as u32,
+                groups as u32,
+                0,
+            ]);
+            let m = self.upload_i32("quantize.mants", &x.mantissas[r0 * cols..r1 * cols]);
+            let e = self.upload_i32("quantize.exps", &x.exponents[r0 * gpr..r1 * gpr]);
+            let c = self.zeroed("quantize.codes", ((r1 - r0) * cols * 4) as u64);
+            let meta = self.zeroed("quantize.meta", groups as u64 * 4);
+            self.dispatch("quantize.wgsl", "quantize", &[&params, &m, &e, &h, &c, &meta], groups as u64)?;
+            for (dst, w) in codes[r0 * cols..r1 * cols].iter_mut().zip(words_le(&self.read(&c)?)) {
+                *dst = w as u8;
+            }
+            for (i, w) in words_le(&self.read(&meta)?).into_iter().take(groups).enumerate() {
+                scales[r0 * gpr + i] = w as u8;
+                zeros[r0 * gpr + i] = (w >> 8) as u8;
+            }
+            r0 = r1;
+        }
+        Ok(QuantTensor { rows, cols, params: p, base_exp, codes, scales, zeros })
+    }
+
+    fn dequantize(&self, q: &QuantTensor, dtype: DType) -> Result<Vec<u8>, KernelError> {
+        let (rows, cols) = (q.rows, q.cols);
+        let esize = dtype.size_bytes();
+        let mut out = vec![0u8; rows * cols * esize];
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let gpr = q.groups_per_row();
+        let rows_per_chunk = self.rows_per_chunk(cols, 4)?;
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + rows_per_chunk).min(rows);
+            let count = (r1 - r0) * cols;
+            let words = (count * esize).div_ceil(4);
+            let params = self.uniform(&[
+                (r1 - r0) as u32,
+                cols as u32,
+                q.params.group_size,
+                dtype.shader_code(),
+                q.base_exp as u32,
+                gpr as u32,
+                count as u32,
+                words as u32,
+            ]);
+            let codes = self.upload("dequantize.codes", &q.codes[r0 * cols..r1 * cols]);
+            let meta: Vec<u32> = (r0 * gpr..r1 * gpr).map(|g| q.scales[g] as u32 | (q.zeros[g] as u32) << 8).collect();
+            let meta = self.upload_words("dequantize.meta", &meta);
+            let o = self.zeroed("dequantize.out", words as u64 * 4);
+            let bad = self.upload_words("dequantize.bad", &[u32::MAX]);
+            self.dispatch("dequantize.wgsl", "dequantize", &[&params, &codes, &meta, &o, &bad], words as u64)?;
+            let bad_index = words_le(&self.read(&bad)?)[0];
+            if bad_index != u32::MAX {
+                return Err(KernelError::Overflow { index: r0 * cols + bad_index as usize });
+            }
+            out[r0 * cols * esize..r1 * cols * esize].copy_from_slice(&self.read(&o)?[..count * esize]);
+            r0 = r1;
+        }
+        Ok(out)
     }
 
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {

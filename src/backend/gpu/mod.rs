@@ -190,6 +190,26 @@ impl GpuBackend {
         self.upload(label, &bytes)
     }
 
+    fn upload_i32(&self, label: &str, v: &[i32]) -> Buf {
+        let bytes: Vec<u8> = v.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.upload(label, &bytes)
+    }
+
+    /// Rows of `cols` elements at `bytes_per_element` in the largest binding that fit one
+    /// storage binding. Rows are independent in every row-wise kernel, so how they are
+    /// split never changes results.
+    fn rows_per_chunk(&self, cols: usize, bytes_per_element: u64) -> Result<usize> {
+        let n = self.max_binding / (cols.max(1) as u64 * bytes_per_element);
+        if n == 0 {
+            return Err(bad_input!(
+                "{}: one row of {cols} elements exceeds the device's {} byte storage binding",
+                self.info.name,
+                self.max_binding
+            ));
+        }
+        Ok(n as usize)
+    }
+
     /// A zero-filled storage buffer of at least `size` bytes.
     fn zeroed(&self, label: &str, size: u64) -> Buf {
         let size = size.max(4).div_ceil(4) * 4;

@@ -18,7 +18,14 @@ macro_rules! shader {
 }
 
 /// Every file in shaders/. The lint test asserts this matches the directory exactly.
-pub const SHADER_FILES: &[ShaderFile] = &[shader!("wide.wgsl"), shader!("wide_ops.wgsl"), shader!("ingest.wgsl")];
+pub const SHADER_FILES: &[ShaderFile] = &[
+    shader!("wide.wgsl"),
+    shader!("wide_ops.wgsl"),
+    shader!("float_bits.wgsl"),
+    shader!("ingest.wgsl"),
+    shader!("quantize.wgsl"),
+    shader!("dequantize.wgsl"),
+];
 
 pub fn file(name: &str) -> Option<&'static ShaderFile> {
     SHADER_FILES.iter().find(|f| f.name == name)

@@ -1,0 +1,141 @@
+//! CPU twins of shaders/quantize.wgsl and shaders/dequantize.wgsl.
+//!
+//! The search (codec version 1), per group of ingested mantissas X (|X| <= 2^15, units
+//! 2^e_g), bits b, qmax = 2^b - 1, importance h_j in [0, 2^12]:
+//!   range = max(0, max X) - min(0, min X); all-zero group → c = 0, z = 0, q = 0.
+//!   t*    = floor(range * 2^8 / qmax)            ideal step, 8 fractional bits
+//!   for each scale code c = 0..=255 (ascending step), its step in the same units
+//!     t(c)  = (16 + c & 15) * 2^(E + c >> 4 - e_g + 8), rounded half-even when the shift
+//!             is negative; candidates are those with t*/2 <= t(c) <= 2 t*
+//!             (none: c = 0, the smallest step, with t saturated at 2^30)
+//!     z0 = clamp(round(-min(0, min X) * 2^8 / t), 0, qmax); z in {z0-1, z0, z0+1} ∩ [0, qmax]
+//!     r_j = round(X_j * 2^8 / t); d_j = clamp(r_j, -z, qmax - z); q_j = d_j + z
+//!     err_j = round((X_j * 2^8 - t * d_j) / 2^8); cost = Σ h_j err_j^2 (exact, 64-bit)
+//!   keep the first (c, z) of least cost. All roundings are half to even.
+//! Bounds: |X * 2^8| <= 2^23; |t d_j| <= |X 2^8| + t/2 when d_j != 0, and t <= 2|X 2^8| then,
+//! so |err| < 2^25 before and <= 2^17 after the shift; h err <= 2^29 fits an i32, h err^2
+//! <= 2^46, and a sum over <= 2^12 elements < 2^58.
+
+use crate::codec::quant::{QuantParams, group_range};
+
+/// Signed n / d rounded half to even, d > 0.
+#[inline]
+pub fn div_round(n: i32, d: i32) -> i32 {
+    let q = n.div_euclid(d);
+    let r = n.rem_euclid(d);
+    if 2 * (r as i64) > d as i64 || (2 * r as i64 == d as i64 && q & 1 == 1) { q + 1 } else { q }
+}
+
+/// Step of code `c` for a group with exponent `e_g`, in units of 2^(e_g - 8), saturated to
+/// [0, 2^30].
+#[inline]
+pub fn step_fx(c: u32, base_exp: i32, e_g: i32) -> u32 {
+    let mant = 16 + (c & 15);
+    let sh = base_exp + (c >> 4) as i32 - e_g + 8;
+    if sh >= 26 {
+        1 << 30
+    } else if sh >= 0 {
+        mant << sh
+    } else if sh > -32 {
+        super::wide::shr_round(mant as i64, (-sh) as u32) as u32
+    } else {
+        0
+    }
+}
+
+/// Cost of (t, z) and, when `codes` is given, the codes it produces.
+fn evaluate(x: &[i32], h: &[u32], r: &[i32], t: i32, z: i32, qmax: i32, codes: Option<&mut [u8]>) -> u64 {
+    let mut cost = 0u64;
+    let mut out = codes;
+    for j in 0..x.len() {
+        let d = r[j].clamp(-z, qmax - z);
+        let err = (x[j] << 8) - t * d;
+        let e = super::wide::shr_round(err as i64, 8) as i32;
+        cost += (e as i64 * (e * h[j] as i32) as i64) as u64;
+        if let Some(c) = out.as_deref_mut() {
+            c[j] = (d + z) as u8;
+        }
+    }
+    cost
+}
+
+/// Quantize one group: returns (scale code, zero point) and writes its codes.
+pub fn quantize_group(x: &[i32], e_g: i32, h: &[u32], p: QuantParams, base_exp: i32, codes: &mut [u8]) -> (u8, u8) {
+    let qmax = (1i32 << p.bits) - 1;
+    let range = group_range(x) as i32;
+    if range == 0 {
+        codes.fill(0);
+        return (0, 0);
+    }
+    let tstar = (range << 8) / qmax;
+    let xmin = x.iter().copied().min().unwrap().min(0);
+    let mut r = vec![0i32; x.len()];
+    let mut best: Option<(u64, u32, i32, i32)> = None; // (cost, c, z, t)
+    let mut consider = |c: u32, t: u32, r: &mut Vec<i32>| {
+        let t = t as i32;
+        for (rj, &xj) in r.iter_mut().zip(x) {
+            *rj = div_round(xj << 8, t);
+        }
+        let z0 = div_round(-xmin << 8, t).clamp(0, qmax);
+        for z in [z0 - 1, z0, z0 + 1] {
+            if z < 0 || z > qmax {
+                continue;
+            }
+            let cost = evaluate(x, h, r, t, z, qmax, None);
+            if best.is_none_or(|b| cost < b.0) {
+                best = Some((cost, c, z, t));
+            }
+        }
+    };
+    let mut any = false;
+    for c in 0..256u32 {
+        let t = step_fx(c, base_exp, e_g);
+        if t == 0 || 2 * t < tstar as u32 || t > 2 * tstar as u32 {
+            continue;
+        }
+        any = true;
+        consider(c, t, &mut r);
+    }
+    if !any {
+        let t = step_fx(0, base_exp, e_g).max(1);
+        consider(0, t, &mut r);
+    }
+    let (_, c, z, t) = best.expect("at least one candidate");
+    for (rj, &xj) in r.iter_mut().zip(x) {
+        *rj = div_round(xj << 8, t);
+    }
+    evaluate(x, h, &r, t, z, qmax, Some(codes));
+    (c as u8, z as u8)
+}
+
+/// Reconstruct rows `[r0, ..)` of a quantized tensor into output `dtype` bits.
+/// Returns the first element index whose value overflows the dtype.
+#[allow(clippy::too_many_arguments)]
+pub fn dequantize_rows(
+    codes: &[u8],
+    scales: &[u8],
+    zeros: &[u8],
+    cols: usize,
+    group_size: usize,
+    base_exp: i32,
+    dtype: crate::dtype::DType,
+    r0: usize,
+    out: &mut [u32],
+) -> Option<usize> {
+    let gpr = cols.div_ceil(group_size);
+    let mut bad = None;
+    for (i, o) in out.iter_mut().enumerate() {
+        let (lr, col) = (i / cols, i % cols);
+        let gi = (r0 + lr) * gpr + col / group_size;
+        let (mant, exp) = crate::codec::quant::step(scales[gi], base_exp);
+        let v = mant as i64 * (codes[(r0 + lr) * cols + col] as i64 - zeros[gi] as i64);
+        match dtype.encode(v < 0, v.unsigned_abs(), exp) {
+            Some(b) => *o = b,
+            None => {
+                bad = bad.or(Some((r0 + lr) * cols + col));
+                *o = 0;
+            }
+        }
+    }
+    bad
+}

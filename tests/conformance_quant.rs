@@ -1,0 +1,233 @@
+//! Quantize and dequantize (codec version 1): identical bits on every device, the float
+//! encoder checked against Rust's own IEEE conversions, and the search checked for quality.
+
+mod common;
+
+use common::Rng;
+use half::{bf16, f16};
+use ucw::backend::cpu::CpuBackend;
+use ucw::backend::{Backend, KernelError};
+use ucw::codec::quant::{QuantParams, QuantTensor, quantize_tensor, step};
+use ucw::dtype::DType;
+
+/// Gaussian-ish weights (sum of uniforms) with a few outlier columns, as float bits.
+fn weights(dtype: DType, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f64>) {
+    let mut rng = Rng(seed);
+    let mut vals = Vec::with_capacity(rows * cols);
+    for i in 0..rows * cols {
+        let s: f64 = (0..4).map(|_| (rng.next_u32() as f64 / u32::MAX as f64) - 0.5).sum();
+        let outlier = if (i % cols) % 37 == 5 { 8.0 } else { 1.0 };
+        vals.push(s * 0.05 * outlier * (1.0 + (i / cols) as f64 / rows as f64));
+    }
+    let mut bytes = Vec::new();
+    let mut exact = Vec::new();
+    for &v in &vals {
+        match dtype {
+            DType::BF16 => {
+                let b = bf16::from_f64(v);
+                bytes.extend(b.to_bits().to_le_bytes());
+                exact.push(b.to_f64());
+            }
+            DType::F16 => {
+                let b = f16::from_f64(v);
+                bytes.extend(b.to_bits().to_le_bytes());
+                exact.push(b.to_f64());
+            }
+            DType::F32 => {
+                bytes.extend((v as f32).to_bits().to_le_bytes());
+                exact.push(v as f32 as f64);
+            }
+        }
+    }
+    (bytes, exact)
+}
+
+const SHAPES: &[(usize, usize)] = &[(24, 160), (5, 70), (3, 1000)];
+const PARAMS: &[QuantParams] = &[
+    QuantParams { bits: 5, group_size: 64 },
+    QuantParams { bits: 3, group_size: 64 },
+    QuantParams { bits: 8, group_size: 7 },
+    QuantParams { bits: 2, group_size: 128 },
+    QuantParams { bits: 4, group_size: 1 },
+];
+
+fn serialize(q: &QuantTensor) -> Vec<u8> {
+    let mut v = q.base_exp.to_le_bytes().to_vec();
+    v.extend(&q.codes);
+    v.extend(&q.scales);
+    v.extend(&q.zeros);
+    v
+}
+
+conformance!(quantize_same_bits_everywhere, |b| {
+    let mut out = Vec::new();
+    for (k, &(rows, cols)) in SHAPES.iter().enumerate() {
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            let (src, _) = weights(dtype, rows, cols, 11 + k as u64);
+            let mut rng = Rng(3 + k as u64);
+            let imp: Vec<u32> = (0..cols).map(|_| rng.below(4097) as u32).collect();
+            for &p in PARAMS {
+                for h in [None, Some(&imp[..])] {
+                    let q = quantize_tensor(b, "t", &src, dtype, rows, cols, p, h).unwrap();
+                    out.extend(serialize(&q));
+                }
+            }
+        }
+    }
+    out
+});
+
+conformance!(dequantize_same_bits_everywhere, |b| {
+    let cpu = CpuBackend::new();
+    let mut out = Vec::new();
+    for (k, &(rows, cols)) in SHAPES.iter().enumerate() {
+        let (src, _) = weights(DType::BF16, rows, cols, 21 + k as u64);
+        for &p in PARAMS {
+            let mut q = quantize_tensor(&cpu, "t", &src, DType::BF16, rows, cols, p, None).unwrap();
+            for dtype in [DType::BF16, DType::F16, DType::F32] {
+                out.extend(b.dequantize(&q, dtype).unwrap());
+            }
+            // Tiny outputs: subnormals and flushes to zero in every format.
+            q.base_exp = -150;
+            for dtype in [DType::BF16, DType::F16, DType::F32] {
+                out.extend(b.dequantize(&q, dtype).unwrap());
+            }
+        }
+    }
+    out
+});
+
+#[test]
+fn dequantize_overflow_is_an_error_everywhere() {
+    let cpu = CpuBackend::new();
+    let (src, _) = weights(DType::F32, 4, 70, 5);
+    let mut q = quantize_tensor(&cpu, "t", &src, DType::F32, 4, 70, PARAMS[0], None).unwrap();
+    q.base_exp = 10; // steps of 16·2^10 and up: beyond f16's 65504 somewhere
+    let want = (0..q.codes.len())
+        .find(|&i| {
+            let g = (i / 70) * q.groups_per_row() + (i % 70) / 64;
+            let (m, e) = step(q.scales[g], q.base_exp);
+            (m as f64 * (q.codes[i] as f64 - q.zeros[g] as f64) * 2f64.powi(e)).abs() >= 65520.0
+        })
+        .expect("some element overflows f16");
+    for d in common::devices() {
+        match d.backend.dequantize(&q, DType::F16) {
+            Err(KernelError::Overflow { index }) => assert_eq!(index, want, "{}", d.label),
+            other => panic!("{}: expected overflow, got {:?}", d.label, other.map(|_| ())),
+        }
+    }
+}
+
+/// DType::encode (the twin of encode_float) against IEEE conversions: Rust's f64→f32 cast
+/// (correctly rounded), and for bf16/f16 the half crate's f32→bf16/f16 on values an f32
+/// holds exactly (its f64 path rounds twice, so it is not used).
+#[test]
+fn encode_matches_ieee_conversions() {
+    let mut rng = Rng(77);
+    let mut n = 0;
+    for _ in 0..300_000 {
+        let bits = 1 + rng.below(52) as u32;
+        let mag = rng.next_u64() >> (64 - bits);
+        let exp = rng.below(360) as i32 - 200;
+        let neg = rng.next_u32() & 1 == 1;
+        if mag == 0 {
+            assert!([DType::BF16, DType::F16, DType::F32].iter().all(|d| d.encode(neg, 0, exp) == Some(0)));
+            continue;
+        }
+        let v = mag as f64 * 2f64.powi(exp) * if neg { -1.0 } else { 1.0 };
+        let f = v as f32;
+        assert_eq!(DType::F32.encode(neg, mag, exp), f.is_finite().then(|| f.to_bits()), "F32 {neg} {mag} * 2^{exp}");
+        n += 1;
+        if f.is_finite() && f as f64 == v {
+            let b = bf16::from_f32(f);
+            assert_eq!(DType::BF16.encode(neg, mag, exp), b.is_finite().then(|| b.to_bits() as u32), "BF16 {v}");
+            let h = f16::from_f32(f);
+            assert_eq!(DType::F16.encode(neg, mag, exp), h.is_finite().then(|| h.to_bits() as u32), "F16 {v}");
+            n += 2;
+        }
+    }
+    assert!(n > 400_000);
+    println!("{n} encodings identical to IEEE conversions");
+}
+
+fn reconstruct(q: &QuantTensor) -> Vec<f64> {
+    let gpr = q.groups_per_row();
+    (0..q.codes.len())
+        .map(|i| {
+            let g = (i / q.cols) * gpr + (i % q.cols) / q.params.group_size as usize;
+            let (m, e) = step(q.scales[g], q.base_exp);
+            m as f64 * (q.codes[i] as f64 - q.zeros[g] as f64) * 2f64.powi(e)
+        })
+        .collect()
+}
+
+/// Float min-max round-to-nearest with an exact (unquantized) per-group scale and zero:
+/// the plain baseline the search must beat.
+fn rtn_error(w: &[f64], cols: usize, p: QuantParams) -> f64 {
+    let qmax = ((1u32 << p.bits) - 1) as f64;
+    let g = p.group_size as usize;
+    let mut err = 0.0;
+    for row in w.chunks(cols) {
+        for grp in row.chunks(g) {
+            let hi = grp.iter().cloned().fold(0.0, f64::max);
+            let lo = grp.iter().cloned().fold(0.0, f64::min);
+            let s = (hi - lo) / qmax;
+            if s == 0.0 {
+                continue;
+            }
+            let z = (-lo / s).round();
+            for &x in grp {
+                let q = ((x / s).round() + z).clamp(0.0, qmax);
+                err += (x - s * (q - z)).powi(2);
+            }
+        }
+    }
+    err
+}
+
+#[test]
+fn search_beats_round_to_nearest_and_honours_importance() {
+    let cpu = CpuBackend::new();
+    let (rows, cols) = (64, 576);
+    let (src, w) = weights(DType::BF16, rows, cols, 9);
+    for bits in [3, 4, 5] {
+        let p = QuantParams { bits, group_size: 64 };
+        let q = quantize_tensor(&cpu, "t", &src, DType::BF16, rows, cols, p, None).unwrap();
+        let ours: f64 = reconstruct(&q).iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
+        let rtn = rtn_error(&w, cols, p);
+        println!("bits {bits}: search/RTN squared error {:.4}", ours / rtn);
+        assert!(ours < rtn, "bits {bits}: search {ours} not below RTN {rtn}");
+    }
+    // Importance on the first 8 columns of each group lowers their error.
+    let p = QuantParams { bits: 4, group_size: 64 };
+    let imp: Vec<u32> = (0..cols).map(|c| if c % 64 < 8 { 4096 } else { 1 }).collect();
+    let err_on = |q: &QuantTensor| -> f64 {
+        reconstruct(q)
+            .iter()
+            .zip(&w)
+            .enumerate()
+            .filter(|(i, _)| (i % cols) % 64 < 8)
+            .map(|(_, (a, b))| (a - b).powi(2))
+            .sum()
+    };
+    let flat = quantize_tensor(&cpu, "t", &src, DType::BF16, rows, cols, p, None).unwrap();
+    let weighted = quantize_tensor(&cpu, "t", &src, DType::BF16, rows, cols, p, Some(&imp)).unwrap();
+    println!("important columns: weighted/uniform error {:.3}", err_on(&weighted) / err_on(&flat));
+    assert!(err_on(&weighted) < 0.8 * err_on(&flat));
+}
+
+#[test]
+fn quantize_splits_over_small_bindings() {
+    let cpu = CpuBackend::new();
+    let (rows, cols) = (40, 70);
+    let (src, _) = weights(DType::F16, rows, cols, 4);
+    let p = QuantParams { bits: 5, group_size: 64 };
+    let want = quantize_tensor(&cpu, "t", &src, DType::F16, rows, cols, p, None).unwrap();
+    let want_bits = cpu.dequantize(&want, DType::F16).unwrap();
+    for (label, gpu) in common::gpu_backends() {
+        let gpu = gpu.with_work_limits(3 * 70 * 4, 2);
+        assert_eq!(quantize_tensor(&gpu, "t", &src, DType::F16, rows, cols, p, None).unwrap(), want, "{label}");
+        assert_eq!(gpu.dequantize(&want, DType::F16).unwrap(), want_bits, "{label}");
+        println!("split quantize/dequantize identical on {label}");
+    }
+}
