@@ -39,6 +39,15 @@ impl DType {
         }
     }
 
+    pub fn from_safetensors_name(s: &str) -> Option<DType> {
+        match s {
+            "BF16" => Some(DType::BF16),
+            "F16" => Some(DType::F16),
+            "F32" => Some(DType::F32),
+            _ => None,
+        }
+    }
+
     pub fn size_bytes(self) -> usize {
         match self {
             DType::BF16 | DType::F16 => 2,
@@ -148,4 +157,9 @@ pub fn shr_round_u64(a: u64, s: u32) -> u64 {
     let rem = a & ((1u64 << s) - 1);
     let half = 1u64 << (s - 1);
     if rem > half || (rem == half && q & 1 == 1) { q + 1 } else { q }
+}
+
+/// Index of the first NaN or ±Inf among little-endian `dtype` values.
+pub fn first_non_finite(bytes: &[u8], dtype: DType) -> Option<usize> {
+    (0..bytes.len() / dtype.size_bytes()).find(|&i| !matches!(dtype.decode(dtype.load_bits(bytes, i)), Decoded::Finite { .. }))
 }

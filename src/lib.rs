@@ -9,8 +9,10 @@ pub mod error;
 pub mod backend;
 pub mod cli;
 pub mod codec;
+pub mod compress;
 pub mod digest;
 pub mod dtype;
 pub mod model;
+pub mod pack;
 
 pub use error::{Error, Result};

@@ -3,8 +3,12 @@ use std::path::Path;
 use super::{Common, print_json};
 use crate::error::Result;
 use crate::model::Model;
+use crate::pack::{Kind, Pack};
 
 pub fn run(path: &Path, common: &Common) -> Result<()> {
+    if path.join(crate::pack::MANIFEST_FILE).exists() {
+        return pack_info(path, common);
+    }
     let m = Model::open(path)?;
     let c = &m.config;
     let tensors: Vec<serde_json::Value> = m
@@ -63,6 +67,58 @@ pub fn run(path: &Path, common: &Common) -> Result<()> {
     for t in &m.tensors {
         let v = m.tensor(&t.name);
         println!("  {:<5} {:<14} {}", v.dtype_name(), format!("{:?}", t.shape), t.name);
+    }
+    Ok(())
+}
+
+fn pack_info(dir: &Path, common: &Common) -> Result<()> {
+    let pack = Pack::open(dir)?;
+    super::check_pack_files(&pack)?;
+    let m = &pack.manifest;
+    let digest = pack.digest();
+    if common.json {
+        let mut v = serde_json::to_value(m).expect("manifest serialises");
+        v["kind"] = "pack".into();
+        v["pack_digest"] = digest.into();
+        print_json(&v);
+        return Ok(());
+    }
+    let quantized = m.tensors.iter().filter(|t| t.kind == Kind::Quantized).count();
+    let layers = m.files.iter().filter(|f| f.name.starts_with("layer-")).count();
+    println!("pack {} ({} {} format {})", dir.display(), m.format, m.tool.version, m.format_version);
+    println!("pack digest:     sha256:{digest}");
+    println!("weights digest:  sha256:{}", m.weights_digest);
+    println!("source:          {} model, weights digest sha256:{}", m.source.model_type, m.source.weights_digest);
+    for f in &m.source.files {
+        println!("                 {} {} bytes sha256:{}", f.name, f.size, f.sha256);
+    }
+    let p = &m.codec.parameters;
+    println!(
+        "codec:           {} v{}: {} bits, groups of {}, rank {}, output dtype {}, {}",
+        m.codec.name,
+        m.codec.version,
+        p.bits,
+        p.group_size,
+        p.rank,
+        p.out_dtype,
+        if m.codec.calibration.is_some() { "calibrated" } else { "uncalibrated" }
+    );
+    println!(
+        "bits per weight: {:.4} over the quantized linears ({} bits / {} weights), {:.4} over the pack",
+        m.bits_per_weight.linears.value(),
+        m.bits_per_weight.linears.bits,
+        m.bits_per_weight.linears.weights,
+        m.bits_per_weight.pack.value()
+    );
+    let total: u64 = m.files.iter().map(|f| f.size).sum();
+    println!("files:           {} ({} layer files), {} bytes", m.files.len(), layers, total);
+    println!("tensors:         {} ({} quantized, {} raw)", m.tensors.len(), quantized, m.tensors.len() - quantized);
+    for t in &m.tensors {
+        let kind = match t.kind {
+            Kind::Quantized => format!("q{} r{}", t.bits.unwrap_or(0), t.rank.unwrap_or(0)),
+            Kind::Raw => "raw".into(),
+        };
+        println!("  {:<7} {:<5} {:<14} {:<24} {}", kind, t.dtype, format!("{:?}", t.shape), t.file, t.name);
     }
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! Argument parsing and printing only; the work lives in the library modules.
 
+mod compress;
 mod devices;
+mod export;
 mod hash;
 mod info;
+mod verify;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -41,7 +44,56 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// What a model directory holds: architecture, tensors, dtypes, sizes.
+    /// Compress a model directory into a pack.
+    Compress {
+        model_dir: PathBuf,
+        /// Output pack directory (must not exist or be empty, unless --force).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Bits per code (2..=8).
+        #[arg(long, default_value_t = 5)]
+        bits: u32,
+        /// Input channels per scale group.
+        #[arg(long, default_value_t = 64)]
+        group_size: u32,
+        /// Low-rank overlay rank (only 0 is implemented so far).
+        #[arg(long, default_value = "0")]
+        rank: String,
+        /// Reconstructed dtype: source (default), bf16, f16 or f32.
+        #[arg(long, default_value = "source")]
+        out_dtype: String,
+        /// Replace a non-empty output directory.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Check a pack's files, then rebuild every tensor and compare with the manifest.
+    Verify {
+        pack: PathBuf,
+        /// Fail unless the pack digest equals this (optional sha256: prefix, any case).
+        #[arg(long)]
+        expect: Option<String>,
+        /// Reconstruct on every device present and require all to agree.
+        #[arg(long)]
+        all_devices: bool,
+        /// Print every tensor, not only failures.
+        #[arg(long)]
+        verbose: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write a Hugging Face model directory of a pack's reconstructed weights.
+    Export {
+        pack: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// What a pack or model directory holds: architecture, tensors, sizes, digests.
     Info {
         path: PathBuf,
         #[command(flatten)]
@@ -63,6 +115,13 @@ pub fn main() -> i32 {
         Command::Devices { common } => devices::run(&common),
         Command::Hash { model_dir, common } => hash::run(&model_dir, &common),
         Command::Info { path, common } => info::run(&path, &common),
+        Command::Compress { model_dir, output, bits, group_size, rank, out_dtype, force, common } => {
+            compress::run(&model_dir, &output, bits, group_size, &rank, &out_dtype, force, &common)
+        }
+        Command::Verify { pack, expect, all_devices, verbose, common } => {
+            verify::run(&pack, expect.as_deref(), all_devices, verbose, &common)
+        }
+        Command::Export { pack, output, force, common } => export::run(&pack, &output, force, &common),
     };
     match result {
         Ok(()) => 0,
@@ -76,4 +135,19 @@ pub fn main() -> i32 {
 /// Print a serialisable value as pretty JSON on stdout.
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).expect("JSON of a plain value"));
+}
+
+/// Commands that read a pack refuse one whose files fail their checks (DESIGN §6).
+pub(crate) fn check_pack_files(pack: &crate::pack::Pack) -> Result<()> {
+    let problems = pack.check_files()?;
+    if let Some(p) = problems.first() {
+        return Err(crate::error::Error::verify_fail(format!(
+            "{}: file {}: {} ({} problem(s); run `ucw verify`)",
+            pack.dir.display(),
+            p.file,
+            p.problem,
+            problems.len()
+        )));
+    }
+    Ok(())
 }

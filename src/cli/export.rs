@@ -1,0 +1,27 @@
+use std::path::Path;
+
+use super::{check_pack_files, print_json, Common};
+use crate::backend::device;
+use crate::error::Result;
+use crate::pack::export::{export, MAX_SHARD_BYTES};
+use crate::pack::Pack;
+
+pub fn run(pack_dir: &Path, out: &Path, force: bool, common: &Common) -> Result<()> {
+    let pack = Pack::open(pack_dir)?;
+    check_pack_files(&pack)?;
+    let (_, backend) = device::open(common.device)?;
+    let e = export(&pack, backend.as_ref(), out, force, MAX_SHARD_BYTES)?;
+    if common.json {
+        print_json(&serde_json::json!({
+            "output": out.display().to_string(),
+            "files": e.files,
+            "tensor_bytes": e.tensor_bytes,
+            "weights_digest": pack.manifest.weights_digest,
+            "pack_digest": pack.digest(),
+        }));
+    } else {
+        println!("exported {} ({} files, {} tensor bytes)", out.display(), e.files.len(), e.tensor_bytes);
+        println!("weights digest: sha256:{} (check with `ucw hash {}`)", pack.manifest.weights_digest, out.display());
+    }
+    Ok(())
+}

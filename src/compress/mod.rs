@@ -1,0 +1,235 @@
+//! `ucw compress`: one tensor at a time through the codec, one layer file at a time to
+//! disk, written into a temporary directory beside the pack and renamed at the end.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::codec::quant::{quantize_tensor, QuantParams};
+use crate::codec::CODEC_VERSION;
+use crate::digest::{sha256_hex, weights_digest};
+use crate::dtype::{first_non_finite, DType};
+use crate::error::{Error, Result};
+use crate::model::{hash_model_dir, Model, Role};
+use crate::pack::layer::{self, LayerMeta, QuantMeta};
+use crate::pack::manifest::*;
+use crate::pack::stfile::{self, OutTensor};
+use crate::pack::output::Staging;
+use crate::pack::{layer_file_name, sha256_file, COPIED_FILES, SCAFFOLD_FILE};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub bits: u32,
+    pub group_size: u32,
+    /// Low-rank overlay rank; only 0 is implemented so far.
+    pub rank: u32,
+    /// None = each tensor's source dtype.
+    pub out_dtype: Option<DType>,
+    pub force: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { bits: 5, group_size: 64, rank: 0, out_dtype: None, force: false }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub pack: PathBuf,
+    pub pack_digest: String,
+    pub weights_digest: String,
+    pub bits_per_weight: PackBits,
+    pub quantized: usize,
+    pub raw: usize,
+    pub seconds: f64,
+}
+
+fn file_entry(dir: &Path, name: &str) -> Result<FileEntry> {
+    let path = dir.join(name);
+    let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, "cannot stat", e))?.len();
+    Ok(FileEntry { name: name.to_string(), sha256: sha256_file(&path)?, size })
+}
+
+pub fn compress(
+    model_dir: &Path,
+    out: &Path,
+    backend: &dyn Backend,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Summary> {
+    let start = Instant::now();
+    if opts.rank != 0 {
+        return Err(bad_input!("--rank {}: the low-rank overlay is not implemented yet (use --rank 0)", opts.rank));
+    }
+    let params = QuantParams { bits: opts.bits, group_size: opts.group_size };
+    if !(2..=8).contains(&opts.bits) {
+        return Err(bad_input!("--bits {} out of range 2..=8", opts.bits));
+    }
+    if opts.group_size == 0 || opts.group_size > crate::codec::quant::MAX_GROUP_SIZE {
+        return Err(bad_input!("--group-size {} out of range 1..={}", opts.group_size, crate::codec::quant::MAX_GROUP_SIZE));
+    }
+    let model = Model::open(model_dir)?;
+    let tmp = Staging::new(out, opts.force)?;
+
+    // Source provenance.
+    progress("hashing source");
+    let src_digests = hash_model_dir(model_dir)?;
+    let mut src_files: Vec<FileEntry> = Vec::new();
+    for f in &model.checkpoint.files {
+        let name = f.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        src_files.push(file_entry(model_dir, &name)?);
+    }
+    if model_dir.join(crate::model::weights::INDEX_FILE).exists() {
+        src_files.push(file_entry(model_dir, crate::model::weights::INDEX_FILE)?);
+    }
+    for name in COPIED_FILES {
+        if model_dir.join(name).exists() {
+            src_files.push(file_entry(model_dir, name)?);
+        }
+    }
+    src_files.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut files: Vec<FileEntry> = Vec::new();
+    for name in COPIED_FILES {
+        let from = model_dir.join(name);
+        if from.exists() {
+            std::fs::copy(&from, tmp.path.join(name)).map_err(|e| Error::io(&from, "cannot copy", e))?;
+            files.push(file_entry(&tmp.path, name)?);
+        }
+    }
+
+    let mut entries: Vec<TensorEntry> = Vec::new();
+    let mut linear_bits = 0u64;
+    let mut linear_weights = 0u64;
+    let mut data_bytes = 0u64;
+    let mut all_weights = 0u64;
+    let mut scaffold: Vec<OutTensor> = Vec::new();
+    let layers = model.config.num_hidden_layers;
+    for l in 0..layers {
+        progress(&format!("layer {}/{layers}", l + 1));
+        let mut meta = LayerMeta::new();
+        let mut stored: Vec<OutTensor> = Vec::new();
+        let file = layer_file_name(l);
+        for t in model.tensors.iter().filter(|t| t.layer == Some(l) && t.role == Role::Linear) {
+            let v = model.tensor(&t.name);
+            let dtype = model.dtype_of(&t.name);
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            let q = quantize_tensor(backend, &t.name, v.bytes, dtype, rows, cols, params, None)?;
+            let out_dtype = opts.out_dtype.unwrap_or(dtype);
+            let rec = backend.dequantize(&q, out_dtype).map_err(|e| match e {
+                crate::backend::KernelError::Overflow { index } => {
+                    bad_input!("tensor \"{}\": reconstructed element {index} overflows {out_dtype} (choose another --out-dtype)", t.name)
+                }
+                crate::backend::KernelError::NonFinite { index } => bad_input!("tensor \"{}\": element {index} is not finite", t.name),
+                crate::backend::KernelError::Device(e) => bad_input!("tensor \"{}\": {e}", t.name),
+            })?;
+            let sb = layer::stored_bytes(&q);
+            linear_bits += 8 * sb;
+            linear_weights += (rows * cols) as u64;
+            data_bytes += sb;
+            all_weights += (rows * cols) as u64;
+            meta.tensors.insert(
+                t.name.clone(),
+                QuantMeta {
+                    base_exp: q.base_exp,
+                    bits: opts.bits,
+                    group_size: opts.group_size,
+                    out_dtype,
+                    rank: 0,
+                    shape: [rows as u64, cols as u64],
+                },
+            );
+            entries.push(TensorEntry {
+                bits: Some(opts.bits),
+                dtype: out_dtype.safetensors_name().into(),
+                file: file.clone(),
+                kind: Kind::Quantized,
+                name: t.name.clone(),
+                rank: Some(0),
+                sha256: sha256_hex(&rec),
+                shape: vec![rows as u64, cols as u64],
+            });
+            stored.extend(layer::encode(&t.name, &q));
+        }
+        let (size, sha256) = stfile::write(&tmp.path.join(&file), stored, &meta.to_metadata())?;
+        files.push(FileEntry { name: file, sha256, size });
+    }
+    progress("scaffold");
+    for t in model.tensors.iter().filter(|t| t.role != Role::Linear) {
+        let v = model.tensor(&t.name);
+        let dtype = model.dtype_of(&t.name);
+        if let Some(i) = first_non_finite(v.bytes, dtype) {
+            return Err(bad_input!("tensor \"{}\": element {i} is not finite (NaN or Inf)", t.name));
+        }
+        data_bytes += v.bytes.len() as u64;
+        all_weights += v.numel() as u64;
+        let shape: Vec<u64> = v.shape.iter().map(|&d| d as u64).collect();
+        entries.push(TensorEntry {
+            bits: None,
+            dtype: dtype.safetensors_name().into(),
+            file: SCAFFOLD_FILE.into(),
+            kind: Kind::Raw,
+            name: t.name.clone(),
+            rank: None,
+            sha256: sha256_hex(v.bytes),
+            shape: shape.clone(),
+        });
+        scaffold.push(OutTensor { name: t.name.clone(), dtype: dtype.safetensors_name(), shape, data: Cow::Borrowed(v.bytes) });
+    }
+    let (size, sha256) = stfile::write(&tmp.path.join(SCAFFOLD_FILE), scaffold, &BTreeMap::new())?;
+    files.push(FileEntry { name: SCAFFOLD_FILE.into(), sha256, size });
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+
+    let digests: Vec<_> = entries.iter().map(|t| t.digest()).collect();
+    let manifest = Manifest {
+        bits_per_weight: PackBits {
+            linears: BitsPerWeight { bits: linear_bits, weights: linear_weights },
+            pack: BitsPerWeight { bits: 8 * data_bytes, weights: all_weights },
+        },
+        codec: Codec {
+            calibration: None,
+            name: layer::CODEC_NAME.into(),
+            parameters: CodecParams {
+                bits: opts.bits,
+                group_size: opts.group_size,
+                out_dtype: opts.out_dtype.map_or("source".into(), |d| d.safetensors_name().into()),
+                rank: opts.rank.to_string(),
+            },
+            version: CODEC_VERSION,
+        },
+        files,
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        source: Source {
+            files: src_files,
+            model_type: model.config.arch.model_type().into(),
+            tensors: {
+                let mut v: Vec<SourceTensor> =
+                    src_digests.tensors.iter().map(|t| SourceTensor { name: t.name.clone(), sha256: t.sha256.clone() }).collect();
+                v.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+                v
+            },
+            weights_digest: src_digests.weights_digest,
+        },
+        tensors: entries,
+        tool: Tool { codec_version: CODEC_VERSION, name: "ucw".into(), version: env!("CARGO_PKG_VERSION").into() },
+        weights_digest: weights_digest(&digests),
+    };
+    let bytes = manifest.to_bytes();
+    let mpath = tmp.path.join(MANIFEST_FILE);
+    std::fs::write(&mpath, &bytes).map_err(|e| Error::io(&mpath, "cannot write", e))?;
+    tmp.install()?;
+    Ok(Summary {
+        pack: out.to_path_buf(),
+        pack_digest: sha256_hex(&bytes),
+        weights_digest: manifest.weights_digest.clone(),
+        bits_per_weight: manifest.bits_per_weight,
+        quantized: manifest.tensors.iter().filter(|t| t.kind == Kind::Quantized).count(),
+        raw: manifest.tensors.iter().filter(|t| t.kind == Kind::Raw).count(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

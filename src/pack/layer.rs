@@ -1,0 +1,149 @@
+//! Quantized linears in layer files: three U8 tensors per linear and their codec
+//! parameters in the file's `__metadata__` (docs/FORMAT.md).
+
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use super::bits;
+use super::stfile::OutTensor;
+use crate::codec::quant::{QuantParams, QuantTensor, MAX_GROUP_SIZE};
+use crate::digest::canonical_json;
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::model::weights::SafetensorsFile;
+
+pub const CODEC_NAME: &str = "ucw-q1";
+pub const METADATA_KEY: &str = "ucw";
+
+/// Per-tensor codec parameters stored in the layer file's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantMeta {
+    pub base_exp: i32,
+    pub bits: u32,
+    pub group_size: u32,
+    pub out_dtype: DType,
+    pub rank: u32,
+    pub shape: [u64; 2],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerMeta {
+    pub codec: String,
+    pub codec_version: u32,
+    pub tensors: BTreeMap<String, QuantMeta>,
+}
+
+impl LayerMeta {
+    pub fn new() -> Self {
+        LayerMeta { codec: CODEC_NAME.into(), codec_version: crate::codec::CODEC_VERSION, tensors: BTreeMap::new() }
+    }
+
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let json = String::from_utf8(canonical_json(self)).expect("canonical JSON is UTF-8");
+        BTreeMap::from([(METADATA_KEY.to_string(), json)])
+    }
+
+    pub fn from_file(f: &SafetensorsFile) -> Result<LayerMeta> {
+        let text = f
+            .metadata
+            .get(METADATA_KEY)
+            .ok_or_else(|| bad_input!("{}: no \"{METADATA_KEY}\" entry in __metadata__", f.path.display()))?;
+        let m: LayerMeta =
+            serde_json::from_str(text).map_err(|e| bad_input!("{}: invalid codec metadata: {e}", f.path.display()))?;
+        if m.codec != CODEC_NAME || m.codec_version != crate::codec::CODEC_VERSION {
+            return Err(bad_input!(
+                "{}: codec {} version {} is not {CODEC_NAME} version {}",
+                f.path.display(),
+                m.codec,
+                m.codec_version,
+                crate::codec::CODEC_VERSION
+            ));
+        }
+        Ok(m)
+    }
+}
+
+impl Default for LayerMeta {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The stored tensors of one quantized linear (bytes owned).
+pub fn encode(name: &str, q: &QuantTensor) -> Vec<OutTensor<'static>> {
+    let b = q.params.bits;
+    let gpr = q.groups_per_row();
+    let rows = q.rows as u64;
+    vec![
+        OutTensor {
+            name: format!("{name}.codes"),
+            dtype: "U8",
+            shape: vec![rows, bits::row_bytes(q.cols, b) as u64],
+            data: Cow::Owned(bits::pack(&q.codes, q.cols, b)),
+        },
+        OutTensor { name: format!("{name}.scales"), dtype: "U8", shape: vec![rows, gpr as u64], data: Cow::Owned(q.scales.clone()) },
+        OutTensor {
+            name: format!("{name}.zeros"),
+            dtype: "U8",
+            shape: vec![rows, bits::row_bytes(gpr, b) as u64],
+            data: Cow::Owned(bits::pack(&q.zeros, gpr, b)),
+        },
+    ]
+}
+
+/// Stored bytes of an encoded linear (what bits-per-weight counts).
+pub fn stored_bytes(q: &QuantTensor) -> u64 {
+    let gpr = q.groups_per_row();
+    (q.rows * (bits::row_bytes(q.cols, q.params.bits) + gpr + bits::row_bytes(gpr, q.params.bits))) as u64
+}
+
+/// Read one quantized linear back, checking every shape against the metadata before
+/// allocating (sizes are bounded by the tensor bytes actually in the file).
+pub fn decode(f: &SafetensorsFile, meta: &LayerMeta, name: &str) -> Result<(QuantTensor, DType)> {
+    let file = f.path.display();
+    let m = meta.tensors.get(name).ok_or_else(|| bad_input!("{file}: no codec metadata for tensor \"{name}\""))?;
+    if !(2..=8).contains(&m.bits) || m.group_size == 0 || m.group_size > MAX_GROUP_SIZE || m.rank != 0 {
+        return Err(bad_input!("{file}: tensor \"{name}\": unsupported parameters {m:?}"));
+    }
+    let (rows, cols) = (m.shape[0] as usize, m.shape[1] as usize);
+    if rows == 0 || cols == 0 {
+        return Err(bad_input!("{file}: tensor \"{name}\": empty shape {:?}", m.shape));
+    }
+    let gpr = cols.div_ceil(m.group_size as usize);
+    let get = |suffix: &str, want: [usize; 2]| -> Result<&[u8]> {
+        let full = format!("{name}.{suffix}");
+        let v = f.tensor(&full).ok_or_else(|| bad_input!("{file}: missing tensor \"{full}\""))?;
+        if v.dtype != safetensors::Dtype::U8 || v.shape != want {
+            return Err(bad_input!(
+                "{file}: tensor \"{full}\" is {} {:?}, expected U8 {want:?}",
+                v.dtype_name(),
+                v.shape
+            ));
+        }
+        Ok(v.bytes)
+    };
+    let codes_b = get("codes", [rows, bits::row_bytes(cols, m.bits)])?;
+    let scales = get("scales", [rows, gpr])?;
+    let zeros_b = get("zeros", [rows, bits::row_bytes(gpr, m.bits)])?;
+    // Shapes matched the stored byte counts, so rows * cols <= 8 * codes bytes: bounded.
+    if rows.checked_mul(cols).is_none_or(|n| n > 8 * codes_b.len().max(1)) {
+        return Err(bad_input!("{file}: tensor \"{name}\": shape {:?} does not match its data", m.shape));
+    }
+    let codes = bits::unpack(codes_b, rows, cols, m.bits);
+    let zeros = bits::unpack(zeros_b, rows, gpr, m.bits);
+    Ok((
+        QuantTensor {
+            rows,
+            cols,
+            params: QuantParams { bits: m.bits, group_size: m.group_size },
+            base_exp: m.base_exp,
+            codes,
+            scales: scales.to_vec(),
+            zeros,
+        },
+        m.out_dtype,
+    ))
+}

@@ -1,0 +1,162 @@
+//! Packs: a flat directory of a canonical manifest, copied config/tokenizer files, a
+//! scaffold of raw tensors and one safetensors file per decoder layer (DESIGN §5).
+
+pub mod bits;
+pub mod export;
+pub mod layer;
+pub mod manifest;
+pub mod output;
+pub mod stfile;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::backend::{Backend, KernelError};
+use crate::digest::sha256_hex;
+use crate::error::{Error, Result};
+use crate::model::weights::SafetensorsFile;
+pub use manifest::{Kind, Manifest, TensorEntry, MANIFEST_FILE};
+
+pub const SCAFFOLD_FILE: &str = "scaffold.safetensors";
+
+/// Files copied verbatim from the model directory when present.
+pub const COPIED_FILES: &[&str] =
+    &["config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"];
+
+pub fn layer_file_name(layer: usize) -> String {
+    format!("layer-{layer:05}.safetensors")
+}
+
+/// An opened pack: its manifest bytes and parsed manifest.
+pub struct Pack {
+    pub dir: PathBuf,
+    pub manifest_bytes: Vec<u8>,
+    pub manifest: Manifest,
+}
+
+/// One problem found by the file checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileProblem {
+    pub file: String,
+    pub problem: String,
+}
+
+impl Pack {
+    /// Read and parse the manifest (exit 2 when it cannot be).
+    pub fn open(dir: &Path) -> Result<Pack> {
+        if !dir.is_dir() {
+            return Err(bad_input!("{}: not a directory", dir.display()));
+        }
+        let path = dir.join(MANIFEST_FILE);
+        let manifest_bytes = std::fs::read(&path).map_err(|e| Error::io(&path, "cannot read", e))?;
+        let manifest = Manifest::parse(&manifest_bytes).map_err(|e| bad_input!("{}: {}", dir.display(), e.message))?;
+        Ok(Pack { dir: dir.to_path_buf(), manifest_bytes, manifest })
+    }
+
+    /// The pack digest: SHA-256 of the manifest bytes.
+    pub fn digest(&self) -> String {
+        sha256_hex(&self.manifest_bytes)
+    }
+
+    /// Size and SHA-256 of every listed file, and no file missing or extra. Runs before any
+    /// file is parsed.
+    pub fn check_files(&self) -> Result<Vec<FileProblem>> {
+        let mut problems = Vec::new();
+        let listed: BTreeMap<&str, &manifest::FileEntry> =
+            self.manifest.files.iter().map(|f| (f.name.as_str(), f)).collect();
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, "cannot list", e))?;
+        let mut present = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| Error::io(&self.dir, "cannot list", e))?;
+            present.push(e.file_name().to_string_lossy().to_string());
+        }
+        present.sort();
+        for name in &present {
+            if name != MANIFEST_FILE && !listed.contains_key(name.as_str()) {
+                problems.push(FileProblem { file: name.clone(), problem: "unexpected file (not in the manifest)".into() });
+            }
+        }
+        for (name, f) in &listed {
+            let path = self.dir.join(name);
+            if !present.iter().any(|p| p == name) {
+                problems.push(FileProblem { file: name.to_string(), problem: "missing".into() });
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, "cannot stat", e))?;
+            if !meta.is_file() {
+                problems.push(FileProblem { file: name.to_string(), problem: "not a regular file".into() });
+                continue;
+            }
+            if meta.len() != f.size {
+                problems.push(FileProblem {
+                    file: name.to_string(),
+                    problem: format!("size {} bytes, manifest says {}", meta.len(), f.size),
+                });
+                continue;
+            }
+            let sha = sha256_file(&path)?;
+            if sha != f.sha256 {
+                problems.push(FileProblem { file: name.to_string(), problem: format!("SHA-256 {sha}, manifest says {}", f.sha256) });
+            }
+        }
+        Ok(problems)
+    }
+
+    /// The bytes of a tensor as deployed: reconstructed on `backend` for quantized tensors,
+    /// as stored for raw ones.
+    pub fn tensor_bytes(&self, backend: &dyn Backend, t: &TensorEntry, files: &mut OpenFiles) -> Result<Vec<u8>> {
+        let (f, meta) = files.get(&self.dir, &t.file, t.kind == Kind::Quantized)?;
+        match t.kind {
+            Kind::Raw => {
+                let v = f.tensor(&t.name).ok_or_else(|| bad_input!("{}: missing tensor \"{}\"", t.file, t.name))?;
+                Ok(v.bytes.to_vec())
+            }
+            Kind::Quantized => {
+                let meta = meta.as_ref().expect("loaded for quantized tensors");
+                let (q, dtype) = layer::decode(f, meta, &t.name)?;
+                backend.dequantize(&q, dtype).map_err(|e| match e {
+                    KernelError::Overflow { index } => bad_input!("tensor \"{}\": element {index} overflows {dtype}", t.name),
+                    KernelError::NonFinite { index } => bad_input!("tensor \"{}\": element {index} is not finite", t.name),
+                    KernelError::Device(e) => bad_input!("tensor \"{}\": {e}", t.name),
+                })
+            }
+        }
+    }
+}
+
+/// Pack files opened (memory-mapped) once, with their parsed codec metadata.
+#[derive(Default)]
+pub struct OpenFiles {
+    map: BTreeMap<String, (SafetensorsFile, Option<layer::LayerMeta>)>,
+}
+
+impl OpenFiles {
+    fn get(&mut self, dir: &Path, name: &str, need_meta: bool) -> Result<&(SafetensorsFile, Option<layer::LayerMeta>)> {
+        if !self.map.contains_key(name) {
+            self.map.insert(name.to_string(), (SafetensorsFile::open(&dir.join(name))?, None));
+        }
+        let entry = self.map.get_mut(name).expect("inserted above");
+        if need_meta && entry.1.is_none() {
+            entry.1 = Some(layer::LayerMeta::from_file(&entry.0)?);
+        }
+        Ok(entry)
+    }
+}
+
+/// SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, "cannot read", e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
