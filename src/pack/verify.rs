@@ -67,16 +67,24 @@ pub fn verify(pack: &Pack, backends: &[(String, &dyn Backend)], expect: Option<&
                 tensors.push(check(false, format!("its file {} is not listed in the manifest", t.file)));
                 continue;
             }
-            if bad_files.contains(t.file.as_str()) {
-                tensors.push(check(false, format!("not checked: {} failed its file check", t.file)));
-                continue;
-            }
+            // A file that failed its check is still read (bounded, after the check) so the
+            // report can name the damaged tensors, but none of its tensors can pass.
+            let file_failed = bad_files.contains(t.file.as_str());
             if DType::from_safetensors_name(&t.dtype).is_none() {
                 tensors.push(check(false, format!("unsupported dtype {}", t.dtype)));
                 continue;
             }
             match pack.tensor_bytes(*backend, t, &mut open) {
                 Err(e) => tensors.push(check(false, e.message)),
+                Ok(bytes) if file_failed => {
+                    let same = sha256_hex(&bytes) == t.sha256;
+                    let detail = if same {
+                        format!("digest matches, but {} failed its file check", t.file)
+                    } else {
+                        format!("damaged: {} failed its file check and this tensor's digest differs", t.file)
+                    };
+                    tensors.push(check(false, detail));
+                }
                 Ok(bytes) => {
                     let len_ok = expected_len(&t.dtype, &t.shape) == Some(bytes.len() as u64);
                     let sha = sha256_hex(&bytes);
