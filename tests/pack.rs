@@ -219,7 +219,7 @@ fn flipped_bits_in_the_manifest_never_pass() {
     // A self-consistent edit is caught by --expect only.
     let damaged = t.path().join("consistent");
     copy_dir(&pack, &damaged);
-    rewrite_manifest(&damaged, |v| v["tool"]["version"] = "9.9.9".into());
+    rewrite_manifest(&damaged, |v| v["source"]["model_type"] = "llama".into());
     assert_eq!(verify_code(&damaged, &[]).0, 0);
     let (code, out) = verify_code(&damaged, &["--expect", &format!("sha256:{digest}")]);
     assert_eq!(code, 1, "{out}");

@@ -216,7 +216,8 @@ pub fn compress(
             weights_digest: src_digests.weights_digest,
         },
         tensors: entries,
-        tool: Tool { codec_version: CODEC_VERSION, name: "ucw".into(), version: env!("CARGO_PKG_VERSION").into() },
+        // No tool version: it would change the pack digest without any change in content.
+        tool: Tool { codec_version: CODEC_VERSION, name: "ucw".into() },
         weights_digest: weights_digest(&digests),
     };
     let bytes = manifest.to_bytes();

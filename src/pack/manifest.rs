@@ -25,7 +25,6 @@ pub struct FileEntry {
 pub struct Tool {
     pub codec_version: u32,
     pub name: String,
-    pub version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
