@@ -161,5 +161,6 @@ pub fn shr_round_u64(a: u64, s: u32) -> u64 {
 
 /// Index of the first NaN or ±Inf among little-endian `dtype` values.
 pub fn first_non_finite(bytes: &[u8], dtype: DType) -> Option<usize> {
-    (0..bytes.len() / dtype.size_bytes()).find(|&i| !matches!(dtype.decode(dtype.load_bits(bytes, i)), Decoded::Finite { .. }))
+    (0..bytes.len() / dtype.size_bytes())
+        .find(|&i| !matches!(dtype.decode(dtype.load_bits(bytes, i)), Decoded::Finite { .. }))
 }

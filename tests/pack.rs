@@ -8,10 +8,10 @@ use std::process::{Command, Output};
 
 use common::Rng;
 use ucw::codec::CODEC_VERSION;
-use ucw::compress::{compress, Options};
+use ucw::compress::{Options, compress};
 use ucw::pack::manifest::Manifest;
 use ucw::pack::verify::verify;
-use ucw::pack::{Pack, MANIFEST_FILE};
+use ucw::pack::{MANIFEST_FILE, Pack};
 
 const FIXTURES: &[&str] = &["llama-bf16", "mistral-f16", "qwen2-f32", "qwen3-bf16-sharded"];
 
@@ -72,7 +72,10 @@ fn golden_packs_on_every_device() {
         if bless {
             if let Ok(old) = std::fs::read_to_string(&golden_path) {
                 let old: serde_json::Value = serde_json::from_str(&old).unwrap();
-                assert!(old["codec_version"] != doc["codec_version"] || old == doc, "{f}: golden differs under the same codec version: bump CODEC_VERSION");
+                assert!(
+                    old["codec_version"] != doc["codec_version"] || old == doc,
+                    "{f}: golden differs under the same codec version: bump CODEC_VERSION"
+                );
             }
             std::fs::write(&golden_path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
         }
@@ -99,14 +102,21 @@ fn verify_passes_on_every_device_and_export_hashes_to_the_weights_digest() {
         let (_t, pack) = compressed(f);
         let p = Pack::open(&pack).unwrap();
         let devs = common::devices();
-        let backends: Vec<(String, &dyn ucw::backend::Backend)> = devs.iter().map(|d| (d.label.clone(), d.backend.as_ref())).collect();
+        let backends: Vec<(String, &dyn ucw::backend::Backend)> =
+            devs.iter().map(|d| (d.label.clone(), d.backend.as_ref())).collect();
         let report = verify(&p, &backends, Some(&format!("SHA256:{}", p.digest().to_uppercase()))).unwrap();
         assert!(report.pass(), "{f}: {:?}", report.tensors.iter().find(|t| !t.ok));
         assert_eq!(report.tensors.len(), p.manifest.tensors.len() * devs.len());
 
         let o = ucw(&["verify", pack.to_str().unwrap(), "--device", "cpu", "--expect", &p.digest()]);
         assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-        assert!(String::from_utf8_lossy(&o.stdout).lines().last().unwrap().starts_with(&format!("PASS sha256:{}", p.digest())));
+        assert!(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .last()
+                .unwrap()
+                .starts_with(&format!("PASS sha256:{}", p.digest()))
+        );
 
         let exp = _t.path().join("export");
         let o = ucw(&["export", pack.to_str().unwrap(), "-o", exp.to_str().unwrap(), "--device", "cpu"]);
@@ -248,7 +258,10 @@ fn structural_damage() {
     std::fs::write(d.join("extra.bin"), b"x").unwrap();
     let (code, out) = verify_code(&d, &[]);
     assert_eq!(code, 1);
-    assert!(out.contains("FAIL  file tokenizer.json: missing") && out.contains("FAIL  file extra.bin: unexpected"), "{out}");
+    assert!(
+        out.contains("FAIL  file tokenizer.json: missing") && out.contains("FAIL  file extra.bin: unexpected"),
+        "{out}"
+    );
     // Paths outside the pack.
     for evil in ["../x", "/etc/passwd", "a/b"] {
         let d = fresh("evil");

@@ -1,9 +1,9 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use super::{print_json, Common};
+use super::{Common, print_json};
 use crate::backend::device;
-use crate::compress::{compress, Options};
+use crate::compress::{Options, compress};
 use crate::dtype::DType;
 use crate::error::Result;
 

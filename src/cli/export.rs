@@ -1,10 +1,10 @@
 use std::path::Path;
 
-use super::{check_pack_files, print_json, Common};
+use super::{Common, check_pack_files, print_json};
 use crate::backend::device;
 use crate::error::Result;
-use crate::pack::export::{export, MAX_SHARD_BYTES};
 use crate::pack::Pack;
+use crate::pack::export::{MAX_SHARD_BYTES, export};
 
 pub fn run(pack_dir: &Path, out: &Path, force: bool, common: &Common) -> Result<()> {
     let pack = Pack::open(pack_dir)?;

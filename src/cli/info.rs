@@ -85,7 +85,14 @@ fn pack_info(dir: &Path, common: &Common) -> Result<()> {
     }
     let quantized = m.tensors.iter().filter(|t| t.kind == Kind::Quantized).count();
     let layers = m.files.iter().filter(|f| f.name.starts_with("layer-")).count();
-    println!("pack {} ({} format {}, written by {} codec v{})", dir.display(), m.format, m.format_version, m.tool.name, m.tool.codec_version);
+    println!(
+        "pack {} ({} format {}, written by {} codec v{})",
+        dir.display(),
+        m.format,
+        m.format_version,
+        m.tool.name,
+        m.tool.codec_version
+    );
     println!("pack digest:     sha256:{digest}");
     println!("weights digest:  sha256:{}", m.weights_digest);
     println!("source:          {} model, weights digest sha256:{}", m.source.model_type, m.source.weights_digest);

@@ -1,11 +1,11 @@
 use std::path::Path;
 
-use super::{print_json, Common};
-use crate::backend::device::{self, Devices};
+use super::{Common, print_json};
 use crate::backend::Backend;
+use crate::backend::device::{self, Devices};
 use crate::error::{Error, Result};
-use crate::pack::verify::verify;
 use crate::pack::Pack;
+use crate::pack::verify::verify;
 
 pub fn run(pack_dir: &Path, expect: Option<&str>, all_devices: bool, verbose: bool, common: &Common) -> Result<()> {
     let pack = Pack::open(pack_dir)?;

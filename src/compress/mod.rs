@@ -7,17 +7,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::backend::Backend;
-use crate::codec::quant::{quantize_tensor, QuantParams};
 use crate::codec::CODEC_VERSION;
+use crate::codec::quant::{QuantParams, quantize_tensor};
 use crate::digest::{sha256_hex, weights_digest};
-use crate::dtype::{first_non_finite, DType};
+use crate::dtype::{DType, first_non_finite};
 use crate::error::{Error, Result};
-use crate::model::{hash_model_dir, Model, Role};
+use crate::model::{Model, Role, hash_model_dir};
 use crate::pack::layer::{self, LayerMeta, QuantMeta};
 use crate::pack::manifest::*;
-use crate::pack::stfile::{self, OutTensor};
 use crate::pack::output::Staging;
-use crate::pack::{layer_file_name, sha256_file, COPIED_FILES, SCAFFOLD_FILE};
+use crate::pack::stfile::{self, OutTensor};
+use crate::pack::{COPIED_FILES, SCAFFOLD_FILE, layer_file_name, sha256_file};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -69,7 +69,11 @@ pub fn compress(
         return Err(bad_input!("--bits {} out of range 2..=8", opts.bits));
     }
     if opts.group_size == 0 || opts.group_size > crate::codec::quant::MAX_GROUP_SIZE {
-        return Err(bad_input!("--group-size {} out of range 1..={}", opts.group_size, crate::codec::quant::MAX_GROUP_SIZE));
+        return Err(bad_input!(
+            "--group-size {} out of range 1..={}",
+            opts.group_size,
+            crate::codec::quant::MAX_GROUP_SIZE
+        ));
     }
     let model = Model::open(model_dir)?;
     let tmp = Staging::new(out, opts.force)?;
@@ -177,7 +181,12 @@ pub fn compress(
             sha256: sha256_hex(v.bytes),
             shape: shape.clone(),
         });
-        scaffold.push(OutTensor { name: t.name.clone(), dtype: dtype.safetensors_name(), shape, data: Cow::Borrowed(v.bytes) });
+        scaffold.push(OutTensor {
+            name: t.name.clone(),
+            dtype: dtype.safetensors_name(),
+            shape,
+            data: Cow::Borrowed(v.bytes),
+        });
     }
     let (size, sha256) = stfile::write(&tmp.path.join(SCAFFOLD_FILE), scaffold, &BTreeMap::new())?;
     files.push(FileEntry { name: SCAFFOLD_FILE.into(), sha256, size });
@@ -208,8 +217,11 @@ pub fn compress(
             files: src_files,
             model_type: model.config.arch.model_type().into(),
             tensors: {
-                let mut v: Vec<SourceTensor> =
-                    src_digests.tensors.iter().map(|t| SourceTensor { name: t.name.clone(), sha256: t.sha256.clone() }).collect();
+                let mut v: Vec<SourceTensor> = src_digests
+                    .tensors
+                    .iter()
+                    .map(|t| SourceTensor { name: t.name.clone(), sha256: t.sha256.clone() })
+                    .collect();
                 v.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
                 v
             },

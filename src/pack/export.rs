@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::output::Staging;
-use super::stfile::{write_streaming, TensorSpec};
-use super::{OpenFiles, Pack, COPIED_FILES};
+use super::stfile::{TensorSpec, write_streaming};
+use super::{COPIED_FILES, OpenFiles, Pack};
 use crate::backend::Backend;
 use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
@@ -63,7 +63,8 @@ pub fn export(pack: &Pack, backend: &dyn Backend, out: &Path, force: bool, max_s
     let mut open = OpenFiles::default();
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     for (i, specs) in shards.into_iter().enumerate() {
-        let name = if n == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{n:05}.safetensors", i + 1) };
+        let name =
+            if n == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{n:05}.safetensors", i + 1) };
         for s in &specs {
             weight_map.insert(s.name.clone(), name.clone());
         }
@@ -72,7 +73,10 @@ pub fn export(pack: &Pack, backend: &dyn Backend, out: &Path, force: bool, max_s
             let bytes = pack.tensor_bytes(backend, t, &mut open)?;
             // What is exported is exactly what the manifest vouches for.
             if sha256_hex(&bytes) != t.sha256 {
-                return Err(Error::verify_fail(format!("tensor \"{}\": reconstructed digest differs from the manifest", t.name)));
+                return Err(Error::verify_fail(format!(
+                    "tensor \"{}\": reconstructed digest differs from the manifest",
+                    t.name
+                )));
             }
             Ok(Cow::Owned(bytes))
         })?;
@@ -81,7 +85,8 @@ pub fn export(pack: &Pack, backend: &dyn Backend, out: &Path, force: bool, max_s
     if n > 1 {
         let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         let p = staging.path.join(crate::model::weights::INDEX_FILE);
-        std::fs::write(&p, serde_json::to_string_pretty(&index).expect("plain JSON")).map_err(|e| Error::io(&p, "cannot write", e))?;
+        std::fs::write(&p, serde_json::to_string_pretty(&index).expect("plain JSON"))
+            .map_err(|e| Error::io(&p, "cannot write", e))?;
         files.push(crate::model::weights::INDEX_FILE.into());
     }
     staging.install()?;

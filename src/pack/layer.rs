@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::bits;
 use super::stfile::OutTensor;
-use crate::codec::quant::{QuantParams, QuantTensor, MAX_GROUP_SIZE};
+use crate::codec::quant::{MAX_GROUP_SIZE, QuantParams, QuantTensor};
 use crate::digest::canonical_json;
 use crate::dtype::DType;
 use crate::error::Result;
@@ -84,7 +84,12 @@ pub fn encode(name: &str, q: &QuantTensor) -> Vec<OutTensor<'static>> {
             shape: vec![rows, bits::row_bytes(q.cols, b) as u64],
             data: Cow::Owned(bits::pack(&q.codes, q.cols, b)),
         },
-        OutTensor { name: format!("{name}.scales"), dtype: "U8", shape: vec![rows, gpr as u64], data: Cow::Owned(q.scales.clone()) },
+        OutTensor {
+            name: format!("{name}.scales"),
+            dtype: "U8",
+            shape: vec![rows, gpr as u64],
+            data: Cow::Owned(q.scales.clone()),
+        },
         OutTensor {
             name: format!("{name}.zeros"),
             dtype: "U8",
@@ -105,7 +110,14 @@ pub fn stored_bytes(q: &QuantTensor) -> u64 {
 pub fn decode(f: &SafetensorsFile, meta: &LayerMeta, name: &str) -> Result<(QuantTensor, DType)> {
     let file = f.path.display();
     let m = meta.tensors.get(name).ok_or_else(|| bad_input!("{file}: no codec metadata for tensor \"{name}\""))?;
-    if !(2..=8).contains(&m.bits) || m.group_size == 0 || m.group_size > MAX_GROUP_SIZE || m.rank != 0 {
+    // |base_exp| is bounded so exponent arithmetic cannot overflow; beyond ±4096 no value
+    // is representable in any output dtype anyway.
+    if !(2..=8).contains(&m.bits)
+        || m.group_size == 0
+        || m.group_size > MAX_GROUP_SIZE
+        || m.rank != 0
+        || m.base_exp.unsigned_abs() > 4096
+    {
         return Err(bad_input!("{file}: tensor \"{name}\": unsupported parameters {m:?}"));
     }
     let (rows, cols) = (m.shape[0] as usize, m.shape[1] as usize);

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::{canonical_json, TensorDigest};
+use crate::digest::{TensorDigest, canonical_json};
 use crate::error::{Error, Result};
 use crate::model::weights::is_plain_file_name;
 
@@ -109,7 +109,12 @@ pub struct TensorEntry {
 
 impl TensorEntry {
     pub fn digest(&self) -> TensorDigest {
-        TensorDigest { dtype: self.dtype.clone(), name: self.name.clone(), sha256: self.sha256.clone(), shape: self.shape.clone() }
+        TensorDigest {
+            dtype: self.dtype.clone(),
+            name: self.name.clone(),
+            sha256: self.sha256.clone(),
+            shape: self.shape.clone(),
+        }
     }
 }
 
@@ -169,7 +174,9 @@ pub fn normalize_digest(d: &str) -> Result<String> {
     let s = d.trim();
     let s = s.strip_prefix("sha256:").or_else(|| s.strip_prefix("SHA256:")).unwrap_or(s).to_ascii_lowercase();
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::bad_input(format!("\"{d}\" is not a SHA-256 digest (64 hex digits, optional sha256: prefix)")));
+        return Err(Error::bad_input(format!(
+            "\"{d}\" is not a SHA-256 digest (64 hex digits, optional sha256: prefix)"
+        )));
     }
     Ok(s)
 }

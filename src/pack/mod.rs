@@ -16,7 +16,7 @@ use crate::backend::{Backend, KernelError};
 use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 use crate::model::weights::SafetensorsFile;
-pub use manifest::{Kind, Manifest, TensorEntry, MANIFEST_FILE};
+pub use manifest::{Kind, MANIFEST_FILE, Manifest, TensorEntry};
 
 pub const SCAFFOLD_FILE: &str = "scaffold.safetensors";
 
@@ -74,7 +74,8 @@ impl Pack {
         present.sort();
         for name in &present {
             if name != MANIFEST_FILE && !listed.contains_key(name.as_str()) {
-                problems.push(FileProblem { file: name.clone(), problem: "unexpected file (not in the manifest)".into() });
+                problems
+                    .push(FileProblem { file: name.clone(), problem: "unexpected file (not in the manifest)".into() });
             }
         }
         for (name, f) in &listed {
@@ -97,7 +98,10 @@ impl Pack {
             }
             let sha = sha256_file(&path)?;
             if sha != f.sha256 {
-                problems.push(FileProblem { file: name.to_string(), problem: format!("SHA-256 {sha}, manifest says {}", f.sha256) });
+                problems.push(FileProblem {
+                    file: name.to_string(),
+                    problem: format!("SHA-256 {sha}, manifest says {}", f.sha256),
+                });
             }
         }
         Ok(problems)
@@ -116,8 +120,12 @@ impl Pack {
                 let meta = meta.as_ref().expect("loaded for quantized tensors");
                 let (q, dtype) = layer::decode(f, meta, &t.name)?;
                 backend.dequantize(&q, dtype).map_err(|e| match e {
-                    KernelError::Overflow { index } => bad_input!("tensor \"{}\": element {index} overflows {dtype}", t.name),
-                    KernelError::NonFinite { index } => bad_input!("tensor \"{}\": element {index} is not finite", t.name),
+                    KernelError::Overflow { index } => {
+                        bad_input!("tensor \"{}\": element {index} overflows {dtype}", t.name)
+                    }
+                    KernelError::NonFinite { index } => {
+                        bad_input!("tensor \"{}\": element {index} is not finite", t.name)
+                    }
                     KernelError::Device(e) => bad_input!("tensor \"{}\": {e}", t.name),
                 })
             }

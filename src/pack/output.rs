@@ -42,7 +42,8 @@ impl Staging {
         let old = self.path.with_extension("old");
         let had_old = self.dest.exists();
         if had_old {
-            std::fs::rename(&self.dest, &old).map_err(|e| Error::io(&self.dest, "cannot move the old directory aside", e))?;
+            std::fs::rename(&self.dest, &old)
+                .map_err(|e| Error::io(&self.dest, "cannot move the old directory aside", e))?;
         }
         if let Err(e) = std::fs::rename(&self.path, &self.dest) {
             if had_old {

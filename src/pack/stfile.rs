@@ -83,7 +83,13 @@ pub fn write_streaming<'a>(
     for spec in &specs {
         let data = fill(spec)?;
         if data.len() as u64 != spec.len {
-            return Err(bad_input!("{}: tensor \"{}\" has {} bytes, expected {}", path.display(), spec.name, data.len(), spec.len));
+            return Err(bad_input!(
+                "{}: tensor \"{}\" has {} bytes, expected {}",
+                path.display(),
+                spec.name,
+                data.len(),
+                spec.len
+            ));
         }
         put(&data, &mut w)?;
     }

@@ -62,7 +62,8 @@ pub fn verify(pack: &Pack, backends: &[(String, &dyn Backend)], expect: Option<&
     for (label, backend) in backends {
         let mut open = OpenFiles::default();
         for t in &m.tensors {
-            let check = |ok: bool, detail: String| TensorCheck { name: t.name.clone(), device: label.clone(), ok, detail };
+            let check =
+                |ok: bool, detail: String| TensorCheck { name: t.name.clone(), device: label.clone(), ok, detail };
             if !listed.contains(t.file.as_str()) {
                 tensors.push(check(false, format!("its file {} is not listed in the manifest", t.file)));
                 continue;
@@ -89,7 +90,10 @@ pub fn verify(pack: &Pack, backends: &[(String, &dyn Backend)], expect: Option<&
                     let len_ok = expected_len(&t.dtype, &t.shape) == Some(bytes.len() as u64);
                     let sha = sha256_hex(&bytes);
                     if !len_ok {
-                        tensors.push(check(false, format!("{} bytes do not match {} {:?}", bytes.len(), t.dtype, t.shape)));
+                        tensors.push(check(
+                            false,
+                            format!("{} bytes do not match {} {:?}", bytes.len(), t.dtype, t.shape),
+                        ));
                     } else if sha != t.sha256 {
                         tensors.push(check(false, format!("reconstructed SHA-256 {sha}, manifest says {}", t.sha256)));
                     } else {
