@@ -57,6 +57,25 @@ fn bench(c: &mut Criterion) {
         }
     }
     g.finish();
+
+    // Reconstruction: codes → bf16 bytes, against a copy of the same output size (memory
+    // bandwidth) as the baseline.
+    let q = ucw::codec::quant::quantize_tensor(
+        &cpu,
+        "bench",
+        &src,
+        DType::BF16,
+        ROWS,
+        COLS,
+        ucw::codec::quant::QuantParams { bits: 5, group_size: 64 },
+        None,
+    )
+    .unwrap();
+    let mut g = c.benchmark_group("dequantize_1536x576_to_bf16");
+    g.throughput(Throughput::Bytes((ROWS * COLS * 2) as u64));
+    g.bench_function("baseline_copy_output_bytes", |b| b.iter(|| black_box(src.clone())));
+    g.bench_function("cpu", |b| b.iter(|| black_box(cpu.dequantize(black_box(&q), DType::BF16).unwrap())));
+    g.finish();
 }
 
 criterion_group!(benches, bench);

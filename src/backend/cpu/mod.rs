@@ -109,9 +109,11 @@ impl Backend for CpuBackend {
 
     fn dequantize(&self, q: &QuantTensor, dtype: DType) -> Result<Vec<u8>, KernelError> {
         let cols = q.cols;
-        let mut bits = vec![0u32; q.rows * cols];
-        let bad = bits
-            .par_chunks_mut(ROWS_PER_TASK * cols.max(1))
+        let esize = dtype.size_bytes();
+        let tables = quant::DequantTables::new(&q.scales, &q.zeros, q.params.bits, q.base_exp, dtype);
+        let mut out = vec![0u8; q.rows * cols * esize];
+        let bad = out
+            .par_chunks_mut(ROWS_PER_TASK * (cols * esize).max(1))
             .enumerate()
             .filter_map(|(task, out)| {
                 quant::dequantize_rows(
@@ -120,20 +122,17 @@ impl Backend for CpuBackend {
                     &q.zeros,
                     cols,
                     q.params.group_size as usize,
-                    q.base_exp,
+                    &tables,
                     dtype,
                     task * ROWS_PER_TASK,
                     out,
                 )
             })
             .min();
-        if let Some(index) = bad {
-            return Err(KernelError::Overflow { index });
+        match bad {
+            Some(index) => Err(KernelError::Overflow { index }),
+            None => Ok(out),
         }
-        Ok(match dtype {
-            DType::F32 => bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
-            _ => bits.iter().flat_map(|b| (*b as u16).to_le_bytes()).collect(),
-        })
     }
 
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {

@@ -108,8 +108,50 @@ pub fn quantize_group(x: &[i32], e_g: i32, h: &[u32], p: QuantParams, base_exp: 
     (c as u8, z as u8)
 }
 
-/// Reconstruct rows `[r0, ..)` of a quantized tensor into output `dtype` bits.
-/// Returns the first element index whose value overflows the dtype.
+/// Marks a table entry whose value overflows the output dtype (no encoding is all ones:
+/// that would be a NaN, which `encode` never produces).
+const OVERFLOW: u32 = u32::MAX;
+
+/// Output bits for every code q of one (scale code, zero point) pair: a group holds
+/// 2^bits distinct values at most, so reconstruction is a table lookup per weight. The
+/// tables are built with `DType::encode`, the twin of `encode_float`, so the bits are the
+/// kernel's.
+pub struct DequantTables {
+    /// (scale | zero << 8) → index into `tables`, or u32::MAX when unused
+    slot: Vec<u32>,
+    tables: Vec<u32>,
+    width: usize,
+}
+
+impl DequantTables {
+    pub fn new(scales: &[u8], zeros: &[u8], bits: u32, base_exp: i32, dtype: crate::dtype::DType) -> Self {
+        let width = 1usize << bits;
+        let mut slot = vec![u32::MAX; 1 << 16];
+        let mut tables = Vec::new();
+        for (&s, &z) in scales.iter().zip(zeros) {
+            let key = s as usize | (z as usize) << 8;
+            if slot[key] != u32::MAX {
+                continue;
+            }
+            slot[key] = (tables.len() / width) as u32;
+            let (mant, exp) = crate::codec::quant::step(s, base_exp);
+            for q in 0..width as i64 {
+                let v = mant as i64 * (q - z as i64);
+                tables.push(dtype.encode(v < 0, v.unsigned_abs(), exp).unwrap_or(OVERFLOW));
+            }
+        }
+        DequantTables { slot, tables, width }
+    }
+
+    #[inline]
+    fn table(&self, s: u8, z: u8) -> &[u32] {
+        let i = self.slot[s as usize | (z as usize) << 8] as usize * self.width;
+        &self.tables[i..i + self.width]
+    }
+}
+
+/// Reconstruct rows `[r0, ..)` of a quantized tensor into `out` (little-endian `dtype`
+/// bytes). Returns the first element index whose value overflows the dtype.
 #[allow(clippy::too_many_arguments)]
 pub fn dequantize_rows(
     codes: &[u8],
@@ -117,23 +159,34 @@ pub fn dequantize_rows(
     zeros: &[u8],
     cols: usize,
     group_size: usize,
-    base_exp: i32,
+    tables: &DequantTables,
     dtype: crate::dtype::DType,
     r0: usize,
-    out: &mut [u32],
+    out: &mut [u8],
 ) -> Option<usize> {
     let gpr = cols.div_ceil(group_size);
+    let esize = dtype.size_bytes();
+    let rows = out.len() / (cols * esize).max(1);
     let mut bad = None;
-    for (i, o) in out.iter_mut().enumerate() {
-        let (lr, col) = (i / cols, i % cols);
-        let gi = (r0 + lr) * gpr + col / group_size;
-        let (mant, exp) = crate::codec::quant::step(scales[gi], base_exp);
-        let v = mant as i64 * (codes[(r0 + lr) * cols + col] as i64 - zeros[gi] as i64);
-        match dtype.encode(v < 0, v.unsigned_abs(), exp) {
-            Some(b) => *o = b,
-            None => {
-                bad = bad.or(Some((r0 + lr) * cols + col));
-                *o = 0;
+    for lr in 0..rows {
+        let row = r0 + lr;
+        for g in 0..gpr {
+            let c0 = g * group_size;
+            let c1 = (c0 + group_size).min(cols);
+            let t = tables.table(scales[row * gpr + g], zeros[row * gpr + g]);
+            let src = &codes[row * cols + c0..row * cols + c1];
+            let dst = &mut out[(lr * cols + c0) * esize..(lr * cols + c1) * esize];
+            for (j, &q) in src.iter().enumerate() {
+                let bits = t[q as usize];
+                if bits == OVERFLOW {
+                    bad = bad.or(Some(row * cols + c0 + j));
+                    continue;
+                }
+                if esize == 2 {
+                    dst[2 * j..2 * j + 2].copy_from_slice(&(bits as u16).to_le_bytes());
+                } else {
+                    dst[4 * j..4 * j + 4].copy_from_slice(&bits.to_le_bytes());
+                }
             }
         }
     }

@@ -1,0 +1,1036 @@
+#!/usr/bin/env python3
+"""Independent decoder and verifier for ucw packs (format "ucw-pack" version 1, codec ucw-q1).
+
+Written from docs/FORMAT.md and docs/DIGESTS.md alone; it shares no code with ucw. Section
+references such as "§4" are to docs/FORMAT.md.
+
+    python3 scripts/ucw_decode.py PACK_DIR [--export OUT.safetensors]
+    python3 scripts/ucw_decode.py --self-test
+
+Steps (the order of FORMAT.md §7):
+  1. read ucw-manifest.json, refuse non-canonical bytes, unknown versions and invalid names (§2);
+  2. compare every listed file's size and SHA-256, and look for missing or unexpected files (§1, §2);
+  3. parse the safetensors files (§3), unpack codes and zero points and reconstruct every
+     quantized tensor with exact integer arithmetic and a single round-to-nearest-even (§4);
+  4. recompute every tensor digest, the weights digest and the pack digest (§5);
+  5. print a JSON report on stdout.
+With --export, every deployed tensor (reconstructed + raw) is also written to one safetensors
+file, in the same pass.
+
+Exit status: 0 everything matches, 1 some mismatch, 2 the pack cannot be read.
+
+Only the Python standard library and numpy (>= 1.24) are used. Memory: one row-chunk of one
+tensor at a time (files are memory-mapped; raw tensors are hashed in slices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import mmap
+import os
+import re
+import struct
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MANIFEST = "ucw-manifest.json"
+SCAFFOLD = "scaffold.safetensors"
+# §1: files copied from the model directory, each only if present there.
+COPIED_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
+)
+LAYER_FILE_RE = re.compile(r"layer-([0-9]{5})\.safetensors")
+HEX64_RE = re.compile(r"[0-9a-f]{64}")
+
+# Safetensors dtype spellings and element sizes. Quantized outputs are BF16/F16/F32 (§4); raw
+# scaffold tensors keep whatever dtype the source used (§3), so the usual ones are accepted.
+DTYPE_SIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+    "U32": 4, "I32": 4, "F32": 4,
+    "U64": 8, "I64": 8, "F64": 8,
+}
+# §4: output formats (exponent bits, fraction bits, bias).
+FLOAT_FORMATS = {"BF16": (8, 7, 127), "F16": (5, 10, 15), "F32": (8, 23, 127)}
+
+HASH_SLICE = 16 << 20  # bytes of a raw tensor hashed at a time
+CHUNK_ELEMS = 1 << 20  # weights reconstructed at a time (row granularity)
+
+
+class PackUnreadable(Exception):
+    """The pack cannot be read at all (exit 2)."""
+
+
+class Malformed(Exception):
+    """A data file violates §3/§4 so badly that its tensors cannot be decoded."""
+
+
+# --------------------------------------------------------------------------------------------
+# Canonical JSON (FORMAT.md "Conventions", RFC 8785 restricted to ucw's value types)
+# --------------------------------------------------------------------------------------------
+
+
+def canonical_json(value) -> bytes:
+    """RFC 8785 bytes of a value made of objects, arrays, strings, integers and null.
+
+    Keys are sorted by UTF-16 code units (RFC 8785 §3.2.3); strings use JSON's minimal escapes,
+    which is what json.dumps(ensure_ascii=False) emits (it escapes '"', '\\' and control
+    characters only, with lowercase \\u00xx). Floats and booleans never occur in ucw's JSON;
+    they are rejected so that a manifest holding them fails the canonical comparison.
+    """
+    return _canon(value).encode("utf-8")
+
+
+def _canon(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool) or isinstance(v, float):
+        raise ValueError(f"value of unexpected JSON type: {v!r}")
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list):
+        return "[" + ",".join(_canon(x) for x in v) + "]"
+    if isinstance(v, dict):
+        keys = sorted(v, key=lambda k: k.encode("utf-16-be"))
+        return "{" + ",".join(_canon(k) + ":" + _canon(v[k]) for k in keys) + "}"
+    raise ValueError(f"value of unexpected type: {type(v).__name__}")
+
+
+def _no_duplicate_keys(pairs):
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise ValueError(f"duplicate key {k!r}")
+        d[k] = v
+    return d
+
+
+def parse_canonical(raw: bytes, what: str):
+    """Parse JSON bytes and require them to be exactly their canonical serialisation."""
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        canon = canonical_json(value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{what}: not valid ucw JSON: {exc}") from None
+    if canon != raw:
+        raise ValueError(f"{what}: bytes are not canonical JSON (RFC 8785)")
+    return value
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def name_key(name: str) -> bytes:
+    """Bytewise order of names (§2 "sorted bytewise by name", §3 data order)."""
+    return name.encode("utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    mismatches: list = field(default_factory=list)
+    unreadable: bool = False  # a file that passed its hash check cannot be decoded (exit 2)
+    tensors_checked: int = 0
+
+    def mismatch(self, kind: str, name: str, detail: str = "", expected=None, actual=None):
+        entry = {"kind": kind, "name": name}
+        if expected is not None or actual is not None:
+            entry["expected"] = expected
+            entry["actual"] = actual
+        if detail:
+            entry["detail"] = detail
+        self.mismatches.append(entry)
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1: the manifest (§2)
+# --------------------------------------------------------------------------------------------
+
+
+def _require(cond: bool, msg: str):
+    if not cond:
+        raise PackUnreadable(msg)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_plain_name(name) -> bool:
+    # §2: plain names: no '/', '\', ':', NUL, not '.' or '..' (and not empty).
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\:\0")
+    )
+
+
+def _check_file_list(files, where: str):
+    _require(isinstance(files, list), f"{where} is not an array")
+    for f in files:
+        _require(
+            isinstance(f, dict) and set(f) == {"name", "sha256", "size"},
+            f"{where}: entry with wrong keys: {f!r}",
+        )
+        _require(_is_plain_name(f["name"]), f"{where}: not a plain file name: {f['name']!r}")
+        _require(
+            isinstance(f["sha256"], str) and HEX64_RE.fullmatch(f["sha256"]) is not None,
+            f"{where}: bad sha256 for {f['name']!r}",
+        )
+        _require(_is_int(f["size"]) and f["size"] >= 0, f"{where}: bad size for {f['name']!r}")
+
+
+def _check_shape(shape, what: str):
+    _require(
+        isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape),
+        f"{what}: bad shape {shape!r}",
+    )
+
+
+def load_manifest(pack_dir: str) -> tuple[dict, bytes]:
+    """Read and validate ucw-manifest.json (§2). Any failure: PackUnreadable (exit 2, §7)."""
+    path = os.path.join(pack_dir, MANIFEST)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise PackUnreadable(f"cannot read {MANIFEST}: {exc}") from None
+    try:
+        m = parse_canonical(raw, MANIFEST)  # §2: canonical JSON bytes, no trailing newline
+    except ValueError as exc:
+        raise PackUnreadable(str(exc)) from None
+
+    _require(isinstance(m, dict), "manifest is not an object")
+    keys = {"format", "format_version", "tool", "codec", "source", "files", "tensors",
+            "bits_per_weight", "weights_digest"}
+    _require(set(m) == keys, f"manifest keys {sorted(m)} differ from {sorted(keys)}")
+    _require(m["format"] == "ucw-pack", f"format is {m['format']!r}, not 'ucw-pack'")
+    fv = m["format_version"]
+    _require(_is_int(fv), f"format_version {fv!r} is not an integer")
+    # §2: a reader must refuse a larger number. Versions below 1 were never defined either.
+    _require(fv == 1, f"unsupported format_version {fv} (this reader knows 1)")
+    _require(m["tool"] == {"codec_version": 1, "name": "ucw"}, f"unknown tool {m['tool']!r}")
+
+    codec = m["codec"]
+    _require(
+        isinstance(codec, dict) and set(codec) == {"calibration", "name", "parameters", "version"},
+        "codec: wrong keys",
+    )
+    _require(codec["name"] == "ucw-q1" and codec["version"] == 1,
+             f"unknown codec {codec['name']!r} version {codec['version']!r}")
+    # codec.calibration is specified as null; it does not enter reconstruction (§4), so any
+    # value is tolerated here (see the ambiguity notes in the report of this script's author).
+    params = codec["parameters"]
+    _require(
+        isinstance(params, dict) and set(params) == {"bits", "group_size", "out_dtype", "rank"},
+        "codec.parameters: wrong keys",
+    )
+    # §4 needs |m·(q−z)| < 2^13, i.e. b <= 8; the spec gives no lower bound, 1 decodes fine.
+    _require(_is_int(params["bits"]) and 1 <= params["bits"] <= 8, "codec.parameters.bits out of range")
+    _require(_is_int(params["group_size"]) and params["group_size"] >= 1, "bad group_size")
+    _require(params["out_dtype"] in ("source", "BF16", "F16", "F32"), "bad out_dtype")
+    # §2 spells the codec's rank as the *string* "0" (tensor entries use the integer 0).
+    _require(params["rank"] == "0", f"unsupported rank {params['rank']!r} (only \"0\" is specified)")
+
+    src = m["source"]
+    _require(
+        isinstance(src, dict) and set(src) == {"files", "model_type", "tensors", "weights_digest"},
+        "source: wrong keys",
+    )
+    _check_file_list(src["files"], "source.files")
+    _require(src["model_type"] in ("llama", "mistral", "qwen2", "qwen3"), "unknown source.model_type")
+    _require(isinstance(src["tensors"], list), "source.tensors is not an array")
+    for t in src["tensors"]:
+        _require(isinstance(t, dict) and set(t) == {"name", "sha256"}, "source.tensors: wrong keys")
+        _require(isinstance(t["name"], str), "source.tensors: bad name")
+        _require(isinstance(t["sha256"], str) and HEX64_RE.fullmatch(t["sha256"]) is not None,
+                 "source.tensors: bad sha256")
+    _require(isinstance(src["weights_digest"], str) and HEX64_RE.fullmatch(src["weights_digest"]) is not None,
+             "source.weights_digest is not a digest")
+
+    files = m["files"]
+    _check_file_list(files, "files")
+    names = [f["name"] for f in files]
+    _require(MANIFEST not in names, "files lists the manifest itself")
+    _require(names == sorted(names, key=name_key) and len(set(names)) == len(names),
+             "files are not sorted by name / have duplicates")
+
+    tensors = m["tensors"]
+    _require(isinstance(tensors, list), "tensors is not an array")
+    for t in tensors:
+        _require(isinstance(t, dict), "tensors: entry is not an object")
+        kind = t.get("kind")
+        if kind == "quantized":
+            _require(set(t) == {"bits", "dtype", "file", "kind", "name", "rank", "sha256", "shape"},
+                     f"tensors: quantized entry with wrong keys: {sorted(t)}")
+            _require(t["dtype"] in FLOAT_FORMATS, f"{t['name']!r}: bad dtype {t['dtype']!r}")
+            _require(_is_int(t["bits"]) and t["bits"] == params["bits"], f"{t['name']!r}: bits differ from codec")
+            _require(t["rank"] == 0 and _is_int(t["rank"]), f"{t['name']!r}: unsupported rank {t['rank']!r}")
+            _check_shape(t["shape"], repr(t["name"]))
+            _require(len(t["shape"]) == 2, f"{t['name']!r}: a quantized linear must be 2-D")
+            if params["out_dtype"] != "source":
+                _require(t["dtype"] == params["out_dtype"], f"{t['name']!r}: dtype differs from codec out_dtype")
+        elif kind == "raw":
+            _require(set(t) == {"dtype", "file", "kind", "name", "sha256", "shape"},
+                     f"tensors: raw entry with wrong keys: {sorted(t)}")
+            _require(t["dtype"] in DTYPE_SIZE, f"{t['name']!r}: unknown dtype {t['dtype']!r}")
+            _check_shape(t["shape"], repr(t["name"]))
+        else:
+            raise PackUnreadable(f"tensors: unknown kind {kind!r}")
+        _require(isinstance(t["name"], str) and t["name"] != "", "tensors: bad name")
+        _require(_is_plain_name(t["file"]), f"{t['name']!r}: file is not a plain name: {t['file']!r}")
+        _require(isinstance(t["sha256"], str) and HEX64_RE.fullmatch(t["sha256"]) is not None,
+                 f"{t['name']!r}: bad sha256")
+    tnames = [t["name"] for t in tensors]
+    _require(tnames == sorted(tnames, key=name_key) and len(set(tnames)) == len(tnames),
+             "tensors are not sorted bytewise by name / have duplicates")
+
+    bpw = m["bits_per_weight"]
+    _require(isinstance(bpw, dict) and set(bpw) == {"linears", "pack"}, "bits_per_weight: wrong keys")
+    for k in ("linears", "pack"):
+        _require(isinstance(bpw[k], dict) and set(bpw[k]) == {"bits", "weights"}
+                 and _is_int(bpw[k]["bits"]) and _is_int(bpw[k]["weights"]),
+                 f"bits_per_weight.{k}: wrong keys")
+    _require(isinstance(m["weights_digest"], str) and HEX64_RE.fullmatch(m["weights_digest"]) is not None,
+             "weights_digest is not a digest")
+    return m, raw
+
+
+# --------------------------------------------------------------------------------------------
+# Step 2: the files (§1, §2 "files")
+# --------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(HASH_SLICE)
+            if not block:
+                break
+            size += len(block)
+            h.update(block)
+    return size, h.hexdigest()
+
+
+def check_files(pack_dir: str, manifest: dict, report: Report) -> set[str]:
+    """Compare sizes and digests; flag missing and unexpected entries. Returns the names of the
+    listed files whose size and SHA-256 match."""
+    listed = {f["name"]: f for f in manifest["files"]}
+    good = set()
+    try:
+        entries = sorted(os.scandir(pack_dir), key=lambda e: name_key(e.name))
+    except OSError as exc:
+        raise PackUnreadable(f"cannot list {pack_dir}: {exc}") from None
+    present = set()
+    for entry in entries:
+        if entry.name == MANIFEST:
+            continue
+        present.add(entry.name)
+        if entry.name not in listed:
+            report.mismatch("unexpected-file", entry.name, "not listed in the manifest (§1: no other files)")
+            continue
+        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+            report.mismatch("unexpected-file", entry.name, "not a regular file (§1: one flat directory)")
+            continue
+        want = listed[entry.name]
+        size, digest = file_sha256(entry.path)
+        if size != want["size"]:
+            report.mismatch("file-size", entry.name, expected=want["size"], actual=size)
+        elif digest != want["sha256"]:
+            report.mismatch("file-sha256", entry.name, expected=want["sha256"], actual=digest)
+        else:
+            good.add(entry.name)
+    for name in listed:
+        if name not in present:
+            report.mismatch("missing-file", name, "listed in the manifest but absent")
+        # §1: the only files a pack may hold.
+        if not (name in COPIED_FILES or name == SCAFFOLD or LAYER_FILE_RE.fullmatch(name)):
+            report.mismatch("unexpected-file", name, "listed, but not a file §1 allows in a pack")
+    return good
+
+
+# --------------------------------------------------------------------------------------------
+# Step 3a: safetensors files as ucw writes them (§3)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TensorInfo:
+    dtype: str
+    shape: list
+    begin: int  # absolute file offsets
+    end: int
+
+
+class SafeTensorsFile:
+    """A memory-mapped safetensors file. Parsing raises Malformed; deviations from ucw's fixed
+    byte layout (§3) that do not prevent decoding are collected in `deviations`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.deviations: list[str] = []
+        self._fh = open(path, "rb")
+        size = os.fstat(self._fh.fileno()).st_size
+        if size < 8:
+            self._fh.close()
+            raise Malformed("shorter than the 8-byte header length")
+        self.mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            self._parse(size)
+        except Malformed:
+            self.close()
+            raise
+
+    def _parse(self, size: int):
+        (n,) = struct.unpack("<Q", self.mm[:8])
+        if n > size - 8:
+            raise Malformed(f"header length {n} exceeds the file")
+        header = self.mm[8 : 8 + n]
+        data_start = 8 + n
+        data_len = size - data_start
+        try:
+            hdr = json.loads(header.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise Malformed(f"header is not JSON: {exc}") from None
+        if not isinstance(hdr, dict):
+            raise Malformed("header is not an object")
+
+        meta = hdr.get("__metadata__")
+        if meta is not None and not (
+            isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+        ):
+            raise Malformed("__metadata__ must map strings to strings")
+        self.metadata = meta
+        self.tensors: dict[str, TensorInfo] = {}
+        for name, t in hdr.items():
+            if name == "__metadata__":
+                continue
+            if not (isinstance(t, dict) and set(t) == {"data_offsets", "dtype", "shape"}):
+                raise Malformed(f"{name!r}: entry must hold exactly data_offsets, dtype, shape")
+            dtype, shape, offs = t["dtype"], t["shape"], t["data_offsets"]
+            if dtype not in DTYPE_SIZE:
+                raise Malformed(f"{name!r}: unknown dtype {dtype!r}")
+            if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)):
+                raise Malformed(f"{name!r}: bad shape")
+            if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)
+                    and 0 <= offs[0] <= offs[1] <= data_len):
+                raise Malformed(f"{name!r}: data_offsets {offs!r} outside the data section")
+            if offs[1] - offs[0] != int(np.prod(shape, dtype=np.int64)) * DTYPE_SIZE[dtype]:
+                raise Malformed(f"{name!r}: data_offsets do not match dtype and shape")
+            self.tensors[name] = TensorInfo(dtype, shape, data_start + offs[0], data_start + offs[1])
+        self.data_len = data_len
+
+        # §3: ucw fixes the bytes completely. The header is the canonical JSON of the object,
+        # then 0..7 spaces so that N is a multiple of 8.
+        try:
+            canon = canonical_json(hdr)
+        except ValueError as exc:
+            self.deviations.append(f"header cannot be canonical: {exc}")
+        else:
+            pad = n - len(canon)
+            if not (header[: len(canon)] == canon and 0 <= pad < 8 and header[len(canon):] == b" " * pad):
+                self.deviations.append("header is not canonical JSON padded with 0..7 spaces")
+        if n % 8:
+            self.deviations.append(f"header length {n} is not a multiple of 8")
+        # §3: tensor data in bytewise name order, back to back from offset 0, no padding.
+        pos = data_start
+        for name in sorted(self.tensors, key=name_key):
+            t = self.tensors[name]
+            if t.begin != pos:
+                self.deviations.append(f"{name!r} does not start right after the previous tensor")
+            pos = t.end
+        if pos != size:
+            self.deviations.append(f"{size - pos} bytes after the last tensor")
+
+    def array(self, name: str, row0: int, row1: int) -> np.ndarray:
+        """Rows [row0, row1) of a 2-D U8 tensor, copied out of the map."""
+        t = self.tensors[name]
+        width = t.shape[1]
+        raw = self.mm[t.begin + row0 * width : t.begin + row1 * width]
+        return np.frombuffer(raw, dtype=np.uint8).reshape(row1 - row0, width)
+
+    def slices(self, name: str):
+        t = self.tensors[name]
+        for off in range(t.begin, t.end, HASH_SLICE):
+            yield self.mm[off : min(off + HASH_SLICE, t.end)]
+
+    def close(self):
+        try:
+            self.mm.close()
+        finally:
+            self._fh.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Step 3b: bit unpacking and reconstruction (§4)
+# --------------------------------------------------------------------------------------------
+
+
+def packed_width(count: int, bits: int) -> int:
+    """Bytes per row of `count` b-bit values (§4: each row padded to a whole byte)."""
+    return (count * bits + 7) // 8
+
+
+def unpack_rows(packed: np.ndarray, count: int, bits: int) -> tuple[np.ndarray, bool]:
+    """§4 bit packing: value k of a row occupies bits k·b … k·b+b−1 of the row's byte string;
+    bit i of the string is bit (i mod 8) of byte floor(i/8), least significant first, and the
+    value's lowest bit goes to the lowest string bit. Example (b=5): 0x41 0x00 -> 1, 2.
+
+    Returns (values as int64 [rows, count], whether the row padding bits are all zero)."""
+    rows = packed.shape[0]
+    stream = np.unpackbits(packed, axis=1, bitorder="little")  # bit i of the row string
+    used = stream[:, : count * bits].reshape(rows, count, bits)
+    values = np.zeros((rows, count), dtype=np.int64)
+    for j in range(bits):  # value bit j is string bit k·b + j
+        values |= used[:, :, j].astype(np.int64) << j
+    padding_clean = not stream[:, count * bits :].any()
+    return values, padding_clean
+
+
+def round_to_float_bits(v: np.ndarray, e: np.ndarray, fmt: str) -> np.ndarray:
+    """Round the exact values v · 2^e (v, e int64 arrays) once to `fmt` with round-to-nearest,
+    ties-to-even, and return the IEEE bit patterns (§4).
+
+    Everything is integer arithmetic, so no floating-point cast is trusted: the conversion is
+    done from the exact integer and exponent. (A float64 detour would also work for F16/F32:
+    |v| < 2^13 makes v·2^e exact in float64 for the exponents ucw produces, and numpy's
+    float64->float32/float16 casts are correctly rounded IEEE conversions. There is no numpy
+    bf16, and rounding bf16 from float32 bits is only single-rounded when the float32 value is
+    exact, i.e. not an f32 subnormal or overflow. Doing the rounding directly avoids both
+    arguments; `--self-test` checks this routine against the numpy casts where they apply.)
+
+    With a = |v| > 0 of bit length n, the value lies in [2^X, 2^(X+1)) with X = e + n − 1. The
+    target's last-place unit is 2^Q with Q = max(X, emin) − fbits (emin = 1 − bias; the max
+    covers subnormals). The value in units of 2^Q is a · 2^(e−Q): exact when Q <= e, otherwise
+    a >> (Q − e) rounded to nearest, ties to even. With M that integer, the encoding is
+    ((Q + fbits + bias − 1) << fbits) + M: the first term is 0 for subnormals, and when M
+    rounds up to the next power of two the carry moves into the exponent field, as IEEE wants.
+    """
+    ebits, fbits, bias = FLOAT_FORMATS[fmt]
+    a = np.abs(v)
+    negative = v < 0
+    _, n = np.frexp(a.astype(np.float64))  # bit length: exact for integers < 2^53; 0 -> 0
+    n = n.astype(np.int64)
+    x = e + n - 1
+    q = np.maximum(x, 1 - bias) - fbits
+    shift = q - e
+    # Exact case (shift <= 0): a << −shift. −shift <= fbits (<= 23) keeps a·2^23 < 2^36.
+    left = np.clip(-shift, 0, 62)
+    exact = a << left
+    # Rounding case (shift > 0). Since a < 2^13, any shift >= 14 gives 0 with a remainder below
+    # half, so clipping the shift at 40 changes nothing and keeps the shifts in range.
+    right = np.clip(shift, 0, 40)
+    trunc = a >> right
+    rem = a - (trunc << right)
+    half = (np.int64(1) << right) >> 1
+    up = (right > 0) & ((rem > half) | ((rem == half) & ((trunc & 1) == 1)))
+    mant = np.where(shift <= 0, exact, trunc + up)
+    magnitude = ((q + fbits + bias - 1) << fbits) + mant
+    magnitude = np.where(a == 0, 0, magnitude)  # exact zero: +0 (§4)
+    if np.any(magnitude >= ((1 << ebits) - 1) << fbits):
+        # §4: a value beyond the largest finite value is an error.
+        raise Malformed(f"a reconstructed value overflows {fmt}")
+    # A nonzero value that rounds to zero keeps its sign (−0), which the OR below does.
+    return magnitude | (negative.astype(np.int64) << (ebits + fbits))
+
+
+@dataclass
+class QuantSpec:
+    name: str
+    rows: int
+    cols: int
+    bits: int
+    group_size: int
+    base_exp: int
+    out_dtype: str
+
+
+def reconstruct_chunks(f: SafeTensorsFile, spec: QuantSpec, report: Report):
+    """Yield the reconstructed bytes of a quantized linear, a few rows at a time (§4)."""
+    R, C, b, G = spec.rows, spec.cols, spec.bits, spec.group_size
+    P = -(-C // G)  # ceil(C / G) groups per row
+    col_group = np.arange(C, dtype=np.int64) // G  # group g covers columns g·G … min((g+1)·G, C) − 1
+    out_le = "<u2" if spec.out_dtype in ("BF16", "F16") else "<u4"
+    step = max(1, CHUNK_ELEMS // max(1, C))
+    dirty_padding = False
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
+        q, ok_q = unpack_rows(f.array(spec.name + ".codes", r0, r1), C, b)
+        z, ok_z = unpack_rows(f.array(spec.name + ".zeros", r0, r1), P, b)
+        s = f.array(spec.name + ".scales", r0, r1).astype(np.int64)
+        dirty_padding |= not (ok_q and ok_z)
+        m = 16 + (s & 15)              # 4-bit mantissa with implicit 16: 16..31
+        e = spec.base_exp + (s >> 4)   # 4-bit exponent over the tensor's base exponent
+        # w = m · (q − z) · 2^e, exactly: an integer |m·(q−z)| <= 31·255 < 2^13 times 2^e.
+        v = m[:, col_group] * (q - z[:, col_group])
+        bits = round_to_float_bits(v, e[:, col_group], spec.out_dtype)
+        yield bits.astype(out_le).tobytes()  # row-major, little-endian
+    if dirty_padding:
+        report.mismatch("packing", spec.name, "nonzero padding bits at the end of a packed row (§4)")
+
+
+def quant_spec(name: str, entry: dict, f: SafeTensorsFile, ucw_meta: dict | None, codec_params: dict,
+               report: Report) -> QuantSpec | None:
+    """Cross-check a quantized entry against its layer file (§4) and build its QuantSpec.
+    Returns None (after recording why) when the tensor cannot be decoded."""
+    R, C = entry["shape"]
+    if ucw_meta is None or name not in ucw_meta["tensors"]:
+        report.mismatch("layer-metadata", name, f"no metadata for it in {entry['file']}")
+        return None
+    md = ucw_meta["tensors"][name]
+    bits = md["bits"]
+    G = md["group_size"]
+    problems = []
+    if md["shape"] != [R, C]:
+        problems.append(f"shape {md['shape']} != manifest {[R, C]}")
+    if bits != entry["bits"]:
+        problems.append(f"bits {bits} != manifest {entry['bits']}")
+    if md["out_dtype"] != entry["dtype"]:
+        problems.append(f"out_dtype {md['out_dtype']} != manifest dtype {entry['dtype']}")
+    if G != codec_params["group_size"]:
+        problems.append(f"group_size {G} != codec {codec_params['group_size']}")
+    if md["rank"] != 0:
+        problems.append(f"rank {md['rank']} != 0")
+    if problems:
+        report.mismatch("layer-metadata", name, "; ".join(problems))
+        return None
+    P = -(-C // G)
+    expect = {
+        ".codes": [R, packed_width(C, bits)],
+        ".scales": [R, P],
+        ".zeros": [R, packed_width(P, bits)],
+    }
+    for suffix, shape in expect.items():
+        t = f.tensors.get(name + suffix)
+        if t is None:
+            report.mismatch("layer-tensor", name + suffix, f"missing from {entry['file']}")
+            return None
+        if t.dtype != "U8" or t.shape != shape:
+            report.mismatch("layer-tensor", name + suffix, "wrong dtype or shape",
+                            expected={"dtype": "U8", "shape": shape},
+                            actual={"dtype": t.dtype, "shape": t.shape})
+            return None
+    return QuantSpec(name, R, C, bits, G, md["base_exp"], md["out_dtype"])
+
+
+def parse_ucw_metadata(f: SafeTensorsFile, fname: str, report: Report) -> dict | None:
+    """§4 "Metadata": one key "ucw", the canonical JSON of {codec, codec_version, tensors}."""
+    meta = f.metadata
+    if meta is None or set(meta) != {"ucw"}:
+        report.mismatch("layer-metadata", fname, "__metadata__ must hold exactly the key \"ucw\"")
+        if meta is None or "ucw" not in meta:
+            return None
+    try:
+        ucw = parse_canonical(meta["ucw"].encode("utf-8"), f"{fname} metadata")
+    except ValueError as exc:
+        report.mismatch("layer-metadata", fname, str(exc))
+        try:
+            ucw = json.loads(meta["ucw"])
+        except ValueError:
+            return None
+    ok = (
+        isinstance(ucw, dict)
+        and set(ucw) == {"codec", "codec_version", "tensors"}
+        and ucw["codec"] == "ucw-q1"
+        and ucw["codec_version"] == 1
+        and isinstance(ucw["tensors"], dict)
+    )
+    if ok:
+        keys = {"base_exp", "bits", "group_size", "out_dtype", "rank", "shape"}
+        for name, md in ucw["tensors"].items():
+            ok = ok and (
+                isinstance(md, dict)
+                and set(md) == keys
+                and _is_int(md["base_exp"]) and -1100 <= md["base_exp"] <= 1100
+                and _is_int(md["bits"]) and 1 <= md["bits"] <= 8
+                and _is_int(md["group_size"]) and md["group_size"] >= 1
+                and md["out_dtype"] in FLOAT_FORMATS
+                and _is_int(md["rank"])
+                and isinstance(md["shape"], list) and len(md["shape"]) == 2
+                and all(_is_int(d) and d >= 0 for d in md["shape"])
+            )
+    if not ok:
+        report.mismatch("layer-metadata", fname, "ucw metadata does not have the §4 structure")
+        return None
+    return ucw
+
+
+# --------------------------------------------------------------------------------------------
+# Step 4: digests (§5, docs/DIGESTS.md)
+# --------------------------------------------------------------------------------------------
+
+
+def weights_digest(entries: list[dict]) -> str:
+    """SHA-256 of the canonical JSON of [{dtype, name, sha256, shape}] sorted bytewise by name."""
+    items = [{"dtype": t["dtype"], "name": t["name"], "sha256": t["sha256"], "shape": t["shape"]}
+             for t in entries]
+    items.sort(key=lambda t: name_key(t["name"]))
+    return sha256_hex(canonical_json(items))
+
+
+# --------------------------------------------------------------------------------------------
+# Export (any valid safetensors layout; this one follows §3's)
+# --------------------------------------------------------------------------------------------
+
+
+class Exporter:
+    def __init__(self, path: str, tensors: list[dict]):
+        self.path = path
+        self.tmp = path + ".partial"
+        header = {}
+        off = 0
+        for t in tensors:  # the manifest order is bytewise name order (§2)
+            size = int(np.prod(t["shape"], dtype=np.int64)) * DTYPE_SIZE[t["dtype"]]
+            header[t["name"]] = {"data_offsets": [off, off + size], "dtype": t["dtype"], "shape": t["shape"]}
+            off += size
+        hbytes = canonical_json(header)
+        hbytes += b" " * (-len(hbytes) % 8)
+        self.fh = open(self.tmp, "wb")
+        self.fh.write(struct.pack("<Q", len(hbytes)) + hbytes)
+
+    def write(self, chunk: bytes):
+        self.fh.write(chunk)
+
+    def finish(self, keep: bool):
+        self.fh.close()
+        if keep:
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+
+def verify_pack(pack_dir: str, export: str | None) -> tuple[dict, int]:
+    report = Report()
+    if not os.path.isdir(pack_dir):
+        raise PackUnreadable(f"{pack_dir} is not a directory")
+
+    # Step 1 (§2, §7).
+    manifest, manifest_bytes = load_manifest(pack_dir)
+    pack_digest = sha256_hex(manifest_bytes)  # §5: SHA-256 of the manifest bytes
+    tensors = manifest["tensors"]
+    params = manifest["codec"]["parameters"]
+    listed_files = {f["name"] for f in manifest["files"]}
+
+    # Step 2 (§7: before parsing any file).
+    good_files = check_files(pack_dir, manifest, report)
+
+    # §7: recompute the weights digest from the manifest's tensor list.
+    if weights_digest(tensors) != manifest["weights_digest"]:
+        report.mismatch("weights-digest-of-list", "weights_digest",
+                        "manifest weights_digest does not match its own tensor list",
+                        expected=manifest["weights_digest"], actual=weights_digest(tensors))
+
+    # Consistency of the tensor list with the rest of the manifest and with config.json.
+    check_tensor_list(pack_dir, manifest, listed_files, good_files, report)
+
+    # Step 3: open the data files lazily, in manifest order (bytewise names interleave files).
+    opened: dict[str, SafeTensorsFile | None] = {}
+    ucw_meta: dict[str, dict | None] = {}
+
+    def open_file(fname: str) -> SafeTensorsFile | None:
+        if fname in opened:
+            return opened[fname]
+        f = None
+        path = os.path.join(pack_dir, fname)
+        if fname not in listed_files:
+            report.mismatch("tensor-file", fname, "a tensor names a file the manifest does not list")
+        elif not os.path.isfile(path):
+            pass  # already reported as missing
+        else:
+            try:
+                f = SafeTensorsFile(path)
+            except (Malformed, OSError) as exc:
+                report.mismatch("file-format", fname, str(exc))
+                if fname in good_files:
+                    report.unreadable = True
+            else:
+                for d in f.deviations:
+                    report.mismatch("file-format", fname, d)
+                if fname == SCAFFOLD:
+                    if f.metadata is not None:
+                        report.mismatch("file-format", fname, "scaffold must not carry metadata (§3)")
+                else:
+                    ucw_meta[fname] = parse_ucw_metadata(f, fname, report)
+        opened[fname] = f
+        return f
+
+    exporter = Exporter(export, tensors) if export else None
+    export_ok = exporter is not None
+    computed = []  # {dtype, name, sha256, shape} from the decoded bytes
+    claimed = {}   # file -> set of its tensor names accounted for
+    linear_bytes = linear_weights = 0
+    try:
+        for entry in tensors:
+            name, fname = entry["name"], entry["file"]
+            f = open_file(fname)
+            digest = None
+            if f is not None:
+                if entry["kind"] == "raw":
+                    digest = raw_digest(f, entry, exporter, report)
+                    claimed.setdefault(fname, set()).add(name)
+                else:
+                    spec = quant_spec(name, entry, f, ucw_meta.get(fname), params, report)
+                    claimed.setdefault(fname, set()).update(name + s for s in (".codes", ".scales", ".zeros"))
+                    if spec is not None:
+                        digest = quant_digest(f, spec, exporter, report)
+                        for s in (".codes", ".scales", ".zeros"):
+                            t = f.tensors[name + s]
+                            linear_bytes += t.end - t.begin
+                        linear_weights += spec.rows * spec.cols
+            if digest is None:
+                export_ok = False  # the export would lack this tensor's bytes: drop it
+                computed.append(dict(entry, sha256="0" * 64))
+                continue
+            report.tensors_checked += 1
+            if digest != entry["sha256"]:
+                report.mismatch("tensor-sha256", name, expected=entry["sha256"], actual=digest)
+            computed.append(dict(entry, sha256=digest))
+
+        # Every tensor in every data file must be accounted for (§1, §3, §4).
+        for fname, f in opened.items():
+            if f is None:
+                continue
+            extra = sorted(set(f.tensors) - claimed.get(fname, set()), key=name_key)
+            for t in extra:
+                report.mismatch("unlisted-tensor", t, f"stored in {fname} but not in the manifest")
+            md = ucw_meta.get(fname)
+            if md is not None:
+                own = {t["name"] for t in tensors if t["file"] == fname}
+                for t in sorted(set(md["tensors"]) - own, key=name_key):
+                    report.mismatch("layer-metadata", t, f"described in {fname} metadata but not in the manifest")
+        for fname in sorted(listed_files, key=name_key):
+            if (fname == SCAFFOLD or LAYER_FILE_RE.fullmatch(fname)) and fname not in opened:
+                f = open_file(fname)
+                if f is not None and f.tensors:
+                    report.mismatch("unlisted-tensor", fname, "holds tensors the manifest does not list")
+
+        # §2 bits_per_weight.
+        check_bits_per_weight(manifest, opened, tensors, linear_bytes, linear_weights, report)
+    finally:
+        for f in opened.values():
+            if f is not None:
+                f.close()
+
+    # Step 4 (§5).
+    wd = weights_digest(computed)
+    if wd != manifest["weights_digest"]:
+        report.mismatch("weights-digest", "weights_digest", expected=manifest["weights_digest"], actual=wd)
+
+    ok = not report.mismatches and not report.unreadable
+    if exporter is not None:
+        exporter.finish(keep=ok and export_ok)
+        if not ok:
+            print(f"ucw_decode: not writing {export}: the pack did not verify", file=sys.stderr)
+    out = {
+        "pack_digest": pack_digest,
+        "weights_digest": wd,
+        "tensors_checked": report.tensors_checked,
+        "mismatches": report.mismatches,
+        "ok": ok,
+    }
+    return out, (0 if ok else 2 if report.unreadable else 1)
+
+
+def raw_digest(f: SafeTensorsFile, entry: dict, exporter, report: Report) -> str | None:
+    """§3: raw tensors are the source bytes; the digest is over the stored bytes (§5)."""
+    name = entry["name"]
+    t = f.tensors.get(name)
+    if t is None:
+        report.mismatch("raw-tensor", name, f"missing from {entry['file']}")
+        return None
+    if t.dtype != entry["dtype"] or t.shape != entry["shape"]:
+        report.mismatch("raw-tensor", name, "dtype/shape differ from the manifest",
+                        expected={"dtype": entry["dtype"], "shape": entry["shape"]},
+                        actual={"dtype": t.dtype, "shape": t.shape})
+        return None
+    h = hashlib.sha256()
+    for piece in f.slices(name):
+        h.update(piece)
+        if exporter is not None:
+            exporter.write(piece)
+    return h.hexdigest()
+
+
+def quant_digest(f: SafeTensorsFile, spec: QuantSpec, exporter, report: Report) -> str | None:
+    """§5: the digest of a quantized tensor is over its reconstructed bytes (§4)."""
+    h = hashlib.sha256()
+    try:
+        for chunk in reconstruct_chunks(f, spec, report):
+            h.update(chunk)
+            if exporter is not None:
+                exporter.write(chunk)
+    except Malformed as exc:
+        report.mismatch("reconstruction", spec.name, str(exc))
+        return None
+    return h.hexdigest()
+
+
+def check_tensor_list(pack_dir: str, manifest: dict, listed_files: set, good_files: set, report: Report):
+    """Checks of the manifest's tensor list against §1/§2/§3 and docs/DIGESTS.md."""
+    tensors = manifest["tensors"]
+    names = {t["name"] for t in tensors}
+    for t in tensors:
+        if t["kind"] == "raw" and t["file"] != SCAFFOLD:
+            report.mismatch("tensor-file", t["name"], f"raw tensor in {t['file']}, not {SCAFFOLD} (§2)")
+        if t["kind"] == "quantized":
+            m = LAYER_FILE_RE.fullmatch(t["file"])
+            if m is None:
+                report.mismatch("tensor-file", t["name"], f"quantized tensor in {t['file']}, not a layer file (§1)")
+            elif f".layers.{int(m.group(1))}." not in "." + t["name"]:
+                # §1: layer-NNNNN holds the quantized linears of decoder layer NNNNN. (Assumes
+                # the usual "…layers.<i>.…" tensor naming of the supported model types.)
+                report.mismatch("tensor-file", t["name"], f"stored in {t['file']}, another layer's file")
+    # §3: raw tensors are stored exactly as in the source, so their digests are the source's.
+    source = {t["name"]: t["sha256"] for t in manifest["source"]["tensors"]}
+    for t in tensors:
+        if t["name"] not in source:
+            report.mismatch("source", t["name"], "deployed tensor is not a source tensor")
+        elif t["kind"] == "raw" and source[t["name"]] != t["sha256"]:
+            report.mismatch("source", t["name"], "raw tensor differs from the source tensor",
+                            expected=source[t["name"]], actual=t["sha256"])
+    # docs/DIGESTS.md / §5: a tied lm_head is not a tensor of the deployed model; every other
+    # source tensor is (quantized or raw).
+    tied = False
+    if "config.json" in good_files:
+        try:
+            with open(os.path.join(pack_dir, "config.json"), "rb") as fh:
+                cfg = json.load(fh)
+        except (OSError, ValueError):
+            cfg = None
+        tied = isinstance(cfg, dict) and cfg.get("tie_word_embeddings") is True
+    if tied and "lm_head.weight" in names:
+        report.mismatch("tied-lm-head", "lm_head.weight",
+                        "config.json ties the embeddings, so lm_head.weight must not be deployed")
+    allowed = {"lm_head.weight"} if tied else set()
+    for n in sorted(set(source) - names - allowed, key=name_key):
+        report.mismatch("source", n, "source tensor missing from the deployed model")
+
+
+def check_bits_per_weight(manifest, opened, tensors, linear_bytes, linear_weights, report: Report):
+    """§2 bits_per_weight: linears = 8 × bytes of codes+scales+zeros over the linears' weights;
+    pack = 8 × data-section bytes of all safetensors files over all deployed tensors' elements.
+    Only checked when every data file could be parsed."""
+    if any(f is None for f in opened.values()) or report.unreadable:
+        return
+    if any(t["kind"] == "quantized" for t in tensors) and linear_weights != sum(
+        t["shape"][0] * t["shape"][1] for t in tensors if t["kind"] == "quantized"
+    ):
+        return  # some linear could not be decoded: already reported
+    pack_bytes = sum(f.data_len for f in opened.values())
+    elements = sum(int(np.prod(t["shape"], dtype=np.int64)) for t in tensors)
+    want = manifest["bits_per_weight"]
+    got = {"linears": {"bits": 8 * linear_bytes, "weights": linear_weights},
+           "pack": {"bits": 8 * pack_bytes, "weights": elements}}
+    if got != want:
+        report.mismatch("bits-per-weight", "bits_per_weight", expected=want, actual=got)
+
+
+# --------------------------------------------------------------------------------------------
+# Self-test of the bit packing and rounding (no pack needed)
+# --------------------------------------------------------------------------------------------
+
+
+def self_test() -> int:
+    # §4 example: b = 5, values 1, 2 -> bytes 0x41 0x00.
+    vals, clean = unpack_rows(np.array([[0x41, 0x00]], dtype=np.uint8), 2, 5)
+    assert vals.tolist() == [[1, 2]] and clean
+    # Round trip of random packings for every b.
+    rng = np.random.default_rng(1)
+    for b in range(1, 9):
+        for count in (1, 2, 3, 7, 8, 13, 64):
+            x = rng.integers(0, 1 << b, size=(3, count))
+            bitstr = np.zeros((3, packed_width(count, b) * 8), dtype=np.uint8)
+            for j in range(b):
+                bitstr[:, np.arange(count) * b + j] = (x >> j) & 1
+            packed = np.packbits(bitstr, axis=1, bitorder="little")
+            got, clean = unpack_rows(packed, count, b)
+            assert clean and np.array_equal(got, x), (b, count)
+    # Rounding against numpy's correctly rounded float64 -> float16/float32 casts. v·2^e is
+    # exact in float64 here (|v| < 2^13, e in [-170, 100]).
+    v = rng.integers(-(1 << 13) + 1, 1 << 13, size=200_000)
+    v[:50] = 0
+    for fmt, np_t, lo, hi in (("F16", np.float16, -45, 3), ("F32", np.float32, -170, 100)):
+        e = rng.integers(lo, hi, size=v.size)
+        want = (v.astype(np.float64) * np.exp2(e.astype(np.float64))).astype(np_t)
+        want_bits = want.view(np.uint16 if np_t is np.float16 else np.uint32).astype(np.int64)
+        got = round_to_float_bits(v.astype(np.int64), e.astype(np.int64), fmt)
+        assert np.array_equal(got, want_bits), fmt
+    # BF16 against RNE of exact float32 bits (exact: 13 significant bits, within f32's normal
+    # range), then some hand-checked subnormal and signed-zero cases.
+    e = rng.integers(-110, 100, size=v.size)
+    f32 = (v.astype(np.float64) * np.exp2(e.astype(np.float64))).astype(np.float32)
+    assert np.array_equal(f32.astype(np.float64), v * np.exp2(e.astype(np.float64)))
+    u = f32.view(np.uint32).astype(np.int64)
+    want = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    assert np.array_equal(round_to_float_bits(v.astype(np.int64), e.astype(np.int64), "BF16"), want)
+    cases = [  # (v, e, bf16 bits)
+        (1, -133, 0x0001),    # smallest bf16 subnormal, 2^-133
+        (1, -134, 0x0000),    # exactly half of it: tie to even -> +0
+        (3, -135, 0x0001),    # 0.75 ulp -> 1 ulp
+        (-1, -135, 0x8000),   # a quarter ulp, negative -> -0
+        (127, -133, 0x007F),  # largest subnormal
+        (255, -133, 0x00FF),  # 255·2^-133 = (1 + 127/128)·2^-126, a normal
+        (257, -134, 0x0080),  # 128.5 ulp -> tie to even 128 = smallest normal 2^-126
+        (0, 5, 0x0000),       # exact zero -> +0
+        (1, 0, 0x3F80),       # 1.0
+        (-3, 0, 0xC040),      # -3.0
+    ]
+    for cv, ce, want_bits in cases:
+        got = int(round_to_float_bits(np.array([cv]), np.array([ce]), "BF16")[0])
+        assert got == want_bits, (cv, ce, hex(got), hex(want_bits))
+    try:
+        round_to_float_bits(np.array([1]), np.array([128]), "BF16")
+    except Malformed:
+        pass
+    else:
+        raise AssertionError("overflow not detected")
+    print("self-test ok")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Independent ucw pack decoder/verifier (docs/FORMAT.md).")
+    ap.add_argument("pack_dir", nargs="?", help="pack directory")
+    ap.add_argument("--export", metavar="OUT.safetensors", help="write every deployed tensor to one file")
+    ap.add_argument("--self-test", action="store_true", help="test bit packing and rounding, then exit")
+    args = ap.parse_args(argv)
+    if args.self_test:
+        return self_test()
+    if not args.pack_dir:
+        ap.error("PACK_DIR is required")
+    try:
+        out, code = verify_pack(args.pack_dir, args.export)
+    except PackUnreadable as exc:
+        out = {"pack_digest": None, "weights_digest": None, "tensors_checked": 0,
+               "mismatches": [], "ok": False, "error": str(exc)}
+        code = 2
+    print(json.dumps(out, indent=2))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
