@@ -19,6 +19,23 @@ file, in the same pass.
 
 Exit status: 0 everything matches, 1 some mismatch, 2 the pack cannot be read.
 
+Report: {"pack_digest", "weights_digest" (recomputed from the decoded bytes), "tensors_checked",
+"mismatches": [{"kind", "name", "expected"?, "actual"?, "detail"?}...], "ok"}, plus "error" when
+the pack cannot be read. A file that passed its size/SHA-256 check but cannot be parsed makes
+the pack unreadable (exit 2); a corrupt file that also fails its hash check is a mismatch (1).
+With --export the output is written only when the pack verifies (to OUT.partial, then renamed).
+
+Where FORMAT.md is silent this reader assumes (and checks, reporting a mismatch otherwise):
+  - bits is 1..8 (§4 needs |m·(q−z)| < 2^13, i.e. b <= 8; no range is stated);
+  - codec.parameters.rank is the string "0" and tensor entries' rank the integer 0, as written;
+  - codec.calibration may hold any value (only null is specified; decoding does not use it);
+  - safetensors header padding is the minimal 0..7 spaces, and no bytes follow the last tensor;
+  - padding bits of packed rows must be zero (§4 says "padded with zero bits");
+  - a layer-NNNNN file holds tensors named "….layers.<NNNNN as integer>.…";
+  - every source tensor is deployed except a tied lm_head.weight, and a raw tensor's digest
+    equals the source tensor's digest in source.tensors (§3: "stored exactly as in the source");
+  - bits_per_weight.pack.weights counts the elements of the deployed tensors.
+
 Only the Python standard library and numpy (>= 1.24) are used. Memory: one row-chunk of one
 tensor at a time (files are memory-mapped; raw tensors are hashed in slices).
 """
@@ -64,7 +81,7 @@ DTYPE_SIZE = {
 FLOAT_FORMATS = {"BF16": (8, 7, 127), "F16": (5, 10, 15), "F32": (8, 23, 127)}
 
 HASH_SLICE = 16 << 20  # bytes of a raw tensor hashed at a time
-CHUNK_ELEMS = 1 << 20  # weights reconstructed at a time (row granularity)
+CHUNK_ELEMS = 1 << 18  # weights reconstructed at a time (row granularity)
 
 
 class PackUnreadable(Exception):
@@ -352,7 +369,10 @@ def check_files(pack_dir: str, manifest: dict, report: Report) -> set[str]:
             report.mismatch("unexpected-file", entry.name, "not a regular file (§1: one flat directory)")
             continue
         want = listed[entry.name]
-        size, digest = file_sha256(entry.path)
+        try:
+            size, digest = file_sha256(entry.path)
+        except OSError as exc:
+            raise PackUnreadable(f"cannot read {entry.name}: {exc}") from None
         if size != want["size"]:
             report.mismatch("file-size", entry.name, expected=want["size"], actual=size)
         elif digest != want["sha256"]:
@@ -830,6 +850,10 @@ def verify_pack(pack_dir: str, export: str | None) -> tuple[dict, int]:
 
         # §2 bits_per_weight.
         check_bits_per_weight(manifest, opened, tensors, linear_bytes, linear_weights, report)
+    except BaseException:
+        if exporter is not None:
+            exporter.finish(keep=False)
+        raise
     finally:
         for f in opened.values():
             if f is not None:
@@ -1027,6 +1051,13 @@ def main(argv=None) -> int:
     except PackUnreadable as exc:
         out = {"pack_digest": None, "weights_digest": None, "tensors_checked": 0,
                "mismatches": [], "ok": False, "error": str(exc)}
+        code = 2
+    except Exception as exc:  # a bug here, or a pack shaped in a way not foreseen: not "ok"
+        import traceback
+
+        traceback.print_exc()
+        out = {"pack_digest": None, "weights_digest": None, "tensors_checked": 0,
+               "mismatches": [], "ok": False, "error": f"internal error: {exc!r}"}
         code = 2
     print(json.dumps(out, indent=2))
     return code
