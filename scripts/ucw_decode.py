@@ -21,8 +21,8 @@ Exit status: 0 everything matches, 1 some mismatch, 2 the pack cannot be read.
 
 Report: {"pack_digest", "weights_digest" (recomputed from the decoded bytes), "tensors_checked",
 "mismatches": [{"kind", "name", "expected"?, "actual"?, "detail"?}...], "ok"}, plus "error" when
-the pack cannot be read. A file that passed its size/SHA-256 check but cannot be parsed makes
-the pack unreadable (exit 2); a corrupt file that also fails its hash check is a mismatch (1).
+the pack cannot be read. A file that cannot be parsed (whether or not it passed its
+size/SHA-256 check) is a mismatch of the tensors it holds (exit 1, FORMAT.md §7).
 With --export the output is written only when the pack verifies (to OUT.partial, then renamed).
 
 Where FORMAT.md is silent this reader assumes (and checks, reporting a mismatch otherwise):
@@ -163,7 +163,7 @@ def name_key(name: str) -> bytes:
 @dataclass
 class Report:
     mismatches: list = field(default_factory=list)
-    unreadable: bool = False  # a file that passed its hash check cannot be decoded (exit 2)
+    unreadable: bool = False  # a file that passed its hash check cannot be decoded (a FAIL, §7)
     tensors_checked: int = 0
 
     def mismatch(self, kind: str, name: str, detail: str = "", expected=None, actual=None):
@@ -876,7 +876,7 @@ def verify_pack(pack_dir: str, export: str | None) -> tuple[dict, int]:
         "mismatches": report.mismatches,
         "ok": ok,
     }
-    return out, (0 if ok else 2 if report.unreadable else 1)
+    return out, (0 if ok else 1)
 
 
 def raw_digest(f: SafeTensorsFile, entry: dict, exporter, report: Report) -> str | None:

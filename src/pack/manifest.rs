@@ -153,8 +153,8 @@ impl Manifest {
                     "{what}: format_version {v} is newer than this ucw understands ({FORMAT_VERSION}); upgrade ucw"
                 ));
             }
-            Some(_) => {}
-            None => return Err(bad_input!("{what}: missing or invalid format_version")),
+            Some(v) if v == FORMAT_VERSION as u64 => {}
+            _ => return Err(bad_input!("{what}: missing or invalid format_version")),
         }
         if canonical_json(&value) != bytes {
             return Err(bad_input!("{what}: not in canonical form (RFC 8785)"));
