@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ucw::backend::cpu::CpuBackend;
-use ucw::codec::quant::{quantize_tensor, step, QuantParams};
+use ucw::codec::quant::{QuantParams, quantize_tensor, step};
 use ucw::dtype::{DType, Decoded};
 use ucw::model::{Model, Role};
 
@@ -33,7 +33,9 @@ fn rtn(w: &[f64], cols: usize, bits: u32, g: usize) -> Vec<f64> {
             let lo = grp.iter().cloned().fold(0.0, f64::min);
             let s = (hi - lo) / qmax;
             let z = if s > 0.0 { (-lo / s).round() } else { 0.0 };
-            out.extend(grp.iter().map(|&x| if s > 0.0 { s * (((x / s).round() + z).clamp(0.0, qmax) - z) } else { 0.0 }));
+            out.extend(
+                grp.iter().map(|&x| if s > 0.0 { s * (((x / s).round() + z).clamp(0.0, qmax) - z) } else { 0.0 }),
+            );
         }
     }
     out

@@ -6,16 +6,19 @@ use std::path::Path;
 use std::process::Command;
 
 use ucw::backend::cpu::CpuBackend;
-use ucw::compress::{compress, Options};
+use ucw::compress::{Options, compress};
 use ucw::dtype::DType;
 use ucw::pack::Pack;
 
 fn python_with_numpy() -> Option<&'static str> {
-    let found = ["python3", "python"].into_iter().find(|p| {
-        Command::new(p).args(["-c", "import numpy"]).output().is_ok_and(|o| o.status.success())
-    });
+    let found = ["python3", "python"]
+        .into_iter()
+        .find(|p| Command::new(p).args(["-c", "import numpy"]).output().is_ok_and(|o| o.status.success()));
     if found.is_none() {
-        assert!(std::env::var("UCW_REQUIRE_PYTHON").is_err(), "UCW_REQUIRE_PYTHON is set but python3 with numpy is missing");
+        assert!(
+            std::env::var("UCW_REQUIRE_PYTHON").is_err(),
+            "UCW_REQUIRE_PYTHON is set but python3 with numpy is missing"
+        );
     }
     found
 }
@@ -50,6 +53,12 @@ fn independent_decoder_reproduces_the_manifest_digests() {
         assert_eq!(v["pack_digest"], pack.digest());
         assert_eq!(v["weights_digest"], pack.manifest.weights_digest);
         assert_eq!(v["tensors_checked"], pack.manifest.tensors.len());
-        println!("{fixture} {} bits g{} {:?}: Python decoder reproduced all {} digests", opts.bits, opts.group_size, opts.out_dtype, pack.manifest.tensors.len());
+        println!(
+            "{fixture} {} bits g{} {:?}: Python decoder reproduced all {} digests",
+            opts.bits,
+            opts.group_size,
+            opts.out_dtype,
+            pack.manifest.tensors.len()
+        );
     }
 }
