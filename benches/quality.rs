@@ -46,6 +46,8 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama-bf16")));
     let bits: u32 = std::env::var("UCW_BITS").ok().and_then(|b| b.parse().ok()).unwrap_or(5);
+    // UCW_RANK=r adds the low-rank overlay (identity metric) to ucw's figures.
+    let rank: usize = std::env::var("UCW_RANK").ok().and_then(|b| b.parse().ok()).unwrap_or(0);
     let p = QuantParams { bits, group_size: 64 };
     let model = Model::open(&dir).expect("model");
     let cpu = CpuBackend::new();
@@ -60,14 +62,30 @@ fn main() {
         let w = values(v.bytes, dtype);
         let q = quantize_tensor(&cpu, &t.name, v.bytes, dtype, rows, cols, p, None).expect("quantize");
         let gpr = q.groups_per_row();
-        let ours: f64 = (0..w.len())
+        let deq: Vec<f64> = (0..w.len())
             .map(|i| {
                 let g = (i / cols) * gpr + (i % cols) / 64;
                 let (m, e) = step(q.scales[g], q.base_exp);
-                let x = m as f64 * (q.codes[i] as f64 - q.zeros[g] as f64) * 2f64.powi(e);
-                (x - w[i]).powi(2)
+                m as f64 * (q.codes[i] as f64 - q.zeros[g] as f64) * 2f64.powi(e)
             })
-            .sum();
+            .collect();
+        let res: Vec<f64> = w.iter().zip(&deq).map(|(a, b)| a - b).collect();
+        let correction = ucw::codec::lowrank::fit(&res, rows, cols, rank, q.base_exp, ucw::compress::FIT_ROUNDS)
+            .map(|o| {
+                let (su, sv) = (2f64.powi(0), 2f64.powi(o.exp));
+                (0..w.len())
+                    .map(|i| {
+                        let (r_, c_) = (i / cols, i % cols);
+                        let mut acc = 0.0;
+                        for k in 0..o.rank {
+                            acc += o.mu[r_] as f64 * o.u[r_ * o.rank + k] as f64 * o.mv[k] as f64 * o.v[k * cols + c_] as f64;
+                        }
+                        acc * su * sv
+                    })
+                    .collect::<Vec<f64>>()
+            })
+            .unwrap_or_else(|| vec![0.0; w.len()]);
+        let ours: f64 = res.iter().zip(&correction).map(|(r, c)| (r - c).powi(2)).sum();
         let r: f64 = rtn(&w, cols, bits, 64).iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
         let n: f64 = w.iter().map(|x| x * x).sum();
         println!("{:<48} {:>10.6} {:>10.6} {:>7.4}", t.name, (ours / n).sqrt(), (r / n).sqrt(), (ours / r).sqrt());
@@ -85,7 +103,7 @@ fn main() {
         println!("{k:<10} ucw {:.6}  RTN {:.6}  ratio {:.4}", (o / n).sqrt(), (r / n).sqrt(), (o / r).sqrt());
     }
     println!(
-        "all linears ({bits} bits, groups of 64): relative error ucw {:.6}, RTN {:.6}, ratio {:.4}; {:.1} s",
+        "all linears ({bits} bits, groups of 64, overlay rank {rank}): relative error ucw {:.6}, RTN {:.6}, ratio {:.4}; {:.1} s",
         (e_ours / norm).sqrt(),
         (e_rtn / norm).sqrt(),
         (e_ours / e_rtn).sqrt(),

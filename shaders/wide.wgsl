@@ -51,6 +51,13 @@ fn w_mul_i32(a: i32, b: i32) -> vec2<u32> {
     return p;
 }
 
+// 64-bit times u32, wrapping modulo 2^64 (exact whenever the product fits; correct for
+// negative a in two's complement too).
+fn w_mul_wu(a: vec2<u32>, b: u32) -> vec2<u32> {
+    let lo = w_mul_u32(a.x, b);
+    return vec2<u32>(lo.x, lo.y + a.y * b);
+}
+
 // Shift left by s & 63.
 fn w_shl(a: vec2<u32>, s: u32) -> vec2<u32> {
     let k = s & 63u;

@@ -12,7 +12,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 // Per case 8 words: a.lo a.hi b.lo b.hi x y s pad.
 @group(0) @binding(1) var<storage, read> cases: array<u32>;
-// Per case 16 words: add sub mul_i32 mul_u32 shl sar shr_round neg, each (lo, hi).
+// Per case 18 words: add sub mul_i32 mul_u32 shl sar shr_round neg mul_wu, each (lo, hi).
 @group(0) @binding(2) var<storage, read_write> results: array<u32>;
 
 fn put(base: u32, slot: u32, v: vec2<u32>) {
@@ -32,7 +32,7 @@ fn wide_ops(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let x = bitcast<i32>(cases[c + 4u]);
     let y = bitcast<i32>(cases[c + 5u]);
     let s = cases[c + 6u];
-    let o = 16u * i;
+    let o = 18u * i;
     put(o, 0u, w_add(a, b));
     put(o, 1u, w_sub(a, b));
     put(o, 2u, w_mul_i32(x, y));
@@ -41,4 +41,5 @@ fn wide_ops(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     put(o, 5u, w_sar(a, s));
     put(o, 6u, w_shr_round(a, s));
     put(o, 7u, w_neg(a));
+    put(o, 8u, w_mul_wu(a, s));
 }

@@ -231,3 +231,144 @@ fn quantize_splits_over_small_bindings() {
         println!("split quantize/dequantize identical on {label}");
     }
 }
+
+/// A quantized tensor with a fitted overlay (the real fit, on a residual with low-rank
+/// structure plus noise), for the overlay tests.
+fn with_overlay(rows: usize, cols: usize, rank: usize, seed: u64) -> QuantTensor {
+    let cpu = CpuBackend::new();
+    let (src, w) = weights(DType::F32, rows, cols, seed);
+    let p = QuantParams { bits: 4, group_size: 64 };
+    let mut q = quantize_tensor(&cpu, "t", &src, DType::F32, rows, cols, p, None).unwrap();
+    let rec = reconstruct(&q);
+    let res: Vec<f64> = w.iter().zip(&rec).map(|(a, b)| a - b).collect();
+    q.overlay = ucw::codec::lowrank::fit(&res, rows, cols, rank, q.base_exp, 4);
+    assert!(q.overlay.is_some(), "fit kept no overlay");
+    q
+}
+
+conformance!(dequantize_with_overlay_same_bits_everywhere, |b| {
+    let mut out = Vec::new();
+    for (k, &(rows, cols, rank)) in [(24usize, 160usize, 4usize), (5, 70, 1), (40, 33, 32)].iter().enumerate() {
+        let mut q = with_overlay(rows, cols, rank, 100 + k as u64);
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            out.extend(b.dequantize(&q, dtype).unwrap());
+        }
+        // Both ends of the exponent window (overlay far below and above the groups' steps).
+        for shift in [-34, 11] {
+            let o = q.overlay.as_mut().unwrap();
+            o.exp = q.base_exp + shift;
+            out.extend(b.dequantize(&q, DType::F32).unwrap());
+        }
+    }
+    out
+});
+
+/// Overlay reconstruction against exact f64 arithmetic: with f32 output and values that
+/// are exact in f64, the bits must equal Rust's correctly rounded f64→f32 conversion.
+#[test]
+fn overlay_reconstruction_matches_f64() {
+    let cpu = CpuBackend::new();
+    let q = with_overlay(24, 160, 4, 7);
+    let o = q.overlay.as_ref().unwrap();
+    let got = cpu.dequantize(&q, DType::F32).unwrap();
+    let gpr = q.groups_per_row();
+    let mut checked = 0;
+    for i in 0..q.rows * q.cols {
+        let (r, c) = (i / q.cols, i % q.cols);
+        let mut acc = 0i128;
+        for k in 0..o.rank {
+            acc += o.mu[r] as i128 * o.u[r * o.rank + k] as i128 * o.mv[k] as i128 * o.v[k * q.cols + c] as i128;
+        }
+        let g = r * gpr + c / 64;
+        let (m, ed) = step(q.scales[g], q.base_exp);
+        let d = m as i128 * (q.codes[i] as i128 - q.zeros[g] as i128);
+        // The exact sum as an integer at the smaller exponent, in i128.
+        let lo = ed.min(o.exp);
+        let t = (d << (ed - lo)) + (acc << (o.exp - lo));
+        if t.unsigned_abs() >= 1 << 53 {
+            continue; // not exact in f64: covered by the encoder test instead
+        }
+        checked += 1;
+        let exact = t as f64 * 2f64.powi(lo);
+        let want = (exact as f32).to_bits();
+        assert_eq!(u32::from_le_bytes(got[4 * i..4 * i + 4].try_into().unwrap()), want, "element {i}");
+    }
+    assert!(checked > q.rows * q.cols / 2, "only {checked} elements were exact in f64");
+}
+
+#[test]
+fn overlay_splits_over_small_bindings() {
+    let q = with_overlay(40, 70, 8, 3);
+    let want = CpuBackend::new().dequantize(&q, DType::BF16).unwrap();
+    for (label, gpu) in common::gpu_backends() {
+        let gpu = gpu.with_work_limits(3 * 70 * 4, 2);
+        assert_eq!(gpu.dequantize(&q, DType::BF16).unwrap(), want, "{label}");
+    }
+}
+
+/// The fit lowers the error of a residual with low-rank structure, and its result does not
+/// depend on the thread count.
+#[test]
+fn overlay_fit_is_useful_and_thread_independent() {
+    let (rows, cols, rank) = (96, 200, 4);
+    let mut rng = Rng(5);
+    let mut g = || (rng.next_u32() as f64 / u32::MAX as f64) - 0.5;
+    let a: Vec<f64> = (0..rows * rank).map(|_| g()).collect();
+    let bm: Vec<f64> = (0..rank * cols).map(|_| g()).collect();
+    let res: Vec<f64> = (0..rows * cols)
+        .map(|i| {
+            let (r, c) = (i / cols, i % cols);
+            let lr: f64 = (0..rank).map(|k| a[r * rank + k] * bm[k * cols + c]).sum();
+            (lr + 0.05 * g()) * 1e-3
+        })
+        .collect();
+    let base_exp = -30; // steps of 2^-26 and up: the overlay exponent lands inside the window
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| ucw::codec::lowrank::fit(&res, rows, cols, rank, base_exp, 4)).unwrap()
+    };
+    let o = run(1);
+    assert_eq!(o, run(3));
+    let before: f64 = res.iter().map(|x| x * x).sum();
+    let after: f64 = (0..rows * cols)
+        .map(|i| {
+            let (r, c) = (i / cols, i % cols);
+            let approx: f64 = (0..rank)
+                .map(|k| o.mu[r] as f64 * o.u[r * rank + k] as f64 * o.mv[k] as f64 * o.v[k * cols + c] as f64)
+                .sum::<f64>()
+                * 2f64.powi(o.exp);
+            (res[i] - approx).powi(2)
+        })
+        .sum();
+    println!("rank-{rank} overlay leaves {:.4} of the squared residual", after / before);
+    assert!(after < 0.05 * before, "{after} vs {before}");
+}
+
+#[test]
+fn auto_rank_spends_the_budget_and_no_more() {
+    use ucw::compress::{Rank, choose_rank};
+    let p = QuantParams { bits: 5, group_size: 64 };
+    let shapes = [(576usize, 576usize), (1536, 576), (576, 1536)];
+    let n: u64 = shapes.iter().map(|&(r, c)| (r * c) as u64).sum();
+    let cost = |k: usize| -> u64 {
+        shapes
+            .iter()
+            .map(|&(r, c)| {
+                let gpr = c.div_ceil(64);
+                8 * (r * ((c * 5).div_ceil(8) + gpr + (gpr * 5).div_ceil(8))) as u64
+                    + 8 * ucw::codec::lowrank::overlay_bytes(r, c, k)
+            })
+            .sum()
+    };
+    for (bits, weights) in [(525u64, 100u64), (55, 10), (6, 1), (5, 1)] {
+        let r = choose_rank(Rank::Auto { bits, weights }, &shapes, p) as usize;
+        let budget = bits as u128 * n as u128 / weights as u128;
+        if r > 0 {
+            assert!(cost(r) as u128 <= budget, "{bits}/{weights}: rank {r} over budget");
+        }
+        if r < 32 {
+            assert!(cost(r + 1) as u128 > budget, "{bits}/{weights}: rank {} would also fit", r + 1);
+        }
+        println!("target {bits}/{weights} bpw → rank {r}");
+    }
+}

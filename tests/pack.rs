@@ -29,16 +29,16 @@ fn err(o: &Output) -> String {
 
 /// Pinned settings of the golden packs (recorded in each golden file).
 fn golden_options() -> Options {
-    Options { bits: 5, group_size: 64, rank: 0, out_dtype: None, force: false }
+    Options { bits: 5, group_size: 64, rank: ucw::compress::Rank::Fixed(0), out_dtype: None, force: false }
 }
 
-fn golden_doc(pack: &Pack) -> serde_json::Value {
+fn golden_doc(pack: &Pack, rank: u32) -> serde_json::Value {
     let m = &pack.manifest;
     let tensors: serde_json::Map<String, serde_json::Value> =
         m.tensors.iter().map(|t| (t.name.clone(), t.sha256.clone().into())).collect();
     serde_json::json!({
         "codec_version": CODEC_VERSION,
-        "settings": { "bits": 5, "group_size": 64, "rank": 0, "out_dtype": "source", "calibration": null },
+        "settings": { "bits": 5, "group_size": 64, "rank": rank, "out_dtype": "source", "calibration": null },
         "pack_digest": pack.digest(),
         "weights_digest": m.weights_digest,
         "bits_per_weight": m.bits_per_weight.linears,
@@ -46,25 +46,28 @@ fn golden_doc(pack: &Pack) -> serde_json::Value {
     })
 }
 
-/// Compress every fixture on every device: identical pack digests, equal to golden/<fixture>.json.
-/// Regenerate (CPU backend) only with a CODEC_VERSION bump:
-/// `UCW_BLESS_GOLDEN=1 cargo test --test pack golden`.
+/// Compress every fixture (and one with a rank-4 overlay) on every device: identical
+/// pack digests, equal to golden/<name>.json. Regenerate (CPU backend) only with a
+/// CODEC_VERSION bump: `UCW_BLESS_GOLDEN=1 cargo test --test pack golden`.
 #[test]
 fn golden_packs_on_every_device() {
     let bless = std::env::var("UCW_BLESS_GOLDEN").is_ok();
-    for f in FIXTURES {
-        let golden_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("golden/{f}.json"));
+    let mut cases: Vec<(String, &str, u32)> = FIXTURES.iter().map(|f| (f.to_string(), *f, 0)).collect();
+    cases.push(("qwen3-bf16-sharded-r4".into(), "qwen3-bf16-sharded", 4));
+    for (name, f, rank) in cases {
+        let golden_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("golden/{name}.json"));
+        let opts = Options { rank: ucw::compress::Rank::Fixed(rank), ..golden_options() };
         let mut ran = Vec::new();
         let mut reference: Option<serde_json::Value> = None;
         for d in common::devices() {
             let tmp = tempfile::tempdir().unwrap();
             let out = tmp.path().join("pack");
-            compress(&fixture(f), &out, d.backend.as_ref(), &golden_options(), &mut |_| {}).unwrap();
+            compress(&fixture(f), &out, d.backend.as_ref(), &opts, &mut |_| {}).unwrap();
             let pack = Pack::open(&out).unwrap();
-            let doc = golden_doc(&pack);
+            let doc = golden_doc(&pack, rank);
             match &reference {
                 None => reference = Some(doc),
-                Some(r) => assert_eq!(&doc, r, "{f}: {} compresses differently from the CPU", d.label),
+                Some(r) => assert_eq!(&doc, r, "{name}: {} compresses differently from the CPU", d.label),
             }
             ran.push(d.label.clone());
         }
@@ -74,7 +77,7 @@ fn golden_packs_on_every_device() {
                 let old: serde_json::Value = serde_json::from_str(&old).unwrap();
                 assert!(
                     old["codec_version"] != doc["codec_version"] || old == doc,
-                    "{f}: golden differs under the same codec version: bump CODEC_VERSION"
+                    "{name}: golden differs under the same codec version: bump CODEC_VERSION"
                 );
             }
             std::fs::write(&golden_path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
@@ -83,8 +86,8 @@ fn golden_packs_on_every_device() {
             &std::fs::read_to_string(&golden_path).unwrap_or_else(|_| panic!("{} missing", golden_path.display())),
         )
         .unwrap();
-        assert_eq!(doc, golden, "{f}: pack differs from {}", golden_path.display());
-        println!("{f}: pack sha256:{} identical to golden on {}", doc["pack_digest"].as_str().unwrap(), ran.join(", "));
+        assert_eq!(doc, golden, "{name}: pack differs from {}", golden_path.display());
+        println!("{name}: pack sha256:{} identical to golden on {}", doc["pack_digest"].as_str().unwrap(), ran.join(", "));
     }
 }
 
@@ -352,7 +355,7 @@ fn compress_refuses_bad_sources_and_leaves_nothing_behind() {
     assert_eq!(verify_code(&out, &[]).0, 0);
     // Bad flags.
     let llama = fixture("llama-bf16");
-    for args in [vec!["--bits", "9"], vec!["--group-size", "0"], vec!["--rank", "4"], vec!["--out-dtype", "f64"]] {
+    for args in [vec!["--bits", "9"], vec!["--group-size", "0"], vec!["--rank", "33"], vec!["--rank", "x"], vec!["--target-bpw", "5,2"], vec!["--out-dtype", "f64"]] {
         let mut a = vec!["compress", llama.to_str().unwrap(), "-o", "/tmp/never"];
         a.extend(args.iter());
         let o = ucw(&a);

@@ -39,6 +39,9 @@ fn independent_decoder_reproduces_the_manifest_digests() {
         ("qwen2-f32", Options { out_dtype: Some(DType::F16), bits: 3, ..Options::default() }),
         ("mistral-f16", Options { bits: 8, group_size: 7, out_dtype: Some(DType::BF16), ..Options::default() }),
         ("qwen3-bf16-sharded", Options { bits: 2, group_size: 100, ..Options::default() }),
+        ("qwen3-bf16-sharded", Options { rank: Rank::Fixed(4), ..Options::default() }),
+        ("qwen2-f32", Options { rank: Rank::Fixed(32), out_dtype: Some(DType::F32), ..Options::default() }),
+        ("mistral-f16", Options { rank: Rank::Fixed(1), bits: 3, ..Options::default() }),
     ];
     let t = tempfile::tempdir().unwrap();
     for (i, (fixture, opts)) in cases.iter().enumerate() {

@@ -98,10 +98,14 @@ pub struct WideResult {
     pub sar: i64,
     pub shr_round: i64,
     pub neg: i64,
+    /// a * (s as u64) modulo 2^64
+    pub mul_wu: i64,
 }
 
 impl WideResult {
-    pub fn to_words(&self) -> [u32; 16] {
+    pub const WORDS: usize = 18;
+
+    pub fn to_words(&self) -> [u32; 18] {
         let vals = [
             self.add as u64,
             self.sub as u64,
@@ -111,8 +115,9 @@ impl WideResult {
             self.sar as u64,
             self.shr_round as u64,
             self.neg as u64,
+            self.mul_wu as u64,
         ];
-        let mut w = [0u32; 16];
+        let mut w = [0u32; 18];
         for (i, v) in vals.iter().enumerate() {
             w[2 * i] = *v as u32;
             w[2 * i + 1] = (*v >> 32) as u32;
@@ -131,6 +136,7 @@ impl WideResult {
             sar: v(5) as i64,
             shr_round: v(6) as i64,
             neg: v(7) as i64,
+            mul_wu: v(8) as i64,
         }
     }
 }

@@ -3,7 +3,7 @@ use std::path::Path;
 
 use super::{Common, print_json};
 use crate::backend::device;
-use crate::compress::{Options, compress};
+use crate::compress::{Options, Rank, compress};
 use crate::dtype::DType;
 use crate::error::Result;
 
@@ -24,14 +24,18 @@ pub fn run(
     bits: u32,
     group_size: u32,
     rank: &str,
+    target_bpw: &str,
     out_dtype: &str,
     force: bool,
     common: &Common,
 ) -> Result<()> {
     let rank = match rank {
-        // Until the overlay exists, `auto` spends no budget on it.
-        "auto" => 0,
-        n => n.parse::<u32>().map_err(|_| bad_input!("--rank {n}: expected auto or a number"))?,
+        "auto" => {
+            let (bits, weights) = parse_decimal(target_bpw)
+                .ok_or_else(|| bad_input!("--target-bpw {target_bpw}: expected a decimal number such as 5.25"))?;
+            Rank::Auto { bits, weights }
+        }
+        n => Rank::Fixed(n.parse::<u32>().map_err(|_| bad_input!("--rank {n}: expected auto or a number"))?),
     };
     let opts = Options { bits, group_size, rank, out_dtype: parse_out_dtype(out_dtype)?, force };
     let (info, backend) = device::open(common.device)?;
@@ -72,4 +76,16 @@ pub fn run(
     println!("tensors:         {} quantized, {} raw; uncalibrated (no --calib)", s.quantized, s.raw);
     println!("device:          {}; {:.2} s", backend.describe(), s.seconds);
     Ok(())
+}
+
+/// "5.25" → (525, 100): a decimal as an exact ratio of integers (no floats reach the
+/// manifest).
+fn parse_decimal(s: &str) -> Option<(u64, u64)> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if int.is_empty() || frac.len() > 6 || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let weights = 10u64.pow(frac.len() as u32);
+    let bits = format!("{int}{frac}").parse::<u64>().ok()?;
+    (bits > 0 && bits / weights < 64).then_some((bits, weights))
 }

@@ -11,3 +11,4 @@ pub const CODEC_VERSION: u32 = 1;
 /// (DESIGN §4: 16-bit mantissas per group of 64 input channels).
 pub const DEFAULT_INGEST: crate::backend::IngestParams =
     crate::backend::IngestParams { group_size: 64, mantissa_bits: 16 };
+pub mod lowrank;

@@ -41,7 +41,32 @@ pub struct QuantTensor {
     pub scales: Vec<u8>,
     /// `[rows * groups_per_row]` zero points z.
     pub zeros: Vec<u8>,
+    /// Low-rank correction added before the one rounding (None = rank 0).
+    pub overlay: Option<Overlay>,
 }
+
+/// A rank-r correction `O = diag(mu) · U · diag(mv) · V · 2^exp`, exact in integers:
+/// `O_ij = Σ_k (mu_i · U_ik · mv_k) · V_kj` (docs/FORMAT.md §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    pub rank: usize,
+    /// Exponent of the overlay integers; `base_exp - 34 <= exp <= base_exp + 11` so the
+    /// exact sum with the quantized part fits 63 bits (bounds in `backend/cpu/quant.rs`).
+    pub exp: i32,
+    /// `[rows * rank]`, each in [-127, 127]
+    pub u: Vec<i8>,
+    /// `[rows]` per-row scale mantissas of U
+    pub mu: Vec<u16>,
+    /// `[rank * cols]`, each in [-127, 127]
+    pub v: Vec<i8>,
+    /// `[rank]` per-rank scale mantissas of V
+    pub mv: Vec<u16>,
+}
+
+/// Largest overlay rank (bounds the exact 64-bit reconstruction sum).
+pub const MAX_RANK: usize = 32;
+/// Allowed range of `overlay.exp - base_exp`.
+pub const OVERLAY_EXP_RANGE: std::ops::RangeInclusive<i32> = -34..=11;
 
 impl QuantTensor {
     pub fn groups_per_row(&self) -> usize {

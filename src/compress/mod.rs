@@ -8,23 +8,23 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::codec::CODEC_VERSION;
-use crate::codec::quant::{QuantParams, quantize_tensor};
+use crate::codec::lowrank::{self, overlay_bytes};
+use crate::codec::quant::{MAX_RANK, QuantParams, QuantTensor, quantize_tensor, step};
 use crate::digest::{sha256_hex, weights_digest};
-use crate::dtype::{DType, first_non_finite};
+use crate::dtype::{DType, Decoded, first_non_finite};
 use crate::error::{Error, Result};
 use crate::model::{Model, Role, hash_model_dir};
 use crate::pack::layer::{self, LayerMeta, QuantMeta};
 use crate::pack::manifest::*;
 use crate::pack::output::Staging;
 use crate::pack::stfile::{self, OutTensor};
-use crate::pack::{COPIED_FILES, SCAFFOLD_FILE, layer_file_name, sha256_file};
+use crate::pack::{COPIED_FILES, SCAFFOLD_FILE, bits, layer_file_name, sha256_file};
 
 #[derive(Debug, Clone)]
 pub struct Options {
     pub bits: u32,
     pub group_size: u32,
-    /// Low-rank overlay rank; only 0 is implemented so far.
-    pub rank: u32,
+    pub rank: Rank,
     /// None = each tensor's source dtype.
     pub out_dtype: Option<DType>,
     pub force: bool,
@@ -32,8 +32,61 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { bits: 5, group_size: 64, rank: 0, out_dtype: None, force: false }
+        Options { bits: 5, group_size: 64, rank: Rank::Fixed(0), out_dtype: None, force: false }
     }
+}
+
+/// Low-rank overlay rank per quantized linear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rank {
+    /// The same rank for every linear (0 = no overlay).
+    Fixed(u32),
+    /// The largest common rank whose stored bits stay within this many bits per weight
+    /// over the quantized linears (a ratio of integers, e.g. 525/100).
+    Auto { bits: u64, weights: u64 },
+}
+
+/// ALS rounds of the overlay fit.
+pub const FIT_ROUNDS: usize = 4;
+
+/// Rank for every linear under `rank`, from the shapes alone (so it is known before any
+/// tensor is read, and the same on every device).
+pub fn choose_rank(rank: Rank, shapes: &[(usize, usize)], p: QuantParams) -> u32 {
+    match rank {
+        Rank::Fixed(r) => r,
+        Rank::Auto { bits, weights } => {
+            let base: u64 = shapes.iter().map(|&(r, c)| 8 * base_bytes(r, c, p)).sum();
+            let n: u64 = shapes.iter().map(|&(r, c)| (r * c) as u64).sum();
+            let budget = (bits as u128 * n as u128 / weights.max(1) as u128) as u64;
+            (0..=MAX_RANK as u32)
+                .rev()
+                .find(|&k| base + shapes.iter().map(|&(r, c)| 8 * overlay_bytes(r, c, k as usize)).sum::<u64>() <= budget)
+                .unwrap_or(0)
+        }
+    }
+}
+
+/// Stored bytes of codes, scales and zeros of a [rows×cols] linear.
+fn base_bytes(rows: usize, cols: usize, p: QuantParams) -> u64 {
+    let gpr = cols.div_ceil(p.group_size as usize);
+    (rows * (bits::row_bytes(cols, p.bits) + gpr + bits::row_bytes(gpr, p.bits))) as u64
+}
+
+/// Exact f64 residual source − quantized (every term is an exact f64).
+fn residual(src: &[u8], dtype: DType, q: &QuantTensor) -> Vec<f64> {
+    let gpr = q.groups_per_row();
+    let g = q.params.group_size as usize;
+    (0..q.rows * q.cols)
+        .map(|i| {
+            let w = match dtype.decode(dtype.load_bits(src, i)) {
+                Decoded::Finite { neg, sig, exp } => libm::ldexp(if neg { -(sig as f64) } else { sig as f64 }, exp),
+                _ => 0.0,
+            };
+            let gi = (i / q.cols) * gpr + (i % q.cols) / g;
+            let (m, e) = step(q.scales[gi], q.base_exp);
+            w - libm::ldexp(m as f64 * (q.codes[i] as f64 - q.zeros[gi] as f64), e)
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -61,9 +114,6 @@ pub fn compress(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Summary> {
     let start = Instant::now();
-    if opts.rank != 0 {
-        return Err(bad_input!("--rank {}: the low-rank overlay is not implemented yet (use --rank 0)", opts.rank));
-    }
     let params = QuantParams { bits: opts.bits, group_size: opts.group_size };
     if !(2..=8).contains(&opts.bits) {
         return Err(bad_input!("--bits {} out of range 2..=8", opts.bits));
@@ -76,6 +126,12 @@ pub fn compress(
         ));
     }
     let model = Model::open(model_dir)?;
+    let linear_shapes: Vec<(usize, usize)> =
+        model.tensors.iter().filter(|t| t.role == Role::Linear).map(|t| (t.shape[0], t.shape[1])).collect();
+    let rank = choose_rank(opts.rank, &linear_shapes, params);
+    if rank as usize > MAX_RANK {
+        return Err(bad_input!("--rank {rank}: at most {MAX_RANK}"));
+    }
     let tmp = Staging::new(out, opts.force)?;
 
     // Source provenance.
@@ -121,7 +177,10 @@ pub fn compress(
             let v = model.tensor(&t.name);
             let dtype = model.dtype_of(&t.name);
             let (rows, cols) = (t.shape[0], t.shape[1]);
-            let q = quantize_tensor(backend, &t.name, v.bytes, dtype, rows, cols, params, None)?;
+            let mut q = quantize_tensor(backend, &t.name, v.bytes, dtype, rows, cols, params, None)?;
+            if rank > 0 {
+                q.overlay = lowrank::fit(&residual(v.bytes, dtype, &q), rows, cols, rank as usize, q.base_exp, FIT_ROUNDS);
+            }
             let out_dtype = opts.out_dtype.unwrap_or(dtype);
             let rec = backend.dequantize(&q, out_dtype).map_err(|e| match e {
                 crate::backend::KernelError::Overflow { index } => {
@@ -142,7 +201,8 @@ pub fn compress(
                     bits: opts.bits,
                     group_size: opts.group_size,
                     out_dtype,
-                    rank: 0,
+                    overlay_exp: q.overlay.as_ref().map(|o| o.exp),
+                    rank: q.overlay.as_ref().map_or(0, |o| o.rank as u32),
                     shape: [rows as u64, cols as u64],
                 },
             );
@@ -152,7 +212,7 @@ pub fn compress(
                 file: file.clone(),
                 kind: Kind::Quantized,
                 name: t.name.clone(),
-                rank: Some(0),
+                rank: Some(q.overlay.as_ref().map_or(0, |o| o.rank as u32)),
                 sha256: sha256_hex(&rec),
                 shape: vec![rows as u64, cols as u64],
             });
@@ -206,7 +266,14 @@ pub fn compress(
                 bits: opts.bits,
                 group_size: opts.group_size,
                 out_dtype: opts.out_dtype.map_or("source".into(), |d| d.safetensors_name().into()),
-                rank: opts.rank.to_string(),
+                rank: match opts.rank {
+                    Rank::Fixed(r) => r.to_string(),
+                    Rank::Auto { .. } => "auto".into(),
+                },
+                target_bpw: match opts.rank {
+                    Rank::Auto { bits, weights } => Some(BitsPerWeight { bits, weights }),
+                    Rank::Fixed(_) => None,
+                },
             },
             version: CODEC_VERSION,
         },

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::bits;
 use super::stfile::OutTensor;
-use crate::codec::quant::{MAX_GROUP_SIZE, QuantParams, QuantTensor};
+use crate::codec::quant::{MAX_GROUP_SIZE, MAX_RANK, OVERLAY_EXP_RANGE, Overlay, QuantParams, QuantTensor};
 use crate::digest::canonical_json;
 use crate::dtype::DType;
 use crate::error::Result;
@@ -24,6 +24,9 @@ pub struct QuantMeta {
     pub bits: u32,
     pub group_size: u32,
     pub out_dtype: DType,
+    /// Exponent of the low-rank overlay; present exactly when rank > 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_exp: Option<i32>,
     pub rank: u32,
     pub shape: [u64; 2],
 }
@@ -77,7 +80,7 @@ pub fn encode(name: &str, q: &QuantTensor) -> Vec<OutTensor<'static>> {
     let b = q.params.bits;
     let gpr = q.groups_per_row();
     let rows = q.rows as u64;
-    vec![
+    let mut out = vec![
         OutTensor {
             name: format!("{name}.codes"),
             dtype: "U8",
@@ -96,13 +99,24 @@ pub fn encode(name: &str, q: &QuantTensor) -> Vec<OutTensor<'static>> {
             shape: vec![rows, bits::row_bytes(gpr, b) as u64],
             data: Cow::Owned(bits::pack(&q.zeros, gpr, b)),
         },
-    ]
+    ];
+    if let Some(o) = &q.overlay {
+        let r = o.rank as u64;
+        let le16 = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let bytes8 = |v: &[i8]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
+        out.push(OutTensor { name: format!("{name}.u"), dtype: "I8", shape: vec![rows, r], data: Cow::Owned(bytes8(&o.u)) });
+        out.push(OutTensor { name: format!("{name}.u_scale"), dtype: "U16", shape: vec![rows], data: Cow::Owned(le16(&o.mu)) });
+        out.push(OutTensor { name: format!("{name}.v"), dtype: "I8", shape: vec![r, q.cols as u64], data: Cow::Owned(bytes8(&o.v)) });
+        out.push(OutTensor { name: format!("{name}.v_scale"), dtype: "U16", shape: vec![r], data: Cow::Owned(le16(&o.mv)) });
+    }
+    out
 }
 
 /// Stored bytes of an encoded linear (what bits-per-weight counts).
 pub fn stored_bytes(q: &QuantTensor) -> u64 {
     let gpr = q.groups_per_row();
     (q.rows * (bits::row_bytes(q.cols, q.params.bits) + gpr + bits::row_bytes(gpr, q.params.bits))) as u64
+        + crate::codec::lowrank::overlay_bytes(q.rows, q.cols, q.overlay.as_ref().map_or(0, |o| o.rank))
 }
 
 /// Read one quantized linear back, checking every shape against the metadata before
@@ -115,7 +129,9 @@ pub fn decode(f: &SafetensorsFile, meta: &LayerMeta, name: &str) -> Result<(Quan
     if !(2..=8).contains(&m.bits)
         || m.group_size == 0
         || m.group_size > MAX_GROUP_SIZE
-        || m.rank != 0
+        || m.rank as usize > MAX_RANK
+        || (m.rank > 0) != m.overlay_exp.is_some()
+        || m.overlay_exp.is_some_and(|e| !OVERLAY_EXP_RANGE.contains(&(e.saturating_sub(m.base_exp))))
         || m.base_exp.unsigned_abs() > 4096
     {
         return Err(bad_input!("{file}: tensor \"{name}\": unsupported parameters {m:?}"));
@@ -125,21 +141,36 @@ pub fn decode(f: &SafetensorsFile, meta: &LayerMeta, name: &str) -> Result<(Quan
         return Err(bad_input!("{file}: tensor \"{name}\": empty shape {:?}", m.shape));
     }
     let gpr = cols.div_ceil(m.group_size as usize);
-    let get = |suffix: &str, want: [usize; 2]| -> Result<&[u8]> {
+    let get = |suffix: &str, dtype: safetensors::Dtype, want: &[usize]| -> Result<&[u8]> {
         let full = format!("{name}.{suffix}");
         let v = f.tensor(&full).ok_or_else(|| bad_input!("{file}: missing tensor \"{full}\""))?;
-        if v.dtype != safetensors::Dtype::U8 || v.shape != want {
+        if v.dtype != dtype || v.shape != want {
             return Err(bad_input!(
-                "{file}: tensor \"{full}\" is {} {:?}, expected U8 {want:?}",
+                "{file}: tensor \"{full}\" is {} {:?}, expected {dtype:?} {want:?}",
                 v.dtype_name(),
                 v.shape
             ));
         }
         Ok(v.bytes)
     };
-    let codes_b = get("codes", [rows, bits::row_bytes(cols, m.bits)])?;
-    let scales = get("scales", [rows, gpr])?;
-    let zeros_b = get("zeros", [rows, bits::row_bytes(gpr, m.bits)])?;
+    use safetensors::Dtype::{I8, U16, U8};
+    let codes_b = get("codes", U8, &[rows, bits::row_bytes(cols, m.bits)])?;
+    let scales = get("scales", U8, &[rows, gpr])?;
+    let zeros_b = get("zeros", U8, &[rows, bits::row_bytes(gpr, m.bits)])?;
+    let overlay = match m.overlay_exp {
+        None => None,
+        Some(exp) => {
+            let r = m.rank as usize;
+            let i8s = |b: &[u8]| b.iter().map(|&x| x as i8).collect::<Vec<i8>>();
+            let u16s = |b: &[u8]| b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<u16>>();
+            let u = i8s(get("u", I8, &[rows, r])?);
+            let v = i8s(get("v", I8, &[r, cols])?);
+            if u.iter().chain(&v).any(|&x| x == i8::MIN) {
+                return Err(bad_input!("{file}: tensor \"{name}\": overlay value -128 is outside [-127, 127]"));
+            }
+            Some(Overlay { rank: r, exp, u, mu: u16s(get("u_scale", U16, &[rows])?), v, mv: u16s(get("v_scale", U16, &[r])?) })
+        }
+    };
     // Shapes matched the stored byte counts, so rows * cols <= 8 * codes bytes: bounded.
     if rows.checked_mul(cols).is_none_or(|n| n > 8 * codes_b.len().max(1)) {
         return Err(bad_input!("{file}: tensor \"{name}\": shape {:?} does not match its data", m.shape));
@@ -155,6 +186,7 @@ pub fn decode(f: &SafetensorsFile, meta: &LayerMeta, name: &str) -> Result<(Quan
             codes,
             scales: scales.to_vec(),
             zeros,
+            overlay,
         },
         m.out_dtype,
     ))

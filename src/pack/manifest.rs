@@ -74,6 +74,9 @@ pub struct CodecParams {
     pub out_dtype: String,
     /// "auto" or a decimal rank
     pub rank: String,
+    /// The bits-per-weight budget of `rank: "auto"` (absent for a fixed rank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_bpw: Option<BitsPerWeight>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -104,14 +104,26 @@ impl Backend for CpuBackend {
             codes,
             scales: meta.iter().map(|m| m.0).collect(),
             zeros: meta.iter().map(|m| m.1).collect(),
+            overlay: None,
         })
     }
 
     fn dequantize(&self, q: &QuantTensor, dtype: DType) -> Result<Vec<u8>, KernelError> {
         let cols = q.cols;
         let esize = dtype.size_bytes();
-        let tables = quant::DequantTables::new(&q.scales, &q.zeros, q.params.bits, q.base_exp, dtype);
         let mut out = vec![0u8; q.rows * cols * esize];
+        if let Some(o) = &q.overlay {
+            let bad = out
+                .par_chunks_mut(ROWS_PER_TASK * (cols * esize).max(1))
+                .enumerate()
+                .filter_map(|(task, out)| quant::dequantize_rows_overlay(q, o, dtype, task * ROWS_PER_TASK, out))
+                .min();
+            return match bad {
+                Some(index) => Err(KernelError::Overflow { index }),
+                None => Ok(out),
+            };
+        }
+        let tables = quant::DequantTables::new(&q.scales, &q.zeros, q.params.bits, q.base_exp, dtype);
         let bad = out
             .par_chunks_mut(ROWS_PER_TASK * (cols * esize).max(1))
             .enumerate()

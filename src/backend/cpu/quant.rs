@@ -192,3 +192,54 @@ pub fn dequantize_rows(
     }
     bad
 }
+
+/// Reconstruct rows `[r0, ..)` of a quantized tensor with a low-rank overlay into `out`.
+/// Per element, exactly (bounds: |D| < 2^13 at exponent eD = E + (c >> 4); |O| < 2^51 at
+/// exponent Eo, since |mu U mv| < 2^39, |V| < 2^7 and rank <= 32; with
+/// E - 34 <= Eo <= E + 11 the aligned sum below stays under 2^63):
+///   D = (16 + c & 15) (q - z),  O = Σ_k (mu_i U_ik mv_k) V_kj,
+///   T = D 2^(eD - m) + O 2^(Eo - m) with m = min(eD, Eo), rounded once to `dtype`.
+#[allow(clippy::too_many_arguments)]
+pub fn dequantize_rows_overlay(
+    q: &crate::codec::quant::QuantTensor,
+    o: &crate::codec::quant::Overlay,
+    dtype: crate::dtype::DType,
+    r0: usize,
+    out: &mut [u8],
+) -> Option<usize> {
+    let (cols, g) = (q.cols, q.params.group_size as usize);
+    let gpr = q.groups_per_row();
+    let esize = dtype.size_bytes();
+    let rows = out.len() / (cols * esize).max(1);
+    let r = o.rank;
+    let mut bad = None;
+    let mut a = vec![0i64; r];
+    for lr in 0..rows {
+        let row = r0 + lr;
+        for (k, ak) in a.iter_mut().enumerate() {
+            *ak = o.mu[row] as i64 * o.u[row * r + k] as i64 * o.mv[k] as i64;
+        }
+        for c in 0..cols {
+            let gi = row * gpr + c / g;
+            let (m, ed) = crate::codec::quant::step(q.scales[gi], q.base_exp);
+            let d = m as i64 * (q.codes[row * cols + c] as i64 - q.zeros[gi] as i64);
+            let mut ov = 0i64;
+            for (k, &ak) in a.iter().enumerate() {
+                ov += ak * o.v[k * cols + c] as i64;
+            }
+            let (t, exp) = if ed >= o.exp { ((d << (ed - o.exp)) + ov, o.exp) } else { (d + (ov << (o.exp - ed)), ed) };
+            match dtype.encode(t < 0, t.unsigned_abs(), exp) {
+                Some(bits) => {
+                    let dst = &mut out[(lr * cols + c) * esize..(lr * cols + c + 1) * esize];
+                    if esize == 2 {
+                        dst.copy_from_slice(&(bits as u16).to_le_bytes());
+                    } else {
+                        dst.copy_from_slice(&bits.to_le_bytes());
+                    }
+                }
+                None => bad = bad.or(Some(row * cols + c)),
+            }
+        }
+    }
+    bad
+}

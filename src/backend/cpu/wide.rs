@@ -27,5 +27,6 @@ pub fn eval(c: &WideCase) -> WideResult {
         sar: c.a >> k,
         shr_round: shr_round(c.a, c.s),
         neg: c.a.wrapping_neg(),
+        mul_wu: c.a.wrapping_mul(c.s as i64),
     }
 }

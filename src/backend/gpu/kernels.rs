@@ -116,7 +116,7 @@ impl Backend for GpuBackend {
             }
             r0 = r1;
         }
-        Ok(QuantTensor { rows, cols, params: p, base_exp, codes, scales, zeros })
+        Ok(QuantTensor { rows, cols, params: p, base_exp, codes, scales, zeros, overlay: None })
     }
 
     fn dequantize(&self, q: &QuantTensor, dtype: DType) -> Result<Vec<u8>, KernelError> {
@@ -142,13 +142,36 @@ impl Backend for GpuBackend {
                 gpr as u32,
                 count as u32,
                 words as u32,
+                q.overlay.as_ref().map_or(0, |o| o.rank as u32),
+                q.overlay.as_ref().map_or(0, |o| o.exp) as u32,
+                0,
+                0,
             ]);
             let codes = self.upload("dequantize.codes", &q.codes[r0 * cols..r1 * cols]);
+            let (ov_u, ov_v, ov_s) = match &q.overlay {
+                None => (self.zeroed("ov.u", 4), self.zeroed("ov.v", 4), self.zeroed("ov.s", 4)),
+                Some(o) => {
+                    let r = o.rank;
+                    let as_bytes = |v: &[i8]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
+                    let s: Vec<u32> =
+                        o.mu[r0..r1].iter().chain(&o.mv).map(|&m| m as u32).collect();
+                    (
+                        self.upload("ov.u", &as_bytes(&o.u[r0 * r..r1 * r])),
+                        self.upload("ov.v", &as_bytes(&o.v)),
+                        self.upload_words("ov.s", &s),
+                    )
+                }
+            };
             let meta: Vec<u32> = (r0 * gpr..r1 * gpr).map(|g| q.scales[g] as u32 | (q.zeros[g] as u32) << 8).collect();
             let meta = self.upload_words("dequantize.meta", &meta);
             let o = self.zeroed("dequantize.out", words as u64 * 4);
             let bad = self.upload_words("dequantize.bad", &[u32::MAX]);
-            self.dispatch("dequantize.wgsl", "dequantize", &[&params, &codes, &meta, &o, &bad], words as u64)?;
+            self.dispatch(
+                "dequantize.wgsl",
+                "dequantize",
+                &[&params, &codes, &meta, &o, &bad, &ov_u, &ov_v, &ov_s],
+                words as u64,
+            )?;
             let bad_index = words_le(&self.read(&bad)?)[0];
             if bad_index != u32::MAX {
                 return Err(KernelError::Overflow { index: r0 * cols + bad_index as usize });
@@ -163,8 +186,8 @@ impl Backend for GpuBackend {
         if cases.is_empty() {
             return Ok(Vec::new());
         }
-        // 16 result words per case bound the chunk.
-        let per_chunk = ((self.max_binding / 64) as usize).max(1);
+        // Result words per case bound the chunk.
+        let per_chunk = ((self.max_binding / (4 * WideResult::WORDS as u64)) as usize).max(1);
         let mut out = Vec::with_capacity(cases.len());
         for chunk in cases.chunks(per_chunk) {
             let words: Vec<u32> = chunk
@@ -175,10 +198,10 @@ impl Backend for GpuBackend {
                 .collect();
             let params_buf = self.uniform(&[chunk.len() as u32, 0, 0, 0]);
             let input = self.upload_words("wide.cases", &words);
-            let results = self.zeroed("wide.results", chunk.len() as u64 * 64);
+            let results = self.zeroed("wide.results", (chunk.len() * 4 * WideResult::WORDS) as u64);
             self.dispatch("wide_ops.wgsl", "wide_ops", &[&params_buf, &input, &results], chunk.len() as u64)?;
             let r = words_le(&self.read(&results)?);
-            out.extend(r.chunks_exact(16).map(WideResult::from_words));
+            out.extend(r.chunks_exact(WideResult::WORDS).map(WideResult::from_words));
         }
         Ok(out)
     }
