@@ -78,7 +78,10 @@ fn main() {
                         let (r_, c_) = (i / cols, i % cols);
                         let mut acc = 0.0;
                         for k in 0..o.rank {
-                            acc += o.mu[r_] as f64 * o.u[r_ * o.rank + k] as f64 * o.mv[k] as f64 * o.v[k * cols + c_] as f64;
+                            acc += o.mu[r_] as f64
+                                * o.u[r_ * o.rank + k] as f64
+                                * o.mv[k] as f64
+                                * o.v[k * cols + c_] as f64;
                         }
                         acc * su * sv
                     })

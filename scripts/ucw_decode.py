@@ -10,8 +10,9 @@ references such as "§4" are to docs/FORMAT.md.
 Steps (the order of FORMAT.md §7):
   1. read ucw-manifest.json, refuse non-canonical bytes, unknown versions and invalid names (§2);
   2. compare every listed file's size and SHA-256, and look for missing or unexpected files (§1, §2);
-  3. parse the safetensors files (§3), unpack codes and zero points and reconstruct every
-     quantized tensor with exact integer arithmetic and a single round-to-nearest-even (§4);
+  3. parse the safetensors files (§3), unpack codes and zero points, add the low-rank overlay
+     where a tensor has one, and reconstruct every quantized tensor with exact integer
+     arithmetic and a single round-to-nearest-even of the exact sum (§4);
   4. recompute every tensor digest, the weights digest and the pack digest (§5);
   5. print a JSON report on stdout.
 With --export, every deployed tensor (reconstructed + raw) is also written to one safetensors
@@ -26,8 +27,17 @@ size/SHA-256 check) is a mismatch of the tensors it holds (exit 1, FORMAT.md §7
 With --export the output is written only when the pack verifies (to OUT.partial, then renamed).
 
 Where FORMAT.md is silent this reader assumes (and checks, reporting a mismatch otherwise):
-  - bits is 1..8 (§4 needs |m·(q−z)| < 2^13, i.e. b <= 8; no range is stated);
-  - codec.parameters.rank is the string "0" and tensor entries' rank the integer 0, as written;
+  - codec.parameters.rank "<N>" is plain ASCII decimal without leading zeros ("0", "4", "32");
+    target_bpw is {"bits": integer >= 0, "weights": integer >= 1}, not necessarily reduced
+    (ucw writes 525/100 for 5.25); codec.parameters.bits is in §4's 2..8 and group_size in
+    §4's 1..4096 (§4 states these ranges for the layer metadata);
+  - a tensor entry's rank is an integer in 0..32 (§4), at most N when the flag was "<N>" (the
+    flag is what the fit may use; it may keep less), and equals its layer metadata's rank
+    (§4 lists bits, shape and out_dtype as agreeing; rank is assumed to agree too);
+  - a linear with rank r > 0 holds exactly its three code tensors plus the four overlay tensors
+    (§4 says "exactly the three tensors", written before the overlay; read as 3 + 4);
+  - U and V values of −128 (outside §4's [−127, 127]) are reported as a mismatch, but the
+    tensor is still decoded (the int64 bounds below hold for any I8/U16 contents);
   - codec.calibration may hold any value (only null is specified; decoding does not use it);
   - safetensors header padding is the minimal 0..7 spaces, and no bytes follow the last tensor;
   - padding bits of packed rows must be zero (§4 says "padded with zero bits");
@@ -35,6 +45,9 @@ Where FORMAT.md is silent this reader assumes (and checks, reporting a mismatch 
   - every source tensor is deployed except a tied lm_head.weight, and a raw tensor's digest
     equals the source tensor's digest in source.tensors (§3: "stored exactly as in the source");
   - bits_per_weight.pack.weights counts the elements of the deployed tensors.
+
+Not checked: §6 (informative) says how "auto" picks a common rank from --target-bpw; this
+reader does not recompute that choice, it only checks each tensor's rank is in 0..32.
 
 Only the Python standard library and numpy (>= 1.24) are used. Memory: one row-chunk of one
 tensor at a time (files are memory-mapped; raw tensors are hashed in slices).
@@ -255,16 +268,30 @@ def load_manifest(pack_dir: str) -> tuple[dict, bytes]:
     # codec.calibration is specified as null; it does not enter reconstruction (§4), so any
     # value is tolerated here (see the ambiguity notes in the report of this script's author).
     params = codec["parameters"]
-    _require(
-        isinstance(params, dict) and set(params) == {"bits", "group_size", "out_dtype", "rank"},
-        "codec.parameters: wrong keys",
-    )
-    # §4 needs |m·(q−z)| < 2^13, i.e. b <= 8; the spec gives no lower bound, 1 decodes fine.
-    _require(_is_int(params["bits"]) and 1 <= params["bits"] <= 8, "codec.parameters.bits out of range")
-    _require(_is_int(params["group_size"]) and params["group_size"] >= 1, "bad group_size")
+    # §2: rank is a string, "auto" or a decimal number; target_bpw is present only with "auto".
+    _require(isinstance(params, dict) and isinstance(params.get("rank"), str), "codec.parameters: no string rank")
+    auto = params["rank"] == "auto"
+    base_keys = {"bits", "group_size", "out_dtype", "rank"}
+    _require(set(params) == (base_keys | {"target_bpw"} if auto else base_keys),
+             "codec.parameters: wrong keys (target_bpw must be present exactly with rank \"auto\")")
+    # §4 ranges (stated for the layer metadata, which must agree): 2 <= b <= 8, 1 <= G <= 4096.
+    _require(_is_int(params["bits"]) and 2 <= params["bits"] <= 8, "codec.parameters.bits out of range")
+    _require(_is_int(params["group_size"]) and 1 <= params["group_size"] <= 4096, "bad group_size")
     _require(params["out_dtype"] in ("source", "BF16", "F16", "F32"), "bad out_dtype")
-    # §2 spells the codec's rank as the *string* "0" (tensor entries use the integer 0).
-    _require(params["rank"] == "0", f"unsupported rank {params['rank']!r} (only \"0\" is specified)")
+    if auto:
+        tb = params["target_bpw"]
+        # "a ratio of integers" {"bits", "weights"}, like bits_per_weight (not required reduced).
+        _require(isinstance(tb, dict) and set(tb) == {"bits", "weights"}
+                 and _is_int(tb["bits"]) and tb["bits"] >= 0
+                 and _is_int(tb["weights"]) and tb["weights"] >= 1,
+                 f"codec.parameters.target_bpw is not a ratio of integers: {tb!r}")
+        max_rank = 32  # §4: 0 <= r <= 32
+    else:
+        # A decimal number, assumed plain ASCII digits without leading zeros.
+        _require(re.fullmatch(r"0|[1-9][0-9]*", params["rank"]) is not None,
+                 f"codec.parameters.rank {params['rank']!r} is neither \"auto\" nor a decimal number")
+        # The flag may ask for more than §4's limit of 32; no tensor can carry more than 32.
+        max_rank = min(int(params["rank"]), 32)
 
     src = m["source"]
     _require(
@@ -299,9 +326,12 @@ def load_manifest(pack_dir: str) -> tuple[dict, bytes]:
                      f"tensors: quantized entry with wrong keys: {sorted(t)}")
             _require(t["dtype"] in FLOAT_FORMATS, f"{t['name']!r}: bad dtype {t['dtype']!r}")
             _require(_is_int(t["bits"]) and t["bits"] == params["bits"], f"{t['name']!r}: bits differ from codec")
-            _require(t["rank"] == 0 and _is_int(t["rank"]), f"{t['name']!r}: unsupported rank {t['rank']!r}")
+            # §2: the rank the tensor actually got (0 when the fit kept none), §4: 0..32.
+            _require(_is_int(t["rank"]) and 0 <= t["rank"] <= max_rank,
+                     f"{t['name']!r}: rank {t['rank']!r} outside 0..{max_rank} (codec rank {params['rank']!r})")
             _check_shape(t["shape"], repr(t["name"]))
-            _require(len(t["shape"]) == 2, f"{t['name']!r}: a quantized linear must be 2-D")
+            _require(len(t["shape"]) == 2 and min(t["shape"]) >= 1,
+                     f"{t['name']!r}: a quantized linear must be 2-D with R, C >= 1 (§4)")
             if params["out_dtype"] != "source":
                 _require(t["dtype"] == params["out_dtype"], f"{t['name']!r}: dtype differs from codec out_dtype")
         elif kind == "raw":
@@ -488,6 +518,17 @@ class SafeTensorsFile:
         raw = self.mm[t.begin + row0 * width : t.begin + row1 * width]
         return np.frombuffer(raw, dtype=np.uint8).reshape(row1 - row0, width)
 
+    def rows(self, name: str, row0: int, row1: int) -> np.ndarray:
+        """Rows [row0, row1) of a 1-D or 2-D integer tensor (I8, U8, U16), as int64. A 1-D
+        tensor's rows are its elements."""
+        t = self.tensors[name]
+        np_dtype = {"I8": "<i1", "U8": "<u1", "U16": "<u2"}[t.dtype]
+        size = DTYPE_SIZE[t.dtype]
+        width = t.shape[1] if len(t.shape) == 2 else 1
+        raw = self.mm[t.begin + row0 * width * size : t.begin + row1 * width * size]
+        a = np.frombuffer(raw, dtype=np_dtype).astype(np.int64)
+        return a.reshape(row1 - row0, width) if len(t.shape) == 2 else a
+
     def slices(self, name: str):
         t = self.tensors[name]
         for off in range(t.begin, t.end, HASH_SLICE):
@@ -526,17 +567,25 @@ def unpack_rows(packed: np.ndarray, count: int, bits: int) -> tuple[np.ndarray, 
     return values, padding_clean
 
 
+def bit_length(a: np.ndarray) -> np.ndarray:
+    """Exact bit length of non-negative int64 values (0 -> 0). frexp of the float64 conversion
+    is exact below 2^53; above, the conversion may round up to the next power of two, which
+    makes frexp one too large, never too small, so one correction step suffices."""
+    _, n = np.frexp(a.astype(np.float64))
+    n = n.astype(np.int64)
+    too_big = (a > 0) & ((a >> np.maximum(n - 1, 0)) == 0)
+    return n - too_big
+
+
 def round_to_float_bits(v: np.ndarray, e: np.ndarray, fmt: str) -> np.ndarray:
-    """Round the exact values v · 2^e (v, e int64 arrays) once to `fmt` with round-to-nearest,
-    ties-to-even, and return the IEEE bit patterns (§4).
+    """Round the exact values v · 2^e (v, e int64 arrays, |v| < 2^63) once to `fmt` with
+    round-to-nearest, ties-to-even, and return the IEEE bit patterns (§4).
 
     Everything is integer arithmetic, so no floating-point cast is trusted: the conversion is
-    done from the exact integer and exponent. (A float64 detour would also work for F16/F32:
-    |v| < 2^13 makes v·2^e exact in float64 for the exponents ucw produces, and numpy's
-    float64->float32/float16 casts are correctly rounded IEEE conversions. There is no numpy
-    bf16, and rounding bf16 from float32 bits is only single-rounded when the float32 value is
-    exact, i.e. not an f32 subnormal or overflow. Doing the rounding directly avoids both
-    arguments; `--self-test` checks this routine against the numpy casts where they apply.)
+    done from the exact integer and exponent. (Without an overlay |v| < 2^13, and a float64
+    detour would also work for F16/F32; with an overlay v may need 63 bits, which float64 cannot
+    hold, and there is no numpy bf16 anyway. `--self-test` checks this routine against numpy's
+    casts where they apply and against an exact Fraction-based reference on 63-bit values.)
 
     With a = |v| > 0 of bit length n, the value lies in [2^X, 2^(X+1)) with X = e + n − 1. The
     target's last-place unit is 2^Q with Q = max(X, emin) − fbits (emin = 1 − bias; the max
@@ -547,23 +596,25 @@ def round_to_float_bits(v: np.ndarray, e: np.ndarray, fmt: str) -> np.ndarray:
     """
     ebits, fbits, bias = FLOAT_FORMATS[fmt]
     a = np.abs(v)
+    if np.any(a < 0):  # only −2^63, which no valid sum reaches (< 2^63, §4)
+        raise Malformed("a reconstructed value does not fit in 63 bits")
     negative = v < 0
-    _, n = np.frexp(a.astype(np.float64))  # bit length: exact for integers < 2^53; 0 -> 0
-    n = n.astype(np.int64)
+    n = bit_length(a)
     x = e + n - 1
     q = np.maximum(x, 1 - bias) - fbits
     shift = q - e
-    # Exact case (shift <= 0): a << −shift. −shift <= fbits (<= 23) keeps a·2^23 < 2^36.
-    left = np.clip(-shift, 0, 62)
-    exact = a << left
-    # Rounding case (shift > 0). Since a < 2^13, any shift >= 14 gives 0 with a remainder below
-    # half, so clipping the shift at 40 changes nothing and keeps the shifts in range.
-    right = np.clip(shift, 0, 40)
+    # Exact case (shift <= 0): a << −shift, and −shift <= fbits + 1 − n, so the result has at
+    # most fbits + 1 <= 24 bits. (Clipping only affects lanes whose result is not selected.)
+    exact = a << np.clip(-shift, 0, 62)
+    # Rounding case (1 <= shift <= 63): trunc << right <= a < 2^63 and half <= 2^62, so no
+    # int64 overflow. shift >= 64 only happens deep in the subnormal range: a·2^−shift <
+    # 2^63·2^−64 = 1/2 (strictly), so M = 0, handled by `vanish`.
+    right = np.clip(shift, 0, 63)
     trunc = a >> right
     rem = a - (trunc << right)
-    half = (np.int64(1) << right) >> 1
+    half = np.left_shift(np.int64(1), np.maximum(right - 1, 0))
     up = (right > 0) & ((rem > half) | ((rem == half) & ((trunc & 1) == 1)))
-    mant = np.where(shift <= 0, exact, trunc + up)
+    mant = np.where(shift <= 0, exact, np.where(shift >= 64, 0, trunc + up))
     magnitude = ((q + fbits + bias - 1) << fbits) + mant
     magnitude = np.where(a == 0, 0, magnitude)  # exact zero: +0 (§4)
     if np.any(magnitude >= ((1 << ebits) - 1) << fbits):

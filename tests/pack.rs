@@ -87,7 +87,11 @@ fn golden_packs_on_every_device() {
         )
         .unwrap();
         assert_eq!(doc, golden, "{name}: pack differs from {}", golden_path.display());
-        println!("{name}: pack sha256:{} identical to golden on {}", doc["pack_digest"].as_str().unwrap(), ran.join(", "));
+        println!(
+            "{name}: pack sha256:{} identical to golden on {}",
+            doc["pack_digest"].as_str().unwrap(),
+            ran.join(", ")
+        );
     }
 }
 
@@ -355,7 +359,14 @@ fn compress_refuses_bad_sources_and_leaves_nothing_behind() {
     assert_eq!(verify_code(&out, &[]).0, 0);
     // Bad flags.
     let llama = fixture("llama-bf16");
-    for args in [vec!["--bits", "9"], vec!["--group-size", "0"], vec!["--rank", "33"], vec!["--rank", "x"], vec!["--target-bpw", "5,2"], vec!["--out-dtype", "f64"]] {
+    for args in [
+        vec!["--bits", "9"],
+        vec!["--group-size", "0"],
+        vec!["--rank", "33"],
+        vec!["--rank", "x"],
+        vec!["--target-bpw", "5,2"],
+        vec!["--out-dtype", "f64"],
+    ] {
         let mut a = vec!["compress", llama.to_str().unwrap(), "-o", "/tmp/never"];
         a.extend(args.iter());
         let o = ucw(&a);

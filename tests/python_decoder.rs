@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use ucw::backend::cpu::CpuBackend;
-use ucw::compress::{Options, compress};
+use ucw::compress::{Options, Rank, compress};
 use ucw::dtype::DType;
 use ucw::pack::Pack;
 

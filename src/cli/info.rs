@@ -80,22 +80,26 @@ fn pack_info(dir: &Path, common: &Common) -> Result<()> {
         let mut v = serde_json::to_value(m).expect("manifest serialises");
         v["kind"] = "pack".into();
         v["pack_digest"] = digest.into();
+        v["layers"] = m.files.iter().filter(|f| f.name.starts_with("layer-")).count().into();
+        v["reader_version"] = env!("CARGO_PKG_VERSION").into();
         print_json(&v);
         return Ok(());
     }
     let quantized = m.tensors.iter().filter(|t| t.kind == Kind::Quantized).count();
     let layers = m.files.iter().filter(|f| f.name.starts_with("layer-")).count();
     println!(
-        "pack {} ({} format {}, written by {} codec v{})",
+        "pack {} ({} format {}, written by {} codec v{}; read by ucw {})",
         dir.display(),
         m.format,
         m.format_version,
         m.tool.name,
-        m.tool.codec_version
+        m.tool.codec_version,
+        env!("CARGO_PKG_VERSION"),
     );
     println!("pack digest:     sha256:{digest}");
     println!("weights digest:  sha256:{}", m.weights_digest);
-    println!("source:          {} model, weights digest sha256:{}", m.source.model_type, m.source.weights_digest);
+    println!("architecture:    {}, {} decoder layers", m.source.model_type, layers);
+    println!("source weights:  sha256:{}", m.source.weights_digest);
     for f in &m.source.files {
         println!("                 {} {} bytes sha256:{}", f.name, f.size, f.sha256);
     }

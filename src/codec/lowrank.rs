@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::quant::{Overlay, OVERLAY_EXP_RANGE};
+use super::quant::{OVERLAY_EXP_RANGE, Overlay};
 
 /// Rows per parallel task (fixed partition).
 const ROWS_PER_TASK: usize = 32;
@@ -117,7 +117,8 @@ fn cholesky(g: &[f64], r: usize) -> Option<Vec<f64>> {
                 s -= l[i * r + k] * l[j * r + k];
             }
             if i == j {
-                if !(s > 0.0) {
+                // Not positive (or NaN): not positive definite.
+                if s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                     return None;
                 }
                 l[i * r + i] = s.sqrt();

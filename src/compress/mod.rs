@@ -60,7 +60,9 @@ pub fn choose_rank(rank: Rank, shapes: &[(usize, usize)], p: QuantParams) -> u32
             let budget = (bits as u128 * n as u128 / weights.max(1) as u128) as u64;
             (0..=MAX_RANK as u32)
                 .rev()
-                .find(|&k| base + shapes.iter().map(|&(r, c)| 8 * overlay_bytes(r, c, k as usize)).sum::<u64>() <= budget)
+                .find(|&k| {
+                    base + shapes.iter().map(|&(r, c)| 8 * overlay_bytes(r, c, k as usize)).sum::<u64>() <= budget
+                })
                 .unwrap_or(0)
         }
     }
@@ -179,7 +181,8 @@ pub fn compress(
             let (rows, cols) = (t.shape[0], t.shape[1]);
             let mut q = quantize_tensor(backend, &t.name, v.bytes, dtype, rows, cols, params, None)?;
             if rank > 0 {
-                q.overlay = lowrank::fit(&residual(v.bytes, dtype, &q), rows, cols, rank as usize, q.base_exp, FIT_ROUNDS);
+                q.overlay =
+                    lowrank::fit(&residual(v.bytes, dtype, &q), rows, cols, rank as usize, q.base_exp, FIT_ROUNDS);
             }
             let out_dtype = opts.out_dtype.unwrap_or(dtype);
             let rec = backend.dequantize(&q, out_dtype).map_err(|e| match e {

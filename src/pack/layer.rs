@@ -104,10 +104,30 @@ pub fn encode(name: &str, q: &QuantTensor) -> Vec<OutTensor<'static>> {
         let r = o.rank as u64;
         let le16 = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let bytes8 = |v: &[i8]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
-        out.push(OutTensor { name: format!("{name}.u"), dtype: "I8", shape: vec![rows, r], data: Cow::Owned(bytes8(&o.u)) });
-        out.push(OutTensor { name: format!("{name}.u_scale"), dtype: "U16", shape: vec![rows], data: Cow::Owned(le16(&o.mu)) });
-        out.push(OutTensor { name: format!("{name}.v"), dtype: "I8", shape: vec![r, q.cols as u64], data: Cow::Owned(bytes8(&o.v)) });
-        out.push(OutTensor { name: format!("{name}.v_scale"), dtype: "U16", shape: vec![r], data: Cow::Owned(le16(&o.mv)) });
+        out.push(OutTensor {
+            name: format!("{name}.u"),
+            dtype: "I8",
+            shape: vec![rows, r],
+            data: Cow::Owned(bytes8(&o.u)),
+        });
+        out.push(OutTensor {
+            name: format!("{name}.u_scale"),
+            dtype: "U16",
+            shape: vec![rows],
+            data: Cow::Owned(le16(&o.mu)),
+        });
+        out.push(OutTensor {
+            name: format!("{name}.v"),
+            dtype: "I8",
+            shape: vec![r, q.cols as u64],
+            data: Cow::Owned(bytes8(&o.v)),
+        });
+        out.push(OutTensor {
+            name: format!("{name}.v_scale"),
+            dtype: "U16",
+            shape: vec![r],
+            data: Cow::Owned(le16(&o.mv)),
+        });
     }
     out
 }
@@ -153,7 +173,7 @@ pub fn decode(f: &SafetensorsFile, meta: &LayerMeta, name: &str) -> Result<(Quan
         }
         Ok(v.bytes)
     };
-    use safetensors::Dtype::{I8, U16, U8};
+    use safetensors::Dtype::{I8, U8, U16};
     let codes_b = get("codes", U8, &[rows, bits::row_bytes(cols, m.bits)])?;
     let scales = get("scales", U8, &[rows, gpr])?;
     let zeros_b = get("zeros", U8, &[rows, bits::row_bytes(gpr, m.bits)])?;
@@ -168,7 +188,14 @@ pub fn decode(f: &SafetensorsFile, meta: &LayerMeta, name: &str) -> Result<(Quan
             if u.iter().chain(&v).any(|&x| x == i8::MIN) {
                 return Err(bad_input!("{file}: tensor \"{name}\": overlay value -128 is outside [-127, 127]"));
             }
-            Some(Overlay { rank: r, exp, u, mu: u16s(get("u_scale", U16, &[rows])?), v, mv: u16s(get("v_scale", U16, &[r])?) })
+            Some(Overlay {
+                rank: r,
+                exp,
+                u,
+                mu: u16s(get("u_scale", U16, &[rows])?),
+                v,
+                mv: u16s(get("v_scale", U16, &[r])?),
+            })
         }
     };
     // Shapes matched the stored byte counts, so rows * cols <= 8 * codes bytes: bounded.

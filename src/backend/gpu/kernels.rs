@@ -153,8 +153,7 @@ impl Backend for GpuBackend {
                 Some(o) => {
                     let r = o.rank;
                     let as_bytes = |v: &[i8]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
-                    let s: Vec<u32> =
-                        o.mu[r0..r1].iter().chain(&o.mv).map(|&m| m as u32).collect();
+                    let s: Vec<u32> = o.mu[r0..r1].iter().chain(&o.mv).map(|&m| m as u32).collect();
                     (
                         self.upload("ov.u", &as_bytes(&o.u[r0 * r..r1 * r])),
                         self.upload("ov.v", &as_bytes(&o.v)),
