@@ -71,6 +71,19 @@ pub enum KernelError {
     Device(Error),
 }
 
+impl KernelError {
+    /// The error for a kernel run on tensor `tensor` producing `dtype` values.
+    pub fn for_tensor(self, tensor: &str, dtype: DType) -> Error {
+        match self {
+            KernelError::Overflow { index } => {
+                bad_input!("tensor \"{tensor}\": reconstructed element {index} overflows {dtype}")
+            }
+            KernelError::NonFinite { index } => bad_input!("tensor \"{tensor}\": element {index} is not finite"),
+            KernelError::Device(e) => bad_input!("tensor \"{tensor}\": {e}"),
+        }
+    }
+}
+
 impl From<Error> for KernelError {
     fn from(e: Error) -> Self {
         KernelError::Device(e)

@@ -86,20 +86,10 @@ fn gram_rows(x: &[f64], r: usize, n: usize) -> Vec<f64> {
     g
 }
 
-/// G[r×r] = XᵀX for X[n×r] (columns of X as vectors).
+/// G[r×r] = XᵀX for X[n×r] (columns of X as vectors): the same sums, in the same order,
+/// as `gram_rows` of the transpose.
 fn gram_cols(x: &[f64], r: usize, n: usize) -> Vec<f64> {
-    let mut g = vec![0.0; r * r];
-    for k in 0..r {
-        for l in 0..=k {
-            let mut s = 0.0;
-            for i in 0..n {
-                s += x[i * r + k] * x[i * r + l];
-            }
-            g[k * r + l] = s;
-            g[l * r + k] = s;
-        }
-    }
-    g
+    gram_rows(&transpose(x, n, r), r, n)
 }
 
 /// Cholesky factor L (lower) of G + λI with λ = 1e-10 · (trace / r + tiny); None if not SPD.

@@ -185,13 +185,7 @@ pub fn compress(
                     lowrank::fit(&residual(v.bytes, dtype, &q), rows, cols, rank as usize, q.base_exp, FIT_ROUNDS);
             }
             let out_dtype = opts.out_dtype.unwrap_or(dtype);
-            let rec = backend.dequantize(&q, out_dtype).map_err(|e| match e {
-                crate::backend::KernelError::Overflow { index } => {
-                    bad_input!("tensor \"{}\": reconstructed element {index} overflows {out_dtype} (choose another --out-dtype)", t.name)
-                }
-                crate::backend::KernelError::NonFinite { index } => bad_input!("tensor \"{}\": element {index} is not finite", t.name),
-                crate::backend::KernelError::Device(e) => bad_input!("tensor \"{}\": {e}", t.name),
-            })?;
+            let rec = backend.dequantize(&q, out_dtype).map_err(|e| e.for_tensor(&t.name, out_dtype))?;
             let sb = layer::stored_bytes(&q);
             linear_bits += 8 * sb;
             linear_weights += (rows * cols) as u64;

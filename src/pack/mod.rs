@@ -12,7 +12,7 @@ pub mod verify;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::backend::{Backend, KernelError};
+use crate::backend::Backend;
 use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 use crate::model::weights::SafetensorsFile;
@@ -119,15 +119,7 @@ impl Pack {
             Kind::Quantized => {
                 let meta = meta.as_ref().expect("loaded for quantized tensors");
                 let (q, dtype) = layer::decode(f, meta, &t.name)?;
-                backend.dequantize(&q, dtype).map_err(|e| match e {
-                    KernelError::Overflow { index } => {
-                        bad_input!("tensor \"{}\": element {index} overflows {dtype}", t.name)
-                    }
-                    KernelError::NonFinite { index } => {
-                        bad_input!("tensor \"{}\": element {index} is not finite", t.name)
-                    }
-                    KernelError::Device(e) => bad_input!("tensor \"{}\": {e}", t.name),
-                })
+                backend.dequantize(&q, dtype).map_err(|e| e.for_tensor(&t.name, dtype))
             }
         }
     }
