@@ -570,7 +570,9 @@ def unpack_rows(packed: np.ndarray, count: int, bits: int) -> tuple[np.ndarray, 
 def bit_length(a: np.ndarray) -> np.ndarray:
     """Exact bit length of non-negative int64 values (0 -> 0). frexp of the float64 conversion
     is exact below 2^53; above, the conversion may round up to the next power of two, which
-    makes frexp one too large, never too small, so one correction step suffices."""
+    makes frexp one too large, never too small, so one correction step suffices. (Such an a
+    is within 2^(n−54) of 2^n and would round to 2^n in any target format anyway; the
+    correction keeps the routine below honest rather than relying on that.)"""
     _, n = np.frexp(a.astype(np.float64))
     n = n.astype(np.int64)
     too_big = (a > 0) & ((a >> np.maximum(n - 1, 0)) == 0)
@@ -608,7 +610,7 @@ def round_to_float_bits(v: np.ndarray, e: np.ndarray, fmt: str) -> np.ndarray:
     exact = a << np.clip(-shift, 0, 62)
     # Rounding case (1 <= shift <= 63): trunc << right <= a < 2^63 and half <= 2^62, so no
     # int64 overflow. shift >= 64 only happens deep in the subnormal range: a·2^−shift <
-    # 2^63·2^−64 = 1/2 (strictly), so M = 0, handled by `vanish`.
+    # 2^63·2^−64 = 1/2 (strictly), so M = 0 (the `shift >= 64` case below).
     right = np.clip(shift, 0, 63)
     trunc = a >> right
     rem = a - (trunc << right)
@@ -633,6 +635,44 @@ class QuantSpec:
     group_size: int
     base_exp: int
     out_dtype: str
+    rank: int = 0
+    overlay_exp: int | None = None  # Eo, present exactly when rank > 0 (§4)
+
+
+# Suffixes of the tensors a quantized linear stores (§4), without and with an overlay.
+CODE_SUFFIXES = (".codes", ".scales", ".zeros")
+OVERLAY_SUFFIXES = (".u", ".u_scale", ".v", ".v_scale")
+
+
+def linear_suffixes(rank: int) -> tuple[str, ...]:
+    return CODE_SUFFIXES + (OVERLAY_SUFFIXES if rank > 0 else ())
+
+
+def overlay_rows(mu: np.ndarray, u: np.ndarray, mv: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """O[i][j] = Σ_k (mu[i] · U[i][k] · mv[k]) · V[k][j] (§4), exactly, in int64.
+
+    Bounds (for any I8/U16 contents, so even a damaged file cannot overflow): |mu·U·mv| <=
+    65535·128·65535 < 2^39, times |V| <= 128 gives each term below 2^46 (65535²·128² =
+    70366596661248 < 2^46 = 70368744177664), and r <= 32 terms give |O| < 2^51. Every
+    intermediate is an int64 far from overflow, so numpy's integer matmul (no BLAS, no
+    floating point) is exact whatever its summation order."""
+    a = mu[:, None] * u * mv[None, :]  # [rows, r], each |.| < 2^39
+    return a @ v                        # [rows, C], each |.| < 2^51
+
+
+def exact_sum(w_int: np.ndarray, w_exp: np.ndarray, o_int: np.ndarray, o_exp: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact w_int·2^w_exp + o_int·2^o_exp as (integer, exponent) per element, aligned at
+    the smaller of the two exponents (§4), in int64.
+
+    Why it cannot overflow: |w_int| = |m·(q−z)| <= 31·255 < 2^13 with w_exp = E + (s>>4) in
+    [E, E+15]; |o_int| < 2^51 (overlay_rows); the metadata check guarantees −34 <= Eo − E <= 11
+    before decoding, so d = w_exp − Eo lies in [−11, 49].
+      d >= 0: the sum is w_int·2^d + o_int, |.| < 2^13·2^49 + 2^51 = 2^62 + 2^51 < 2^63;
+      d <  0: the sum is w_int + o_int·2^−d, |.| < 2^13 + 2^51·2^11 = 2^13 + 2^62 < 2^63.
+    So both shifted terms and their sum fit a signed 64-bit integer."""
+    lo = np.minimum(w_exp, o_exp)
+    total = (w_int << (w_exp - lo)) + (o_int << (o_exp - lo))
+    return total, lo
 
 
 def reconstruct_chunks(f: SafeTensorsFile, spec: QuantSpec, report: Report):
@@ -643,6 +683,11 @@ def reconstruct_chunks(f: SafeTensorsFile, spec: QuantSpec, report: Report):
     out_le = "<u2" if spec.out_dtype in ("BF16", "F16") else "<u4"
     step = max(1, CHUNK_ELEMS // max(1, C))
     dirty_padding = False
+    if spec.rank > 0:
+        # §4 low-rank overlay: V [r, C] and mv [r] are shared by all rows; U and mu per row.
+        ov = f.rows(spec.name + ".v", 0, spec.rank)
+        ov_scale = f.rows(spec.name + ".v_scale", 0, spec.rank)
+        bad_values = bool(np.any(ov == -128))
     for r0 in range(0, R, step):
         r1 = min(R, r0 + step)
         q, ok_q = unpack_rows(f.array(spec.name + ".codes", r0, r1), C, b)
@@ -653,10 +698,19 @@ def reconstruct_chunks(f: SafeTensorsFile, spec: QuantSpec, report: Report):
         e = spec.base_exp + (s >> 4)   # 4-bit exponent over the tensor's base exponent
         # w = m · (q − z) · 2^e, exactly: an integer |m·(q−z)| <= 31·255 < 2^13 times 2^e.
         v = m[:, col_group] * (q - z[:, col_group])
-        bits = round_to_float_bits(v, e[:, col_group], spec.out_dtype)
+        e = e[:, col_group]
+        if spec.rank > 0:
+            # w = m·(q−z)·2^e + O·2^Eo, summed exactly and rounded once (not term by term).
+            u = f.rows(spec.name + ".u", r0, r1)
+            mu = f.rows(spec.name + ".u_scale", r0, r1)
+            bad_values |= bool(np.any(u == -128))
+            v, e = exact_sum(v, e, overlay_rows(mu, u, ov_scale, ov), spec.overlay_exp)
+        bits = round_to_float_bits(v, e, spec.out_dtype)
         yield bits.astype(out_le).tobytes()  # row-major, little-endian
     if dirty_padding:
         report.mismatch("packing", spec.name, "nonzero padding bits at the end of a packed row (§4)")
+    if spec.rank > 0 and bad_values:
+        report.mismatch("overlay", spec.name, "a U or V value is −128, outside [−127, 127] (§4)")
 
 
 def quant_spec(name: str, entry: dict, f: SafeTensorsFile, ucw_meta: dict | None, codec_params: dict,
@@ -679,28 +733,37 @@ def quant_spec(name: str, entry: dict, f: SafeTensorsFile, ucw_meta: dict | None
         problems.append(f"out_dtype {md['out_dtype']} != manifest dtype {entry['dtype']}")
     if G != codec_params["group_size"]:
         problems.append(f"group_size {G} != codec {codec_params['group_size']}")
-    if md["rank"] != 0:
-        problems.append(f"rank {md['rank']} != 0")
+    if md["rank"] != entry["rank"]:
+        problems.append(f"rank {md['rank']} != manifest {entry['rank']}")
     if problems:
         report.mismatch("layer-metadata", name, "; ".join(problems))
         return None
     P = -(-C // G)
+    r = md["rank"]
     expect = {
-        ".codes": [R, packed_width(C, bits)],
-        ".scales": [R, P],
-        ".zeros": [R, packed_width(P, bits)],
+        ".codes": ("U8", [R, packed_width(C, bits)]),
+        ".scales": ("U8", [R, P]),
+        ".zeros": ("U8", [R, packed_width(P, bits)]),
     }
-    for suffix, shape in expect.items():
+    if r > 0:  # §4 low-rank overlay
+        expect.update({
+            ".u": ("I8", [R, r]),
+            ".u_scale": ("U16", [R]),
+            ".v": ("I8", [r, C]),
+            ".v_scale": ("U16", [r]),
+        })
+    for suffix, (dtype, shape) in expect.items():
         t = f.tensors.get(name + suffix)
         if t is None:
             report.mismatch("layer-tensor", name + suffix, f"missing from {entry['file']}")
             return None
-        if t.dtype != "U8" or t.shape != shape:
+        if t.dtype != dtype or t.shape != shape:
             report.mismatch("layer-tensor", name + suffix, "wrong dtype or shape",
-                            expected={"dtype": "U8", "shape": shape},
+                            expected={"dtype": dtype, "shape": shape},
                             actual={"dtype": t.dtype, "shape": t.shape})
             return None
-    return QuantSpec(name, R, C, bits, G, md["base_exp"], md["out_dtype"])
+    # parse_ucw_metadata already enforced −34 <= Eo − E <= 11 (exact_sum relies on it).
+    return QuantSpec(name, R, C, bits, G, md["base_exp"], md["out_dtype"], r, md.get("overlay_exp"))
 
 
 def parse_ucw_metadata(f: SafeTensorsFile, fname: str, report: Report) -> dict | None:
@@ -728,16 +791,20 @@ def parse_ucw_metadata(f: SafeTensorsFile, fname: str, report: Report) -> dict |
     if ok:
         keys = {"base_exp", "bits", "group_size", "out_dtype", "rank", "shape"}
         for name, md in ucw["tensors"].items():
+            # §4 ranges: 2 <= b <= 8, 1 <= G <= 4096, |E| <= 4096, R, C >= 1, 0 <= r <= 32,
+            # −34 <= Eo − E <= 11, and overlay_exp present exactly when r > 0.
             ok = ok and (
                 isinstance(md, dict)
-                and set(md) == keys
-                and _is_int(md["base_exp"]) and -1100 <= md["base_exp"] <= 1100
-                and _is_int(md["bits"]) and 1 <= md["bits"] <= 8
-                and _is_int(md["group_size"]) and md["group_size"] >= 1
+                and _is_int(md.get("rank")) and 0 <= md["rank"] <= 32
+                and set(md) == (keys | {"overlay_exp"} if md["rank"] > 0 else keys)
+                and _is_int(md["base_exp"]) and -4096 <= md["base_exp"] <= 4096
+                and _is_int(md["bits"]) and 2 <= md["bits"] <= 8
+                and _is_int(md["group_size"]) and 1 <= md["group_size"] <= 4096
                 and md["out_dtype"] in FLOAT_FORMATS
-                and _is_int(md["rank"])
                 and isinstance(md["shape"], list) and len(md["shape"]) == 2
-                and all(_is_int(d) and d >= 0 for d in md["shape"])
+                and all(_is_int(d) and d >= 1 for d in md["shape"])
+                and (md["rank"] == 0 or (_is_int(md["overlay_exp"])
+                                         and -34 <= md["overlay_exp"] - md["base_exp"] <= 11))
             )
     if not ok:
         report.mismatch("layer-metadata", fname, "ucw metadata does not have the §4 structure")
@@ -865,10 +932,13 @@ def verify_pack(pack_dir: str, export: str | None) -> tuple[dict, int]:
                     claimed.setdefault(fname, set()).add(name)
                 else:
                     spec = quant_spec(name, entry, f, ucw_meta.get(fname), params, report)
-                    claimed.setdefault(fname, set()).update(name + s for s in (".codes", ".scales", ".zeros"))
+                    # The linear's tensors (§4): codes, scales, zeros, plus the overlay's four
+                    # when the tensor has rank > 0.
+                    claimed.setdefault(fname, set()).update(name + s for s in linear_suffixes(entry["rank"]))
                     if spec is not None:
                         digest = quant_digest(f, spec, exporter, report)
-                        for s in (".codes", ".scales", ".zeros"):
+                        # §2 bits_per_weight.linears counts every one of them.
+                        for s in linear_suffixes(spec.rank):
                             t = f.tensors[name + s]
                             linear_bytes += t.end - t.begin
                         linear_weights += spec.rows * spec.cols
@@ -1006,7 +1076,8 @@ def check_tensor_list(pack_dir: str, manifest: dict, listed_files: set, good_fil
 
 
 def check_bits_per_weight(manifest, opened, tensors, linear_bytes, linear_weights, report: Report):
-    """§2 bits_per_weight: linears = 8 × bytes of codes+scales+zeros over the linears' weights;
+    """§2 bits_per_weight: linears = 8 × bytes of codes+scales+zeros (and u, u_scale, v, v_scale
+    where present) over the linears' weights;
     pack = 8 × data-section bytes of all safetensors files over all deployed tensors' elements.
     Only checked when every data file could be parsed."""
     if any(f is None for f in opened.values()) or report.unreadable:
@@ -1083,8 +1154,106 @@ def self_test() -> int:
         pass
     else:
         raise AssertionError("overflow not detected")
+    _self_test_wide_rounding(rng)
+    _self_test_overlay(rng)
     print("self-test ok")
     return 0
+
+
+def _exact_of_bits(bits: int, fmt: str):
+    """The exact value of a finite IEEE bit pattern, as a Fraction (reference for the tests)."""
+    from fractions import Fraction
+
+    ebits, fbits, bias = FLOAT_FORMATS[fmt]
+    sign = -1 if bits >> (ebits + fbits) else 1
+    ef = (bits >> fbits) & ((1 << ebits) - 1)
+    frac = bits & ((1 << fbits) - 1)
+    if ef == 0:
+        return sign * Fraction(frac) * Fraction(2) ** (1 - bias - fbits)
+    return sign * Fraction((1 << fbits) | frac) * Fraction(2) ** (ef - bias - fbits)
+
+
+def _reference_round(v: int, e: int, fmt: str) -> int:
+    """RNE of the exact v·2^e to `fmt` by a different method than round_to_float_bits: take a
+    float64 guess, then pick among nearby magnitude patterns the one nearest to the exact value
+    (ties to the even pattern). The guess is within an ulp or two of the answer, so a window of
+    ±3 patterns suffices. Python ints and Fractions only; no overflow handling."""
+    from fractions import Fraction
+
+    ebits, fbits, _ = FLOAT_FORMATS[fmt]
+    x = abs(Fraction(v) * Fraction(2) ** e)
+    g = float(x)
+    if fmt == "F32":
+        guess = struct.unpack("<I", struct.pack("<f", g))[0] if g < 3.4e38 else 0x7F7FFFFF
+    elif fmt == "F16":
+        guess = int(np.array([g]).astype(np.float16).view(np.uint16)[0]) if g < 65504 else 0x7BFF
+    else:
+        guess = struct.unpack("<I", struct.pack("<f", g))[0] >> 16 if g < 3.4e38 else 0x7F7F
+    top = ((1 << ebits) - 1) << fbits  # first non-finite magnitude pattern
+    cands = [c for c in range(guess - 3, guess + 4) if 0 <= c < top]
+    best = min(cands, key=lambda c: (abs(_exact_of_bits(c, fmt) - x), c & 1))
+    if v == 0:
+        return 0
+    return best | ((1 << (ebits + fbits)) if v < 0 else 0)
+
+
+def _self_test_wide_rounding(rng):
+    """round_to_float_bits on values up to 63 bits (overlay sums), against _reference_round."""
+    ranges = {"BF16": (-200, 70), "F16": (-90, -40), "F32": (-220, 60)}
+    for fmt, (lo, hi) in ranges.items():
+        cases = []
+        for nbits in (1, 2, 13, 14, 24, 25, 52, 53, 54, 60, 62, 63):
+            for _ in range(40):
+                a = int(rng.integers(1 << (nbits - 1), (1 << nbits) - 1, endpoint=True))
+                e = int(rng.integers(lo, hi))
+                cases.append((a if rng.integers(2) else -a, e))
+        # Exact ties and near-ties around the rounding point, with long tails of low bits.
+        for a in ((1 << 62) + (1 << 38), (1 << 62) + (3 << 38), (1 << 62) + (1 << 38) + 1,
+                  (1 << 62) + (1 << 38) - 1, (1 << 63) - 1, (1 << 55) + (1 << 31)):
+            for e in (lo, -70, -60, 0, 5) if fmt != "F16" else (lo, -70, -60, -55, -50):
+                cases.extend([(a, e), (-a, e)])
+        vs = np.array([c[0] for c in cases], dtype=np.int64)
+        es = np.array([c[1] for c in cases], dtype=np.int64)
+        keep = [i for i, (v, e) in enumerate(cases)
+                if abs(v) * 2.0 ** e < {"BF16": 3.38e38, "F16": 65504.0, "F32": 3.40e38}[fmt]]
+        got = round_to_float_bits(vs[keep], es[keep], fmt)
+        for k, i in enumerate(keep):
+            want = _reference_round(*cases[i], fmt)
+            assert int(got[k]) == want, (fmt, cases[i], hex(int(got[k])), hex(want))
+
+
+def _self_test_overlay(rng):
+    """exact_sum + overlay_rows + one rounding against Python-int arithmetic, at the extremes
+    of §4's ranges (r = 32, |U|, |V| = 127, mu, mv up to 65535, Eo − E at −34 and 11, scale
+    exponents 0 and 15), so the aligned sums reach 62 bits."""
+    from fractions import Fraction
+
+    R, C = 6, 9
+    for rank, d_eo in ((32, -34), (32, 11), (1, -34), (7, 0), (32, -20)):
+        E = int(rng.integers(-150, -40))
+        Eo = E + d_eo
+        u = rng.integers(-127, 128, size=(R, rank))
+        v = rng.integers(-127, 128, size=(rank, C))
+        mu = rng.integers(0, 65536, size=R)
+        mv = rng.integers(0, 65536, size=rank)
+        u[0], v[:, 0], mu[0], mv[:] = 127, 127, 65535, np.where(mv % 2 == 0, 65535, mv)
+        w_int = rng.integers(-7905, 7906, size=(R, C))
+        w_exp = E + rng.choice([0, 15, 7], size=(R, C))
+        o = overlay_rows(mu.astype(np.int64), u.astype(np.int64), mv.astype(np.int64), v.astype(np.int64))
+        total, lo = exact_sum(w_int.astype(np.int64), w_exp.astype(np.int64), o, Eo)
+        for i in range(R):
+            for j in range(C):
+                o_ref = sum(int(mu[i]) * int(u[i, k]) * int(mv[k]) * int(v[k, j]) for k in range(rank))
+                assert int(o[i, j]) == o_ref and abs(o_ref) < 1 << 51
+                exact = Fraction(int(w_int[i, j])) * Fraction(2) ** int(w_exp[i, j]) + Fraction(o_ref) * Fraction(2) ** Eo
+                assert Fraction(int(total[i, j])) * Fraction(2) ** int(lo[i, j]) == exact
+                assert abs(int(total[i, j])) < 1 << 63
+        for fmt in ("BF16", "F32"):
+            got = round_to_float_bits(total, lo, fmt)
+            for i in range(R):
+                for j in range(C):
+                    want = _reference_round(int(total[i, j]), int(lo[i, j]), fmt)
+                    assert int(got[i, j]) == want, (fmt, rank, d_eo, i, j)
 
 
 def main(argv=None) -> int:
