@@ -7,13 +7,6 @@ struct Encoded {
     ok: bool,   // false when the value overflows the format's largest finite value
 }
 
-fn bitlen64(a: vec2<u32>) -> u32 {
-    if (a.y != 0u) {
-        return 64u - countLeadingZeros(a.y);
-    }
-    return 32u - countLeadingZeros(a.x);
-}
-
 // Bits of (-1)^neg * mag * 2^exp in format `dtype` (0 bf16, 1 f16, 2 f32); mag < 2^63.
 fn encode_float(neg: bool, mag: vec2<u32>, exp: i32, dtype: u32) -> Encoded {
     var eb = 8u;

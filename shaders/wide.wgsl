@@ -83,6 +83,14 @@ fn w_sar(a: vec2<u32>, s: u32) -> vec2<u32> {
     return vec2<u32>(bitcast<u32>(hi >> ((k - 32u) & 31u)), bitcast<u32>(hi >> 31u));
 }
 
+// Number of significant bits of an unsigned 64-bit value (0 for 0).
+fn bitlen64(a: vec2<u32>) -> u32 {
+    if (a.y != 0u) {
+        return 64u - countLeadingZeros(a.y);
+    }
+    return 32u - countLeadingZeros(a.x);
+}
+
 // Unsigned a < b.
 fn w_lt_u(a: vec2<u32>, b: vec2<u32>) -> bool {
     return a.y < b.y || (a.y == b.y && a.x < b.x);

@@ -60,6 +60,34 @@ impl GroupFixed {
     }
 }
 
+/// Activations in fixed point: token t's vector is `mants[t*width ..] * 2^exps[t]` (one
+/// shared exponent per token, DESIGN §4: the residual stream's outliers make any coarser
+/// sharing lose the small channels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFixed {
+    pub tokens: usize,
+    pub width: usize,
+    pub exps: Vec<i32>,
+    pub mants: Vec<i32>,
+}
+
+/// Largest |activation mantissa| `matmul` accepts (18-bit signed inputs).
+pub const MATMUL_MAX_ACT: i32 = 1 << 17;
+/// Largest spread of a weight row's group exponents `matmul` accepts (see `matmul`).
+pub const MATMUL_MAX_SPREAD: i32 = 16;
+/// Largest number of weight groups per row `matmul` accepts.
+pub const MATMUL_MAX_GROUPS: usize = 128;
+
+/// Exact products of `matmul`: `sums[t*n + o] * 2^(x.exps[t] + row_exps[o])`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExactSums {
+    pub tokens: usize,
+    pub n: usize,
+    pub sums: Vec<i64>,
+    /// Per output row: the smallest group exponent of that weight row.
+    pub row_exps: Vec<i32>,
+}
+
 /// Why a kernel did not produce a result.
 #[derive(Debug)]
 pub enum KernelError {
@@ -179,6 +207,16 @@ pub trait Backend: Send + Sync {
     /// Reconstruct a quantized tensor as `dtype` bits (little-endian, row-major).
     fn dequantize(&self, q: &QuantTensor, dtype: DType) -> Result<Vec<u8>, KernelError>;
 
+    /// `y = x · wᵀ` exactly: x `[T, K]` activations, w `[N, K]` weights ingested with
+    /// 16-bit mantissas in groups whose exponents lie within `MATMUL_MAX_SPREAD` of their
+    /// row's largest (`align_row_exponents`). Bounds: |x·m| <= 2^17 · 2^15 = 2^32, a group
+    /// of <= 64 products < 2^38, shifted <= 16 < 2^54, <= 128 groups < 2^61: exact in i64.
+    fn matmul(&self, x: &TokenFixed, w: &GroupFixed) -> Result<ExactSums, Error>;
+
+    /// Round exact sums to one exponent per token and `bits`-bit mantissas
+    /// (|m| <= 2^(bits-1)), half to even: the one rounding point after a matmul.
+    fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error>;
+
     /// Evaluate the 64-bit arithmetic library on each case.
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error>;
 }
@@ -215,6 +253,75 @@ pub(crate) fn check_quantize_args(x: &GroupFixed, importance: &[u32], p: QuantPa
     }
     if let Some(j) = importance.iter().position(|&h| h > MAX_IMPORTANCE) {
         return Err(bad_input!("importance of column {j} exceeds {MAX_IMPORTANCE}"));
+    }
+    Ok(())
+}
+
+/// Raise every group exponent of each row to at least (row max − `spread`), rounding the
+/// mantissas of the raised groups half to even, so `matmul`'s alignment shifts are bounded.
+/// All-zero groups take the floor exponent. Host integer arithmetic, deterministic.
+pub fn align_row_exponents(w: &mut GroupFixed, spread: i32) {
+    let gpr = w.groups_per_row();
+    let g = w.params.group_size as usize;
+    for r in 0..w.rows {
+        let nonzero = |gi: usize| {
+            let (c0, c1) = (r * w.cols + gi * g, r * w.cols + ((gi + 1) * g).min(w.cols));
+            w.mantissas[c0..c1].iter().any(|&m| m != 0)
+        };
+        let Some(emax) = (0..gpr).filter(|&gi| nonzero(gi)).map(|gi| w.exponents[r * gpr + gi]).max() else {
+            continue;
+        };
+        let floor = emax - spread;
+        for gi in 0..gpr {
+            let e = &mut w.exponents[r * gpr + gi];
+            if *e >= floor {
+                continue;
+            }
+            let shift = (floor - *e) as u32;
+            *e = floor;
+            let (c0, c1) = (r * w.cols + gi * g, r * w.cols + ((gi + 1) * g).min(w.cols));
+            for m in &mut w.mantissas[c0..c1] {
+                *m = cpu::wide::shr_round(*m as i64, shift.min(63)) as i32;
+            }
+        }
+    }
+}
+
+pub(crate) fn check_matmul_args(x: &TokenFixed, w: &GroupFixed) -> Result<(), Error> {
+    if x.width != w.cols || x.mants.len() != x.tokens * x.width || x.exps.len() != x.tokens {
+        return Err(bad_input!(
+            "matmul: activations [{}, {}] do not match weights [{}, {}]",
+            x.tokens,
+            x.width,
+            w.rows,
+            w.cols
+        ));
+    }
+    if w.params.mantissa_bits > 16 || w.params.group_size > 64 || w.groups_per_row() > MATMUL_MAX_GROUPS {
+        return Err(bad_input!(
+            "matmul: weights need <= 16-bit mantissas, groups <= 64, <= {MATMUL_MAX_GROUPS} groups"
+        ));
+    }
+    if x.mants.iter().any(|&a| a.unsigned_abs() > MATMUL_MAX_ACT as u32) {
+        return Err(bad_input!("matmul: activation mantissas exceed 2^17"));
+    }
+    let gpr = w.groups_per_row();
+    for r in 0..w.rows {
+        let row = &w.exponents[r * gpr..(r + 1) * gpr];
+        let (lo, hi) = (row.iter().min().copied().unwrap_or(0), row.iter().max().copied().unwrap_or(0));
+        if hi - lo > MATMUL_MAX_SPREAD {
+            return Err(bad_input!("matmul: weight row {r} exponent spread {} > {MATMUL_MAX_SPREAD}", hi - lo));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_renorm_args(s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<(), Error> {
+    if !(2..=30).contains(&bits) {
+        return Err(bad_input!("renorm: {bits} bits out of range 2..=30"));
+    }
+    if x_exps.len() != s.tokens || s.sums.len() != s.tokens * s.n || s.row_exps.len() != s.n {
+        return Err(bad_input!("renorm: inconsistent shapes"));
     }
     Ok(())
 }

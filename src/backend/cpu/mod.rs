@@ -7,13 +7,15 @@
 //! number of threads (DESIGN §3 rule 6).
 
 pub mod ingest;
+pub mod linear;
 pub mod quant;
 pub mod wide;
 
 use rayon::prelude::*;
 
 use crate::backend::{
-    Backend, GroupFixed, IngestParams, KernelError, WideCase, WideResult, check_ingest_args, check_quantize_args,
+    Backend, ExactSums, GroupFixed, IngestParams, KernelError, TokenFixed, WideCase, WideResult, check_ingest_args,
+    check_matmul_args, check_quantize_args, check_renorm_args,
 };
 use crate::codec::quant::{QuantParams, QuantTensor};
 use crate::dtype::DType;
@@ -145,6 +147,19 @@ impl Backend for CpuBackend {
             Some(index) => Err(KernelError::Overflow { index }),
             None => Ok(out),
         }
+    }
+
+    fn matmul(&self, x: &TokenFixed, w: &GroupFixed) -> Result<ExactSums, Error> {
+        check_matmul_args(x, w)?;
+        let re = linear::row_exps(w);
+        let mut sums = vec![0i64; x.tokens * w.rows];
+        sums.par_chunks_mut(w.rows.max(1)).enumerate().for_each(|(t, out)| linear::matmul_rows(x, w, &re, t, out));
+        Ok(ExactSums { tokens: x.tokens, n: w.rows, sums, row_exps: re })
+    }
+
+    fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error> {
+        check_renorm_args(s, x_exps, bits)?;
+        Ok(linear::renorm(s, x_exps, bits))
     }
 
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {

@@ -2,7 +2,8 @@
 
 use super::{GpuBackend, words_le};
 use crate::backend::{
-    Backend, GroupFixed, IngestParams, KernelError, WideCase, WideResult, check_ingest_args, check_quantize_args,
+    Backend, ExactSums, GroupFixed, IngestParams, KernelError, TokenFixed, WideCase, WideResult, check_ingest_args,
+    check_matmul_args, check_quantize_args, check_renorm_args,
 };
 use crate::codec::quant::{QuantParams, QuantTensor};
 use crate::dtype::DType;
@@ -179,6 +180,85 @@ impl Backend for GpuBackend {
             r0 = r1;
         }
         Ok(out)
+    }
+
+    fn matmul(&self, x: &TokenFixed, w: &GroupFixed) -> Result<ExactSums, Error> {
+        check_matmul_args(x, w)?;
+        let (t, n, k) = (x.tokens, w.rows, w.cols);
+        let gpr = w.groups_per_row();
+        let re = crate::backend::cpu::linear::row_exps(w);
+        let mut sums = vec![0i64; t * n];
+        if t * n == 0 {
+            return Ok(ExactSums { tokens: t, n, sums, row_exps: re });
+        }
+        // Split tokens and weight rows so that x, w and the 8-byte outputs fit a binding.
+        let tokens_per_chunk = self.rows_per_chunk(k, 4)?;
+        let rows_per_chunk = self.rows_per_chunk(k, 4)?;
+        let mut t0 = 0;
+        while t0 < t {
+            let t1 = (t0 + tokens_per_chunk).min(t);
+            let xb = self.upload_i32("matmul.x", &x.mants[t0 * k..t1 * k]);
+            let out_rows = ((self.max_binding / 8) as usize / (t1 - t0)).clamp(1, rows_per_chunk);
+            let mut o0 = 0;
+            while o0 < n {
+                let o1 = (o0 + out_rows).min(n);
+                let total = (t1 - t0) * (o1 - o0);
+                let params = self.uniform(&[
+                    (t1 - t0) as u32,
+                    (o1 - o0) as u32,
+                    k as u32,
+                    w.params.group_size,
+                    gpr as u32,
+                    total as u32,
+                    0,
+                    0,
+                ]);
+                let wb = self.upload_i32("matmul.w", &w.mantissas[o0 * k..o1 * k]);
+                let we = self.upload_i32("matmul.wexp", &w.exponents[o0 * gpr..o1 * gpr]);
+                let rb = self.upload_i32("matmul.rexp", &re[o0..o1]);
+                let ob = self.zeroed("matmul.out", total as u64 * 8);
+                self.dispatch("matmul.wgsl", "matmul", &[&params, &xb, &wb, &we, &rb, &ob], total as u64)?;
+                let words = words_le(&self.read(&ob)?);
+                for lt in 0..t1 - t0 {
+                    for lo in 0..o1 - o0 {
+                        let i = lt * (o1 - o0) + lo;
+                        sums[(t0 + lt) * n + o0 + lo] = (words[2 * i] as u64 | (words[2 * i + 1] as u64) << 32) as i64;
+                    }
+                }
+                o0 = o1;
+            }
+            t0 = t1;
+        }
+        Ok(ExactSums { tokens: t, n, sums, row_exps: re })
+    }
+
+    fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error> {
+        check_renorm_args(s, x_exps, bits)?;
+        let (t, n) = (s.tokens, s.n);
+        let mut mants = vec![0i32; t * n];
+        let mut exps = vec![0i32; t];
+        let tokens_per_chunk = self.rows_per_chunk(n, 8)?;
+        let rb = self.upload_i32("renorm.rexp", &s.row_exps);
+        let mut t0 = 0;
+        while t0 < t {
+            let t1 = (t0 + tokens_per_chunk).min(t);
+            let params = self.uniform(&[(t1 - t0) as u32, n as u32, bits, 0]);
+            let words: Vec<u32> =
+                s.sums[t0 * n..t1 * n].iter().flat_map(|&v| [v as u32, (v as u64 >> 32) as u32]).collect();
+            let sb = self.upload_words("renorm.sums", &words);
+            let xb = self.upload_i32("renorm.xexp", &x_exps[t0..t1]);
+            let mb = self.zeroed("renorm.mants", ((t1 - t0) * n * 4) as u64);
+            let eb = self.zeroed("renorm.exps", ((t1 - t0) * 4) as u64);
+            self.dispatch("renorm.wgsl", "renorm", &[&params, &sb, &xb, &rb, &mb, &eb], (t1 - t0) as u64)?;
+            for (d, w) in mants[t0 * n..t1 * n].iter_mut().zip(words_le(&self.read(&mb)?)) {
+                *d = w as i32;
+            }
+            for (d, w) in exps[t0..t1].iter_mut().zip(words_le(&self.read(&eb)?)) {
+                *d = w as i32;
+            }
+            t0 = t1;
+        }
+        Ok(TokenFixed { tokens: t, width: n, exps, mants })
     }
 
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {

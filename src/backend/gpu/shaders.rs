@@ -25,6 +25,8 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("ingest.wgsl"),
     shader!("quantize.wgsl"),
     shader!("dequantize.wgsl"),
+    shader!("matmul.wgsl"),
+    shader!("renorm.wgsl"),
 ];
 
 pub fn file(name: &str) -> Option<&'static ShaderFile> {

@@ -1,0 +1,71 @@
+//! CPU twins of shaders/matmul.wgsl (exact integer matrix product) and
+//! shaders/renorm.wgsl (one rounding to a per-token exponent).
+
+use crate::backend::{ExactSums, GroupFixed, TokenFixed};
+
+/// Smallest group exponent of each weight row.
+pub fn row_exps(w: &GroupFixed) -> Vec<i32> {
+    let gpr = w.groups_per_row();
+    (0..w.rows).map(|r| w.exponents[r * gpr..(r + 1) * gpr].iter().copied().min().unwrap_or(0)).collect()
+}
+
+/// Sums for tokens `t0..` into `out` (`[tokens, n]` row-major slice).
+pub fn matmul_rows(x: &TokenFixed, w: &GroupFixed, re: &[i32], t0: usize, out: &mut [i64]) {
+    let (k, n) = (w.cols, w.rows);
+    let g = w.params.group_size as usize;
+    let gpr = w.groups_per_row();
+    for (lt, row) in out.chunks_mut(n).enumerate() {
+        let a = &x.mants[(t0 + lt) * k..(t0 + lt + 1) * k];
+        for (o, dst) in row.iter_mut().enumerate() {
+            let m = &w.mantissas[o * k..(o + 1) * k];
+            let mut acc = 0i64;
+            for gi in 0..gpr {
+                let (c0, c1) = (gi * g, ((gi + 1) * g).min(k));
+                let mut s = 0i64;
+                for c in c0..c1 {
+                    s += a[c] as i64 * m[c] as i64;
+                }
+                acc += s << (w.exponents[o * gpr + gi] - re[o]);
+            }
+            *dst = acc;
+        }
+    }
+}
+
+/// `a · 2^-s` rounded half to even for any s >= 0 (0 once s reaches 63: |a| < 2^62).
+#[inline]
+pub fn shr_round_any(a: i64, s: u32) -> i64 {
+    if s >= 63 { 0 } else { super::wide::shr_round(a, s) }
+}
+
+/// Renormalise token `t`: shared exponent from the largest output, then `bits`-bit mantissas.
+pub fn renorm_token(sums: &[i64], x_exp: i32, re: &[i32], bits: u32, mants: &mut [i32]) -> i32 {
+    let mut top: Option<i32> = None;
+    for (o, &s) in sums.iter().enumerate() {
+        if s != 0 {
+            let t = x_exp + re[o] + (64 - s.unsigned_abs().leading_zeros()) as i32;
+            top = Some(top.map_or(t, |v| v.max(t)));
+        }
+    }
+    let Some(top) = top else {
+        mants.fill(0);
+        return 0;
+    };
+    let e = top - (bits as i32 - 1);
+    for (o, (&s, m)) in sums.iter().zip(mants.iter_mut()).enumerate() {
+        let d = x_exp + re[o] - e;
+        // d > 0 only for values with bitlen(s) <= bits - 1 - d: the shift cannot overflow.
+        *m = if d >= 0 { (s << d) as i32 } else { shr_round_any(s, (-d) as u32) as i32 };
+    }
+    e
+}
+
+pub fn renorm(s: &ExactSums, x_exps: &[i32], bits: u32) -> TokenFixed {
+    use rayon::prelude::*;
+    let mut mants = vec![0i32; s.tokens * s.n];
+    let mut exps = vec![0i32; s.tokens];
+    mants.par_chunks_mut(s.n.max(1)).zip(exps.par_iter_mut()).enumerate().for_each(|(t, (m, e))| {
+        *e = renorm_token(&s.sums[t * s.n..(t + 1) * s.n], x_exps[t], &s.row_exps, bits, m);
+    });
+    TokenFixed { tokens: s.tokens, width: s.n, exps, mants }
+}

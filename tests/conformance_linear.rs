@@ -1,0 +1,167 @@
+//! Exact integer matmul (shaders/matmul.wgsl) and the per-token renormalisation
+//! (shaders/renorm.wgsl): identical bits on every device, and the CPU twins checked against
+//! i128 arithmetic. These are the first forward-pass kernels.
+
+mod common;
+
+use common::{Rng, i32s_to_bytes};
+use ucw::backend::cpu::CpuBackend;
+use ucw::backend::{Backend, ExactSums, GroupFixed, IngestParams, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents};
+use ucw::dtype::DType;
+
+fn activations(tokens: usize, width: usize, seed: u64) -> TokenFixed {
+    let mut rng = Rng(seed);
+    let mut mants: Vec<i32> =
+        (0..tokens * width).map(|_| (rng.next_u32() as i32) >> (14 + rng.below(12) as u32)).collect();
+    // The extremes of the accepted range.
+    mants[0] = 1 << 17;
+    mants[1] = -(1 << 17);
+    let exps = (0..tokens).map(|_| rng.below(60) as i32 - 40).collect();
+    TokenFixed { tokens, width, exps, mants }
+}
+
+/// Ingested bf16 weights whose groups span a wide range (some rows 2^-30 smaller in places),
+/// aligned to the matmul's exponent spread.
+fn weights(rows: usize, cols: usize, seed: u64) -> GroupFixed {
+    let mut rng = Rng(seed);
+    let bits: Vec<u8> = (0..rows * cols)
+        .flat_map(|i| {
+            let exp = if (i / 64) % 3 == 2 { 90 + rng.below(10) } else { 118 + rng.below(8) } as u32;
+            let b = ((rng.next_u32() & 1) << 15) | (exp << 7) | (rng.next_u32() & 0x7f);
+            (b as u16).to_le_bytes()
+        })
+        .collect();
+    let mut w = CpuBackend::new()
+        .ingest(&bits, DType::BF16, rows, cols, IngestParams { group_size: 64, mantissa_bits: 16 })
+        .unwrap();
+    align_row_exponents(&mut w, MATMUL_MAX_SPREAD);
+    w
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[(16, 300, 120), (3, 64, 7), (5, 1, 3), (9, 1536, 4)];
+
+fn sums_bytes(s: &ExactSums) -> Vec<u8> {
+    let mut v: Vec<u8> = s.sums.iter().flat_map(|x| x.to_le_bytes()).collect();
+    v.extend(i32s_to_bytes(&s.row_exps));
+    v
+}
+
+conformance!(matmul_same_bits_everywhere, |b| {
+    let mut out = Vec::new();
+    for (i, &(t, k, n)) in SHAPES.iter().enumerate() {
+        let x = activations(t, k, 10 + i as u64);
+        let w = weights(n, k, 20 + i as u64);
+        out.extend(sums_bytes(&b.matmul(&x, &w).unwrap()));
+    }
+    out
+});
+
+conformance!(renorm_same_bits_everywhere, |b| {
+    let cpu = CpuBackend::new();
+    let mut out = Vec::new();
+    for (i, &(t, k, n)) in SHAPES.iter().enumerate() {
+        let x = activations(t, k, 30 + i as u64);
+        let s = cpu.matmul(&x, &weights(n, k, 40 + i as u64)).unwrap();
+        for bits in [2, 16, 18, 20, 30] {
+            let y = b.renorm(&s, &x.exps, bits).unwrap();
+            out.extend(i32s_to_bytes(&y.exps));
+            out.extend(i32s_to_bytes(&y.mants));
+        }
+    }
+    out
+});
+
+/// The twin against a direct i128 sum over all K products, shifted per element: no
+/// grouping, no 64-bit arithmetic.
+#[test]
+fn matmul_twin_matches_i128() {
+    let cpu = CpuBackend::new();
+    for (i, &(t, k, n)) in SHAPES.iter().enumerate() {
+        let x = activations(t, k, 50 + i as u64);
+        let w = weights(n, k, 60 + i as u64);
+        let s = cpu.matmul(&x, &w).unwrap();
+        let gpr = w.groups_per_row();
+        for tt in 0..t {
+            for o in 0..n {
+                let mut want = 0i128;
+                for c in 0..k {
+                    let e = w.exponents[o * gpr + c / 64] - s.row_exps[o];
+                    want += (x.mants[tt * k + c] as i128 * w.mantissas[o * k + c] as i128) << e;
+                }
+                assert_eq!(s.sums[tt * n + o] as i128, want, "t {tt} o {o}");
+            }
+        }
+    }
+}
+
+/// Renormalisation against its definition, in i128: nearest (ties to even) multiple of the
+/// token's unit, within `bits`, with the largest output using the top of the range.
+#[test]
+fn renorm_twin_meets_the_definition() {
+    let cpu = CpuBackend::new();
+    let x = activations(16, 300, 70);
+    let s = cpu.matmul(&x, &weights(120, 300, 80)).unwrap();
+    for bits in [2u32, 8, 16, 20, 30] {
+        let y = cpu.renorm(&s, &x.exps, bits).unwrap();
+        for t in 0..16 {
+            let e = y.exps[t];
+            let mut max_abs = 0i128;
+            for o in 0..120 {
+                let d = x.exps[t] + s.row_exps[o] - e; // value = sum · 2^d units of 2^e
+                let v = s.sums[t * 120 + o] as i128;
+                let m = y.mants[t * 120 + o] as i128;
+                assert!(m.abs() <= 1 << (bits - 1));
+                // |m − v·2^d| <= 1/2, ties to even: compare 2·m·2^-d with 2v exactly.
+                if d >= 0 {
+                    assert_eq!(m, v << d);
+                } else {
+                    let sh = -d as u32;
+                    if sh < 120 {
+                        let diff = (m << sh) - v; // in units of 2^(e − sh)
+                        let half = 1i128 << (sh - 1);
+                        assert!(diff.abs() <= half, "bits {bits} t {t} o {o}");
+                        if diff.abs() == half {
+                            assert_eq!(m % 2, 0, "tie not to even");
+                        }
+                    } else {
+                        assert_eq!(m, 0);
+                    }
+                }
+                max_abs = max_abs.max(m.abs());
+            }
+            assert!(max_abs >= 1 << (bits - 2), "bits {bits} token {t}: range not used");
+        }
+    }
+}
+
+#[test]
+fn matmul_splits_over_small_bindings() {
+    let cpu = CpuBackend::new();
+    let x = activations(16, 300, 90);
+    let w = weights(120, 300, 91);
+    let want = cpu.matmul(&x, &w).unwrap();
+    let want_y = cpu.renorm(&want, &x.exps, 18).unwrap();
+    for (label, gpu) in common::gpu_backends() {
+        // 3 tokens or rows of 300 per binding; 40 outputs (8 bytes each) per chunk.
+        let gpu = gpu.with_work_limits(3 * 300 * 4, 2);
+        assert_eq!(gpu.matmul(&x, &w).unwrap(), want, "{label}");
+        assert_eq!(gpu.renorm(&want, &x.exps, 18).unwrap(), want_y, "{label}");
+        println!("split matmul/renorm identical on {label}");
+    }
+}
+
+#[test]
+fn matmul_rejects_inputs_outside_its_bounds() {
+    let cpu = CpuBackend::new();
+    let mut x = activations(2, 64, 1);
+    let w = weights(4, 64, 2);
+    x.mants[3] = (1 << 17) + 1;
+    assert!(cpu.matmul(&x, &w).is_err());
+    let wide = weights(4, 128, 3);
+    let mut w3 = wide.clone();
+    w3.exponents[0] = w3.exponents[1] - MATMUL_MAX_SPREAD - 1;
+    assert!(cpu.matmul(&activations(2, 128, 4), &w3).is_err());
+    for d in common::devices() {
+        assert!(d.backend.matmul(&activations(2, 65, 5), &w).is_err(), "{}", d.label);
+    }
+}
