@@ -70,24 +70,30 @@ fn main() {
             })
             .collect();
         let res: Vec<f64> = w.iter().zip(&deq).map(|(a, b)| a - b).collect();
-        let correction = ucw::codec::lowrank::fit(&res, rows, cols, rank, q.base_exp, ucw::compress::FIT_ROUNDS)
-            .map(|o| {
-                let (su, sv) = (2f64.powi(0), 2f64.powi(o.exp));
-                (0..w.len())
-                    .map(|i| {
-                        let (r_, c_) = (i / cols, i % cols);
-                        let mut acc = 0.0;
-                        for k in 0..o.rank {
-                            acc += o.mu[r_] as f64
-                                * o.u[r_ * o.rank + k] as f64
-                                * o.mv[k] as f64
-                                * o.v[k * cols + c_] as f64;
-                        }
-                        acc * su * sv
-                    })
-                    .collect::<Vec<f64>>()
-            })
-            .unwrap_or_else(|| vec![0.0; w.len()]);
+        let correction = ucw::codec::lowrank::fit(
+            &res,
+            rows,
+            cols,
+            rank,
+            q.base_exp,
+            ucw::compress::FIT_ROUNDS,
+            ucw::codec::lowrank::Metric::Identity,
+        )
+        .map(|o| {
+            let (su, sv) = (2f64.powi(0), 2f64.powi(o.exp));
+            (0..w.len())
+                .map(|i| {
+                    let (r_, c_) = (i / cols, i % cols);
+                    let mut acc = 0.0;
+                    for k in 0..o.rank {
+                        acc +=
+                            o.mu[r_] as f64 * o.u[r_ * o.rank + k] as f64 * o.mv[k] as f64 * o.v[k * cols + c_] as f64;
+                    }
+                    acc * su * sv
+                })
+                .collect::<Vec<f64>>()
+        })
+        .unwrap_or_else(|| vec![0.0; w.len()]);
         let ours: f64 = res.iter().zip(&correction).map(|(r, c)| (r - c).powi(2)).sum();
         let r: f64 = rtn(&w, cols, bits, 64).iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
         let n: f64 = w.iter().map(|x| x * x).sum();

@@ -241,7 +241,7 @@ fn with_overlay(rows: usize, cols: usize, rank: usize, seed: u64) -> QuantTensor
     let mut q = quantize_tensor(&cpu, "t", &src, DType::F32, rows, cols, p, None).unwrap();
     let rec = reconstruct(&q);
     let res: Vec<f64> = w.iter().zip(&rec).map(|(a, b)| a - b).collect();
-    q.overlay = ucw::codec::lowrank::fit(&res, rows, cols, rank, q.base_exp, 4);
+    q.overlay = ucw::codec::lowrank::fit(&res, rows, cols, rank, q.base_exp, 4, ucw::codec::lowrank::Metric::Identity);
     assert!(q.overlay.is_some(), "fit kept no overlay");
     q
 }
@@ -325,7 +325,10 @@ fn overlay_fit_is_useful_and_thread_independent() {
     let base_exp = -30; // steps of 2^-26 and up: the overlay exponent lands inside the window
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| ucw::codec::lowrank::fit(&res, rows, cols, rank, base_exp, 4)).unwrap()
+        pool.install(|| {
+            ucw::codec::lowrank::fit(&res, rows, cols, rank, base_exp, 4, ucw::codec::lowrank::Metric::Identity)
+        })
+        .unwrap()
     };
     let o = run(1);
     assert_eq!(o, run(3));
@@ -371,4 +374,43 @@ fn auto_rank_spends_the_budget_and_no_more() {
         }
         println!("target {bits}/{weights} bpw → rank {r}");
     }
+}
+
+/// Under a metric H the fit spends its rank where H says errors matter: its H-weighted
+/// error beats the identity fit's, and a full H that is diagonal gives the diagonal result.
+#[test]
+fn overlay_fit_honours_the_metric() {
+    use ucw::codec::lowrank::{Metric, fit};
+    let (rows, cols, rank) = (64, 96, 2);
+    let mut rng = Rng(17);
+    let mut g = || (rng.next_u32() as f64 / u32::MAX as f64) - 0.5;
+    let res: Vec<f64> = (0..rows * cols).map(|_| g() * 1e-3).collect(); // no low-rank structure
+    let h: Vec<f64> = (0..cols).map(|j| if j < 8 { 1000.0 } else { 1.0 }).collect();
+    let weighted_err = |o: &ucw::codec::quant::Overlay| -> f64 {
+        (0..rows * cols)
+            .map(|i| {
+                let (r, c) = (i / cols, i % cols);
+                let a: f64 = (0..rank)
+                    .map(|k| o.mu[r] as f64 * o.u[r * rank + k] as f64 * o.mv[k] as f64 * o.v[k * cols + c] as f64)
+                    .sum::<f64>()
+                    * 2f64.powi(o.exp);
+                h[c] * (res[i] - a).powi(2)
+            })
+            .sum()
+    };
+    let plain = fit(&res, rows, cols, rank, -30, 4, Metric::Identity).unwrap();
+    let diag = fit(&res, rows, cols, rank, -30, 4, Metric::Diagonal(&h)).unwrap();
+    let before: f64 = (0..rows * cols).map(|i| h[i % cols] * res[i] * res[i]).sum();
+    println!(
+        "H-weighted error left: identity fit {:.3}, H fit {:.3}",
+        weighted_err(&plain) / before,
+        weighted_err(&diag) / before
+    );
+    assert!(weighted_err(&diag) < 0.9 * weighted_err(&plain));
+    let mut full = vec![0.0; cols * cols];
+    for j in 0..cols {
+        full[j * cols + j] = h[j];
+    }
+    assert_eq!(fit(&res, rows, cols, rank, -30, 4, Metric::Full(&full)).unwrap(), diag);
+    assert!(fit(&res, rows, cols, rank, -30, 4, Metric::Diagonal(&h[..5])).is_none(), "wrong metric size");
 }

@@ -4,17 +4,53 @@
 //! a fixed order (ascending index), no `mul_add` (Rust never contracts to FMA on its own),
 //! parallel work split so each output element is computed by one task in that order. The
 //! result is therefore identical on every machine, whatever the thread count or device.
-//! The metric is the identity (plain squared error); the H-weighted metric arrives with
-//! calibration.
+//! The error is measured under a metric H over the input channels (DESIGN §4: minimise
+//! ‖(R − UV)·L‖ with H = L Lᵀ): the identity when uncalibrated, diag(H) or the full Gram
+//! matrix once calibration provides it.
 //!
 //! Method: alternating least squares from a fixed ±1 start, `rounds` rounds of
-//! U = R Vᵀ (V Vᵀ + λI)⁻¹ and V = (UᵀU + λI)⁻¹ Uᵀ R; then U is quantized (int8 rows with a
-//! 16-bit scale mantissa per row over one exponent), V is refitted to the quantized U and
-//! quantized the same way per rank row.
+//! U = R (VH)ᵀ (V H Vᵀ + λI)⁻¹ and V = (UᵀU + λI)⁻¹ Uᵀ R (the V step does not depend on H);
+//! then U is quantized (int8 rows with a 16-bit scale mantissa per row over one exponent),
+//! V is refitted to the quantized U and quantized the same way per rank row. The overlay is
+//! kept only if it lowers tr(E H Eᵀ), E the error, which for a low-rank correction needs
+//! only r×R and r×r products: 2 tr(U·(VH)Rᵀ) > tr(UᵀU·V H Vᵀ).
 
 use rayon::prelude::*;
 
 use super::quant::{OVERLAY_EXP_RANGE, Overlay};
+
+/// The metric H over the input channels (symmetric positive semi-definite).
+#[derive(Debug, Clone, Copy)]
+pub enum Metric<'a> {
+    Identity,
+    /// diag(H), one weight per input channel
+    Diagonal(&'a [f64]),
+    /// H, `[cols × cols]` row-major
+    Full(&'a [f64]),
+}
+
+impl Metric<'_> {
+    /// X·H for X `[n × cols]` (fixed order: ascending inner index).
+    fn right_apply(&self, x: &[f64], n: usize, cols: usize) -> Vec<f64> {
+        match self {
+            Metric::Identity => x.to_vec(),
+            Metric::Diagonal(h) => x.iter().enumerate().map(|(i, v)| v * h[i % cols]).collect(),
+            Metric::Full(h) => {
+                let mut out = vec![0.0; n * cols];
+                for i in 0..n {
+                    for j in 0..cols {
+                        let mut s = 0.0;
+                        for l in 0..cols {
+                            s += x[i * cols + l] * h[l * cols + j];
+                        }
+                        out[i * cols + j] = s;
+                    }
+                }
+                out
+            }
+        }
+    }
+}
 
 /// Rows per parallel task (fixed partition).
 const ROWS_PER_TASK: usize = 32;
@@ -171,8 +207,24 @@ fn quantize_rows(x: &[f64], n: usize, w: usize) -> (Vec<i8>, Vec<u16>, i32, Vec<
 
 /// Fit a rank-`r` overlay to `residual` ([rows×cols], exact f64). Returns None when the
 /// fit does not lower the squared error or its exponent cannot meet the exactness bound.
-pub fn fit(residual: &[f64], rows: usize, cols: usize, r: usize, base_exp: i32, rounds: usize) -> Option<Overlay> {
+pub fn fit(
+    residual: &[f64],
+    rows: usize,
+    cols: usize,
+    r: usize,
+    base_exp: i32,
+    rounds: usize,
+    metric: Metric,
+) -> Option<Overlay> {
     if r == 0 || rows == 0 || cols == 0 {
+        return None;
+    }
+    let bad_len = match metric {
+        Metric::Identity => false,
+        Metric::Diagonal(h) => h.len() != cols,
+        Metric::Full(h) => h.len() != cols * cols,
+    };
+    if bad_len {
         return None;
     }
     // Fixed ±1 start (xorshift, constant seed): the same for every tensor and machine.
@@ -210,8 +262,9 @@ pub fn fit(residual: &[f64], rows: usize, cols: usize, r: usize, base_exp: i32, 
         Some(v)
     };
     for _ in 0..rounds {
-        u = mul_abt(residual, &v, rows, cols, r);
-        solve_rows(&gram_rows(&v, r, cols), &mut u)?;
+        let vh = metric.right_apply(&v, r, cols);
+        u = mul_abt(residual, &vh, rows, cols, r);
+        solve_rows(&mul_abt(&v, &vh, r, cols, r), &mut u)?;
         v = solve_cols(&gram_cols(&u, r, rows), &mul_uta(&u, residual, rows, cols, r))?;
     }
     // Quantize U, refit V to the quantized U, quantize V.
@@ -222,14 +275,22 @@ pub fn fit(residual: &[f64], rows: usize, cols: usize, r: usize, base_exp: i32, 
     if !OVERLAY_EXP_RANGE.contains(&(exp - base_exp)) {
         return None;
     }
-    // Keep the overlay only if it lowers the squared error (fixed-order sums).
-    let approx = mul_abt(&udeq, &transpose(&vdeq, r, cols), rows, r, cols);
-    let (mut before, mut after) = (0.0, 0.0);
-    for (x, a) in residual.iter().zip(&approx) {
-        before += x * x;
-        after += (x - a) * (x - a);
+    // Keep the overlay only if it lowers tr(E H Eᵀ): 2 tr(U (VH)Rᵀ) > tr(UᵀU · V H Vᵀ).
+    let vh = metric.right_apply(&vdeq, r, cols);
+    let vhr = mul_abt(&vh, residual, r, cols, rows); // [r × rows]
+    let mut gain = 0.0;
+    for i in 0..rows {
+        for k in 0..r {
+            gain += udeq[i * r + k] * vhr[k * rows + i];
+        }
     }
-    (after < before).then_some(Overlay { rank: r, exp, u: uq, mu, v: vq, mv })
+    let uu = gram_cols(&udeq, r, rows);
+    let vhv = mul_abt(&vdeq, &vh, r, cols, r);
+    let mut cost = 0.0;
+    for k in 0..r * r {
+        cost += uu[k] * vhv[k];
+    }
+    (2.0 * gain > cost).then_some(Overlay { rank: r, exp, u: uq, mu, v: vq, mv })
 }
 
 fn transpose(x: &[f64], n: usize, m: usize) -> Vec<f64> {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::codec::CODEC_VERSION;
-use crate::codec::lowrank::{self, overlay_bytes};
+use crate::codec::lowrank::{self, Metric, overlay_bytes};
 use crate::codec::quant::{MAX_RANK, QuantParams, QuantTensor, quantize_tensor, step};
 use crate::digest::{sha256_hex, weights_digest};
 use crate::dtype::{DType, Decoded, first_non_finite};
@@ -181,8 +181,15 @@ pub fn compress(
             let (rows, cols) = (t.shape[0], t.shape[1]);
             let mut q = quantize_tensor(backend, &t.name, v.bytes, dtype, rows, cols, params, None)?;
             if rank > 0 {
-                q.overlay =
-                    lowrank::fit(&residual(v.bytes, dtype, &q), rows, cols, rank as usize, q.base_exp, FIT_ROUNDS);
+                q.overlay = lowrank::fit(
+                    &residual(v.bytes, dtype, &q),
+                    rows,
+                    cols,
+                    rank as usize,
+                    q.base_exp,
+                    FIT_ROUNDS,
+                    Metric::Identity,
+                );
             }
             let out_dtype = opts.out_dtype.unwrap_or(dtype);
             let rec = backend.dequantize(&q, out_dtype).map_err(|e| e.for_tensor(&t.name, out_dtype))?;
