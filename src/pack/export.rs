@@ -41,8 +41,13 @@ pub fn export(pack: &Pack, backend: &dyn Backend, out: &Path, force: bool, max_s
     let mut size = 0u64;
     let mut total = 0u64;
     for t in &m.tensors {
-        let esize = if t.dtype == "F32" { 4 } else { 2 };
-        let len = t.shape.iter().product::<u64>() * esize;
+        let dtype = dtype_static(&t.dtype)?;
+        let esize = if dtype == "F32" { 4u64 } else { 2 };
+        let len = t
+            .shape
+            .iter()
+            .try_fold(esize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad_input!("tensor \"{}\": shape {:?} is too large", t.name, t.shape))?;
         if size > 0 && size + len > max_shard {
             shards.push(Vec::new());
             size = 0;
@@ -51,7 +56,7 @@ pub fn export(pack: &Pack, backend: &dyn Backend, out: &Path, force: bool, max_s
         total += len;
         shards.last_mut().expect("nonempty").push(TensorSpec {
             name: t.name.clone(),
-            dtype: dtype_static(&t.dtype)?,
+            dtype,
             shape: t.shape.clone(),
             len,
         });
