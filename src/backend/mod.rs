@@ -217,6 +217,16 @@ pub trait Backend: Send + Sync {
     /// (|m| <= 2^(bits-1)), half to even: the one rounding point after a matmul.
     fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error>;
 
+    /// RMSNorm of each token with weights `gamma` (one row, one group, <= 16-bit
+    /// mantissas) to `bits`-bit outputs; algorithm and bounds in `backend/cpu/norm.rs`.
+    fn rms_norm(
+        &self,
+        x: &TokenFixed,
+        gamma: &GroupFixed,
+        c: &cpu::norm::RmsConsts,
+        bits: u32,
+    ) -> Result<TokenFixed, Error>;
+
     /// Evaluate the 64-bit arithmetic library on each case.
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error>;
 }
@@ -322,6 +332,27 @@ pub(crate) fn check_renorm_args(s: &ExactSums, x_exps: &[i32], bits: u32) -> Res
     }
     if x_exps.len() != s.tokens || s.sums.len() != s.tokens * s.n || s.row_exps.len() != s.n {
         return Err(bad_input!("renorm: inconsistent shapes"));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_rms_args(
+    x: &TokenFixed,
+    gamma: &GroupFixed,
+    c: &cpu::norm::RmsConsts,
+    bits: u32,
+) -> Result<(), Error> {
+    if gamma.rows != 1 || gamma.cols != x.width || gamma.exponents.len() != 1 || gamma.params.mantissa_bits > 16 {
+        return Err(bad_input!("rms_norm: gamma must be one row of {} in one group with <= 16-bit mantissas", x.width));
+    }
+    if x.width == 0 || x.width > 1 << 16 || x.mants.len() != x.tokens * x.width || x.exps.len() != x.tokens {
+        return Err(bad_input!("rms_norm: bad activation shape"));
+    }
+    if x.mants.iter().any(|&a| a.unsigned_abs() > 1 << 23) {
+        return Err(bad_input!("rms_norm: activation mantissas exceed 2^23"));
+    }
+    if !(2..=30).contains(&bits) || c.seed.len() != 192 || c.he_m == 0 {
+        return Err(bad_input!("rms_norm: bad parameters"));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 
 pub mod ingest;
 pub mod linear;
+pub mod norm;
 pub mod quant;
 pub mod wide;
 
@@ -160,6 +161,31 @@ impl Backend for CpuBackend {
     fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error> {
         check_renorm_args(s, x_exps, bits)?;
         Ok(linear::renorm(s, x_exps, bits))
+    }
+
+    fn rms_norm(
+        &self,
+        x: &TokenFixed,
+        gamma: &GroupFixed,
+        c: &norm::RmsConsts,
+        bits: u32,
+    ) -> Result<TokenFixed, Error> {
+        super::check_rms_args(x, gamma, c, bits)?;
+        let w = x.width;
+        let mut mants = vec![0i32; x.tokens * w];
+        let mut exps = vec![0i32; x.tokens];
+        mants.par_chunks_mut(w).zip(exps.par_iter_mut()).enumerate().for_each(|(t, (out, e))| {
+            *e = norm::rms_token(
+                &x.mants[t * w..(t + 1) * w],
+                x.exps[t],
+                &gamma.mantissas,
+                gamma.exponents[0],
+                c,
+                bits,
+                out,
+            );
+        });
+        Ok(TokenFixed { tokens: x.tokens, width: w, exps, mants })
     }
 
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {

@@ -261,6 +261,53 @@ impl Backend for GpuBackend {
         Ok(TokenFixed { tokens: t, width: n, exps, mants })
     }
 
+    fn rms_norm(
+        &self,
+        x: &TokenFixed,
+        gamma: &GroupFixed,
+        c: &crate::backend::cpu::norm::RmsConsts,
+        bits: u32,
+    ) -> Result<TokenFixed, Error> {
+        crate::backend::check_rms_args(x, gamma, c, bits)?;
+        let (t, w) = (x.tokens, x.width);
+        let mut mants = vec![0i32; t * w];
+        let mut exps = vec![0i32; t];
+        let tokens_per_chunk = self.rows_per_chunk(w, 4)?;
+        let g = self.upload_i32("rms.gamma", &gamma.mantissas);
+        let seed = self.upload_words("rms.seed", &c.seed);
+        let mut t0 = 0;
+        while t0 < t {
+            let t1 = (t0 + tokens_per_chunk).min(t);
+            let params = self.uniform(&[
+                (t1 - t0) as u32,
+                w as u32,
+                bits,
+                gamma.exponents[0] as u32,
+                c.he_m as u32,
+                (c.he_m >> 32) as u32,
+                c.he_e as u32,
+                c.sh_m,
+                c.sh_e as u32,
+                0,
+                0,
+                0,
+            ]);
+            let a = self.upload_i32("rms.a", &x.mants[t0 * w..t1 * w]);
+            let xe = self.upload_i32("rms.xexp", &x.exps[t0..t1]);
+            let o = self.zeroed("rms.out", ((t1 - t0) * w * 4) as u64);
+            let oe = self.zeroed("rms.oexp", ((t1 - t0) * 4) as u64);
+            self.dispatch("rmsnorm.wgsl", "rmsnorm", &[&params, &a, &xe, &g, &seed, &o, &oe], (t1 - t0) as u64)?;
+            for (d, v) in mants[t0 * w..t1 * w].iter_mut().zip(words_le(&self.read(&o)?)) {
+                *d = v as i32;
+            }
+            for (d, v) in exps[t0..t1].iter_mut().zip(words_le(&self.read(&oe)?)) {
+                *d = v as i32;
+            }
+            t0 = t1;
+        }
+        Ok(TokenFixed { tokens: t, width: w, exps, mants })
+    }
+
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {
         if cases.is_empty() {
             return Ok(Vec::new());

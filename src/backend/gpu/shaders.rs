@@ -27,6 +27,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("dequantize.wgsl"),
     shader!("matmul.wgsl"),
     shader!("renorm.wgsl"),
+    shader!("rmsnorm.wgsl"),
 ];
 
 pub fn file(name: &str) -> Option<&'static ShaderFile> {
