@@ -227,6 +227,16 @@ pub trait Backend: Send + Sync {
         bits: u32,
     ) -> Result<TokenFixed, Error>;
 
+    /// SwiGLU `silu(gate) · up` per token to `bits`-bit outputs (|mantissas| <= 2^17);
+    /// algorithm and bounds in `backend/cpu/act.rs`.
+    fn swiglu(
+        &self,
+        gate: &TokenFixed,
+        up: &TokenFixed,
+        c: &cpu::act::ExpConsts,
+        bits: u32,
+    ) -> Result<TokenFixed, Error>;
+
     /// Evaluate the 64-bit arithmetic library on each case.
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error>;
 }
@@ -353,6 +363,31 @@ pub(crate) fn check_rms_args(
     }
     if !(2..=30).contains(&bits) || c.seed.len() != 192 || c.he_m == 0 {
         return Err(bad_input!("rms_norm: bad parameters"));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_swiglu_args(
+    g: &TokenFixed,
+    u: &TokenFixed,
+    c: &cpu::act::ExpConsts,
+    bits: u32,
+) -> Result<(), Error> {
+    if g.tokens != u.tokens
+        || g.width != u.width
+        || g.mants.len() != g.tokens * g.width
+        || u.mants.len() != g.mants.len()
+    {
+        return Err(bad_input!("swiglu: gate and up shapes differ"));
+    }
+    if g.exps.len() != g.tokens || u.exps.len() != u.tokens {
+        return Err(bad_input!("swiglu: bad exponent arrays"));
+    }
+    if g.mants.iter().chain(&u.mants).any(|&m| m.unsigned_abs() > 1 << 17) {
+        return Err(bad_input!("swiglu: mantissas exceed 2^17"));
+    }
+    if !(2..=30).contains(&bits) || c.table.len() != 256 {
+        return Err(bad_input!("swiglu: bad parameters"));
     }
     Ok(())
 }

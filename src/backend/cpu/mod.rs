@@ -6,6 +6,7 @@
 //! cross-task reduction (the first bad index) is a minimum, so results are identical on any
 //! number of threads (DESIGN §3 rule 6).
 
+pub mod act;
 pub mod ingest;
 pub mod linear;
 pub mod norm;
@@ -186,6 +187,25 @@ impl Backend for CpuBackend {
             );
         });
         Ok(TokenFixed { tokens: x.tokens, width: w, exps, mants })
+    }
+
+    fn swiglu(&self, g: &TokenFixed, u: &TokenFixed, c: &act::ExpConsts, bits: u32) -> Result<TokenFixed, Error> {
+        super::check_swiglu_args(g, u, c, bits)?;
+        let w = g.width;
+        let mut mants = vec![0i32; g.tokens * w];
+        let mut exps = vec![0i32; g.tokens];
+        mants.par_chunks_mut(w.max(1)).zip(exps.par_iter_mut()).enumerate().for_each(|(t, (out, e))| {
+            *e = act::swiglu_token(
+                &g.mants[t * w..(t + 1) * w],
+                g.exps[t],
+                &u.mants[t * w..(t + 1) * w],
+                u.exps[t],
+                c,
+                bits,
+                out,
+            );
+        });
+        Ok(TokenFixed { tokens: g.tokens, width: w, exps, mants })
     }
 
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {

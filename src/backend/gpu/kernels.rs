@@ -308,6 +308,44 @@ impl Backend for GpuBackend {
         Ok(TokenFixed { tokens: t, width: w, exps, mants })
     }
 
+    fn swiglu(
+        &self,
+        gate: &TokenFixed,
+        up: &TokenFixed,
+        c: &crate::backend::cpu::act::ExpConsts,
+        bits: u32,
+    ) -> Result<TokenFixed, Error> {
+        crate::backend::check_swiglu_args(gate, up, c, bits)?;
+        let (t, w) = (gate.tokens, gate.width);
+        let mut mants = vec![0i32; t * w];
+        let mut exps = vec![0i32; t];
+        if t * w == 0 {
+            return Ok(TokenFixed { tokens: t, width: w, exps, mants });
+        }
+        let tokens_per_chunk = self.rows_per_chunk(w, 4)?;
+        let table = self.upload_words("swiglu.table", &c.table);
+        let mut t0 = 0;
+        while t0 < t {
+            let t1 = (t0 + tokens_per_chunk).min(t);
+            let params = self.uniform(&[(t1 - t0) as u32, w as u32, bits, c.ln2_q30, c.log2e_q30, 0, 0, 0]);
+            let gb = self.upload_i32("swiglu.g", &gate.mants[t0 * w..t1 * w]);
+            let ub = self.upload_i32("swiglu.u", &up.mants[t0 * w..t1 * w]);
+            let ge = self.upload_i32("swiglu.gexp", &gate.exps[t0..t1]);
+            let ue = self.upload_i32("swiglu.uexp", &up.exps[t0..t1]);
+            let o = self.zeroed("swiglu.out", ((t1 - t0) * w * 4) as u64);
+            let oe = self.zeroed("swiglu.oexp", ((t1 - t0) * 4) as u64);
+            self.dispatch("swiglu.wgsl", "swiglu", &[&params, &gb, &ub, &ge, &ue, &table, &o, &oe], (t1 - t0) as u64)?;
+            for (d, v) in mants[t0 * w..t1 * w].iter_mut().zip(words_le(&self.read(&o)?)) {
+                *d = v as i32;
+            }
+            for (d, v) in exps[t0..t1].iter_mut().zip(words_le(&self.read(&oe)?)) {
+                *d = v as i32;
+            }
+            t0 = t1;
+        }
+        Ok(TokenFixed { tokens: t, width: w, exps, mants })
+    }
+
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {
         if cases.is_empty() {
             return Ok(Vec::new());

@@ -28,6 +28,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("matmul.wgsl"),
     shader!("renorm.wgsl"),
     shader!("rmsnorm.wgsl"),
+    shader!("swiglu.wgsl"),
 ];
 
 pub fn file(name: &str) -> Option<&'static ShaderFile> {

@@ -1,0 +1,126 @@
+// requires: wide.wgsl
+// SwiGLU silu(g)·u in integers, one invocation per token; the algorithm, rounding points
+// and bounds are specified in the CPU twin, src/backend/cpu/act.rs.
+
+struct Params {
+    tokens: u32,
+    width: u32,
+    bits: u32,
+    ln2_q30: u32,
+    log2e_q30: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> g: array<i32>;
+@group(0) @binding(2) var<storage, read> u: array<i32>;
+@group(0) @binding(3) var<storage, read> gexp: array<i32>;
+@group(0) @binding(4) var<storage, read> uexp: array<i32>;
+@group(0) @binding(5) var<storage, read> table: array<u32>;   // 2^(-j/256) in Q30
+@group(0) @binding(6) var<storage, read_write> out: array<i32>;
+@group(0) @binding(7) var<storage, read_write> oexp: array<i32>;
+
+fn round_shift(x: vec2<u32>, s: u32) -> vec2<u32> {
+    if (s >= 63u) {
+        return vec2<u32>(0u, 0u);
+    }
+    return w_shr_round(x, s);
+}
+
+fn exp_neg_q30(x: u32) -> u32 {
+    let t = round_shift(w_mul_u32(x, p.log2e_q30), 22u);   // x in Q20 → Q28, < 2^34
+    let n = w_sar(t, 28u).x;
+    let f = t.x & 0xfffffffu;
+    let j = f >> 20u;
+    let r = f & 0xfffffu;
+    let a = round_shift(w_mul_u32(r, p.ln2_q30), 28u).x;    // < 2^22
+    let poly = w_add(w_sub(vec2<u32>(1u << 30u, 0u), vec2<u32>(a, 0u)), round_shift(w_mul_u32(a, a), 31u));
+    let m = round_shift(w_mul_u32(table[j], poly.x), 30u);
+    if (n >= 40u) {
+        return 0u;
+    }
+    return round_shift(m, n).x;
+}
+
+// round_half_even(n / d) for 0 < d <= 2^31 and a quotient below 2^31.
+fn div_round(n_in: vec2<u32>, d: u32) -> u32 {
+    var n = n_in;
+    var q = 0u;
+    for (var b = 31i; b >= 0i; b--) {
+        let dd = w_shl(vec2<u32>(d, 0u), u32(b));
+        if (!w_lt_u(n, dd)) {
+            n = w_sub(n, dd);
+            q = q | (1u << u32(b));
+        }
+    }
+    // n is now the remainder (< d <= 2^31): compare 2n with d.
+    let twice = w_shl(n, 1u);
+    let dv = vec2<u32>(d, 0u);
+    if (w_lt_u(dv, twice) || (twice.x == dv.x && twice.y == dv.y && (q & 1u) == 1u)) {
+        q = q + 1u;
+    }
+    return q;
+}
+
+fn sigmoid_q30(gm: i32, ge: i32) -> u32 {
+    let sh = ge + 20i;
+    let mag = u32(abs(gm));
+    var x: u32;
+    if (sh >= 0i) {
+        if (sh >= 40i) {
+            x = 32u << 20u;
+        } else {
+            let big = w_shl(vec2<u32>(mag, 0u), u32(sh));
+            x = select(big.x, 32u << 20u, big.y != 0u || big.x > (32u << 20u));
+        }
+    } else {
+        x = min(round_shift(vec2<u32>(mag, 0u), u32(-sh)).x, 32u << 20u);
+    }
+    let e = exp_neg_q30(x);
+    let d = (1u << 30u) + e;
+    if (gm >= 0i) {
+        return div_round(vec2<u32>(0u, 1u << 28u), d);   // 2^60
+    }
+    return div_round(w_shl(vec2<u32>(e, 0u), 30u), d);
+}
+
+@compute @workgroup_size(64)
+fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = gid.x + gid.y * nwg.x * 64u;
+    if (t >= p.tokens) {
+        return;
+    }
+    let base = t * p.width;
+    let ge = gexp[t];
+    var top = 0u;
+    // First pass: the largest |z| (recomputed in the second pass rather than stored).
+    for (var i = 0u; i < p.width; i++) {
+        let s = sigmoid_q30(g[base + i], ge);
+        let pz = w_shr_round(w_mul_i32(g[base + i], bitcast<i32>(s)), 22u);   // |p| < 2^26
+        let z = w_mul_i32(bitcast<i32>(pz.x), u[base + i]);
+        top = max(top, bitlen64(select(z, w_neg(z), (z.y >> 31u) == 1u)));
+    }
+    if (top == 0u) {
+        oexp[t] = 0i;
+        for (var i = 0u; i < p.width; i++) {
+            out[base + i] = 0i;
+        }
+        return;
+    }
+    let shift = i32(top) - (i32(p.bits) - 1i);
+    for (var i = 0u; i < p.width; i++) {
+        let s = sigmoid_q30(g[base + i], ge);
+        let pz = w_shr_round(w_mul_i32(g[base + i], bitcast<i32>(s)), 22u);
+        let z = w_mul_i32(bitcast<i32>(pz.x), u[base + i]);
+        var m: vec2<u32>;
+        if (shift >= 0i) {
+            m = round_shift(z, u32(shift));
+        } else {
+            m = w_shl(z, u32(-shift));
+        }
+        out[base + i] = bitcast<i32>(m.x);
+    }
+    oexp[t] = ge + uexp[t] - 8i + shift;
+}

@@ -1,0 +1,104 @@
+//! SwiGLU in integers (shaders/swiglu.wgsl) and its fixed-point exp and sigmoid: identical
+//! bits on every device, and the CPU twin against f64 within bounds derived from its
+//! rounding points (written before measuring): exp within 2^-26 absolute (Q30 output,
+//! polynomial < 3.5e-9, Q28 exponent 1.3e-9, roundings 2^-30); sigmoid within 2^-26 plus
+//! the input's rounding to Q20 (slope <= 1/4: 2^-23); SwiGLU within half an output unit, plus half a unit of the intermediate
+//! p (|um| · 2^(ge+ue−9) at most), plus 2^-24 relative.
+
+mod common;
+
+use common::{Rng, i32s_to_bytes};
+use ucw::backend::cpu::CpuBackend;
+use ucw::backend::cpu::act::{ExpConsts, exp_neg_q30, sigmoid_q30};
+use ucw::backend::{Backend, TokenFixed};
+
+#[test]
+fn exp_and_sigmoid_match_f64() {
+    let c = ExpConsts::new();
+    let q30 = 2f64.powi(30);
+    let mut worst_exp: f64 = 0.0;
+    for x in (0..=32u32 << 20).step_by(1553).chain([0, 1, (1 << 20) - 1, 1 << 20, 32 << 20]) {
+        let got = exp_neg_q30(x, &c) as f64 / q30;
+        let want = (-(x as f64) / 1048576.0).exp();
+        worst_exp = worst_exp.max((got - want).abs());
+        assert!((got - want).abs() <= 2f64.powi(-26), "exp(-{x}/2^20): {got} vs {want}");
+    }
+    let mut rng = Rng(3);
+    let mut worst_sig: f64 = 0.0;
+    for _ in 0..20000 {
+        let gm = (rng.next_u32() as i32) >> (14 + rng.below(17) as u32);
+        let ge = rng.below(40) as i32 - 30;
+        let g = gm as f64 * 2f64.powi(ge);
+        let got = sigmoid_q30(gm, ge, &c) as f64 / q30;
+        let want = 1.0 / (1.0 + (-g).exp());
+        worst_sig = worst_sig.max((got - want).abs());
+        assert!((got - want).abs() <= 2f64.powi(-26) + 2f64.powi(-23), "sigmoid({g}): {got} vs {want}");
+    }
+    println!("largest errors: exp {worst_exp:.2e} (bound {:.2e}), sigmoid {worst_sig:.2e}", 2f64.powi(-26));
+}
+
+fn pair(t: usize, w: usize, seed: u64) -> (TokenFixed, TokenFixed) {
+    let mut rng = Rng(seed);
+    let mut mk = |lo: u32| {
+        let mut mants: Vec<i32> =
+            (0..t * w).map(|_| (rng.next_u32() as i32) >> (14 + rng.below(lo as u64) as u32)).collect();
+        mants[0] = 1 << 17;
+        mants[w.min(t * w - 1)] = -(1 << 17);
+        let exps = (0..t).map(|_| rng.below(14) as i32 - 16).collect();
+        TokenFixed { tokens: t, width: w, exps, mants }
+    };
+    let g = mk(10);
+    let u = mk(16);
+    (g, u)
+}
+
+const SHAPES: &[(usize, usize)] = &[(5, 160), (3, 70), (2, 1)];
+
+conformance!(swiglu_same_bits_everywhere, |b| {
+    let c = ExpConsts::new();
+    let mut out = Vec::new();
+    for (k, &(t, w)) in SHAPES.iter().enumerate() {
+        let (g, u) = pair(t, w, 10 + k as u64);
+        for bits in [14, 16, 20, 30] {
+            let y = b.swiglu(&g, &u, &c, bits).unwrap();
+            out.extend(i32s_to_bytes(&y.exps));
+            out.extend(i32s_to_bytes(&y.mants));
+        }
+    }
+    out
+});
+
+#[test]
+fn swiglu_twin_is_within_its_bound_of_f64() {
+    let c = ExpConsts::new();
+    let cpu = CpuBackend::new();
+    for (k, &(t, w)) in SHAPES.iter().enumerate() {
+        let (g, u) = pair(t, w, 20 + k as u64);
+        for bits in [16u32, 24] {
+            let y = cpu.swiglu(&g, &u, &c, bits).unwrap();
+            for tt in 0..t {
+                let unit = 2f64.powi(y.exps[tt]);
+                for i in 0..w {
+                    let gv = g.mants[tt * w + i] as f64 * 2f64.powi(g.exps[tt]);
+                    let uv = u.mants[tt * w + i] as f64 * 2f64.powi(u.exps[tt]);
+                    let want = gv / (1.0 + (-gv).exp()) * uv;
+                    let got = y.mants[tt * w + i] as f64 * unit;
+                    let p_half = (u.mants[tt * w + i].unsigned_abs() as f64) * 2f64.powi(g.exps[tt] + u.exps[tt] - 9);
+                    let bound = 0.5 * unit + p_half + want.abs() * 2f64.powi(-24);
+                    assert!((got - want).abs() <= bound, "bits {bits} token {tt} ch {i}: {got} vs {want}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn swiglu_splits_over_small_bindings() {
+    let c = ExpConsts::new();
+    let (g, u) = pair(6, 70, 5);
+    let want = CpuBackend::new().swiglu(&g, &u, &c, 16).unwrap();
+    for (label, gpu) in common::gpu_backends() {
+        let gpu = gpu.with_work_limits(2 * 70 * 4, 2);
+        assert_eq!(gpu.swiglu(&g, &u, &c, 16).unwrap(), want, "{label}");
+    }
+}
