@@ -237,6 +237,16 @@ pub trait Backend: Send + Sync {
         bits: u32,
     ) -> Result<TokenFixed, Error>;
 
+    /// RoPE of each token (all heads, `positions[t]` its position) to `bits`-bit outputs;
+    /// algorithm and bounds in `backend/cpu/rope.rs`.
+    fn rope(
+        &self,
+        x: &TokenFixed,
+        positions: &[u32],
+        t: &cpu::rope::RopeTables,
+        bits: u32,
+    ) -> Result<TokenFixed, Error>;
+
     /// Evaluate the 64-bit arithmetic library on each case.
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error>;
 }
@@ -388,6 +398,27 @@ pub(crate) fn check_swiglu_args(
     }
     if !(2..=30).contains(&bits) || c.table.len() != 256 {
         return Err(bad_input!("swiglu: bad parameters"));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_rope_args(
+    x: &TokenFixed,
+    positions: &[u32],
+    t: &cpu::rope::RopeTables,
+    bits: u32,
+) -> Result<(), Error> {
+    if t.head_dim == 0 || t.head_dim % 2 != 0 || x.width % t.head_dim != 0 {
+        return Err(bad_input!("rope: width {} is not a whole number of heads of {}", x.width, t.head_dim));
+    }
+    if positions.len() != x.tokens || positions.iter().any(|&p| p as usize >= t.positions) {
+        return Err(bad_input!("rope: positions beyond the table of {}", t.positions));
+    }
+    if x.mants.len() != x.tokens * x.width || x.exps.len() != x.tokens {
+        return Err(bad_input!("rope: bad activation shape"));
+    }
+    if x.mants.iter().any(|&m| m.unsigned_abs() > 1 << 17) || !(2..=30).contains(&bits) {
+        return Err(bad_input!("rope: mantissas exceed 2^17 or bad bits"));
     }
     Ok(())
 }

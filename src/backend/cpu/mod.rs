@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod linear;
 pub mod norm;
 pub mod quant;
+pub mod rope;
 pub mod wide;
 
 use rayon::prelude::*;
@@ -206,6 +207,17 @@ impl Backend for CpuBackend {
             );
         });
         Ok(TokenFixed { tokens: g.tokens, width: w, exps, mants })
+    }
+
+    fn rope(&self, x: &TokenFixed, positions: &[u32], t: &rope::RopeTables, bits: u32) -> Result<TokenFixed, Error> {
+        super::check_rope_args(x, positions, t, bits)?;
+        let w = x.width;
+        let mut mants = vec![0i32; x.tokens * w];
+        let mut exps = vec![0i32; x.tokens];
+        mants.par_chunks_mut(w.max(1)).zip(exps.par_iter_mut()).enumerate().for_each(|(i, (out, e))| {
+            *e = rope::rope_token(&x.mants[i * w..(i + 1) * w], x.exps[i], positions[i] as usize, t, bits, out);
+        });
+        Ok(TokenFixed { tokens: x.tokens, width: w, exps, mants })
     }
 
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {

@@ -346,6 +346,44 @@ impl Backend for GpuBackend {
         Ok(TokenFixed { tokens: t, width: w, exps, mants })
     }
 
+    fn rope(
+        &self,
+        x: &TokenFixed,
+        positions: &[u32],
+        t: &crate::backend::cpu::rope::RopeTables,
+        bits: u32,
+    ) -> Result<TokenFixed, Error> {
+        crate::backend::check_rope_args(x, positions, t, bits)?;
+        let (n, w) = (x.tokens, x.width);
+        let mut mants = vec![0i32; n * w];
+        let mut exps = vec![0i32; n];
+        if n * w == 0 {
+            return Ok(TokenFixed { tokens: n, width: w, exps, mants });
+        }
+        let tokens_per_chunk = self.rows_per_chunk(w, 4)?;
+        let cosb = self.upload_i32("rope.cos", &t.cos);
+        let sinb = self.upload_i32("rope.sin", &t.sin);
+        let mut t0 = 0;
+        while t0 < n {
+            let t1 = (t0 + tokens_per_chunk).min(n);
+            let params = self.uniform(&[(t1 - t0) as u32, w as u32, t.head_dim as u32, bits]);
+            let mb = self.upload_i32("rope.m", &x.mants[t0 * w..t1 * w]);
+            let eb = self.upload_i32("rope.mexp", &x.exps[t0..t1]);
+            let pb = self.upload_words("rope.pos", &positions[t0..t1]);
+            let o = self.zeroed("rope.out", ((t1 - t0) * w * 4) as u64);
+            let oe = self.zeroed("rope.oexp", ((t1 - t0) * 4) as u64);
+            self.dispatch("rope.wgsl", "rope", &[&params, &mb, &eb, &pb, &cosb, &sinb, &o, &oe], (t1 - t0) as u64)?;
+            for (d, v) in mants[t0 * w..t1 * w].iter_mut().zip(words_le(&self.read(&o)?)) {
+                *d = v as i32;
+            }
+            for (d, v) in exps[t0..t1].iter_mut().zip(words_le(&self.read(&oe)?)) {
+                *d = v as i32;
+            }
+            t0 = t1;
+        }
+        Ok(TokenFixed { tokens: n, width: w, exps, mants })
+    }
+
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {
         if cases.is_empty() {
             return Ok(Vec::new());

@@ -29,6 +29,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("renorm.wgsl"),
     shader!("rmsnorm.wgsl"),
     shader!("swiglu.wgsl"),
+    shader!("rope.wgsl"),
 ];
 
 pub fn file(name: &str) -> Option<&'static ShaderFile> {
