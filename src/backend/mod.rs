@@ -408,7 +408,7 @@ pub(crate) fn check_rope_args(
     t: &cpu::rope::RopeTables,
     bits: u32,
 ) -> Result<(), Error> {
-    if t.head_dim == 0 || t.head_dim % 2 != 0 || x.width % t.head_dim != 0 {
+    if t.head_dim == 0 || !t.head_dim.is_multiple_of(2) || !x.width.is_multiple_of(t.head_dim) {
         return Err(bad_input!("rope: width {} is not a whole number of heads of {}", x.width, t.head_dim));
     }
     if positions.len() != x.tokens || positions.iter().any(|&p| p as usize >= t.positions) {
