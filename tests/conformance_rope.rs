@@ -37,6 +37,7 @@ conformance!(rope_same_bits_everywhere, |b| {
 });
 
 #[test]
+#[allow(clippy::needless_range_loop)] // tt indexes four parallel arrays
 fn rope_twin_is_within_its_bound_of_f64() {
     let cpu = CpuBackend::new();
     for (k, &(n, w, d, theta)) in CASES.iter().enumerate() {
