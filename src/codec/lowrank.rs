@@ -216,6 +216,20 @@ pub fn fit(
     rounds: usize,
     metric: Metric,
 ) -> Option<Overlay> {
+    fit_scored(residual, rows, cols, r, base_exp, rounds, metric).map(|(o, _)| o)
+}
+
+/// `fit`, also returning how much the overlay lowers tr(E H Eᵀ) (positive when kept).
+#[allow(clippy::too_many_arguments)]
+pub fn fit_scored(
+    residual: &[f64],
+    rows: usize,
+    cols: usize,
+    r: usize,
+    base_exp: i32,
+    rounds: usize,
+    metric: Metric,
+) -> Option<(Overlay, f64)> {
     if r == 0 || rows == 0 || cols == 0 {
         return None;
     }
@@ -290,7 +304,7 @@ pub fn fit(
     for k in 0..r * r {
         cost += uu[k] * vhv[k];
     }
-    (2.0 * gain > cost).then_some(Overlay { rank: r, exp, u: uq, mu, v: vq, mv })
+    (2.0 * gain > cost).then_some((Overlay { rank: r, exp, u: uq, mu, v: vq, mv }, 2.0 * gain - cost))
 }
 
 fn transpose(x: &[f64], n: usize, m: usize) -> Vec<f64> {
@@ -307,4 +321,51 @@ fn transpose(x: &[f64], n: usize, m: usize) -> Vec<f64> {
 /// mantissa per row of U and per rank.
 pub fn overlay_bytes(rows: usize, cols: usize, r: usize) -> u64 {
     if r == 0 { 0 } else { (rows * r + r * cols + 2 * rows + 2 * r) as u64 }
+}
+
+/// One quantized linear of a layer, as the rank allocator sees it.
+pub struct LayerItem<'a> {
+    pub residual: &'a [f64],
+    pub rows: usize,
+    pub cols: usize,
+    pub base_exp: i32,
+}
+
+/// Spend `budget_bits` of overlay storage over a layer's linears where it lowers the
+/// (H-weighted) error most: greedily raise by one the rank of the linear whose next rank
+/// buys the largest error reduction per stored bit, while the cost fits the budget; ties go
+/// to the earlier linear. Deterministic (fixed-order f64, fixed tie-break).
+pub fn allocate_layer(items: &[LayerItem], budget_bits: i128, rounds: usize, metric: Metric) -> Vec<Option<Overlay>> {
+    let n = items.len();
+    let bits_at = |t: usize, k: usize| 8 * overlay_bytes(items[t].rows, items[t].cols, k) as i128;
+    let mut rank = vec![0usize; n];
+    let mut chosen: Vec<Option<(Overlay, f64)>> = (0..n).map(|_| None).collect();
+    let mut next: Vec<Option<Option<(Overlay, f64)>>> = (0..n).map(|_| None).collect();
+    let mut remaining = budget_bits;
+    loop {
+        let mut best: Option<(f64, usize)> = None;
+        for t in 0..n {
+            let k = rank[t] + 1;
+            if k > super::quant::MAX_RANK || k > items[t].rows.min(items[t].cols) {
+                continue;
+            }
+            let dcost = bits_at(t, k) - bits_at(t, rank[t]);
+            if dcost > remaining {
+                continue;
+            }
+            let it = &items[t];
+            let cand = next[t]
+                .get_or_insert_with(|| fit_scored(it.residual, it.rows, it.cols, k, it.base_exp, rounds, metric));
+            let gain = cand.as_ref().map_or(0.0, |c| c.1) - chosen[t].as_ref().map_or(0.0, |c| c.1);
+            let ratio = gain / dcost as f64;
+            if ratio > 0.0 && best.is_none_or(|(b, _)| ratio > b) {
+                best = Some((ratio, t));
+            }
+        }
+        let Some((_, t)) = best else { break };
+        remaining -= bits_at(t, rank[t] + 1) - bits_at(t, rank[t]);
+        rank[t] += 1;
+        chosen[t] = next[t].take().expect("candidate fitted above");
+    }
+    chosen.into_iter().map(|c| c.map(|(o, _)| o)).collect()
 }

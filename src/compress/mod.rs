@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::codec::CODEC_VERSION;
-use crate::codec::lowrank::{self, Metric, overlay_bytes};
+use crate::codec::lowrank::{self, LayerItem, Metric};
 use crate::codec::quant::{MAX_RANK, QuantParams, QuantTensor, quantize_tensor, step};
 use crate::digest::{sha256_hex, weights_digest};
 use crate::dtype::{DType, Decoded, first_non_finite};
@@ -41,32 +41,14 @@ impl Default for Options {
 pub enum Rank {
     /// The same rank for every linear (0 = no overlay).
     Fixed(u32),
-    /// The largest common rank whose stored bits stay within this many bits per weight
-    /// over the quantized linears (a ratio of integers, e.g. 525/100).
+    /// Per layer, spend what this many bits per weight over the linears leaves after the
+    /// codes (a ratio of integers, e.g. 525/100) on overlays where they lower the error
+    /// most (`lowrank::allocate_layer`).
     Auto { bits: u64, weights: u64 },
 }
 
 /// ALS rounds of the overlay fit.
 pub const FIT_ROUNDS: usize = 4;
-
-/// Rank for every linear under `rank`, from the shapes alone (so it is known before any
-/// tensor is read, and the same on every device).
-pub fn choose_rank(rank: Rank, shapes: &[(usize, usize)], p: QuantParams) -> u32 {
-    match rank {
-        Rank::Fixed(r) => r,
-        Rank::Auto { bits, weights } => {
-            let base: u64 = shapes.iter().map(|&(r, c)| 8 * base_bytes(r, c, p)).sum();
-            let n: u64 = shapes.iter().map(|&(r, c)| (r * c) as u64).sum();
-            let budget = (bits as u128 * n as u128 / weights.max(1) as u128) as u64;
-            (0..=MAX_RANK as u32)
-                .rev()
-                .find(|&k| {
-                    base + shapes.iter().map(|&(r, c)| 8 * overlay_bytes(r, c, k as usize)).sum::<u64>() <= budget
-                })
-                .unwrap_or(0)
-        }
-    }
-}
 
 /// Stored bytes of codes, scales and zeros of a [rows×cols] linear.
 fn base_bytes(rows: usize, cols: usize, p: QuantParams) -> u64 {
@@ -128,11 +110,10 @@ pub fn compress(
         ));
     }
     let model = Model::open(model_dir)?;
-    let linear_shapes: Vec<(usize, usize)> =
-        model.tensors.iter().filter(|t| t.role == Role::Linear).map(|t| (t.shape[0], t.shape[1])).collect();
-    let rank = choose_rank(opts.rank, &linear_shapes, params);
-    if rank as usize > MAX_RANK {
-        return Err(bad_input!("--rank {rank}: at most {MAX_RANK}"));
+    if let Rank::Fixed(r) = opts.rank
+        && r as usize > MAX_RANK
+    {
+        return Err(bad_input!("--rank {r}: at most {MAX_RANK}"));
     }
     let tmp = Staging::new(out, opts.force)?;
 
@@ -175,25 +156,68 @@ pub fn compress(
         let mut meta = LayerMeta::new();
         let mut stored: Vec<OutTensor> = Vec::new();
         let file = layer_file_name(l);
-        for t in model.tensors.iter().filter(|t| t.layer == Some(l) && t.role == Role::Linear) {
+        let linears: Vec<_> = model.tensors.iter().filter(|t| t.layer == Some(l) && t.role == Role::Linear).collect();
+        let mut quantized = Vec::with_capacity(linears.len());
+        for t in &linears {
             let v = model.tensor(&t.name);
-            let dtype = model.dtype_of(&t.name);
-            let (rows, cols) = (t.shape[0], t.shape[1]);
-            let mut q = quantize_tensor(backend, &t.name, v.bytes, dtype, rows, cols, params, None)?;
-            if rank > 0 {
-                q.overlay = lowrank::fit(
-                    &residual(v.bytes, dtype, &q),
-                    rows,
-                    cols,
-                    rank as usize,
-                    q.base_exp,
-                    FIT_ROUNDS,
-                    Metric::Identity,
-                );
+            let q = quantize_tensor(
+                backend,
+                &t.name,
+                v.bytes,
+                model.dtype_of(&t.name),
+                t.shape[0],
+                t.shape[1],
+                params,
+                None,
+            )?;
+            quantized.push(q);
+        }
+        // Overlays: a common rank, or (auto) this layer's share of the budget spent where it
+        // lowers the error most. Residuals live for this layer only.
+        if opts.rank != Rank::Fixed(0) {
+            let residuals: Vec<Vec<f64>> = linears
+                .iter()
+                .zip(&quantized)
+                .map(|(t, q)| residual(model.tensor(&t.name).bytes, model.dtype_of(&t.name), q))
+                .collect();
+            let items: Vec<LayerItem> = quantized
+                .iter()
+                .zip(&residuals)
+                .map(|(q, r)| LayerItem { residual: r, rows: q.rows, cols: q.cols, base_exp: q.base_exp })
+                .collect();
+            let overlays = match opts.rank {
+                Rank::Fixed(r) => items
+                    .iter()
+                    .map(|it| {
+                        lowrank::fit(
+                            it.residual,
+                            it.rows,
+                            it.cols,
+                            r as usize,
+                            it.base_exp,
+                            FIT_ROUNDS,
+                            Metric::Identity,
+                        )
+                    })
+                    .collect(),
+                Rank::Auto { bits, weights } => {
+                    let shapes: Vec<(usize, usize)> = quantized.iter().map(|q| (q.rows, q.cols)).collect();
+                    let n: u64 = shapes.iter().map(|&(r, c)| (r * c) as u64).sum();
+                    let base: u64 = shapes.iter().map(|&(r, c)| 8 * base_bytes(r, c, params)).sum();
+                    let budget = bits as i128 * n as i128 / weights.max(1) as i128 - base as i128;
+                    lowrank::allocate_layer(&items, budget, FIT_ROUNDS, Metric::Identity)
+                }
+            };
+            for (q, o) in quantized.iter_mut().zip(overlays) {
+                q.overlay = o;
             }
+        }
+        for (t, q) in linears.iter().zip(&quantized) {
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            let dtype = model.dtype_of(&t.name);
             let out_dtype = opts.out_dtype.unwrap_or(dtype);
-            let rec = backend.dequantize(&q, out_dtype).map_err(|e| e.for_tensor(&t.name, out_dtype))?;
-            let sb = layer::stored_bytes(&q);
+            let rec = backend.dequantize(q, out_dtype).map_err(|e| e.for_tensor(&t.name, out_dtype))?;
+            let sb = layer::stored_bytes(q);
             linear_bits += 8 * sb;
             linear_weights += (rows * cols) as u64;
             data_bytes += sb;
@@ -220,7 +244,7 @@ pub fn compress(
                 sha256: sha256_hex(&rec),
                 shape: vec![rows as u64, cols as u64],
             });
-            stored.extend(layer::encode(&t.name, &q));
+            stored.extend(layer::encode(&t.name, q));
         }
         let (size, sha256) = stfile::write(&tmp.path.join(&file), stored, &meta.to_metadata())?;
         files.push(FileEntry { name: file, sha256, size });
