@@ -247,6 +247,10 @@ pub trait Backend: Send + Sync {
         bits: u32,
     ) -> Result<TokenFixed, Error>;
 
+    /// Residual add `x + y` per token to `bits`-bit outputs (|mantissas| <= 2^23);
+    /// alignment and rounding in `backend/cpu/add.rs`.
+    fn add(&self, x: &TokenFixed, y: &TokenFixed, bits: u32) -> Result<TokenFixed, Error>;
+
     /// Evaluate the 64-bit arithmetic library on each case.
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error>;
 }
@@ -419,6 +423,23 @@ pub(crate) fn check_rope_args(
     }
     if x.mants.iter().any(|&m| m.unsigned_abs() > 1 << 17) || !(2..=30).contains(&bits) {
         return Err(bad_input!("rope: mantissas exceed 2^17 or bad bits"));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_add_args(x: &TokenFixed, y: &TokenFixed, bits: u32) -> Result<(), Error> {
+    if x.tokens != y.tokens
+        || x.width != y.width
+        || x.mants.len() != x.tokens * x.width
+        || y.mants.len() != x.mants.len()
+    {
+        return Err(bad_input!("add: shapes differ"));
+    }
+    if x.exps.len() != x.tokens || y.exps.len() != y.tokens {
+        return Err(bad_input!("add: bad exponent arrays"));
+    }
+    if x.mants.iter().chain(&y.mants).any(|&m| m.unsigned_abs() > 1 << 23) || !(2..=30).contains(&bits) {
+        return Err(bad_input!("add: mantissas exceed 2^23 or bad bits"));
     }
     Ok(())
 }

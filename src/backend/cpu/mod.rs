@@ -7,6 +7,7 @@
 //! number of threads (DESIGN §3 rule 6).
 
 pub mod act;
+pub mod add;
 pub mod ingest;
 pub mod linear;
 pub mod norm;
@@ -216,6 +217,24 @@ impl Backend for CpuBackend {
         let mut exps = vec![0i32; x.tokens];
         mants.par_chunks_mut(w.max(1)).zip(exps.par_iter_mut()).enumerate().for_each(|(i, (out, e))| {
             *e = rope::rope_token(&x.mants[i * w..(i + 1) * w], x.exps[i], positions[i] as usize, t, bits, out);
+        });
+        Ok(TokenFixed { tokens: x.tokens, width: w, exps, mants })
+    }
+
+    fn add(&self, x: &TokenFixed, y: &TokenFixed, bits: u32) -> Result<TokenFixed, Error> {
+        super::check_add_args(x, y, bits)?;
+        let w = x.width;
+        let mut mants = vec![0i32; x.tokens * w];
+        let mut exps = vec![0i32; x.tokens];
+        mants.par_chunks_mut(w.max(1)).zip(exps.par_iter_mut()).enumerate().for_each(|(t, (out, e))| {
+            *e = add::add_token(
+                &x.mants[t * w..(t + 1) * w],
+                x.exps[t],
+                &y.mants[t * w..(t + 1) * w],
+                y.exps[t],
+                bits,
+                out,
+            );
         });
         Ok(TokenFixed { tokens: x.tokens, width: w, exps, mants })
     }

@@ -384,6 +384,37 @@ impl Backend for GpuBackend {
         Ok(TokenFixed { tokens: n, width: w, exps, mants })
     }
 
+    fn add(&self, x: &TokenFixed, y: &TokenFixed, bits: u32) -> Result<TokenFixed, Error> {
+        crate::backend::check_add_args(x, y, bits)?;
+        let (n, w) = (x.tokens, x.width);
+        let mut mants = vec![0i32; n * w];
+        let mut exps = vec![0i32; n];
+        if n * w == 0 {
+            return Ok(TokenFixed { tokens: n, width: w, exps, mants });
+        }
+        let tokens_per_chunk = self.rows_per_chunk(w, 4)?;
+        let mut t0 = 0;
+        while t0 < n {
+            let t1 = (t0 + tokens_per_chunk).min(n);
+            let params = self.uniform(&[(t1 - t0) as u32, w as u32, bits, 0]);
+            let ab = self.upload_i32("add.a", &x.mants[t0 * w..t1 * w]);
+            let bb = self.upload_i32("add.b", &y.mants[t0 * w..t1 * w]);
+            let ae = self.upload_i32("add.aexp", &x.exps[t0..t1]);
+            let be = self.upload_i32("add.bexp", &y.exps[t0..t1]);
+            let o = self.zeroed("add.out", ((t1 - t0) * w * 4) as u64);
+            let oe = self.zeroed("add.oexp", ((t1 - t0) * 4) as u64);
+            self.dispatch("add.wgsl", "add", &[&params, &ab, &bb, &ae, &be, &o, &oe], (t1 - t0) as u64)?;
+            for (d, v) in mants[t0 * w..t1 * w].iter_mut().zip(words_le(&self.read(&o)?)) {
+                *d = v as i32;
+            }
+            for (d, v) in exps[t0..t1].iter_mut().zip(words_le(&self.read(&oe)?)) {
+                *d = v as i32;
+            }
+            t0 = t1;
+        }
+        Ok(TokenFixed { tokens: n, width: w, exps, mants })
+    }
+
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {
         if cases.is_empty() {
             return Ok(Vec::new());

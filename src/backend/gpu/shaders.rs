@@ -30,6 +30,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("rmsnorm.wgsl"),
     shader!("swiglu.wgsl"),
     shader!("rope.wgsl"),
+    shader!("add.wgsl"),
 ];
 
 pub fn file(name: &str) -> Option<&'static ShaderFile> {
