@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{i32s_to_bytes, Rng};
+use common::{Rng, i32s_to_bytes};
 use ucw::backend::cpu::CpuBackend;
 use ucw::backend::{Backend, TokenFixed};
 
@@ -49,7 +49,8 @@ fn add_twin_is_within_its_bound_of_the_exact_sum() {
             let lo = x.exps[t].min(y.exps[t]).min(s.exps[t]);
             let emax = x.exps[t].max(y.exps[t]);
             for i in 0..70 {
-                let exact = ((x.mants[t * 70 + i] as i128) << (x.exps[t] - lo)) + ((y.mants[t * 70 + i] as i128) << (y.exps[t] - lo));
+                let exact = ((x.mants[t * 70 + i] as i128) << (x.exps[t] - lo))
+                    + ((y.mants[t * 70 + i] as i128) << (y.exps[t] - lo));
                 let got = (s.mants[t * 70 + i] as i128) << (s.exps[t] - lo);
                 let half_unit = if s.exps[t] > lo { 1i128 << (s.exps[t] - lo - 1) } else { 0 };
                 let pre = if emax - x.exps[t].min(y.exps[t]) > 38 { 1i128 << (emax - 38 - lo - 1) } else { 0 };

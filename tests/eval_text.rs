@@ -84,3 +84,38 @@ fn real_eval_text_token_count() {
     let ids = tokenize_file(&data.join("smollm2-135m"), &data.join("text/eval.txt")).unwrap();
     assert_eq!(ids.len(), 123_587);
 }
+
+/// Embedding rows come out as the residual stream's format, identical on every device, and
+/// exact for bf16 weights (8 significant bits fit easily in 20-bit mantissas within 2^11
+/// of each row's largest value).
+#[test]
+fn embedding_lookup_is_exact_and_device_independent() {
+    use ucw::backend::device::Devices;
+    let model = ucw::model::Model::open(&fixtures().join("llama-bf16")).unwrap();
+    let ids: Vec<u32> = vec![0, 5, 511, 5, 300];
+    let devices = Devices::discover();
+    let cpu = devices.open(0).unwrap();
+    let x = ucw::forward::embed(cpu.as_ref(), &model, &ids, 20).unwrap();
+    let e = model.tensor("model.embed_tokens.weight");
+    for (t, &id) in ids.iter().enumerate() {
+        let row = &e.bytes[id as usize * 128..(id as usize + 1) * 128];
+        let vals: Vec<f64> =
+            row.chunks_exact(2).map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f64()).collect();
+        let top = vals.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for (c, v) in vals.iter().enumerate() {
+            if v.abs() * 2048.0 >= top {
+                assert_eq!(x.mants[t * 64 + c] as f64 * 2f64.powi(x.exps[t]), *v, "token {t} channel {c}");
+            }
+        }
+    }
+    for i in 1..devices.infos.len() {
+        let b = devices.open(i).unwrap();
+        assert_eq!(ucw::forward::embed(b.as_ref(), &model, &ids, 20).unwrap(), x, "{}", devices.infos[i].api);
+    }
+    assert!(
+        ucw::forward::embed(cpu.as_ref(), &model, &[512], 20)
+            .unwrap_err()
+            .to_string()
+            .contains("outside the vocabulary")
+    );
+}
