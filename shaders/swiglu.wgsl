@@ -1,4 +1,4 @@
-// requires: wide.wgsl
+// requires: wide.wgsl expq.wgsl
 // SwiGLU silu(g)·u in integers, one invocation per token; the algorithm, rounding points
 // and bounds are specified in the CPU twin, src/backend/cpu/act.rs.
 
@@ -30,18 +30,8 @@ fn round_shift(x: vec2<u32>, s: u32) -> vec2<u32> {
 }
 
 fn exp_neg_q30(x: u32) -> u32 {
-    let t = round_shift(w_mul_u32(x, p.log2e_q30), 22u);   // x in Q20 → Q28, < 2^34
-    let n = w_sar(t, 28u).x;
-    let f = t.x & 0xfffffffu;
-    let j = f >> 20u;
-    let r = f & 0xfffffu;
-    let a = round_shift(w_mul_u32(r, p.ln2_q30), 28u).x;    // < 2^22
-    let poly = w_add(w_sub(vec2<u32>(1u << 30u, 0u), vec2<u32>(a, 0u)), round_shift(w_mul_u32(a, a), 31u));
-    let m = round_shift(w_mul_u32(table[j], poly.x), 30u);
-    if (n >= 40u) {
-        return 0u;
-    }
-    return round_shift(m, n).x;
+    let idx = exp_index(x, p.log2e_q30);
+    return exp_finish(table[idx.j], idx, p.ln2_q30);
 }
 
 // round_half_even(n / d) for 0 < d <= 2^31 and a quotient below 2^31.

@@ -251,6 +251,16 @@ pub trait Backend: Send + Sync {
     /// alignment and rounding in `backend/cpu/add.rs`.
     fn add(&self, x: &TokenFixed, y: &TokenFixed, bits: u32) -> Result<TokenFixed, Error>;
 
+    /// Negative log-likelihood (Q30) of each token's target under its row of logits
+    /// (|mantissas| <= 2^23, exponents <= 8); algorithm and bounds in `backend/cpu/nll.rs`.
+    fn nll(
+        &self,
+        logits: &TokenFixed,
+        targets: &[u32],
+        ec: &cpu::act::ExpConsts,
+        lc: &cpu::nll::LogConsts,
+    ) -> Result<Vec<i64>, Error>;
+
     /// Evaluate the 64-bit arithmetic library on each case.
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error>;
 }
@@ -440,6 +450,19 @@ pub(crate) fn check_add_args(x: &TokenFixed, y: &TokenFixed, bits: u32) -> Resul
     }
     if x.mants.iter().chain(&y.mants).any(|&m| m.unsigned_abs() > 1 << 23) || !(2..=30).contains(&bits) {
         return Err(bad_input!("add: mantissas exceed 2^23 or bad bits"));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_nll_args(l: &TokenFixed, targets: &[u32]) -> Result<(), Error> {
+    if l.width == 0 || l.width > 1 << 20 || l.mants.len() != l.tokens * l.width || l.exps.len() != l.tokens {
+        return Err(bad_input!("nll: bad logits shape (vocabulary up to 2^20)"));
+    }
+    if targets.len() != l.tokens || targets.iter().any(|&t| t as usize >= l.width) {
+        return Err(bad_input!("nll: targets outside the vocabulary"));
+    }
+    if l.mants.iter().any(|&m| m.unsigned_abs() > 1 << 23) || l.exps.iter().any(|&e| e > 8) {
+        return Err(bad_input!("nll: logits mantissas exceed 2^23 or exponents exceed 8"));
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod act;
 pub mod add;
 pub mod ingest;
 pub mod linear;
+pub mod nll;
 pub mod norm;
 pub mod quant;
 pub mod rope;
@@ -237,6 +238,21 @@ impl Backend for CpuBackend {
             );
         });
         Ok(TokenFixed { tokens: x.tokens, width: w, exps, mants })
+    }
+
+    fn nll(
+        &self,
+        l: &TokenFixed,
+        targets: &[u32],
+        ec: &act::ExpConsts,
+        lc: &nll::LogConsts,
+    ) -> Result<Vec<i64>, Error> {
+        super::check_nll_args(l, targets)?;
+        let w = l.width;
+        Ok((0..l.tokens)
+            .into_par_iter()
+            .map(|t| nll::nll_token(&l.mants[t * w..(t + 1) * w], l.exps[t], targets[t] as usize, ec, lc))
+            .collect())
     }
 
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {

@@ -415,6 +415,40 @@ impl Backend for GpuBackend {
         Ok(TokenFixed { tokens: n, width: w, exps, mants })
     }
 
+    fn nll(
+        &self,
+        l: &TokenFixed,
+        targets: &[u32],
+        ec: &crate::backend::cpu::act::ExpConsts,
+        lc: &crate::backend::cpu::nll::LogConsts,
+    ) -> Result<Vec<i64>, Error> {
+        crate::backend::check_nll_args(l, targets)?;
+        let (n, v) = (l.tokens, l.width);
+        let mut out = Vec::with_capacity(n);
+        if n == 0 {
+            return Ok(out);
+        }
+        let tokens_per_chunk = self.rows_per_chunk(v, 4)?;
+        let et = self.upload_words("nll.exp", &ec.table);
+        let lt = self.upload_words("nll.log2", &lc.log2_table);
+        let rt = self.upload_words("nll.recip", &lc.recip_table);
+        let mut t0 = 0;
+        while t0 < n {
+            let t1 = (t0 + tokens_per_chunk).min(n);
+            let params =
+                self.uniform(&[(t1 - t0) as u32, v as u32, ec.log2e_q30, ec.ln2_q30, lc.inv_ln2_q30, lc.ln2_q28, 0, 0]);
+            let lb = self.upload_i32("nll.logits", &l.mants[t0 * v..t1 * v]);
+            let eb = self.upload_i32("nll.lexp", &l.exps[t0..t1]);
+            let tb = self.upload_words("nll.targets", &targets[t0..t1]);
+            let o = self.zeroed("nll.out", ((t1 - t0) * 8) as u64);
+            self.dispatch("nll.wgsl", "nll", &[&params, &lb, &eb, &tb, &et, &lt, &rt, &o], (t1 - t0) as u64)?;
+            let w = words_le(&self.read(&o)?);
+            out.extend((0..t1 - t0).map(|i| (w[2 * i] as u64 | (w[2 * i + 1] as u64) << 32) as i64));
+            t0 = t1;
+        }
+        Ok(out)
+    }
+
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {
         if cases.is_empty() {
             return Ok(Vec::new());

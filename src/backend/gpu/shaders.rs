@@ -22,6 +22,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("wide.wgsl"),
     shader!("wide_ops.wgsl"),
     shader!("float_bits.wgsl"),
+    shader!("expq.wgsl"),
     shader!("ingest.wgsl"),
     shader!("quantize.wgsl"),
     shader!("dequantize.wgsl"),
@@ -31,6 +32,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("swiglu.wgsl"),
     shader!("rope.wgsl"),
     shader!("add.wgsl"),
+    shader!("nll.wgsl"),
 ];
 
 pub fn file(name: &str) -> Option<&'static ShaderFile> {
