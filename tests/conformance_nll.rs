@@ -6,9 +6,9 @@
 mod common;
 
 use common::Rng;
+use ucw::backend::cpu::CpuBackend;
 use ucw::backend::cpu::act::ExpConsts;
 use ucw::backend::cpu::nll::LogConsts;
-use ucw::backend::cpu::CpuBackend;
 use ucw::backend::{Backend, TokenFixed};
 
 fn logits(t: usize, v: usize, seed: u64) -> (TokenFixed, Vec<u32>) {

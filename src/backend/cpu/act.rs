@@ -82,21 +82,11 @@ pub fn sigmoid_q30(gm: i32, ge: i32, c: &ExpConsts) -> u64 {
 /// SwiGLU of one token; returns the output exponent.
 #[allow(clippy::too_many_arguments)]
 pub fn swiglu_token(g: &[i32], ge: i32, u: &[i32], ue: i32, c: &ExpConsts, bits: u32, out: &mut [i32]) -> i32 {
-    let mut z = vec![0i64; g.len()];
-    let mut top = 0u32;
-    for i in 0..g.len() {
-        let s = sigmoid_q30(g[i], ge, c) as i64;
-        let p = shr_round_any(g[i] as i64 * s, 22);
-        z[i] = p * u[i] as i64;
-        top = top.max(64 - z[i].unsigned_abs().leading_zeros());
-    }
-    if top == 0 {
-        out.fill(0);
-        return 0;
-    }
-    let shift = top as i32 - (bits as i32 - 1);
-    for (o, &zi) in out.iter_mut().zip(&z) {
-        *o = if shift >= 0 { shr_round_any(zi, shift as u32) as i32 } else { (zi << (-shift) as u32) as i32 };
-    }
-    ge + ue - 8 + shift
+    let z: Vec<i64> = (0..g.len())
+        .map(|i| {
+            let s = sigmoid_q30(g[i], ge, c) as i64;
+            shr_round_any(g[i] as i64 * s, 22) * u[i] as i64
+        })
+        .collect();
+    super::linear::renorm_row(&z, bits, out).map_or(0, |shift| ge + ue - 8 + shift)
 }

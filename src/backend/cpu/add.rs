@@ -18,19 +18,6 @@ fn to_exp(a: i32, e: i32, target: i32) -> i64 {
 pub fn add_token(a: &[i32], ex: i32, b: &[i32], ey: i32, bits: u32, out: &mut [i32]) -> i32 {
     let emax = ex.max(ey);
     let emin = ex.min(ey).max(emax - 38);
-    let mut s = vec![0i64; a.len()];
-    let mut top = 0u32;
-    for i in 0..a.len() {
-        s[i] = to_exp(a[i], ex, emin) + to_exp(b[i], ey, emin);
-        top = top.max(64 - s[i].unsigned_abs().leading_zeros());
-    }
-    if top == 0 {
-        out.fill(0);
-        return 0;
-    }
-    let shift = top as i32 - (bits as i32 - 1);
-    for (o, &v) in out.iter_mut().zip(&s) {
-        *o = if shift >= 0 { shr_round_any(v, shift as u32) as i32 } else { (v << (-shift) as u32) as i32 };
-    }
-    emin + shift
+    let s: Vec<i64> = (0..a.len()).map(|i| to_exp(a[i], ex, emin) + to_exp(b[i], ey, emin)).collect();
+    super::linear::renorm_row(&s, bits, out).map_or(0, |shift| emin + shift)
 }

@@ -38,6 +38,23 @@ pub fn shr_round_any(a: i64, s: u32) -> i64 {
     if s >= 63 { 0 } else { super::wide::shr_round(a, s) }
 }
 
+/// Round a token's exact values (all at one exponent) to `bits`-bit mantissas: the shift
+/// comes from the largest |z|, rounding half to even. Returns the shift (output exponent =
+/// input exponent + shift), or None when every value is zero (`out` is then zeroed).
+pub fn renorm_row(z: &[i64], bits: u32, out: &mut [i32]) -> Option<i32> {
+    let top = z.iter().map(|v| 64 - v.unsigned_abs().leading_zeros()).max().unwrap_or(0);
+    if top == 0 {
+        out.fill(0);
+        return None;
+    }
+    let shift = top as i32 - (bits as i32 - 1);
+    for (o, &v) in out.iter_mut().zip(z) {
+        // A left shift only happens when every |z| < 2^(bits-1-(-shift)): exact.
+        *o = if shift >= 0 { shr_round_any(v, shift as u32) as i32 } else { (v << (-shift) as u32) as i32 };
+    }
+    Some(shift)
+}
+
 /// Renormalise token `t`: shared exponent from the largest output, then `bits`-bit mantissas.
 pub fn renorm_token(sums: &[i64], x_exp: i32, re: &[i32], bits: u32, mants: &mut [i32]) -> i32 {
     let mut top: Option<i32> = None;

@@ -95,19 +95,6 @@ pub fn rms_token(a: &[i32], ex: i32, g: &[i32], eg: i32, c: &RmsConsts, bits: u3
     let p = shift_round(prod, 36); // < 2^24
     let pe = c.sh_e + 36 - 30 - 15 - e / 2;
     // 6. z = a g P, then one renormalisation.
-    let mut z = vec![0i64; a.len()];
-    let mut top_z = 0;
-    for (i, zi) in z.iter_mut().enumerate() {
-        *zi = a[i] as i64 * g[i] as i64 * p as i64;
-        top_z = top_z.max(bitlen(zi.unsigned_abs()));
-    }
-    if top_z == 0 {
-        out.fill(0);
-        return 0;
-    }
-    let shift = top_z - (bits as i32 - 1);
-    for (o, &zi) in out.iter_mut().zip(&z) {
-        *o = if shift >= 0 { shr_round_any(zi, shift as u32) as i32 } else { (zi << (-shift) as u32) as i32 };
-    }
-    ex + eg + pe + shift
+    let z: Vec<i64> = (0..a.len()).map(|i| a[i] as i64 * g[i] as i64 * p as i64).collect();
+    super::linear::renorm_row(&z, bits, out).map_or(0, |shift| ex + eg + pe + shift)
 }

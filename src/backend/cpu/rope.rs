@@ -7,8 +7,6 @@
 //!   y_i = m_i·cos − m_{i+d/2}·sin,  y_{i+d/2} = m_{i+d/2}·cos + m_i·sin   (< 2^38, exact)
 //! then one renormalisation of the token to `bits` (largest |y| first, half even).
 
-use super::linear::shr_round_any;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RopeTables {
     pub head_dim: usize,
@@ -40,7 +38,6 @@ impl RopeTables {
 pub fn rope_token(m: &[i32], e: i32, pos: usize, t: &RopeTables, bits: u32, out: &mut [i32]) -> i32 {
     let (d, half) = (t.head_dim, t.head_dim / 2);
     let mut y = vec![0i64; m.len()];
-    let mut top = 0u32;
     for h in 0..m.len() / d {
         for f in 0..half {
             let (c, s) = (t.cos[pos * half + f] as i64, t.sin[pos * half + f] as i64);
@@ -49,16 +46,5 @@ pub fn rope_token(m: &[i32], e: i32, pos: usize, t: &RopeTables, bits: u32, out:
             y[h * d + f + half] = x2 * c + x1 * s;
         }
     }
-    for v in &y {
-        top = top.max(64 - v.unsigned_abs().leading_zeros());
-    }
-    if top == 0 {
-        out.fill(0);
-        return 0;
-    }
-    let shift = top as i32 - (bits as i32 - 1);
-    for (o, &v) in out.iter_mut().zip(&y) {
-        *o = if shift >= 0 { shr_round_any(v, shift as u32) as i32 } else { (v << (-shift) as u32) as i32 };
-    }
-    e - 20 + shift
+    super::linear::renorm_row(&y, bits, out).map_or(0, |shift| e - 20 + shift)
 }

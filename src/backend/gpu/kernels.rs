@@ -9,6 +9,50 @@ use crate::codec::quant::{QuantParams, QuantTensor};
 use crate::dtype::DType;
 use crate::error::Error;
 
+impl GpuBackend {
+    /// Run a per-token kernel (one invocation per token, outputs `[tokens, width]` mantissas
+    /// and one exponent per token) in chunks of tokens that fit a binding. Bindings:
+    /// params, the chunk's inputs from `chunk`, then `shared`, then the two outputs.
+    fn token_op(
+        &self,
+        file: &'static str,
+        entry: &'static str,
+        tokens: usize,
+        width: usize,
+        shared: &[&super::Buf],
+        chunk: impl Fn(usize, usize) -> (Vec<u32>, Vec<super::Buf>),
+    ) -> Result<TokenFixed, Error> {
+        let mut mants = vec![0i32; tokens * width];
+        let mut exps = vec![0i32; tokens];
+        if tokens * width == 0 {
+            return Ok(TokenFixed { tokens, width, exps, mants });
+        }
+        let per_chunk = self.rows_per_chunk(width, 4)?;
+        let mut t0 = 0;
+        while t0 < tokens {
+            let t1 = (t0 + per_chunk).min(tokens);
+            let (params, inputs) = chunk(t0, t1);
+            let params = self.uniform(&params);
+            let out = self.zeroed("token_op.out", ((t1 - t0) * width * 4) as u64);
+            let oexp = self.zeroed("token_op.oexp", ((t1 - t0) * 4) as u64);
+            let mut bind: Vec<&super::Buf> = vec![&params];
+            bind.extend(inputs.iter());
+            bind.extend(shared.iter().copied());
+            bind.push(&out);
+            bind.push(&oexp);
+            self.dispatch(file, entry, &bind, (t1 - t0) as u64)?;
+            for (d, v) in mants[t0 * width..t1 * width].iter_mut().zip(words_le(&self.read(&out)?)) {
+                *d = v as i32;
+            }
+            for (d, v) in exps[t0..t1].iter_mut().zip(words_le(&self.read(&oexp)?)) {
+                *d = v as i32;
+            }
+            t0 = t1;
+        }
+        Ok(TokenFixed { tokens, width, exps, mants })
+    }
+}
+
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!("{}: {} ({})", super::backend_label(self.info.backend), self.info.name, self.info.driver_info)
@@ -269,16 +313,10 @@ impl Backend for GpuBackend {
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         crate::backend::check_rms_args(x, gamma, c, bits)?;
-        let (t, w) = (x.tokens, x.width);
-        let mut mants = vec![0i32; t * w];
-        let mut exps = vec![0i32; t];
-        let tokens_per_chunk = self.rows_per_chunk(w, 4)?;
-        let g = self.upload_i32("rms.gamma", &gamma.mantissas);
-        let seed = self.upload_words("rms.seed", &c.seed);
-        let mut t0 = 0;
-        while t0 < t {
-            let t1 = (t0 + tokens_per_chunk).min(t);
-            let params = self.uniform(&[
+        let w = x.width;
+        let shared = [&self.upload_i32("rms.gamma", &gamma.mantissas), &self.upload_words("rms.seed", &c.seed)];
+        self.token_op("rmsnorm.wgsl", "rmsnorm", x.tokens, w, &shared, |t0, t1| {
+            let params = [
                 (t1 - t0) as u32,
                 w as u32,
                 bits,
@@ -291,21 +329,11 @@ impl Backend for GpuBackend {
                 0,
                 0,
                 0,
-            ]);
-            let a = self.upload_i32("rms.a", &x.mants[t0 * w..t1 * w]);
-            let xe = self.upload_i32("rms.xexp", &x.exps[t0..t1]);
-            let o = self.zeroed("rms.out", ((t1 - t0) * w * 4) as u64);
-            let oe = self.zeroed("rms.oexp", ((t1 - t0) * 4) as u64);
-            self.dispatch("rmsnorm.wgsl", "rmsnorm", &[&params, &a, &xe, &g, &seed, &o, &oe], (t1 - t0) as u64)?;
-            for (d, v) in mants[t0 * w..t1 * w].iter_mut().zip(words_le(&self.read(&o)?)) {
-                *d = v as i32;
-            }
-            for (d, v) in exps[t0..t1].iter_mut().zip(words_le(&self.read(&oe)?)) {
-                *d = v as i32;
-            }
-            t0 = t1;
-        }
-        Ok(TokenFixed { tokens: t, width: w, exps, mants })
+            ];
+            let inputs =
+                vec![self.upload_i32("rms.a", &x.mants[t0 * w..t1 * w]), self.upload_i32("rms.xexp", &x.exps[t0..t1])];
+            (params.to_vec(), inputs)
+        })
     }
 
     fn swiglu(
@@ -316,34 +344,18 @@ impl Backend for GpuBackend {
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         crate::backend::check_swiglu_args(gate, up, c, bits)?;
-        let (t, w) = (gate.tokens, gate.width);
-        let mut mants = vec![0i32; t * w];
-        let mut exps = vec![0i32; t];
-        if t * w == 0 {
-            return Ok(TokenFixed { tokens: t, width: w, exps, mants });
-        }
-        let tokens_per_chunk = self.rows_per_chunk(w, 4)?;
-        let table = self.upload_words("swiglu.table", &c.table);
-        let mut t0 = 0;
-        while t0 < t {
-            let t1 = (t0 + tokens_per_chunk).min(t);
-            let params = self.uniform(&[(t1 - t0) as u32, w as u32, bits, c.ln2_q30, c.log2e_q30, 0, 0, 0]);
-            let gb = self.upload_i32("swiglu.g", &gate.mants[t0 * w..t1 * w]);
-            let ub = self.upload_i32("swiglu.u", &up.mants[t0 * w..t1 * w]);
-            let ge = self.upload_i32("swiglu.gexp", &gate.exps[t0..t1]);
-            let ue = self.upload_i32("swiglu.uexp", &up.exps[t0..t1]);
-            let o = self.zeroed("swiglu.out", ((t1 - t0) * w * 4) as u64);
-            let oe = self.zeroed("swiglu.oexp", ((t1 - t0) * 4) as u64);
-            self.dispatch("swiglu.wgsl", "swiglu", &[&params, &gb, &ub, &ge, &ue, &table, &o, &oe], (t1 - t0) as u64)?;
-            for (d, v) in mants[t0 * w..t1 * w].iter_mut().zip(words_le(&self.read(&o)?)) {
-                *d = v as i32;
-            }
-            for (d, v) in exps[t0..t1].iter_mut().zip(words_le(&self.read(&oe)?)) {
-                *d = v as i32;
-            }
-            t0 = t1;
-        }
-        Ok(TokenFixed { tokens: t, width: w, exps, mants })
+        let w = gate.width;
+        let shared = [&self.upload_words("swiglu.table", &c.table)];
+        self.token_op("swiglu.wgsl", "swiglu", gate.tokens, w, &shared, |t0, t1| {
+            let params = vec![(t1 - t0) as u32, w as u32, bits, c.ln2_q30, c.log2e_q30, 0, 0, 0];
+            let inputs = vec![
+                self.upload_i32("swiglu.g", &gate.mants[t0 * w..t1 * w]),
+                self.upload_i32("swiglu.u", &up.mants[t0 * w..t1 * w]),
+                self.upload_i32("swiglu.gexp", &gate.exps[t0..t1]),
+                self.upload_i32("swiglu.uexp", &up.exps[t0..t1]),
+            ];
+            (params, inputs)
+        })
     }
 
     fn rope(
@@ -354,65 +366,32 @@ impl Backend for GpuBackend {
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         crate::backend::check_rope_args(x, positions, t, bits)?;
-        let (n, w) = (x.tokens, x.width);
-        let mut mants = vec![0i32; n * w];
-        let mut exps = vec![0i32; n];
-        if n * w == 0 {
-            return Ok(TokenFixed { tokens: n, width: w, exps, mants });
-        }
-        let tokens_per_chunk = self.rows_per_chunk(w, 4)?;
-        let cosb = self.upload_i32("rope.cos", &t.cos);
-        let sinb = self.upload_i32("rope.sin", &t.sin);
-        let mut t0 = 0;
-        while t0 < n {
-            let t1 = (t0 + tokens_per_chunk).min(n);
-            let params = self.uniform(&[(t1 - t0) as u32, w as u32, t.head_dim as u32, bits]);
-            let mb = self.upload_i32("rope.m", &x.mants[t0 * w..t1 * w]);
-            let eb = self.upload_i32("rope.mexp", &x.exps[t0..t1]);
-            let pb = self.upload_words("rope.pos", &positions[t0..t1]);
-            let o = self.zeroed("rope.out", ((t1 - t0) * w * 4) as u64);
-            let oe = self.zeroed("rope.oexp", ((t1 - t0) * 4) as u64);
-            self.dispatch("rope.wgsl", "rope", &[&params, &mb, &eb, &pb, &cosb, &sinb, &o, &oe], (t1 - t0) as u64)?;
-            for (d, v) in mants[t0 * w..t1 * w].iter_mut().zip(words_le(&self.read(&o)?)) {
-                *d = v as i32;
-            }
-            for (d, v) in exps[t0..t1].iter_mut().zip(words_le(&self.read(&oe)?)) {
-                *d = v as i32;
-            }
-            t0 = t1;
-        }
-        Ok(TokenFixed { tokens: n, width: w, exps, mants })
+        let w = x.width;
+        let shared = [&self.upload_i32("rope.cos", &t.cos), &self.upload_i32("rope.sin", &t.sin)];
+        self.token_op("rope.wgsl", "rope", x.tokens, w, &shared, |t0, t1| {
+            let params = vec![(t1 - t0) as u32, w as u32, t.head_dim as u32, bits];
+            let inputs = vec![
+                self.upload_i32("rope.m", &x.mants[t0 * w..t1 * w]),
+                self.upload_i32("rope.mexp", &x.exps[t0..t1]),
+                self.upload_words("rope.pos", &positions[t0..t1]),
+            ];
+            (params, inputs)
+        })
     }
 
     fn add(&self, x: &TokenFixed, y: &TokenFixed, bits: u32) -> Result<TokenFixed, Error> {
         crate::backend::check_add_args(x, y, bits)?;
-        let (n, w) = (x.tokens, x.width);
-        let mut mants = vec![0i32; n * w];
-        let mut exps = vec![0i32; n];
-        if n * w == 0 {
-            return Ok(TokenFixed { tokens: n, width: w, exps, mants });
-        }
-        let tokens_per_chunk = self.rows_per_chunk(w, 4)?;
-        let mut t0 = 0;
-        while t0 < n {
-            let t1 = (t0 + tokens_per_chunk).min(n);
-            let params = self.uniform(&[(t1 - t0) as u32, w as u32, bits, 0]);
-            let ab = self.upload_i32("add.a", &x.mants[t0 * w..t1 * w]);
-            let bb = self.upload_i32("add.b", &y.mants[t0 * w..t1 * w]);
-            let ae = self.upload_i32("add.aexp", &x.exps[t0..t1]);
-            let be = self.upload_i32("add.bexp", &y.exps[t0..t1]);
-            let o = self.zeroed("add.out", ((t1 - t0) * w * 4) as u64);
-            let oe = self.zeroed("add.oexp", ((t1 - t0) * 4) as u64);
-            self.dispatch("add.wgsl", "add", &[&params, &ab, &bb, &ae, &be, &o, &oe], (t1 - t0) as u64)?;
-            for (d, v) in mants[t0 * w..t1 * w].iter_mut().zip(words_le(&self.read(&o)?)) {
-                *d = v as i32;
-            }
-            for (d, v) in exps[t0..t1].iter_mut().zip(words_le(&self.read(&oe)?)) {
-                *d = v as i32;
-            }
-            t0 = t1;
-        }
-        Ok(TokenFixed { tokens: n, width: w, exps, mants })
+        let w = x.width;
+        self.token_op("add.wgsl", "add", x.tokens, w, &[], |t0, t1| {
+            let params = vec![(t1 - t0) as u32, w as u32, bits, 0];
+            let inputs = vec![
+                self.upload_i32("add.a", &x.mants[t0 * w..t1 * w]),
+                self.upload_i32("add.b", &y.mants[t0 * w..t1 * w]),
+                self.upload_i32("add.aexp", &x.exps[t0..t1]),
+                self.upload_i32("add.bexp", &y.exps[t0..t1]),
+            ];
+            (params, inputs)
+        })
     }
 
     fn nll(
