@@ -58,13 +58,7 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     let shift = i32(top) - (i32(p.bits) - 1i);
     for (var i = 0u; i < p.width; i++) {
         let s = w_add(to_exp(a[base + i], ex, emin), to_exp(b[base + i], ey, emin));
-        var v: vec2<u32>;
-        if (shift >= 0i) {
-            v = select(w_shr_round(s, u32(shift)), vec2<u32>(0u, 0u), shift >= 63i);
-        } else {
-            v = w_shl(s, u32(-shift));
-        }
-        out[base + i] = bitcast<i32>(v.x);
+        out[base + i] = w_round_to_i32(s, shift);
     }
     oexp[t] = emin + shift;
 }

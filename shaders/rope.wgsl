@@ -58,13 +58,7 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let shift = i32(top) - (i32(p.bits) - 1i);
     for (var i = 0u; i < p.width; i++) {
         let y = rotated(base, i, row);
-        var v: vec2<u32>;
-        if (shift >= 0i) {
-            v = select(w_shr_round(y, u32(shift)), vec2<u32>(0u, 0u), shift >= 63i);
-        } else {
-            v = w_shl(y, u32(-shift));
-        }
-        out[base + i] = bitcast<i32>(v.x);
+        out[base + i] = w_round_to_i32(y, shift);
     }
     oexp[t] = mexp[t] - 20i + shift;
 }

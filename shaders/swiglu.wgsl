@@ -22,10 +22,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> out: array<i32>;
 @group(0) @binding(7) var<storage, read_write> oexp: array<i32>;
 
-fn round_shift(x: vec2<u32>, s: u32) -> vec2<u32> {
-    if (s >= 63u) {
-        return vec2<u32>(0u, 0u);
-    }
     return w_shr_round(x, s);
 }
 
@@ -66,7 +62,7 @@ fn sigmoid_q30(gm: i32, ge: i32) -> u32 {
             x = select(big.x, 32u << 20u, big.y != 0u || big.x > (32u << 20u));
         }
     } else {
-        x = min(round_shift(vec2<u32>(mag, 0u), u32(-sh)).x, 32u << 20u);
+        x = min(exp_shift_round(vec2<u32>(mag, 0u), u32(-sh)).x, 32u << 20u);
     }
     let e = exp_neg_q30(x);
     let d = (1u << 30u) + e;
@@ -104,13 +100,7 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         let s = sigmoid_q30(g[base + i], ge);
         let pz = w_shr_round(w_mul_i32(g[base + i], bitcast<i32>(s)), 22u);
         let z = w_mul_i32(bitcast<i32>(pz.x), u[base + i]);
-        var m: vec2<u32>;
-        if (shift >= 0i) {
-            m = round_shift(z, u32(shift));
-        } else {
-            m = w_shl(z, u32(-shift));
-        }
-        out[base + i] = bitcast<i32>(m.x);
+        out[base + i] = w_round_to_i32(z, shift);
     }
     oexp[t] = ge + uexp[t] - 8i + shift;
 }

@@ -125,3 +125,16 @@ fn w_shr_round(a: vec2<u32>, s: u32) -> vec2<u32> {
     }
     return q;
 }
+
+// The one rounding of the per-token kernels: v · 2^-shift rounded half to even (0 once
+// shift >= 63), or v · 2^-shift exactly when shift < 0 (the caller bounds it); returns the
+// low word, which the caller's bit width guarantees holds the result.
+fn w_round_to_i32(v: vec2<u32>, shift: i32) -> i32 {
+    if (shift >= 63i) {
+        return 0i;
+    }
+    if (shift >= 0i) {
+        return bitcast<i32>(w_shr_round(v, u32(shift)).x);
+    }
+    return bitcast<i32>(w_shl(v, u32(-shift)).x);
+}
