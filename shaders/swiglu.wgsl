@@ -22,9 +22,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> out: array<i32>;
 @group(0) @binding(7) var<storage, read_write> oexp: array<i32>;
 
-    return w_shr_round(x, s);
-}
-
 fn exp_neg_q30(x: u32) -> u32 {
     let idx = exp_index(x, p.log2e_q30);
     return exp_finish(table[idx.j], idx, p.ln2_q30);
