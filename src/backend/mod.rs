@@ -261,6 +261,19 @@ pub trait Backend: Send + Sync {
         lc: &cpu::nll::LogConsts,
     ) -> Result<Vec<i64>, Error>;
 
+    /// Causal grouped-query attention over one window (q, k, v of the same T tokens at
+    /// positions 0..T), outputs `[T, heads·d]` at `bits`; algorithm in
+    /// `backend/cpu/attention.rs`.
+    fn attention(
+        &self,
+        q: &TokenFixed,
+        k: &TokenFixed,
+        v: &TokenFixed,
+        s: &cpu::attention::AttnShape,
+        ec: &cpu::act::ExpConsts,
+        bits: u32,
+    ) -> Result<TokenFixed, Error>;
+
     /// Evaluate the 64-bit arithmetic library on each case.
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error>;
 }
@@ -463,6 +476,38 @@ pub(crate) fn check_nll_args(l: &TokenFixed, targets: &[u32]) -> Result<(), Erro
     }
     if l.mants.iter().any(|&m| m.unsigned_abs() > 1 << 23) || l.exps.iter().any(|&e| e > 8) {
         return Err(bad_input!("nll: logits mantissas exceed 2^23 or exponents exceed 8"));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_attention_args(
+    q: &TokenFixed,
+    k: &TokenFixed,
+    v: &TokenFixed,
+    s: &cpu::attention::AttnShape,
+    bits: u32,
+) -> Result<(), Error> {
+    let (h, kv, d) = (s.heads, s.kv_heads, s.head_dim);
+    if h == 0 || kv == 0 || !h.is_multiple_of(kv) || d == 0 || d > 256 {
+        return Err(bad_input!("attention: {h} heads / {kv} kv heads / head_dim {d} unsupported"));
+    }
+    let t = q.tokens;
+    if t == 0 || t > 1 << 14 || k.tokens != t || v.tokens != t {
+        return Err(bad_input!("attention: q, k, v must hold the same 1..=16384 tokens"));
+    }
+    if q.width != h * d || k.width != kv * d || v.width != kv * d {
+        return Err(bad_input!("attention: widths do not match the head layout"));
+    }
+    for x in [q, k, v] {
+        if x.mants.len() != x.tokens * x.width || x.exps.len() != x.tokens {
+            return Err(bad_input!("attention: bad activation shape"));
+        }
+        if x.mants.iter().any(|&m| m.unsigned_abs() > 1 << 17) {
+            return Err(bad_input!("attention: mantissas exceed 2^17"));
+        }
+    }
+    if !(2..=30).contains(&bits) {
+        return Err(bad_input!("attention: bad bits"));
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The integer forward pass and perplexity (issue 5, in progress): evaluation text,
 //! embedding lookup; the layer kernels are on `Backend` (matmul, renorm, rms_norm, rope,
-//! swiglu, add, nll). Attention and the streaming driver are still to come.
+//! swiglu, add, nll, attention). The streaming driver and `ucw eval` are still to come.
 
 pub mod text;
 

@@ -8,6 +8,7 @@
 
 pub mod act;
 pub mod add;
+pub mod attention;
 pub mod ingest;
 pub mod linear;
 pub mod nll;
@@ -253,6 +254,25 @@ impl Backend for CpuBackend {
             .into_par_iter()
             .map(|t| nll::nll_token(&l.mants[t * w..(t + 1) * w], l.exps[t], targets[t] as usize, ec, lc))
             .collect())
+    }
+
+    fn attention(
+        &self,
+        q: &TokenFixed,
+        k: &TokenFixed,
+        v: &TokenFixed,
+        s: &attention::AttnShape,
+        ec: &act::ExpConsts,
+        bits: u32,
+    ) -> Result<TokenFixed, Error> {
+        super::check_attention_args(q, k, v, s, bits)?;
+        let w = q.width;
+        let mut mants = vec![0i32; q.tokens * w];
+        let mut exps = vec![0i32; q.tokens];
+        mants.par_chunks_mut(w).zip(exps.par_iter_mut()).enumerate().for_each(|(t, (out, e))| {
+            *e = attention::attention_token(q, k, v, s, ec, bits, t, out);
+        });
+        Ok(TokenFixed { tokens: q.tokens, width: w, exps, mants })
     }
 
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {

@@ -428,6 +428,58 @@ impl Backend for GpuBackend {
         Ok(out)
     }
 
+    fn attention(
+        &self,
+        q: &TokenFixed,
+        k: &TokenFixed,
+        v: &TokenFixed,
+        s: &crate::backend::cpu::attention::AttnShape,
+        ec: &crate::backend::cpu::act::ExpConsts,
+        bits: u32,
+    ) -> Result<TokenFixed, Error> {
+        crate::backend::check_attention_args(q, k, v, s, bits)?;
+        let (t, w) = (q.tokens, q.width);
+        // One window at a time: its q, k, v and head outputs must fit a binding.
+        self.rows_per_chunk(w, 4).and_then(|n| {
+            if n >= t {
+                Ok(())
+            } else {
+                Err(bad_input!("attention: a window of {t} tokens exceeds the device binding"))
+            }
+        })?;
+        let params = self.uniform(&[
+            t as u32,
+            s.heads as u32,
+            s.kv_heads as u32,
+            s.head_dim as u32,
+            s.scale_q30,
+            ec.log2e_q30,
+            ec.ln2_q30,
+            bits,
+        ]);
+        let qb = self.upload_i32("attn.q", &q.mants);
+        let kb = self.upload_i32("attn.k", &k.mants);
+        let vb = self.upload_i32("attn.v", &v.mants);
+        let e: Vec<i32> = q.exps.iter().chain(&k.exps).chain(&v.exps).copied().collect();
+        let eb = self.upload_i32("attn.exps", &e);
+        let tb = self.upload_words("attn.table", &ec.table);
+        let ho = self.zeroed("attn.ho", (t * w * 4) as u64);
+        let he = self.zeroed("attn.he", (t * s.heads * 4) as u64);
+        self.dispatch(
+            "attention.wgsl",
+            "attention",
+            &[&params, &qb, &kb, &vb, &eb, &tb, &ho, &he],
+            (t * s.heads) as u64,
+        )?;
+        let p2 = self.uniform(&[t as u32, s.heads as u32, s.head_dim as u32, bits]);
+        let out = self.zeroed("attn.out", (t * w * 4) as u64);
+        let oexp = self.zeroed("attn.oexp", (t * 4) as u64);
+        self.dispatch("attn_renorm.wgsl", "attn_renorm", &[&p2, &ho, &he, &out, &oexp], t as u64)?;
+        let mants = words_le(&self.read(&out)?).into_iter().take(t * w).map(|x| x as i32).collect();
+        let exps = words_le(&self.read(&oexp)?).into_iter().take(t).map(|x| x as i32).collect();
+        Ok(TokenFixed { tokens: t, width: w, exps, mants })
+    }
+
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {
         if cases.is_empty() {
             return Ok(Vec::new());

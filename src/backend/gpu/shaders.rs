@@ -33,6 +33,8 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("rope.wgsl"),
     shader!("add.wgsl"),
     shader!("nll.wgsl"),
+    shader!("attention.wgsl"),
+    shader!("attn_renorm.wgsl"),
 ];
 
 pub fn file(name: &str) -> Option<&'static ShaderFile> {
