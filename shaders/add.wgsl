@@ -28,10 +28,6 @@ fn to_exp(v: i32, e: i32, target_exp: i32) -> vec2<u32> {
     return w_shr_round(w_from_i32(v), s);
 }
 
-fn magnitude(v: vec2<u32>) -> vec2<u32> {
-    return select(v, w_neg(v), (v.y >> 31u) == 1u);
-}
-
 @compute @workgroup_size(64)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = gid.x + gid.y * nwg.x * 64u;
@@ -46,7 +42,7 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     var top = 0u;
     for (var i = 0u; i < p.width; i++) {
         let s = w_add(to_exp(a[base + i], ex, emin), to_exp(b[base + i], ey, emin));
-        top = max(top, bitlen64(magnitude(s)));
+        top = max(top, bitlen64(w_abs(s)));
     }
     if (top == 0u) {
         oexp[t] = 0i;

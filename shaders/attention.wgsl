@@ -41,7 +41,7 @@ fn score(t: u32, h: u32, j: u32) -> vec2<u32> {
     if (e >= 0i) {
         // Saturate at ±2^61 (|prod| << e must stay below 2^61).
         let lim = vec2<u32>(0u, 1u << 29u);
-        let mag = select(prod, w_neg(prod), (prod.y >> 31u) == 1u);
+        let mag = w_abs(prod);
         if (e >= 62i || w_lt_u(w_sar(lim, u32(e)), mag)) {
             if (mag.x == 0u && mag.y == 0u) {
                 return vec2<u32>(0u, 0u);

@@ -22,10 +22,6 @@ fn load(i: u32) -> vec2<u32> {
     return vec2<u32>(sums[2u * i], sums[2u * i + 1u]);
 }
 
-fn magnitude(v: vec2<u32>) -> vec2<u32> {
-    return select(v, w_neg(v), (v.y >> 31u) == 1u);
-}
-
 @compute @workgroup_size(64)
 fn renorm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = gid.x + gid.y * nwg.x * 64u;
@@ -37,7 +33,7 @@ fn renorm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     for (var o = 0u; o < p.n; o++) {
         let v = load(t * p.n + o);
         if (v.x != 0u || v.y != 0u) {
-            let b = xexp[t] + rexp[o] + i32(bitlen64(magnitude(v)));
+            let b = xexp[t] + rexp[o] + i32(bitlen64(w_abs(v)));
             top = select(b, max(top, b), any);
             any = true;
         }

@@ -46,7 +46,7 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     var top = 0u;
     for (var i = 0u; i < p.width; i++) {
         let y = rotated(base, i, row);
-        top = max(top, bitlen64(select(y, w_neg(y), (y.y >> 31u) == 1u)));
+        top = max(top, bitlen64(w_abs(y)));
     }
     if (top == 0u) {
         oexp[t] = 0i;

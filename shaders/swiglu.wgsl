@@ -83,7 +83,7 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         let s = sigmoid_q30(g[base + i], ge);
         let pz = w_shr_round(w_mul_i32(g[base + i], bitcast<i32>(s)), 22u);   // |p| < 2^26
         let z = w_mul_i32(bitcast<i32>(pz.x), u[base + i]);
-        top = max(top, bitlen64(select(z, w_neg(z), (z.y >> 31u) == 1u)));
+        top = max(top, bitlen64(w_abs(z)));
     }
     if (top == 0u) {
         oexp[t] = 0i;

@@ -83,6 +83,11 @@ fn w_sar(a: vec2<u32>, s: u32) -> vec2<u32> {
     return vec2<u32>(bitcast<u32>(hi >> ((k - 32u) & 31u)), bitcast<u32>(hi >> 31u));
 }
 
+// |a| of a signed 64-bit value (a > -2^63).
+fn w_abs(a: vec2<u32>) -> vec2<u32> {
+    return select(a, w_neg(a), (a.y >> 31u) == 1u);
+}
+
 // Number of significant bits of an unsigned 64-bit value (0 for 0).
 fn bitlen64(a: vec2<u32>) -> u32 {
     if (a.y != 0u) {

@@ -14,7 +14,7 @@
 //!    (largest top bit first, half even).
 
 use super::act::{ExpConsts, exp_neg_q30};
-use super::linear::shr_round_any;
+use super::linear::{bitlen, shr_round_any};
 use crate::backend::TokenFixed;
 
 /// Shape of one attention call.
@@ -32,10 +32,6 @@ impl AttnShape {
         let scale_q30 = (1073741824.0 / (head_dim as f64).sqrt()).round_ties_even() as u32;
         AttnShape { heads, kv_heads, head_dim, scale_q30 }
     }
-}
-
-fn bitlen(x: u64) -> i32 {
-    64 - x.leading_zeros() as i32
 }
 
 /// Score of key j for query t, head h (Q20).

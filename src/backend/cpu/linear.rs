@@ -32,6 +32,12 @@ pub fn matmul_rows(x: &TokenFixed, w: &GroupFixed, re: &[i32], t0: usize, out: &
     }
 }
 
+/// Number of significant bits of `x` (0 for 0).
+#[inline]
+pub fn bitlen(x: u64) -> i32 {
+    64 - x.leading_zeros() as i32
+}
+
 /// `a · 2^-s` rounded half to even for any s >= 0 (0 once s reaches 63: |a| < 2^62).
 #[inline]
 pub fn shr_round_any(a: i64, s: u32) -> i64 {

@@ -12,7 +12,7 @@
 //! 6. z_i = a_i · g_i · P (< 2^23 · 2^15 · 2^24 = 2^62), then one renormalisation of the
 //!    token to `bits` bits (largest |z| first, half even).
 
-use super::linear::shr_round_any;
+use super::linear::{bitlen, shr_round_any};
 
 /// Host constants of one RMSNorm (width and ε); exact, from f64 with IEEE operations only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +47,6 @@ impl RmsConsts {
             .collect();
         RmsConsts { he_m, he_e, sh_m, sh_e, seed }
     }
-}
-
-fn bitlen(x: u64) -> i32 {
-    64 - x.leading_zeros() as i32
 }
 
 /// x · 2^-s rounded half to even, or x · 2^-s exactly when s < 0 (caller bounds it).
