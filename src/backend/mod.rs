@@ -274,6 +274,12 @@ pub trait Backend: Send + Sync {
         bits: u32,
     ) -> Result<TokenFixed, Error>;
 
+    /// Largest number of bytes this backend held in device buffers at once so far; None
+    /// for the CPU backend (its buffers are host memory, counted in the process RSS).
+    fn peak_device_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Evaluate the 64-bit arithmetic library on each case.
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error>;
 }

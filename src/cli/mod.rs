@@ -2,6 +2,7 @@
 
 mod compress;
 mod devices;
+mod eval;
 mod export;
 mod hash;
 mod info;
@@ -96,6 +97,40 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Perplexity of a model directory or pack with the integer forward pass.
+    Eval {
+        /// A Hugging Face model directory or a pack.
+        model: PathBuf,
+        /// Evaluation text (UTF-8), tokenized with the model's tokenizer.json, no BOS.
+        #[arg(long)]
+        text: Option<PathBuf>,
+        /// Token ids instead of text: a file of little-endian u32.
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// Tokens per window.
+        #[arg(long, default_value_t = 1024)]
+        seq_len: usize,
+        /// Number of non-overlapping windows from the start of the text.
+        #[arg(long, default_value_t = 30)]
+        windows: usize,
+        /// all | second-half (llama-perplexity's scoring)
+        #[arg(long, default_value = "all")]
+        score: String,
+        /// Also evaluate this model directory (or pack) on the same windows; report the ratio.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Allow --seq-len beyond max_position_embeddings.
+        #[arg(long)]
+        force: bool,
+        /// Bound on the buffers of one kernel call (e.g. 256M, 2G).
+        #[arg(long, default_value = "1G")]
+        max_memory: String,
+        /// Write the JSON report here.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// What a pack or model directory holds: architecture, tensors, sizes, digests.
     Info {
         path: PathBuf,
@@ -125,6 +160,9 @@ pub fn main() -> i32 {
             verify::run(&pack, expect.as_deref(), all_devices, verbose, &common)
         }
         Command::Export { pack, output, force, common } => export::run(&pack, &output, force, &common),
+        Command::Eval { model, text, tokens, seq_len, windows, score, baseline, force, max_memory, output, common } => {
+            eval::run(&model, text, tokens, seq_len, windows, &score, baseline, force, &max_memory, output, &common)
+        }
     };
     match result {
         Ok(()) => 0,

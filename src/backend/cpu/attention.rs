@@ -81,17 +81,27 @@ pub fn head_output(
 ) -> (Vec<i64>, i32) {
     let d = s.head_dim;
     let g = h / (s.heads / s.kv_heads);
-    let m = (0..=t).map(|j| score(q, k, s, t, h, j)).max().expect("t >= 0");
+    // Each score and weight is computed once and kept for this query (t + 1 values, not a
+    // seq×seq buffer); the WGSL kernel recomputes them per pass instead. Same values.
+    let scores: Vec<i64> = (0..=t).map(|j| score(q, k, s, t, h, j)).collect();
+    let m = *scores.iter().max().expect("t >= 0");
     let cap = 32i64 << 20;
-    let w = |j: usize| exp_neg_q30((m - score(q, k, s, t, h, j)).min(cap) as u32, ec) as i64;
-    let z: i64 = (0..=t).map(w).sum();
+    let w: Vec<i64> = scores.iter().map(|&sj| exp_neg_q30((m - sj).min(cap) as u32, ec) as i64).collect();
+    let z: i64 = w.iter().sum();
     let ev = (0..=t).map(|j| v.exps[j]).max().expect("t >= 0");
     let mut acc = vec![0i64; d];
-    for j in 0..=t {
-        let wj = w(j);
+    for (j, &wj) in w.iter().enumerate() {
         let sh = (ev - v.exps[j]) as u32;
-        for (i, a) in acc.iter_mut().enumerate() {
-            *a += shr_round_any(wj * v.mants[j * v.width + g * d + i] as i64, sh);
+        let vj = &v.mants[j * v.width + g * d..][..d];
+        if sh == 0 {
+            // No rounding at the prefix's largest exponent: a plain exact sum.
+            for (a, &x) in acc.iter_mut().zip(vj) {
+                *a += wj * x as i64;
+            }
+        } else {
+            for (a, &x) in acc.iter_mut().zip(vj) {
+                *a += shr_round_any(wj * x as i64, sh);
+            }
         }
     }
     (acc.iter().map(|&a| div_round(a, z)).collect(), ev)

@@ -480,6 +480,10 @@ impl Backend for GpuBackend {
         Ok(TokenFixed { tokens: t, width: w, exps, mants })
     }
 
+    fn peak_device_bytes(&self) -> Option<u64> {
+        Some(self.mem.peak())
+    }
+
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {
         if cases.is_empty() {
             return Ok(Vec::new());

@@ -1,0 +1,191 @@
+//! The streaming evaluation driver: one decoder layer at a time over every window.
+//!
+//! Hidden states of all windows live on the host (windows × seq_len × hidden i32 plus one
+//! exponent per token); each layer's weights are ingested once, applied to every window in
+//! turn, and dropped before the next layer is read. The logits of a window are reduced to
+//! per-token NLL chunk by chunk as they are produced, never held for all windows (nor for a
+//! whole window of a large vocabulary). Every step is per token or per window, so neither
+//! the chunk sizes nor the memory budget can change a bit (DESIGN §3 rule 5).
+
+use std::time::Instant;
+
+use super::layer::{self, ACT_BITS, Consts, LOGIT_BITS, Layer, RESIDUAL_BITS, slice_tokens};
+use super::source::Source;
+use crate::backend::{Backend, GroupFixed, TokenFixed};
+use crate::error::Result;
+
+/// Which predictions of a window count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Score {
+    /// Every prediction inside the window: seq_len − 1.
+    All,
+    /// Predictions of tokens seq_len/2+1 … seq_len−1 (llama.cpp's llama-perplexity).
+    SecondHalf,
+}
+
+impl Score {
+    pub fn name(self) -> &'static str {
+        match self {
+            Score::All => "all",
+            Score::SecondHalf => "second-half",
+        }
+    }
+
+    /// Positions whose logits are scored (position p predicts token p + 1).
+    pub fn positions(self, seq_len: usize) -> std::ops::Range<usize> {
+        match self {
+            Score::All => 0..seq_len - 1,
+            Score::SecondHalf => seq_len / 2..seq_len - 1,
+        }
+    }
+}
+
+/// Default device-buffer budget when `--max-memory` is not given.
+pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;
+
+pub struct EvalOptions {
+    pub score: Score,
+    /// Bound on the buffers one kernel call may need (weights of the current linear
+    /// included); chooses the token chunk of every matrix product.
+    pub max_memory: u64,
+}
+
+/// What the forward pass measured.
+#[derive(Debug, Clone)]
+pub struct EvalResult {
+    /// Σ NLL over scored predictions, Q30 nats (exact, the same on every device).
+    pub nll_q30: i64,
+    pub predictions: u64,
+    /// Per window Σ NLL (Q30).
+    pub window_nll_q30: Vec<i64>,
+    /// Seconds spent in the forward pass (weights reading and ingest included, tokenizing
+    /// excluded), as `hf_ppl.py` times its forward loop. Not a result: never compared.
+    pub forward_seconds: f64,
+}
+
+impl EvalResult {
+    /// exp(mean NLL) on the host with `libm` (DESIGN §3 rule 6).
+    pub fn ppl(&self) -> f64 {
+        ppl_from_q30(self.nll_q30, self.predictions)
+    }
+}
+
+/// The Q30 total converts exactly below 2^53 (about 8 million predictions at 1 nat) and by
+/// IEEE round-to-nearest beyond: the same f64 everywhere either way.
+pub fn ppl_from_q30(nll_q30: i64, predictions: u64) -> f64 {
+    libm::exp(nll_q30 as f64 / (1u64 << 30) as f64 / predictions as f64)
+}
+
+/// Called with each window's logits as they are produced: (window, first position, logits
+/// of positions first.. at `LOGIT_BITS`).
+pub type LogitsSink<'a> = &'a mut dyn FnMut(usize, usize, &TokenFixed);
+
+/// Token chunk for a product with `k` inputs, `n` outputs and `weight_bytes` of weights,
+/// within `budget` bytes: per token the inputs (4k), exact sums (8n) and outputs (4n).
+pub fn chunk_tokens(budget: u64, k: usize, n: usize, weight_bytes: u64) -> Result<usize> {
+    let per_token = (4 * k + 12 * n + 8) as u64;
+    let free = budget.checked_sub(weight_bytes).unwrap_or(0);
+    if free < per_token {
+        return Err(bad_input!(
+            "--max-memory {budget} bytes is below one matrix product's needs ({weight_bytes} bytes of weights + {per_token} per token)"
+        ));
+    }
+    Ok(((free / per_token) as usize).clamp(1, 1 << 14))
+}
+
+/// Run the model over `windows` (each a slice of seq_len ids) and score them.
+pub fn evaluate(
+    backend: &dyn Backend,
+    src: &mut Source,
+    windows: &[&[u32]],
+    opts: &EvalOptions,
+    mut logits_sink: Option<LogitsSink>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalResult> {
+    let c = src.config().clone();
+    let seq_len = windows.first().map_or(0, |w| w.len());
+    if seq_len < 2 || windows.iter().any(|w| w.len() != seq_len) {
+        return Err(bad_input!("evaluation needs windows of one length >= 2"));
+    }
+    if let Some(sw) = c.sliding_window
+        && seq_len > sw
+    {
+        return Err(bad_input!(
+            "--seq-len {seq_len} exceeds the model's sliding_window {sw}: sliding-window attention is not implemented (use --seq-len <= {sw})"
+        ));
+    }
+    let start = Instant::now();
+    let consts = Consts::new(&c, seq_len);
+
+    // Embedding: the rows of the ids, one exponent per token at the residual width.
+    let mut hidden = Vec::with_capacity(windows.len());
+    {
+        let name = "model.embed_tokens.weight";
+        let (emb, dtype) = src.tensor(backend, name)?;
+        for w in windows {
+            hidden.push(super::embed_rows(backend, name, &emb, dtype, c.vocab_size, c.hidden_size, w, RESIDUAL_BITS)?);
+        }
+    }
+    let layers = c.num_hidden_layers;
+    progress(0, layers + 1);
+    for l in 0..layers {
+        let layer = Layer::load(backend, src, l)?;
+        let biggest = [&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down]
+            .iter()
+            .map(|lin| chunk_tokens(opts.max_memory, lin.w.cols, lin.w.rows, lin.bytes()))
+            .collect::<Result<Vec<_>>>()?;
+        let chunk = biggest.into_iter().min().unwrap_or(1);
+        for h in hidden.iter_mut() {
+            *h = layer.forward(backend, h, &consts, chunk)?;
+        }
+        progress(l + 1, layers + 1);
+    }
+
+    // Final norm, lm_head (the embedding when tied) and NLL, chunk by chunk.
+    let final_norm = layer::load_norm(backend, src, "model.norm.weight", c.hidden_size)?;
+    let head_name = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    let head = layer::Linear {
+        name: head_name.to_string(),
+        w: layer::load_weight(backend, src, head_name, c.vocab_size, c.hidden_size)?,
+        bias: None,
+    };
+    let chunk = chunk_tokens(opts.max_memory, c.hidden_size, c.vocab_size, head.bytes())?;
+    let scored = opts.score.positions(seq_len);
+    // With a sink every position's logits are produced (the last one predicts nothing).
+    let produced = if logits_sink.is_some() { 0..seq_len } else { scored.clone() };
+    let mut window_nll = Vec::with_capacity(windows.len());
+    for (wi, (h, ids)) in hidden.iter().zip(windows).enumerate() {
+        let x = backend.rms_norm(h, &final_norm, &consts.rms_hidden, ACT_BITS)?;
+        let mut sum = 0i64;
+        let mut p0 = produced.start;
+        while p0 < produced.end {
+            let p1 = (p0 + chunk).min(produced.end);
+            let logits = lm_head(backend, &slice_tokens(&x, p0, p1), &head.w)?;
+            if let Some(sink) = logits_sink.as_mut() {
+                sink(wi, p0, &logits);
+            }
+            // Positions of this chunk that are scored.
+            let (s0, s1) = (p0.max(scored.start), p1.min(scored.end));
+            if s0 < s1 {
+                let part = if s0 == p0 && s1 == p1 { logits } else { slice_tokens(&logits, s0 - p0, s1 - p0) };
+                let nll = backend.nll(&part, &ids[s0 + 1..s1 + 1], &consts.exp, &consts.log)?;
+                sum += nll.iter().sum::<i64>();
+            }
+            p0 = p1;
+        }
+        window_nll.push(sum);
+    }
+    progress(layers + 1, layers + 1);
+    let predictions = (windows.len() * scored.len()) as u64;
+    Ok(EvalResult {
+        nll_q30: window_nll.iter().sum(),
+        predictions,
+        window_nll_q30: window_nll,
+        forward_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn lm_head(b: &dyn Backend, x: &TokenFixed, w: &GroupFixed) -> Result<TokenFixed> {
+    let sums = b.matmul(x, w)?;
+    b.renorm(&sums, &x.exps, LOGIT_BITS)
+}

@@ -1,0 +1,277 @@
+//! One decoder layer in fixed point: its weights ingested for `matmul`, and the layer
+//! applied to one window of hidden states.
+//!
+//! Widths (DESIGN §4, the "within 0.01%" set measured by simulation on SmolLM2-135M):
+//! residual stream 20 bits, matrix-product inputs 18, q/k/v 16 (after RoPE), SwiGLU output
+//! 18 (it is down_proj's input), weights 16-bit mantissas per group of 64. Branch outputs
+//! (o_proj, down_proj, biased projections) are rounded once to 22 bits before the add that
+//! rounds them into the stream, so the add, not the branch, is the rounding that counts.
+
+use super::source::Source;
+use crate::backend::cpu::act::ExpConsts;
+use crate::backend::cpu::attention::AttnShape;
+use crate::backend::cpu::linear::shr_round_any;
+use crate::backend::cpu::norm::RmsConsts;
+use crate::backend::cpu::rope::RopeTables;
+use crate::backend::{Backend, GroupFixed, IngestParams, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents};
+use crate::error::Result;
+use crate::model::ModelConfig;
+
+pub const RESIDUAL_BITS: u32 = 20;
+pub const ACT_BITS: u32 = 18;
+pub const QKV_BITS: u32 = 16;
+pub const BRANCH_BITS: u32 = 22;
+pub const LOGIT_BITS: u32 = 24;
+pub const WEIGHT_BITS: u32 = 16;
+pub const WEIGHT_GROUP: u32 = 64;
+
+/// Host constants shared by every layer of a model.
+pub struct Consts {
+    pub rms_hidden: RmsConsts,
+    pub rms_head: RmsConsts,
+    pub rope: RopeTables,
+    pub attn: AttnShape,
+    pub exp: ExpConsts,
+    pub log: crate::backend::cpu::nll::LogConsts,
+}
+
+impl Consts {
+    pub fn new(c: &ModelConfig, seq_len: usize) -> Consts {
+        Consts {
+            rms_hidden: RmsConsts::new(c.hidden_size, c.rms_norm_eps),
+            rms_head: RmsConsts::new(c.head_dim, c.rms_norm_eps),
+            rope: RopeTables::new(c.head_dim, seq_len, c.rope_theta),
+            attn: AttnShape::new(c.num_attention_heads, c.num_key_value_heads, c.head_dim),
+            exp: ExpConsts::new(),
+            log: crate::backend::cpu::nll::LogConsts::new(),
+        }
+    }
+}
+
+/// A bias vector in fixed point (one exponent), added to every token.
+pub struct Bias {
+    pub exp: i32,
+    pub mants: Vec<i32>,
+}
+
+/// A linear layer ready for `matmul`.
+pub struct Linear {
+    pub name: String,
+    pub w: GroupFixed,
+    pub bias: Option<Bias>,
+}
+
+impl Linear {
+    pub fn bytes(&self) -> u64 {
+        (self.w.mantissas.len() * 4 + self.w.exponents.len() * 4) as u64
+    }
+}
+
+/// Ingest a `[rows, cols]` weight at the matmul format (16-bit mantissas, groups of 64,
+/// exponent spread bounded by `align_row_exponents`).
+pub fn load_weight(
+    backend: &dyn Backend,
+    src: &mut Source,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<GroupFixed> {
+    let (bytes, dtype) = src.tensor(backend, name)?;
+    let p = IngestParams { group_size: WEIGHT_GROUP, mantissa_bits: WEIGHT_BITS };
+    let mut w = crate::codec::ingest::ingest_tensor(backend, name, &bytes, dtype, rows, cols, p)?;
+    align_row_exponents(&mut w, MATMUL_MAX_SPREAD);
+    Ok(w)
+}
+
+/// A one-row tensor (norm weight or bias) as one group at `bits`.
+fn load_vector(backend: &dyn Backend, src: &mut Source, name: &str, len: usize, bits: u32) -> Result<GroupFixed> {
+    let (bytes, dtype) = src.tensor(backend, name)?;
+    let p = IngestParams { group_size: len as u32, mantissa_bits: bits };
+    crate::codec::ingest::ingest_tensor(backend, name, &bytes, dtype, 1, len, p)
+}
+
+fn load_linear(
+    backend: &dyn Backend,
+    src: &mut Source,
+    prefix: &str,
+    rows: usize,
+    cols: usize,
+    biased: bool,
+) -> Result<Linear> {
+    let name = format!("{prefix}.weight");
+    let w = load_weight(backend, src, &name, rows, cols)?;
+    let bias = if biased {
+        let b = load_vector(backend, src, &format!("{prefix}.bias"), rows, BRANCH_BITS)?;
+        Some(Bias { exp: b.exponents[0], mants: b.mantissas })
+    } else {
+        None
+    };
+    Ok(Linear { name, w, bias })
+}
+
+/// Norm weights: one group, 16-bit mantissas (`rms_norm`'s contract).
+pub fn load_norm(backend: &dyn Backend, src: &mut Source, name: &str, len: usize) -> Result<GroupFixed> {
+    load_vector(backend, src, name, len, WEIGHT_BITS)
+}
+
+/// Every weight of one decoder layer, ingested.
+pub struct Layer {
+    pub input_norm: GroupFixed,
+    pub post_norm: GroupFixed,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub qk_norm: Option<(GroupFixed, GroupFixed)>,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl Layer {
+    pub fn load(backend: &dyn Backend, src: &mut Source, l: usize) -> Result<Layer> {
+        let c = src.config().clone();
+        let (h, ff) = (c.hidden_size, c.intermediate_size);
+        let (qw, kvw) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        let p = format!("model.layers.{l}");
+        let a = format!("{p}.self_attn");
+        let qk_norm = if c.qk_norm {
+            Some((
+                load_norm(backend, src, &format!("{a}.q_norm.weight"), c.head_dim)?,
+                load_norm(backend, src, &format!("{a}.k_norm.weight"), c.head_dim)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Layer {
+            input_norm: load_norm(backend, src, &format!("{p}.input_layernorm.weight"), h)?,
+            post_norm: load_norm(backend, src, &format!("{p}.post_attention_layernorm.weight"), h)?,
+            q: load_linear(backend, src, &format!("{a}.q_proj"), qw, h, c.qkv_bias)?,
+            k: load_linear(backend, src, &format!("{a}.k_proj"), kvw, h, c.qkv_bias)?,
+            v: load_linear(backend, src, &format!("{a}.v_proj"), kvw, h, c.qkv_bias)?,
+            o: load_linear(backend, src, &format!("{a}.o_proj"), h, qw, c.o_bias)?,
+            qk_norm,
+            gate: load_linear(backend, src, &format!("{p}.mlp.gate_proj"), ff, h, c.mlp_bias)?,
+            up: load_linear(backend, src, &format!("{p}.mlp.up_proj"), ff, h, c.mlp_bias)?,
+            down: load_linear(backend, src, &format!("{p}.mlp.down_proj"), h, ff, c.mlp_bias)?,
+        })
+    }
+
+    /// Bytes of the ingested weights (what one layer costs wherever it is held).
+    pub fn bytes(&self) -> u64 {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down].iter().map(|l| l.bytes()).sum()
+    }
+
+    /// Apply the layer to one window (positions 0..T): pre-norm attention and MLP blocks,
+    /// each added into the residual stream.
+    pub fn forward(&self, b: &dyn Backend, x: &TokenFixed, k: &Consts, chunk: usize) -> Result<TokenFixed> {
+        let t = x.tokens;
+        let a = b.rms_norm(x, &self.input_norm, &k.rms_hidden, ACT_BITS)?;
+        let positions: Vec<u32> = (0..t as u32).collect();
+        let (q, kk) = match &self.qk_norm {
+            // qwen3: per-head RMSNorm of q and k before RoPE.
+            Some((qn, kn)) => {
+                let q = linear(b, &a, &self.q, BRANCH_BITS, chunk)?;
+                let kk = linear(b, &a, &self.k, BRANCH_BITS, chunk)?;
+                let q = head_norm(b, &q, qn, &k.rms_head)?;
+                let kk = head_norm(b, &kk, kn, &k.rms_head)?;
+                (q, kk)
+            }
+            None => (linear(b, &a, &self.q, ACT_BITS, chunk)?, linear(b, &a, &self.k, ACT_BITS, chunk)?),
+        };
+        let q = b.rope(&q, &positions, &k.rope, QKV_BITS)?;
+        let kk = b.rope(&kk, &positions, &k.rope, QKV_BITS)?;
+        let v = linear(b, &a, &self.v, QKV_BITS, chunk)?;
+        let att = b.attention(&q, &kk, &v, &k.attn, &k.exp, ACT_BITS)?;
+        drop((q, kk, v));
+        let o = linear(b, &att, &self.o, BRANCH_BITS, chunk)?;
+        let x = b.add(x, &o, RESIDUAL_BITS)?;
+        let a = b.rms_norm(&x, &self.post_norm, &k.rms_hidden, ACT_BITS)?;
+        let g = linear(b, &a, &self.gate, ACT_BITS, chunk)?;
+        let u = linear(b, &a, &self.up, ACT_BITS, chunk)?;
+        let s = b.swiglu(&g, &u, &k.exp, ACT_BITS)?;
+        drop((g, u));
+        let d = linear(b, &s, &self.down, BRANCH_BITS, chunk)?;
+        b.add(&x, &d, RESIDUAL_BITS)
+    }
+}
+
+/// Tokens `t0..t1` of `x`.
+pub fn slice_tokens(x: &TokenFixed, t0: usize, t1: usize) -> TokenFixed {
+    TokenFixed {
+        tokens: t1 - t0,
+        width: x.width,
+        exps: x.exps[t0..t1].to_vec(),
+        mants: x.mants[t0 * x.width..t1 * x.width].to_vec(),
+    }
+}
+
+/// `x · wᵀ (+ bias)` rounded once per token to `bits` (twice with a bias: to 22 bits, then
+/// the add). Tokens go through in chunks of `chunk` (a per-token computation: the chunking
+/// cannot change a bit, it only bounds the buffers).
+pub fn linear(b: &dyn Backend, x: &TokenFixed, l: &Linear, bits: u32, chunk: usize) -> Result<TokenFixed> {
+    let n = l.w.rows;
+    let mut out = TokenFixed { tokens: x.tokens, width: n, exps: Vec::with_capacity(x.tokens), mants: Vec::new() };
+    out.mants.reserve(x.tokens * n);
+    let mut t0 = 0;
+    while t0 < x.tokens {
+        let t1 = (t0 + chunk.max(1)).min(x.tokens);
+        let xc = if t0 == 0 && t1 == x.tokens { None } else { Some(slice_tokens(x, t0, t1)) };
+        let xc = xc.as_ref().unwrap_or(x);
+        let sums = b.matmul(xc, &l.w).map_err(|e| bad_input!("{}: {e}", l.name))?;
+        let y = match &l.bias {
+            None => b.renorm(&sums, &xc.exps, bits)?,
+            Some(bias) => {
+                let y = b.renorm(&sums, &xc.exps, BRANCH_BITS)?;
+                let bb = TokenFixed {
+                    tokens: y.tokens,
+                    width: n,
+                    exps: vec![bias.exp; y.tokens],
+                    mants: bias.mants.repeat(y.tokens),
+                };
+                b.add(&y, &bb, bits)?
+            }
+        };
+        out.exps.extend_from_slice(&y.exps);
+        out.mants.extend_from_slice(&y.mants);
+        t0 = t1;
+    }
+    Ok(out)
+}
+
+/// Per-head RMSNorm (qwen3 q_norm/k_norm): each (token, head) is normalised as its own row
+/// to `ACT_BITS`, then the heads of a token are brought back to one exponent, the largest
+/// among its heads, with one round-half-even shift of the others (host integers).
+fn head_norm(b: &dyn Backend, x: &TokenFixed, gamma: &GroupFixed, c: &RmsConsts) -> Result<TokenFixed> {
+    let d = gamma.cols;
+    let heads = x.width / d;
+    let rows = TokenFixed {
+        tokens: x.tokens * heads,
+        width: d,
+        exps: x.exps.iter().flat_map(|&e| std::iter::repeat_n(e, heads)).collect(),
+        mants: x.mants.clone(),
+    };
+    let y = b.rms_norm(&rows, gamma, c, ACT_BITS)?;
+    Ok(merge_heads(&y, heads))
+}
+
+/// Rows of `heads` consecutive (token, head) vectors → one exponent per token.
+pub fn merge_heads(y: &TokenFixed, heads: usize) -> TokenFixed {
+    let d = y.width;
+    let tokens = y.tokens / heads;
+    let mut exps = Vec::with_capacity(tokens);
+    let mut mants = vec![0i32; y.mants.len()];
+    for t in 0..tokens {
+        let live = |h: usize| y.mants[(t * heads + h) * d..(t * heads + h + 1) * d].iter().any(|&m| m != 0);
+        let e = (0..heads).filter(|&h| live(h)).map(|h| y.exps[t * heads + h]).max().unwrap_or(0);
+        for h in 0..heads {
+            let shift = (e - y.exps[t * heads + h]).max(0) as u32;
+            let r = (t * heads + h) * d..(t * heads + h + 1) * d;
+            for (o, &m) in mants[r.clone()].iter_mut().zip(&y.mants[r]) {
+                *o = shr_round_any(m as i64, shift) as i32;
+            }
+        }
+        exps.push(e);
+    }
+    TokenFixed { tokens, width: heads * d, exps, mants }
+}
