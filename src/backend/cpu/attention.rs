@@ -35,12 +35,18 @@ impl AttnShape {
 }
 
 /// Score of key j for query t, head h (Q20).
+#[inline(always)]
 pub fn score(q: &TokenFixed, k: &TokenFixed, s: &AttnShape, t: usize, h: usize, j: usize) -> i64 {
     let d = s.head_dim;
     let g = h / (s.heads / s.kv_heads);
     let qa = &q.mants[t * q.width + h * d..][..d];
     let ka = &k.mants[j * k.width + g * d..][..d];
-    let dot: i64 = qa.iter().zip(ka).map(|(&a, &b)| a as i64 * b as i64).sum();
+    // A plain loop rather than iterator closures: closures do not inherit the caller's
+    // target features, and this is the hot loop of the AVX2 build.
+    let mut dot = 0i64;
+    for i in 0..d {
+        dot += qa[i] as i64 * ka[i] as i64;
+    }
     let sh = (bitlen(dot.unsigned_abs()) - 31).max(0);
     let dot32 = shr_round_any(dot, sh as u32);
     let prod = dot32 * s.scale_q30 as i64; // < 2^61
@@ -70,6 +76,7 @@ fn div_round(a: i64, z: i64) -> i64 {
 }
 
 /// Outputs of head h for query t: (o_i for i < d, exponent Ev).
+#[inline(always)]
 pub fn head_output(
     q: &TokenFixed,
     k: &TokenFixed,
@@ -83,24 +90,37 @@ pub fn head_output(
     let g = h / (s.heads / s.kv_heads);
     // Each score and weight is computed once and kept for this query (t + 1 values, not a
     // seq×seq buffer); the WGSL kernel recomputes them per pass instead. Same values.
-    let scores: Vec<i64> = (0..=t).map(|j| score(q, k, s, t, h, j)).collect();
-    let m = *scores.iter().max().expect("t >= 0");
+    let mut scores = vec![0i64; t + 1];
+    let mut m = i64::MIN;
+    let mut ev = i32::MIN;
+    for j in 0..=t {
+        scores[j] = score(q, k, s, t, h, j);
+        m = m.max(scores[j]);
+        ev = ev.max(v.exps[j]);
+    }
     let cap = 32i64 << 20;
-    let w: Vec<i64> = scores.iter().map(|&sj| exp_neg_q30((m - sj).min(cap) as u32, ec) as i64).collect();
-    let z: i64 = w.iter().sum();
-    let ev = (0..=t).map(|j| v.exps[j]).max().expect("t >= 0");
+    let mut w = vec![0i64; t + 1];
+    let mut z = 0i64;
+    for j in 0..=t {
+        w[j] = exp_neg_q30((m - scores[j]).min(cap) as u32, ec) as i64;
+        z += w[j];
+    }
     let mut acc = vec![0i64; d];
     for (j, &wj) in w.iter().enumerate() {
-        let sh = (ev - v.exps[j]) as u32;
+        // Terms 2^48 or more below the largest exponent round to 0 (|w·v| <= 2^47).
+        let sh = ((ev - v.exps[j]) as u32).min(62);
         let vj = &v.mants[j * v.width + g * d..][..d];
+        let wj = wj as i32 as i64; // w <= 2^30: an i32 × i32 product, which vectorises
         if sh == 0 {
-            // No rounding at the prefix's largest exponent: a plain exact sum.
             for (a, &x) in acc.iter_mut().zip(vj) {
                 *a += wj * x as i64;
             }
         } else {
+            // round_half_even(p / 2^sh) without branches, = wide::shr_round for |p| < 2^62.
+            let half_m1 = (1i64 << (sh - 1)) - 1;
             for (a, &x) in acc.iter_mut().zip(vj) {
-                *a += shr_round_any(wj * x as i64, sh);
+                let p = wj * x as i64;
+                *a += (p + half_m1 + ((p >> sh) & 1)) >> sh;
             }
         }
     }
@@ -119,8 +139,49 @@ pub fn attention_token(
     t: usize,
     out: &mut [i32],
 ) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { attention_token_avx2(q, k, v, s, ec, bits, t, out) };
+    }
+    attention_token_body(q, k, v, s, ec, bits, t, out)
+}
+
+/// The same integer code compiled with AVX2 enabled, so the exact i64 dot products and
+/// weighted sums vectorise; integer results cannot depend on that.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attention_token_avx2(
+    q: &TokenFixed,
+    k: &TokenFixed,
+    v: &TokenFixed,
+    s: &AttnShape,
+    ec: &ExpConsts,
+    bits: u32,
+    t: usize,
+    out: &mut [i32],
+) -> i32 {
+    attention_token_body(q, k, v, s, ec, bits, t, out)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attention_token_body(
+    q: &TokenFixed,
+    k: &TokenFixed,
+    v: &TokenFixed,
+    s: &AttnShape,
+    ec: &ExpConsts,
+    bits: u32,
+    t: usize,
+    out: &mut [i32],
+) -> i32 {
     let d = s.head_dim;
-    let heads: Vec<(Vec<i64>, i32)> = (0..s.heads).map(|h| head_output(q, k, v, s, ec, t, h)).collect();
+    let mut heads: Vec<(Vec<i64>, i32)> = Vec::with_capacity(s.heads);
+    for h in 0..s.heads {
+        heads.push(head_output(q, k, v, s, ec, t, h));
+    }
     let top =
         heads.iter().flat_map(|(o, e)| o.iter().filter(|x| **x != 0).map(move |x| e + bitlen(x.unsigned_abs()))).max();
     let Some(top) = top else {
