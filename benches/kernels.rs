@@ -3,14 +3,20 @@
 //! any ingest must do). Adapters are benchmarked too with UCW_BENCH_GPU=1 (software
 //! adapters are slow). Report the ratio ingest/baseline, not absolute times.
 //!
+//! The exact matmul (512 tokens through SmolLM2's 576→1536 and 1536→576 shapes) runs the
+//! scalar reference `linear::matmul_rows` (parallel over tokens, as the CPU backend did
+//! before) beside the f64 path's portable kernel and its AVX2 one (`matmul_fast::matmul`,
+//! what the backend runs); criterion's "elem/s" there is multiply-adds per second.
+//!
 //!     cargo bench --bench kernels
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
-use ucw::backend::Backend;
-use ucw::backend::cpu::CpuBackend;
+use rayon::prelude::*;
+use ucw::backend::cpu::{CpuBackend, linear, matmul_fast};
 use ucw::backend::device::Devices;
+use ucw::backend::{Backend, GroupFixed, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents};
 use ucw::codec::DEFAULT_INGEST;
 use ucw::dtype::DType;
 
@@ -18,9 +24,13 @@ const ROWS: usize = 1536;
 const COLS: usize = 576;
 
 fn input() -> Vec<u8> {
+    bf16_weights(ROWS, COLS)
+}
+
+fn bf16_weights(rows: usize, cols: usize) -> Vec<u8> {
     // Deterministic weight-like bf16 values (|x| around 2^-7 .. 2^-3).
     let mut x: u32 = 0x1234_5678;
-    (0..ROWS * COLS)
+    (0..rows * cols)
         .flat_map(|_| {
             x ^= x << 13;
             x ^= x >> 17;
@@ -78,5 +88,43 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Activation-like mantissas (mixed magnitudes up to 2^17), deterministic.
+fn activations(tokens: usize, width: usize) -> TokenFixed {
+    let mut x: u32 = 0x9e37_79b9;
+    let mants = (0..tokens * width)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as i32) >> (14 + x % 8)
+        })
+        .collect();
+    TokenFixed { tokens, width, exps: vec![0; tokens], mants }
+}
+
+fn bench_matmul(c: &mut Criterion) {
+    const TOKENS: usize = 512;
+    let cpu = CpuBackend::new();
+    for (k, n) in [(576, 1536), (1536, 576)] {
+        let mut w: GroupFixed = cpu.ingest(&bf16_weights(n, k), DType::BF16, n, k, DEFAULT_INGEST).unwrap();
+        align_row_exponents(&mut w, MATMUL_MAX_SPREAD);
+        let x = activations(TOKENS, k);
+        let re = linear::row_exps(&w);
+        let mut g = c.benchmark_group(format!("matmul_{TOKENS}x{k}_to_{n}"));
+        g.throughput(Throughput::Elements((TOKENS * k * n) as u64));
+        g.sample_size(10);
+        let reference = || {
+            let mut sums = vec![0i64; TOKENS * n];
+            sums.par_chunks_mut(n).enumerate().for_each(|(t, out)| linear::matmul_rows(&x, &w, &re, t, out));
+            sums
+        };
+        assert_eq!(matmul_fast::matmul(&x, &w, &re), reference(), "the fast path must give the same bits");
+        g.bench_function("scalar_reference", |b| b.iter(|| black_box(reference())));
+        g.bench_function("fast_portable", |b| b.iter(|| black_box(matmul_fast::matmul_with(&x, &w, &re, false))));
+        g.bench_function("fast", |b| b.iter(|| black_box(matmul_fast::matmul(&x, &w, &re))));
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench, bench_matmul);
 criterion_main!(benches);

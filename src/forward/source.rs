@@ -14,7 +14,7 @@ use crate::pack::{OpenFiles, Pack, TensorEntry};
 
 pub enum Source {
     Model(Model),
-    Pack { pack: Pack, config: ModelConfig, files: OpenFiles },
+    Pack { pack: Box<Pack>, config: ModelConfig, files: OpenFiles },
 }
 
 impl Source {
@@ -34,7 +34,7 @@ impl Source {
                 )));
             }
             let config = ModelConfig::load(dir)?;
-            return Ok(Source::Pack { pack, config, files: OpenFiles::default() });
+            return Ok(Source::Pack { pack: Box::new(pack), config, files: OpenFiles::default() });
         }
         Ok(Source::Model(Model::open(dir)?))
     }

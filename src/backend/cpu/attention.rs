@@ -93,9 +93,9 @@ pub fn head_output(
     let mut scores = vec![0i64; t + 1];
     let mut m = i64::MIN;
     let mut ev = i32::MIN;
-    for j in 0..=t {
-        scores[j] = score(q, k, s, t, h, j);
-        m = m.max(scores[j]);
+    for (j, sj) in scores.iter_mut().enumerate() {
+        *sj = score(q, k, s, t, h, j);
+        m = m.max(*sj);
         ev = ev.max(v.exps[j]);
     }
     let cap = 32i64 << 20;

@@ -11,6 +11,7 @@ pub mod add;
 pub mod attention;
 pub mod ingest;
 pub mod linear;
+pub mod matmul_fast;
 pub mod nll;
 pub mod norm;
 pub mod quant;
@@ -158,8 +159,8 @@ impl Backend for CpuBackend {
     fn matmul(&self, x: &TokenFixed, w: &GroupFixed) -> Result<ExactSums, Error> {
         check_matmul_args(x, w)?;
         let re = linear::row_exps(w);
-        let mut sums = vec![0i64; x.tokens * w.rows];
-        sums.par_chunks_mut(w.rows.max(1)).enumerate().for_each(|(t, out)| linear::matmul_rows(x, w, &re, t, out));
+        // Same bits as `linear::matmul_rows` (the readable twin of shaders/matmul.wgsl).
+        let sums = matmul_fast::matmul(x, w, &re);
         Ok(ExactSums { tokens: x.tokens, n: w.rows, sums, row_exps: re })
     }
 
