@@ -13,7 +13,7 @@
 //! 5. Per token, the heads' outputs (exponent Ev per head) are renormalised to `bits`
 //!    (largest top bit first, half even).
 
-use super::act::{ExpConsts, exp_neg_q30};
+use super::act::ExpConsts;
 use super::linear::{bitlen, shr_round_any};
 use crate::backend::TokenFixed;
 
@@ -41,16 +41,17 @@ pub fn score(q: &TokenFixed, k: &TokenFixed, s: &AttnShape, t: usize, h: usize, 
     let g = h / (s.heads / s.kv_heads);
     let qa = &q.mants[t * q.width + h * d..][..d];
     let ka = &k.mants[j * k.width + g * d..][..d];
-    // A plain loop rather than iterator closures: closures do not inherit the caller's
-    // target features, and this is the hot loop of the AVX2 build.
-    let mut dot = 0i64;
-    for i in 0..d {
-        dot += qa[i] as i64 * ka[i] as i64;
-    }
+    let dot: i64 = qa.iter().zip(ka).map(|(&a, &b)| a as i64 * b as i64).sum();
+    score_from_dot(dot, q.exps[t] + k.exps[j] - 10, s.scale_q30)
+}
+
+/// Step 1 after the exact dot product: round to 31 bits, scale, shift to Q20 (saturated);
+/// `e_base` = eq + ek − 10.
+pub fn score_from_dot(dot: i64, e_base: i32, scale_q30: u32) -> i64 {
     let sh = (bitlen(dot.unsigned_abs()) - 31).max(0);
     let dot32 = shr_round_any(dot, sh as u32);
-    let prod = dot32 * s.scale_q30 as i64; // < 2^61
-    let e = q.exps[t] + k.exps[j] + sh - 10;
+    let prod = dot32 * scale_q30 as i64; // < 2^61
+    let e = e_base + sh;
     let lim = 1i64 << 61;
     if e >= 0 {
         if e >= 62 || prod.unsigned_abs() > (lim as u64) >> e {
@@ -67,6 +68,46 @@ pub fn score(q: &TokenFixed, k: &TokenFixed, s: &AttnShape, t: usize, h: usize, 
     } else {
         shr_round_any(prod, (-e) as u32)
     }
+}
+
+/// `shr_round_any` for |a| < 2^62 written without branches (selects only), so that loops
+/// over keys vectorise. Equal to it on that domain (tested).
+#[inline(always)]
+pub fn shr_round_lane(a: i64, s: u32) -> i64 {
+    let k = s.min(62);
+    let nz = (k != 0) as i64;
+    let half = (1i64 << k) >> 1;
+    // a + 2^(k-1) − 1 + (quotient odd) < 2^63 for |a| < 2^62: rounds half to even.
+    let r = (a + half - nz + (((a >> k) & 1) & nz)) >> k;
+    if s >= 63 { 0 } else { r }
+}
+
+/// `score_from_dot` without branches (tested equal).
+#[inline(always)]
+pub fn score_lane(dot: i64, e_base: i32, scale_q30: u32) -> i64 {
+    let bl = 64 - dot.unsigned_abs().leading_zeros() as i32;
+    let sh = (bl - 31).max(0);
+    let prod = shr_round_lane(dot, sh as u32) * scale_q30 as i64;
+    let e = e_base + sh;
+    let lim = 1i64 << 61;
+    let ec = e.clamp(0, 62) as u32;
+    let fits = e < 62 && prod.unsigned_abs() <= (lim as u64) >> ec;
+    let up = if fits { prod << ec } else { prod.signum() * lim };
+    let down = shr_round_lane(prod, (-e).max(0) as u32);
+    if e >= 0 { up } else { down }
+}
+
+/// `act::exp_neg_q30` without branches (tested equal for every input it accepts).
+#[inline(always)]
+pub fn exp_neg_q30_lane(x_q20: u32, c: &ExpConsts) -> u32 {
+    let t = shr_round_lane((x_q20 as u64 * c.log2e_q30 as u64) as i64, 22) as u64;
+    let n = (t >> 28) as u32;
+    let f = (t & 0xfff_ffff) as u32;
+    let (j, r) = (f >> 20, f & 0xf_ffff);
+    let a = shr_round_lane((r as u64 * c.ln2_q30 as u64) as i64, 28) as u64;
+    let poly = (1u64 << 30) - a + shr_round_lane((a * a) as i64, 31) as u64;
+    let m = shr_round_lane((c.table[j as usize] as u64 * poly) as i64, 30);
+    if n >= 40 { 0 } else { shr_round_lane(m, n) as u32 }
 }
 
 /// round_half_even(a / z) for z > 0.
@@ -89,21 +130,36 @@ pub fn head_output(
     let d = s.head_dim;
     let g = h / (s.heads / s.kv_heads);
     // Each score and weight is computed once and kept for this query (t + 1 values, not a
-    // seq×seq buffer); the WGSL kernel recomputes them per pass instead. Same values.
+    // seq×seq buffer); the WGSL kernel recomputes them per pass instead. Same values: the
+    // lane versions below are tested equal to `score_from_dot` and `act::exp_neg_q30`.
+    let qa = &q.mants[t * q.width + h * d..][..d];
     let mut scores = vec![0i64; t + 1];
+    // Exact dot products first (the inner loop vectorises), then the scores from them and
+    // the weights, each a branch-free loop over keys.
+    for (j, sj) in scores.iter_mut().enumerate() {
+        let ka = &k.mants[j * k.width + g * d..][..d];
+        let mut dot = 0i64;
+        for i in 0..d {
+            dot += qa[i] as i64 * ka[i] as i64;
+        }
+        *sj = dot;
+    }
+    let e_q = q.exps[t] - 10;
     let mut m = i64::MIN;
     let mut ev = i32::MIN;
-    for (j, sj) in scores.iter_mut().enumerate() {
-        *sj = score(q, k, s, t, h, j);
+    for (sj, &ek) in scores.iter_mut().zip(&k.exps[..=t]) {
+        *sj = score_lane(*sj, e_q + ek, s.scale_q30);
         m = m.max(*sj);
-        ev = ev.max(v.exps[j]);
+    }
+    for &e in &v.exps[..=t] {
+        ev = ev.max(e);
     }
     let cap = 32i64 << 20;
     let mut w = vec![0i64; t + 1];
     let mut z = 0i64;
-    for j in 0..=t {
-        w[j] = exp_neg_q30((m - scores[j]).min(cap) as u32, ec) as i64;
-        z += w[j];
+    for (wj, &sj) in w.iter_mut().zip(&scores) {
+        *wj = exp_neg_q30_lane((m - sj).min(cap) as u32, ec) as i64;
+        z += *wj;
     }
     let mut acc = vec![0i64; d];
     for (j, &wj) in w.iter().enumerate() {
@@ -140,6 +196,14 @@ pub fn attention_token(
     out: &mut [i32],
 ) -> i32 {
     #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512dq")
+    {
+        // SAFETY: the CPU has these features (checked just above).
+        return unsafe { attention_token_avx512(q, k, v, s, ec, bits, t, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).
         return unsafe { attention_token_avx2(q, k, v, s, ec, bits, t, out) };
@@ -153,6 +217,23 @@ pub fn attention_token(
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attention_token_avx2(
+    q: &TokenFixed,
+    k: &TokenFixed,
+    v: &TokenFixed,
+    s: &AttnShape,
+    ec: &ExpConsts,
+    bits: u32,
+    t: usize,
+    out: &mut [i32],
+) -> i32 {
+    attention_token_body(q, k, v, s, ec, bits, t, out)
+}
+
+/// With AVX-512 the 64-bit arithmetic shifts and products of the weighted sums are native.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attention_token_avx512(
     q: &TokenFixed,
     k: &TokenFixed,
     v: &TokenFixed,
@@ -196,4 +277,41 @@ fn attention_token_body(
         }
     }
     e_out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::act::exp_neg_q30;
+
+    #[test]
+    fn lane_versions_equal_the_reference() {
+        let ec = ExpConsts::new();
+        // Every input exp_neg_q30 accepts.
+        for x in 0..=(32u32 << 20) {
+            assert_eq!(exp_neg_q30_lane(x, &ec), exp_neg_q30(x, &ec), "x = {x}");
+        }
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..2_000_000u64 {
+            let r = next();
+            // dots up to 2^42 in magnitude at every bit length, exponents across saturation.
+            let bits = (r % 43) as u32;
+            let mag = (next() >> (64 - bits.max(1))) as i64;
+            let dot = if r & (1 << 40) != 0 { -mag } else { mag };
+            let dot = if i % 97 == 0 { 0 } else { dot };
+            let e_base = (next() % 140) as i32 - 90;
+            let scale = 1 + (next() % (1 << 30)) as u32;
+            assert_eq!(score_lane(dot, e_base, scale), score_from_dot(dot, e_base, scale), "{dot} {e_base} {scale}");
+            let a = (next() >> 2) as i64 * if r & 2 != 0 { -1 } else { 1 };
+            let a = a >> (next() % 62);
+            let sh = (next() % 80) as u32;
+            assert_eq!(shr_round_lane(a, sh), shr_round_any(a, sh), "{a} {sh}");
+        }
+    }
 }

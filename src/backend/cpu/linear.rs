@@ -63,22 +63,40 @@ pub fn renorm_row(z: &[i64], bits: u32, out: &mut [i32]) -> Option<i32> {
 
 /// Renormalise token `t`: shared exponent from the largest output, then `bits`-bit mantissas.
 pub fn renorm_token(sums: &[i64], x_exp: i32, re: &[i32], bits: u32, mants: &mut [i32]) -> i32 {
-    let mut top: Option<i32> = None;
-    for (o, &s) in sums.iter().enumerate() {
-        if s != 0 {
-            let t = x_exp + re[o] + (64 - s.unsigned_abs().leading_zeros()) as i32;
-            top = Some(top.map_or(t, |v| v.max(t)));
-        }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
+        // SAFETY: the CPU has these features (checked just above).
+        return unsafe { renorm_token_avx512(sums, x_exp, re, bits, mants) };
     }
-    let Some(top) = top else {
+    renorm_token_body(sums, x_exp, re, bits, mants)
+}
+
+/// The same integer code with AVX-512's 64-bit shifts and counts, so the loops vectorise.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512cd")]
+unsafe fn renorm_token_avx512(sums: &[i64], x_exp: i32, re: &[i32], bits: u32, mants: &mut [i32]) -> i32 {
+    renorm_token_body(sums, x_exp, re, bits, mants)
+}
+
+#[inline(always)]
+fn renorm_token_body(sums: &[i64], x_exp: i32, re: &[i32], bits: u32, mants: &mut [i32]) -> i32 {
+    let mut top = i32::MIN;
+    for (&s, &r) in sums.iter().zip(re) {
+        let t = r + (64 - s.unsigned_abs().leading_zeros()) as i32;
+        top = top.max(if s != 0 { t } else { i32::MIN });
+    }
+    if top == i32::MIN {
         mants.fill(0);
         return 0;
-    };
-    let e = top - (bits as i32 - 1);
-    for (o, (&s, m)) in sums.iter().zip(mants.iter_mut()).enumerate() {
-        let d = x_exp + re[o] - e;
-        // d > 0 only for values with bitlen(s) <= bits - 1 - d: the shift cannot overflow.
-        *m = if d >= 0 { (s << d) as i32 } else { shr_round_any(s, (-d) as u32) as i32 };
+    }
+    let e = x_exp + top - (bits as i32 - 1);
+    for ((&s, &r), m) in sums.iter().zip(re).zip(mants.iter_mut()) {
+        let d = x_exp + r - e;
+        // d > 0 only for values with bitlen(s) <= bits - 1 - d (or s = 0): the shift cannot
+        // overflow. |s| < 2^61, inside `shr_round_lane`'s domain.
+        let up = (s << d.clamp(0, 63)) as i32;
+        let down = super::attention::shr_round_lane(s, (-d).max(0) as u32) as i32;
+        *m = if d >= 0 { up } else { down };
     }
     e
 }
