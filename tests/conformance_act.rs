@@ -102,3 +102,27 @@ fn swiglu_splits_over_small_bindings() {
         assert_eq!(gpu.swiglu(&g, &u, &c, 16).unwrap(), want, "{label}");
     }
 }
+
+/// Mesa llvmpipe silently stops every loop of an invocation after 65535 iterations in all
+/// (gallivm LP_MAX_TGSI_LOOP_ITERATIONS): a real-model width (1536) made swiglu return
+/// zeros there. The backend must refuse such a call with a clear error, and still agree
+/// with the CPU below the limit.
+#[test]
+fn llvmpipe_loop_limit_is_an_error_not_wrong_bits() {
+    let c = ExpConsts::new();
+    let cpu = CpuBackend::new();
+    for (label, gpu) in common::gpu_backends() {
+        for w in [400usize, 1536] {
+            let (g, u) = pair(2, w, 77);
+            let want = cpu.swiglu(&g, &u, &c, 18).unwrap();
+            match gpu.swiglu(&g, &u, &c, 18) {
+                Ok(got) => assert_eq!(got, want, "{label} width {w}"),
+                Err(e) => {
+                    assert!(gpu.describe().contains("llvmpipe"), "{label}: unexpected error {e}");
+                    assert!(w == 1536 && e.to_string().contains("65535"), "{label} width {w}: {e}");
+                    println!("{label}: width {w} refused: {e}");
+                }
+            }
+        }
+    }
+}

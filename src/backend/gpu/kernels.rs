@@ -71,6 +71,7 @@ impl Backend for GpuBackend {
         params: IngestParams,
     ) -> Result<GroupFixed, KernelError> {
         check_ingest_args(src, dtype, rows, cols, params)?;
+        self.check_loops("ingest", 2 * params.group_size as u64)?;
         let gpr = cols.div_ceil(params.group_size as usize);
         let mut exponents = vec![0i32; rows * gpr];
         let mut mantissas = vec![0i32; rows * cols];
@@ -126,6 +127,8 @@ impl Backend for GpuBackend {
         base_exp: i32,
     ) -> Result<QuantTensor, Error> {
         check_quantize_args(x, importance, p)?;
+        // 257 scale codes × 3 zero points, each evaluating the group, plus a few passes.
+        self.check_loops("quantize", 775 * (p.group_size as u64 + 1))?;
         let (rows, cols) = (x.rows, x.cols);
         let gpr = x.groups_per_row();
         let mut codes = vec![0u8; rows * cols];
@@ -228,6 +231,7 @@ impl Backend for GpuBackend {
 
     fn matmul(&self, x: &TokenFixed, w: &GroupFixed) -> Result<ExactSums, Error> {
         check_matmul_args(x, w)?;
+        self.check_loops("matmul", (w.cols + w.groups_per_row()) as u64)?;
         let (t, n, k) = (x.tokens, w.rows, w.cols);
         let gpr = w.groups_per_row();
         let re = crate::backend::cpu::linear::row_exps(w);
@@ -278,6 +282,7 @@ impl Backend for GpuBackend {
 
     fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error> {
         check_renorm_args(s, x_exps, bits)?;
+        self.check_loops("renorm", 3 * s.n as u64)?;
         let (t, n) = (s.tokens, s.n);
         let mut mants = vec![0i32; t * n];
         let mut exps = vec![0i32; t];
@@ -313,6 +318,7 @@ impl Backend for GpuBackend {
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         crate::backend::check_rms_args(x, gamma, c, bits)?;
+        self.check_loops("rms_norm", 4 * x.width as u64 + 2)?;
         let w = x.width;
         let shared = [&self.upload_i32("rms.gamma", &gamma.mantissas), &self.upload_words("rms.seed", &c.seed)];
         self.token_op("rmsnorm.wgsl", "rmsnorm", x.tokens, w, &shared, |t0, t1| {
@@ -344,6 +350,10 @@ impl Backend for GpuBackend {
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         crate::backend::check_swiglu_args(gate, up, c, bits)?;
+        // Two passes, each with a 32-step division per element, and a zero fill. llvmpipe
+        // counted about 51.6 iterations per element and pass here (measured: width 800 stops
+        // at element 470 of the second pass), more than the 33 written in the shader.
+        self.check_loops("swiglu", 105 * gate.width as u64)?;
         let w = gate.width;
         let shared = [&self.upload_words("swiglu.table", &c.table)];
         self.token_op("swiglu.wgsl", "swiglu", gate.tokens, w, &shared, |t0, t1| {
@@ -366,6 +376,7 @@ impl Backend for GpuBackend {
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         crate::backend::check_rope_args(x, positions, t, bits)?;
+        self.check_loops("rope", 3 * x.width as u64)?;
         let w = x.width;
         let shared = [&self.upload_i32("rope.cos", &t.cos), &self.upload_i32("rope.sin", &t.sin)];
         self.token_op("rope.wgsl", "rope", x.tokens, w, &shared, |t0, t1| {
@@ -381,6 +392,7 @@ impl Backend for GpuBackend {
 
     fn add(&self, x: &TokenFixed, y: &TokenFixed, bits: u32) -> Result<TokenFixed, Error> {
         crate::backend::check_add_args(x, y, bits)?;
+        self.check_loops("add", 3 * x.width as u64)?;
         let w = x.width;
         self.token_op("add.wgsl", "add", x.tokens, w, &[], |t0, t1| {
             let params = vec![(t1 - t0) as u32, w as u32, bits, 0];
@@ -402,6 +414,7 @@ impl Backend for GpuBackend {
         lc: &crate::backend::cpu::nll::LogConsts,
     ) -> Result<Vec<i64>, Error> {
         crate::backend::check_nll_args(l, targets)?;
+        self.check_loops("nll", 2 * l.width as u64 + 2)?;
         let (n, v) = (l.tokens, l.width);
         let mut out = Vec::with_capacity(n);
         if n == 0 {
@@ -438,6 +451,13 @@ impl Backend for GpuBackend {
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         crate::backend::check_attention_args(q, k, v, s, bits)?;
+        // Per (query, head): three passes over the prefix recomputing d-long dots, the
+        // weighted sum, the 19-step division per output; then the renormalisation.
+        let (t, d) = (q.tokens as u64, s.head_dim as u64);
+        // (The nested 19-step division is counted at twice its length, as swiglu's 32-step
+        // one measured about 1.6 times.)
+        self.check_loops("attention", t * (4 * d + 3) + 40 * d)?;
+        self.check_loops("attention renorm", 3 * q.width as u64)?;
         let (t, w) = (q.tokens, q.width);
         // One window at a time: its q, k, v and head outputs must fit a binding.
         self.rows_per_chunk(w, 4).and_then(|n| {

@@ -79,7 +79,15 @@ pub struct GpuBackend {
     /// First uncaptured device error; checked after every submission.
     error: Arc<Mutex<Option<String>>>,
     pub mem: Arc<MemStats>,
+    /// Most loop iterations one invocation may run on this driver, where it has a limit.
+    loop_limit: Option<u64>,
 }
+
+/// Mesa's llvmpipe (the software Vulkan and GL adapters) stops every loop of a shader
+/// invocation once the invocation has run this many loop iterations in all (gallivm
+/// `LP_MAX_TGSI_LOOP_ITERATIONS`, "shared between every loop"), silently: the results are
+/// then wrong, not missing. Hardware drivers have no such limit.
+pub const LLVMPIPE_LOOP_LIMIT: u64 = 65535;
 
 impl GpuBackend {
     pub fn open(adapter: &wgpu::Adapter) -> Result<GpuBackend> {
@@ -104,6 +112,7 @@ impl GpuBackend {
                 *s = Some(e.to_string());
             }
         }));
+        let loop_limit = info.name.contains("llvmpipe").then_some(LLVMPIPE_LOOP_LIMIT);
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let max_groups_per_dim = limits.max_compute_workgroups_per_dimension;
         Ok(GpuBackend {
@@ -114,9 +123,25 @@ impl GpuBackend {
             pipelines: Mutex::default(),
             max_binding,
             max_groups_per_dim,
+            loop_limit,
             error,
             mem: Arc::default(),
         })
+    }
+
+    /// Refuse a kernel call whose invocations would loop more often than this driver
+    /// allows (see `LLVMPIPE_LOOP_LIMIT`): an error instead of silently wrong bits.
+    /// `iters` is an upper bound of one invocation's loop iterations, from the shader.
+    pub(crate) fn check_loops(&self, kernel: &str, iters: u64) -> Result<()> {
+        match self.loop_limit {
+            Some(limit) if iters > limit => Err(bad_input!(
+                "{}: the {kernel} kernel would run up to {iters} loop iterations per invocation here; \
+                 this driver (Mesa llvmpipe) silently stops shaders after {limit}, so its results would \
+                 be wrong: use --device cpu (or a hardware GPU) for this size",
+                self.info.name
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Lower the binding-size and grid limits so tests can exercise the splitting paths on
