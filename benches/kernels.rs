@@ -5,8 +5,9 @@
 //!
 //! The exact matmul (512 tokens through SmolLM2's 576→1536 and 1536→576 shapes) runs the
 //! scalar reference `linear::matmul_rows` (parallel over tokens, as the CPU backend did
-//! before) beside the f64 path's portable kernel and its AVX2 one (`matmul_fast::matmul`,
-//! what the backend runs); criterion's "elem/s" there is multiply-adds per second.
+//! before) beside every kernel this CPU can run (`matmul_fast::Kernel`: the f64 path's
+//! portable and AVX2 kernels, the AVX-512 VNNI one) and `matmul_fast::matmul` (what the
+//! backend runs: the best of them); criterion's "elem/s" there is multiply-adds per second.
 //!
 //!     cargo bench --bench kernels
 
@@ -14,6 +15,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
 use rayon::prelude::*;
+use ucw::backend::cpu::matmul_fast::Kernel;
 use ucw::backend::cpu::{CpuBackend, linear, matmul_fast};
 use ucw::backend::device::Devices;
 use ucw::backend::{Backend, GroupFixed, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents};
@@ -120,7 +122,18 @@ fn bench_matmul(c: &mut Criterion) {
         };
         assert_eq!(matmul_fast::matmul(&x, &w, &re), reference(), "the fast path must give the same bits");
         g.bench_function("scalar_reference", |b| b.iter(|| black_box(reference())));
-        g.bench_function("fast_portable", |b| b.iter(|| black_box(matmul_fast::matmul_with(&x, &w, &re, false))));
+        for kernel in [Kernel::Portable, Kernel::Avx2, Kernel::Vnni] {
+            if !kernel.available() {
+                continue; // it would time the fallback
+            }
+            assert_eq!(
+                matmul_fast::matmul_with(&x, &w, &re, kernel),
+                reference(),
+                "{kernel:?} must give the same bits"
+            );
+            let name = format!("fast_{kernel:?}").to_lowercase();
+            g.bench_function(name, |b| b.iter(|| black_box(matmul_fast::matmul_with(&x, &w, &re, kernel))));
+        }
         g.bench_function("fast", |b| b.iter(|| black_box(matmul_fast::matmul(&x, &w, &re))));
         g.finish();
     }

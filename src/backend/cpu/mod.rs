@@ -12,6 +12,7 @@ pub mod attention;
 pub mod ingest;
 pub mod linear;
 pub mod matmul_fast;
+pub mod matmul_vnni;
 pub mod nll;
 pub mod norm;
 pub mod quant;

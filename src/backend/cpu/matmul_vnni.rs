@@ -1,0 +1,292 @@
+//! The CPU matmul with AVX-512 VNNI integer dot products (`vpdpwssd`: pairs of i16 × i16
+//! products summed into i32 lanes): the same sums as `linear::matmul_rows`, bit for bit.
+//!
+//! Why it is exact (every step is integer arithmetic that cannot overflow):
+//! - Activations (|a| <= 2^17, `check_matmul_args`) are split as a = a_hi·2^9 + a_lo with
+//!   a_lo = a & 511 in [0, 511] and a_hi = a >> 9 (arithmetic) in [-256, 256]: both i16.
+//! - Weights are i16 as they are, except values outside [-2^15, 2^15) (only +2^15 under the
+//!   contract |m| <= 2^15, e.g. from f32 sources whose group maximum rounds up): those are
+//!   stored as 0 and listed as corrections, added afterwards as a·m exactly in i64.
+//! - Per (token, row, group) two i32 lanes accumulate S_lo = Σ a_lo·m and S_hi = Σ a_hi·m
+//!   over the group's <= 64 columns (32 pairs). |a_lo·m| <= 511·2^15 < 2^24, so every partial
+//!   sum of S_lo has magnitude < 64·2^24 = 2^30; |a_hi·m| <= 2^8·2^15 = 2^23, so |S_hi| <=
+//!   2^29. Both fit i32 (`vpdpwssd` wraps, but nothing here reaches 2^31).
+//! - The group sum S_hi·2^9 + S_lo (|.| <= 2^38) is formed in i64, shifted by the group's
+//!   exponent above the row's smallest (<= 16) and summed in i64, as the reference does
+//!   (< 2^61). Corrections (a·m·2^shift, |.| <= 2^17·2^31·2^16 only for out-of-contract
+//!   weights; 2^48 for m = 2^15) are added into the same i64 sums.
+//!
+//! Integer sums do not depend on order, so the tiling cannot change a bit.
+//!
+//! Layout: weights are packed once per call into row tiles of `ROW_TILE` rows (lanes =
+//! rows): for each column pair, `ROW_TILE` i32 words each holding a row's two i16 weights.
+//! Activations are packed once per call into tiles of `TOK_TILE` tokens: for each pair, the
+//! tile's a_hi pairs then its a_lo pairs (each broadcast to every lane). Groups are padded
+//! with zero columns to whole pairs (a zero adds nothing). The output is split into fixed
+//! blocks of `TOKENS_PER_BLOCK` × `ROWS_PER_BLOCK` (one rayon task each, independent of the
+//! thread count, never overlapping).
+
+use rayon::prelude::*;
+
+use crate::backend::{GroupFixed, TokenFixed};
+
+/// Bits of an activation's low part a_lo (unsigned).
+const LO_BITS: u32 = 9;
+/// Tokens per micro-kernel tile.
+const TOK_TILE: usize = 6;
+/// i32 lanes per vector (`__m512i`: the 256-bit form of the same kernel, 8 lanes, measured
+/// 70 GMAC/s against 88 here on both SmolLM2 shapes; see benches/kernels.rs).
+const LANES: usize = 16;
+/// Vectors of rows per micro-kernel tile: 2·TOK_TILE·ROW_VECS accumulators (hi and lo) plus
+/// ROW_VECS weights and a broadcast fit AVX-512's 32 vector registers.
+const ROW_VECS: usize = 2;
+/// Weight rows per micro-kernel tile (one i32 lane each).
+const ROW_TILE: usize = LANES * ROW_VECS;
+/// Tokens per block (a multiple of TOK_TILE).
+const TOKENS_PER_BLOCK: usize = 96;
+/// Weight rows per block (a multiple of ROW_TILE).
+const ROWS_PER_BLOCK: usize = 96;
+const _: () = assert!(TOKENS_PER_BLOCK.is_multiple_of(TOK_TILE) && ROWS_PER_BLOCK.is_multiple_of(ROW_TILE));
+// Accumulators and weights, and one more register for a broadcast.
+const _: () = assert!(2 * TOK_TILE * ROW_VECS + ROW_VECS < 32);
+
+/// Whether this CPU has what the kernel needs (AVX-512 F/BW/VL and VNNI).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Exact sums `[x.tokens, w.rows]` (row-major), identical to `linear::matmul_rows` over all
+/// tokens, or None when the CPU lacks the features (`available()`). Expects arguments that
+/// passed `check_matmul_args` and `re = linear::row_exps(w)`.
+pub fn matmul(x: &TokenFixed, w: &GroupFixed, re: &[i32]) -> Option<Vec<i64>> {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        return Some(blocked(x, w, re));
+    }
+    let _ = (x, w, re);
+    None
+}
+
+/// Column layout of the packed operands: groups of `g` columns padded to `pg` pairs.
+#[derive(Clone, Copy)]
+struct Shape {
+    k: usize,
+    g: usize,
+    gpr: usize,
+    /// Pairs per (padded) group.
+    pg: usize,
+    /// Pairs per (padded) row, `gpr * pg`.
+    pairs: usize,
+}
+
+impl Shape {
+    fn new(w: &GroupFixed) -> Shape {
+        let (k, g, gpr) = (w.cols, w.params.group_size as usize, w.groups_per_row());
+        let pg = g.div_ceil(2);
+        Shape { k, g, gpr, pg, pairs: gpr * pg }
+    }
+}
+
+/// Two i16 values as one i32 word (`lo` in the low half, as `vpdpwssd` pairs them).
+#[inline]
+fn pair(lo: i32, hi: i32) -> i32 {
+    (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32
+}
+
+/// Weights as i16 pairs, `[row tiles][pairs][ROW_TILE]` (zero rows pad the last tile), and the
+/// (row, column) of every weight outside i16, stored as 0 (its product is added in i64).
+fn pack_weights(w: &GroupFixed, s: Shape) -> (Vec<i32>, Vec<(usize, usize)>) {
+    let tiles = w.rows.div_ceil(ROW_TILE);
+    let mut out = vec![0i32; tiles * s.pairs * ROW_TILE];
+    let fixes = out
+        .par_chunks_mut(s.pairs * ROW_TILE)
+        .enumerate()
+        .flat_map_iter(|(q, dst)| {
+            let mut fixes = Vec::new();
+            for lane in 0..ROW_TILE.min(w.rows.saturating_sub(q * ROW_TILE)) {
+                let r = q * ROW_TILE + lane;
+                let row = &w.mantissas[r * s.k..(r + 1) * s.k];
+                let mut fit = |c: usize| match i16::try_from(row[c]) {
+                    Ok(v) => v as i32,
+                    Err(_) => {
+                        fixes.push((r, c));
+                        0
+                    }
+                };
+                for gi in 0..s.gpr {
+                    let (c0, c1) = (gi * s.g, ((gi + 1) * s.g).min(s.k));
+                    for (j, c) in (c0..c1).step_by(2).enumerate() {
+                        let lo = fit(c);
+                        let hi = if c + 1 < c1 { fit(c + 1) } else { 0 };
+                        dst[(gi * s.pg + j) * ROW_TILE + lane] = pair(lo, hi);
+                    }
+                }
+            }
+            fixes
+        })
+        .collect();
+    (out, fixes)
+}
+
+/// Activations as `[token tiles][pairs][hi TOK_TILE, lo TOK_TILE]` i16 pairs (zero tokens pad
+/// the last tile): a = hi·2^LO_BITS + lo, lo in [0, 2^LO_BITS), |hi| <= 2^(17 - LO_BITS).
+fn pack_acts(x: &TokenFixed, s: Shape) -> Vec<i32> {
+    let tiles = x.tokens.div_ceil(TOK_TILE);
+    let mut out = vec![0i32; tiles * s.pairs * 2 * TOK_TILE];
+    let mask = (1 << LO_BITS) - 1;
+    out.par_chunks_mut(s.pairs * 2 * TOK_TILE).enumerate().for_each(|(tt, dst)| {
+        for lt in 0..TOK_TILE.min(x.tokens - tt * TOK_TILE) {
+            let a = &x.mants[(tt * TOK_TILE + lt) * s.k..][..s.k];
+            for gi in 0..s.gpr {
+                let (c0, c1) = (gi * s.g, ((gi + 1) * s.g).min(s.k));
+                for (j, c) in (c0..c1).step_by(2).enumerate() {
+                    let (a0, a1) = (a[c], if c + 1 < c1 { a[c + 1] } else { 0 });
+                    let at = (gi * s.pg + j) * 2 * TOK_TILE + lt;
+                    dst[at] = pair(a0 >> LO_BITS, a1 >> LO_BITS);
+                    dst[at + TOK_TILE] = pair(a0 & mask, a1 & mask);
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `[row tiles][gpr][ROW_TILE]`: each group's exponent above its row's smallest (0..=16);
+/// padding rows get 0.
+fn pack_shifts(w: &GroupFixed, re: &[i32], s: Shape) -> Vec<i64> {
+    let mut out = vec![0i64; w.rows.div_ceil(ROW_TILE) * s.gpr * ROW_TILE];
+    for r in 0..w.rows {
+        for gi in 0..s.gpr {
+            let sh = w.exponents[r * s.gpr + gi] - re[r];
+            debug_assert!((0..=crate::backend::MATMUL_MAX_SPREAD).contains(&sh));
+            out[((r / ROW_TILE) * s.gpr + gi) * ROW_TILE + r % ROW_TILE] = sh as i64;
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+fn blocked(x: &TokenFixed, w: &GroupFixed, re: &[i32]) -> Vec<i64> {
+    let (tokens, n) = (x.tokens, w.rows);
+    let s = Shape::new(w);
+    let mut sums = vec![0i64; tokens * n];
+    if n == 0 || tokens == 0 || s.pairs == 0 {
+        return sums; // no rows, no tokens, or no columns: every sum is empty
+    }
+    let (wp, fixes) = pack_weights(w, s);
+    let ap = pack_acts(x, s);
+    let shifts = pack_shifts(w, re, s);
+    let (a_tile, w_tile, s_tile) = (s.pairs * 2 * TOK_TILE, s.pairs * ROW_TILE, s.gpr * ROW_TILE);
+    sums.par_chunks_mut(TOKENS_PER_BLOCK * n).enumerate().for_each(|(tb, chunk)| {
+        let t0 = tb * TOKENS_PER_BLOCK;
+        // Each block's rectangle of the output, as one slice per token.
+        let mut blocks: Vec<Vec<&mut [i64]>> = (0..n.div_ceil(ROWS_PER_BLOCK)).map(|_| Vec::new()).collect();
+        for row in chunk.chunks_mut(n) {
+            for (b, part) in blocks.iter_mut().zip(row.chunks_mut(ROWS_PER_BLOCK)) {
+                b.push(part);
+            }
+        }
+        blocks.into_par_iter().enumerate().for_each(|(rb, mut out)| {
+            let r0 = rb * ROWS_PER_BLOCK;
+            let (nt, nr) = (out.len(), out[0].len());
+            let mut acc = [0i64; TOK_TILE * ROW_TILE];
+            for lt0 in (0..nt).step_by(TOK_TILE) {
+                let a = &ap[(t0 + lt0) / TOK_TILE * a_tile..][..a_tile];
+                for lr0 in (0..nr).step_by(ROW_TILE) {
+                    let q = (r0 + lr0) / ROW_TILE;
+                    let (wq, sq) = (&wp[q * w_tile..][..w_tile], &shifts[q * s_tile..][..s_tile]);
+                    // SAFETY: `blocked` only runs where `available()`.
+                    unsafe { avx512::tile(s, a, wq, sq, &mut acc) };
+                    for (lt, dst) in out[lt0..(lt0 + TOK_TILE).min(nt)].iter_mut().enumerate() {
+                        let len = ROW_TILE.min(nr - lr0);
+                        dst[lr0..lr0 + len].copy_from_slice(&acc[lt * ROW_TILE..][..len]);
+                    }
+                }
+            }
+            // Weights outside i16 (rare): a·m·2^shift, exactly, into the same i64 sums.
+            let start = fixes.partition_point(|&(r, _)| r < r0);
+            for &(r, c) in fixes[start..].iter().take_while(|&&(r, _)| r < r0 + nr) {
+                let sh = w.exponents[r * s.gpr + c / s.g] - re[r];
+                let m = w.mantissas[r * s.k + c] as i64;
+                for (lt, dst) in out.iter_mut().enumerate() {
+                    let a = x.mants[(t0 + lt) * s.k + c] as i64;
+                    dst[r - r0] = dst[r - r0].wrapping_add((a * m) << sh);
+                }
+            }
+        });
+    });
+    sums
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{LANES, LO_BITS, ROW_TILE, ROW_VECS, Shape, TOK_TILE};
+    use std::arch::x86_64::*;
+
+    /// One tile's sums: `acc[t·ROW_TILE + r]` = Σ over all groups of (group sum << shift)
+    /// for token t and row r of the tile (`a`: one packed token tile, `w`: one packed row
+    /// tile, `sh`: its shifts).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VL and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn tile(s: Shape, a: &[i32], w: &[i32], sh: &[i64], acc: &mut [i64; TOK_TILE * ROW_TILE]) {
+        // Every access below stays inside these bounds.
+        assert!(a.len() == s.pairs * 2 * TOK_TILE && w.len() == s.pairs * ROW_TILE && sh.len() == s.gpr * ROW_TILE);
+        let (a, w, shp, out) = (a.as_ptr(), w.as_ptr(), sh.as_ptr(), acc.as_mut_ptr());
+        acc.fill(0);
+        for gi in 0..s.gpr {
+            let mut hi = [[_mm512_setzero_si512(); ROW_VECS]; TOK_TILE];
+            let mut lo = [[_mm512_setzero_si512(); ROW_VECS]; TOK_TILE];
+            for p in gi * s.pg..(gi + 1) * s.pg {
+                // SAFETY: p < pairs: inside `w` (pairs·ROW_TILE) and `a` (pairs·2·TOK_TILE).
+                unsafe {
+                    let wv: [__m512i; ROW_VECS] =
+                        std::array::from_fn(|v| _mm512_loadu_si512(w.add(p * ROW_TILE + v * LANES) as *const __m512i));
+                    for t in 0..TOK_TILE {
+                        let ah = _mm512_set1_epi32(*a.add(p * 2 * TOK_TILE + t));
+                        let al = _mm512_set1_epi32(*a.add(p * 2 * TOK_TILE + TOK_TILE + t));
+                        for v in 0..ROW_VECS {
+                            // |S_hi| <= 2^29, |S_lo| < 2^30: no i32 lane wraps.
+                            hi[t][v] = _mm512_dpwssd_epi32(hi[t][v], ah, wv[v]);
+                            lo[t][v] = _mm512_dpwssd_epi32(lo[t][v], al, wv[v]);
+                        }
+                    }
+                }
+            }
+            for v in 0..ROW_VECS {
+                for h in 0..2 {
+                    // SAFETY: gi·ROW_TILE + v·LANES + h·8 + 8 <= sh.len().
+                    let s = unsafe { _mm512_loadu_si512(shp.add(gi * ROW_TILE + v * LANES + h * 8) as *const __m512i) };
+                    for t in 0..TOK_TILE {
+                        let (vh, vl) = if h == 0 {
+                            (_mm512_castsi512_si256(hi[t][v]), _mm512_castsi512_si256(lo[t][v]))
+                        } else {
+                            (_mm512_extracti64x4_epi64::<1>(hi[t][v]), _mm512_extracti64x4_epi64::<1>(lo[t][v]))
+                        };
+                        // The group sum S_hi·2^9 + S_lo (<= 2^38) in i64, shifted by <= 16.
+                        let g = _mm512_add_epi64(
+                            _mm512_slli_epi64::<{ LO_BITS }>(_mm512_cvtepi32_epi64(vh)),
+                            _mm512_cvtepi32_epi64(vl),
+                        );
+                        // SAFETY: t·ROW_TILE + v·LANES + h·8 + 8 <= TOK_TILE·ROW_TILE.
+                        unsafe {
+                            let o = out.add(t * ROW_TILE + v * LANES + h * 8) as *mut __m512i;
+                            _mm512_storeu_si512(o, _mm512_add_epi64(_mm512_loadu_si512(o), _mm512_sllv_epi64(g, s)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
