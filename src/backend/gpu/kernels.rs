@@ -127,8 +127,9 @@ impl Backend for GpuBackend {
         base_exp: i32,
     ) -> Result<QuantTensor, Error> {
         check_quantize_args(x, importance, p)?;
-        // 257 scale codes × 3 zero points, each evaluating the group, plus a few passes.
-        self.check_loops("quantize", 775 * (p.group_size as u64 + 1))?;
+        // 257 scale codes scanned, of which at most 33 (steps within [t*/2, 2t*]: two
+        // octaves of 16 E4M4 codes) × 3 zero points evaluate the group; plus three passes.
+        self.check_loops("quantize", 300 + 102 * (p.group_size as u64 + 1))?;
         let (rows, cols) = (x.rows, x.cols);
         let gpr = x.groups_per_row();
         let mut codes = vec![0u8; rows * cols];
