@@ -1,39 +1,29 @@
 // requires: wide.wgsl expq.wgsl
 // Negative log-likelihood of each token's target under its row of logits, in Q30; one
-// invocation per token. Algorithm and bounds in the CPU twin, src/backend/cpu/nll.rs.
+// invocation per token, from the chunk maxima (nll_max.wgsl) and the chunk sums of
+// e^-(max − logit) (nll_sum.wgsl), so no invocation walks the vocabulary. Algorithm and
+// bounds in the CPU twin, src/backend/cpu/nll.rs.
 
 struct Params {
     tokens: u32,
     vocab: u32,
-    log2e_q30: u32,
-    ln2_q30: u32,
+    chunks: u32,
+    _pad0: u32,
     inv_ln2_q30: u32,
     ln2_q28: u32,
-    _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<i32>;    // [tokens, vocab]
 @group(0) @binding(2) var<storage, read> lexp: array<i32>;      // [tokens]
 @group(0) @binding(3) var<storage, read> targets: array<u32>;   // [tokens]
-@group(0) @binding(4) var<storage, read> exp_table: array<u32>; // 2^(-j/256), Q30
-@group(0) @binding(5) var<storage, read> log2_table: array<u32>;  // log2(1 + j/256), Q30
-@group(0) @binding(6) var<storage, read> recip_table: array<u32>; // 256/(256 + j), Q30
-@group(0) @binding(7) var<storage, read_write> out: array<u32>;   // [tokens] × (lo, hi)
-
-fn to_q20(d: u32, e: i32) -> u32 {
-    let cap = 32u << 20u;
-    let sh = e + 20i;
-    if (sh >= 0i) {
-        if (sh >= 40i) {
-            return cap;
-        }
-        let v = w_shl(vec2<u32>(d, 0u), u32(sh));
-        return select(v.x, cap, v.y != 0u || v.x > cap);
-    }
-    return min(exp_shift_round(vec2<u32>(d, 0u), u32(-sh)).x, cap);
-}
+@group(0) @binding(4) var<storage, read> cmax: array<i32>;       // [tokens, chunks]
+@group(0) @binding(5) var<storage, read> psum: array<u32>;       // [tokens, chunks] × (lo, hi)
+@group(0) @binding(6) var<storage, read> log2_table: array<u32>;  // log2(1 + j/256), Q30
+@group(0) @binding(7) var<storage, read> recip_table: array<u32>; // 256/(256 + j), Q30
+@group(0) @binding(8) var<storage, read_write> out: array<u32>;   // [tokens] × (lo, hi)
 
 // log2(S) − 30 in Q30 for S >= 2^30 (non-negative).
 fn log2_q30(s: vec2<u32>) -> vec2<u32> {
@@ -65,15 +55,12 @@ fn nll(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     }
     let base = t * p.vocab;
     let e = lexp[t];
-    var mmax = logits[base];
-    for (var j = 1u; j < p.vocab; j++) {
-        mmax = max(mmax, logits[base + j]);
-    }
+    var mmax = cmax[t * p.chunks];
     var s = vec2<u32>(0u, 0u);
-    for (var j = 0u; j < p.vocab; j++) {
-        let x = to_q20(u32(mmax - logits[base + j]), e);
-        let idx = exp_index(x, p.log2e_q30);
-        s = w_add(s, vec2<u32>(exp_finish(exp_table[idx.j], idx, p.ln2_q30), 0u));
+    for (var c = 0u; c < p.chunks; c++) {
+        mmax = max(mmax, cmax[t * p.chunks + c]);
+        let k = t * p.chunks + c;
+        s = w_add(s, vec2<u32>(psum[2u * k], psum[2u * k + 1u]));
     }
     let lse = exp_shift_round(w_mul_wu(log2_q30(s), p.ln2_q28), 28u);
     let dy = u32(mmax - logits[base + targets[t]]);

@@ -1,6 +1,8 @@
 // requires: wide.wgsl expq.wgsl
-// SwiGLU silu(g)·u in integers, one invocation per token; the algorithm, rounding points
-// and bounds are specified in the CPU twin, src/backend/cpu/act.rs.
+// SwiGLU silu(g)·u in integers: the exact product z = round(g·sigmoid(g) / 2^22) · u of
+// every element (one invocation each), at exponent ge + ue − 8; the one rounding of each
+// token to `bits` is renorm.wgsl's (the same per-token rule as the CPU twin's renorm_row).
+// Algorithm, rounding points and bounds: src/backend/cpu/act.rs.
 
 struct Params {
     tokens: u32,
@@ -8,7 +10,7 @@ struct Params {
     bits: u32,
     ln2_q30: u32,
     log2e_q30: u32,
-    _pad0: u32,
+    offset: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -17,10 +19,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> g: array<i32>;
 @group(0) @binding(2) var<storage, read> u: array<i32>;
 @group(0) @binding(3) var<storage, read> gexp: array<i32>;
-@group(0) @binding(4) var<storage, read> uexp: array<i32>;
-@group(0) @binding(5) var<storage, read> table: array<u32>;   // 2^(-j/256) in Q30
-@group(0) @binding(6) var<storage, read_write> out: array<i32>;
-@group(0) @binding(7) var<storage, read_write> oexp: array<i32>;
+@group(0) @binding(4) var<storage, read> table: array<u32>;   // 2^(-j/256) in Q30
+@group(0) @binding(5) var<storage, read_write> z: array<u32>; // [tokens, width] × (lo, hi)
 
 fn exp_neg_q30(x: u32) -> u32 {
     let idx = exp_index(x, p.log2e_q30);
@@ -70,34 +70,14 @@ fn sigmoid_q30(gm: i32, ge: i32) -> u32 {
 }
 
 @compute @workgroup_size(64)
-fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = gid.x + gid.y * nwg.x * 64u;
-    if (t >= p.tokens) {
+fn swiglu_z(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = p.offset + gid.x + gid.y * nwg.x * 64u;
+    if (i >= p.tokens * p.width) {
         return;
     }
-    let base = t * p.width;
-    let ge = gexp[t];
-    var top = 0u;
-    // First pass: the largest |z| (recomputed in the second pass rather than stored).
-    for (var i = 0u; i < p.width; i++) {
-        let s = sigmoid_q30(g[base + i], ge);
-        let pz = w_shr_round(w_mul_i32(g[base + i], bitcast<i32>(s)), 22u);   // |p| < 2^26
-        let z = w_mul_i32(bitcast<i32>(pz.x), u[base + i]);
-        top = max(top, bitlen64(w_abs(z)));
-    }
-    if (top == 0u) {
-        oexp[t] = 0i;
-        for (var i = 0u; i < p.width; i++) {
-            out[base + i] = 0i;
-        }
-        return;
-    }
-    let shift = i32(top) - (i32(p.bits) - 1i);
-    for (var i = 0u; i < p.width; i++) {
-        let s = sigmoid_q30(g[base + i], ge);
-        let pz = w_shr_round(w_mul_i32(g[base + i], bitcast<i32>(s)), 22u);
-        let z = w_mul_i32(bitcast<i32>(pz.x), u[base + i]);
-        out[base + i] = w_round_to_i32(z, shift);
-    }
-    oexp[t] = ge + uexp[t] - 8i + shift;
+    let s = sigmoid_q30(g[i], gexp[i / p.width]);
+    let pz = w_shr_round(w_mul_i32(g[i], bitcast<i32>(s)), 22u);   // |p| < 2^26
+    let v = w_mul_i32(bitcast<i32>(pz.x), u[i]);                   // < 2^43
+    z[2u * i] = v.x;
+    z[2u * i + 1u] = v.y;
 }

@@ -53,6 +53,40 @@ impl GpuBackend {
     }
 }
 
+/// Logits per invocation of nll_max.wgsl and nll_sum.wgsl (their `CHUNK`).
+const NLL_CHUNK: usize = 4096;
+
+/// Outputs per invocation of renorm_top.wgsl (its `CHUNK`).
+const RENORM_CHUNK: usize = 1024;
+
+impl GpuBackend {
+    /// Dispatch `total` invocations of a kernel whose first binding is a uniform of
+    /// `params` with an element offset in word `offset_slot` (the kernel indexes from it),
+    /// in as many dispatches as the device grid needs.
+    fn dispatch_split(
+        &self,
+        file: &'static str,
+        entry: &'static str,
+        params: &[u32],
+        offset_slot: usize,
+        others: &[&super::Buf],
+        total: usize,
+    ) -> Result<(), Error> {
+        let cap = ((self.max_groups_per_dim as u64).pow(2) * 64).min(1 << 31) as usize;
+        let mut off = 0;
+        while off < total {
+            let mut p = params.to_vec();
+            p[offset_slot] = off as u32;
+            let pb = self.uniform(&p);
+            let mut bind: Vec<&super::Buf> = vec![&pb];
+            bind.extend(others.iter().copied());
+            self.dispatch(file, entry, &bind, (total - off).min(cap) as u64)?;
+            off += cap;
+        }
+        Ok(())
+    }
+}
+
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!("{}: {} ({})", super::backend_label(self.info.backend), self.info.name, self.info.driver_info)
@@ -283,23 +317,29 @@ impl Backend for GpuBackend {
 
     fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error> {
         check_renorm_args(s, x_exps, bits)?;
-        self.check_loops("renorm", 3 * s.n as u64)?;
+        // renorm_top walks at most RENORM_CHUNK outputs per invocation; renorm none.
+        self.check_loops("renorm", RENORM_CHUNK as u64)?;
         let (t, n) = (s.tokens, s.n);
         let mut mants = vec![0i32; t * n];
         let mut exps = vec![0i32; t];
         let tokens_per_chunk = self.rows_per_chunk(n, 8)?;
         let rb = self.upload_i32("renorm.rexp", &s.row_exps);
+        let chunks = n.div_ceil(RENORM_CHUNK).max(1);
         let mut t0 = 0;
         while t0 < t {
             let t1 = (t0 + tokens_per_chunk).min(t);
-            let params = self.uniform(&[(t1 - t0) as u32, n as u32, bits, 0]);
             let words: Vec<u32> =
                 s.sums[t0 * n..t1 * n].iter().flat_map(|&v| [v as u32, (v as u64 >> 32) as u32]).collect();
             let sb = self.upload_words("renorm.sums", &words);
             let xb = self.upload_i32("renorm.xexp", &x_exps[t0..t1]);
+            let top = self.upload_i32("renorm.top", &vec![i32::MIN; t1 - t0]);
+            let nt = (t1 - t0) as u32;
+            let tp = [nt, n as u32, bits, chunks as u32, 0, 0, 0, 0];
+            self.dispatch_split("renorm_top.wgsl", "renorm_top", &tp, 4, &[&sb, &xb, &rb, &top], (t1 - t0) * chunks)?;
             let mb = self.zeroed("renorm.mants", ((t1 - t0) * n * 4) as u64);
             let eb = self.zeroed("renorm.exps", ((t1 - t0) * 4) as u64);
-            self.dispatch("renorm.wgsl", "renorm", &[&params, &sb, &xb, &rb, &mb, &eb], (t1 - t0) as u64)?;
+            let rp = [nt, n as u32, bits, 0];
+            self.dispatch_split("renorm.wgsl", "renorm", &rp, 3, &[&sb, &xb, &rb, &top, &mb, &eb], (t1 - t0) * n)?;
             for (d, w) in mants[t0 * n..t1 * n].iter_mut().zip(words_le(&self.read(&mb)?)) {
                 *d = w as i32;
             }
@@ -351,22 +391,33 @@ impl Backend for GpuBackend {
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         crate::backend::check_swiglu_args(gate, up, c, bits)?;
-        // Two passes, each with a 32-step division per element, and a zero fill. llvmpipe
-        // counted about 51.6 iterations per element and pass here (measured: width 800 stops
-        // at element 470 of the second pass), more than the 33 written in the shader.
-        self.check_loops("swiglu", 105 * gate.width as u64)?;
-        let w = gate.width;
-        let shared = [&self.upload_words("swiglu.table", &c.table)];
-        self.token_op("swiglu.wgsl", "swiglu", gate.tokens, w, &shared, |t0, t1| {
-            let params = vec![(t1 - t0) as u32, w as u32, bits, c.ln2_q30, c.log2e_q30, 0, 0, 0];
-            let inputs = vec![
-                self.upload_i32("swiglu.g", &gate.mants[t0 * w..t1 * w]),
-                self.upload_i32("swiglu.u", &up.mants[t0 * w..t1 * w]),
-                self.upload_i32("swiglu.gexp", &gate.exps[t0..t1]),
-                self.upload_i32("swiglu.uexp", &up.exps[t0..t1]),
-            ];
-            (params, inputs)
-        })
+        // One element per invocation: the sigmoid's 32-step division is the only loop.
+        self.check_loops("swiglu", 64)?;
+        let (t, w) = (gate.tokens, gate.width);
+        let table = self.upload_words("swiglu.table", &c.table);
+        let mut sums = vec![0i64; t * w];
+        // z is 8 bytes per element: split tokens so it fits a binding.
+        let per_chunk = self.rows_per_chunk(w, 8)?;
+        let mut t0 = 0;
+        while t0 < t {
+            let t1 = (t0 + per_chunk).min(t);
+            let params = [(t1 - t0) as u32, w as u32, bits, c.ln2_q30, c.log2e_q30, 0, 0, 0];
+            let gb = self.upload_i32("swiglu.g", &gate.mants[t0 * w..t1 * w]);
+            let ub = self.upload_i32("swiglu.u", &up.mants[t0 * w..t1 * w]);
+            let eb = self.upload_i32("swiglu.gexp", &gate.exps[t0..t1]);
+            let zb = self.zeroed("swiglu.z", ((t1 - t0) * w * 8) as u64);
+            self.dispatch_split("swiglu.wgsl", "swiglu_z", &params, 5, &[&gb, &ub, &eb, &table, &zb], (t1 - t0) * w)?;
+            let words = words_le(&self.read(&zb)?);
+            for (k, d) in sums[t0 * w..t1 * w].iter_mut().enumerate() {
+                *d = (words[2 * k] as u64 | (words[2 * k + 1] as u64) << 32) as i64;
+            }
+            t0 = t1;
+        }
+        // z sits at exponent ge + ue − 8 for every element of a token: the matmul rounding
+        // with zero row exponents is exactly the twin's renorm_row.
+        let s = ExactSums { tokens: t, n: w, sums, row_exps: vec![0; w] };
+        let x_exps: Vec<i32> = gate.exps.iter().zip(&up.exps).map(|(&ge, &ue)| ge + ue - 8).collect();
+        self.renorm(&s, &x_exps, bits)
     }
 
     fn rope(
@@ -415,7 +466,9 @@ impl Backend for GpuBackend {
         lc: &crate::backend::cpu::nll::LogConsts,
     ) -> Result<Vec<i64>, Error> {
         crate::backend::check_nll_args(l, targets)?;
-        self.check_loops("nll", 2 * l.width as u64 + 2)?;
+        // nll_max and nll_sum walk one chunk (plus the chunk maxima); nll the chunks.
+        let chunks = l.width.div_ceil(NLL_CHUNK).max(1);
+        self.check_loops("nll", (NLL_CHUNK + chunks) as u64)?;
         let (n, v) = (l.tokens, l.width);
         let mut out = Vec::with_capacity(n);
         if n == 0 {
@@ -428,15 +481,21 @@ impl Backend for GpuBackend {
         let mut t0 = 0;
         while t0 < n {
             let t1 = (t0 + tokens_per_chunk).min(n);
-            let params =
-                self.uniform(&[(t1 - t0) as u32, v as u32, ec.log2e_q30, ec.ln2_q30, lc.inv_ln2_q30, lc.ln2_q28, 0, 0]);
+            let nt = t1 - t0;
             let lb = self.upload_i32("nll.logits", &l.mants[t0 * v..t1 * v]);
             let eb = self.upload_i32("nll.lexp", &l.exps[t0..t1]);
             let tb = self.upload_words("nll.targets", &targets[t0..t1]);
-            let o = self.zeroed("nll.out", ((t1 - t0) * 8) as u64);
-            self.dispatch("nll.wgsl", "nll", &[&params, &lb, &eb, &tb, &et, &lt, &rt, &o], (t1 - t0) as u64)?;
+            let cmax = self.zeroed("nll.cmax", (nt * chunks * 4) as u64);
+            let psum = self.zeroed("nll.psum", (nt * chunks * 8) as u64);
+            let pm = [nt as u32, v as u32, chunks as u32, 0];
+            self.dispatch_split("nll_max.wgsl", "nll_max", &pm, 3, &[&lb, &cmax], nt * chunks)?;
+            let ps = [nt as u32, v as u32, chunks as u32, ec.log2e_q30, ec.ln2_q30, 0, 0, 0];
+            self.dispatch_split("nll_sum.wgsl", "nll_sum", &ps, 5, &[&lb, &eb, &cmax, &et, &psum], nt * chunks)?;
+            let params = self.uniform(&[nt as u32, v as u32, chunks as u32, 0, lc.inv_ln2_q30, lc.ln2_q28, 0, 0]);
+            let o = self.zeroed("nll.out", (nt * 8) as u64);
+            self.dispatch("nll.wgsl", "nll", &[&params, &lb, &eb, &tb, &cmax, &psum, &lt, &rt, &o], nt as u64)?;
             let w = words_le(&self.read(&o)?);
-            out.extend((0..t1 - t0).map(|i| (w[2 * i] as u64 | (w[2 * i + 1] as u64) << 32) as i64));
+            out.extend((0..nt).map(|i| (w[2 * i] as u64 | (w[2 * i + 1] as u64) << 32) as i64));
             t0 = t1;
         }
         Ok(out)
