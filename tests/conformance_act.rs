@@ -105,9 +105,10 @@ fn swiglu_splits_over_small_bindings() {
 
 /// Mesa llvmpipe silently stops every loop of an invocation after 65535 iterations in all
 /// (gallivm LP_MAX_TGSI_LOOP_ITERATIONS): a real-model width (1536) made the old
-/// one-invocation-per-token swiglu return zeros there. Now split per element, it agrees
-/// with the CPU at that width; a kernel still walking a whole row (attention over a long
-/// prefix) is refused with a clear error on such a driver, never answered wrongly.
+/// one-invocation-per-token swiglu return zeros there. Split per element (swiglu) and per
+/// chunk of keys (attention), wide rows and long prefixes now agree with the CPU; a call
+/// that would still loop too long per invocation (ingest with one 65536-wide group) is
+/// refused with a clear error on such a driver, never answered wrongly.
 #[test]
 fn llvmpipe_loop_limit_wide_rows_agree_or_are_refused() {
     let c = ExpConsts::new();
@@ -121,17 +122,23 @@ fn llvmpipe_loop_limit_wide_rows_agree_or_are_refused() {
         exps: (0..t).map(|_| rng.below(6) as i32 - 20).collect(),
         mants: (0..t * w).map(|_| (rng.next_u32() as i32) >> 15).collect(),
     };
-    let (q, k, v) = (act(300, 64), act(300, 64), act(300, 64));
-    let shape = ucw::backend::cpu::attention::AttnShape::new(1, 1, 64);
+    // 300 keys: five chunks of keys, the last one partial.
+    let (q, k, v) = (act(300, 128), act(300, 64), act(300, 64));
+    let shape = ucw::backend::cpu::attention::AttnShape::new(2, 1, 64);
     let want_att = cpu.attention(&q, &k, &v, &shape, &c, 18).unwrap();
+    let wide: Vec<u8> = (0..65536u32).flat_map(|i| ((i % 251) as u16 | 0x3c00).to_le_bytes()).collect();
+    let p = ucw::backend::IngestParams { group_size: 65536, mantissa_bits: 16 };
+    let want_ingest = cpu.ingest(&wide, ucw::dtype::DType::F16, 1, 65536, p).unwrap();
     for (label, gpu) in common::gpu_backends() {
         assert_eq!(gpu.swiglu(&g, &u, &c, 18).unwrap(), want, "{label}: swiglu at width 1536");
-        match gpu.attention(&q, &k, &v, &shape, &c, 18) {
-            Ok(got) => assert_eq!(got, want_att, "{label}: attention over 300 tokens"),
+        assert_eq!(gpu.attention(&q, &k, &v, &shape, &c, 18).unwrap(), want_att, "{label}: attention, 300 tokens");
+        match gpu.ingest(&wide, ucw::dtype::DType::F16, 1, 65536, p) {
+            Ok(got) => assert_eq!(got, want_ingest, "{label}: ingest of one 65536-wide group"),
             Err(e) => {
-                assert!(gpu.describe().contains("llvmpipe"), "{label}: unexpected error {e}");
-                assert!(e.to_string().contains("65535"), "{label}: {e}");
-                println!("{label}: attention over 300 tokens refused: {e}");
+                assert!(gpu.describe().contains("llvmpipe"), "{label}: unexpected error {e:?}");
+                let msg = format!("{e:?}");
+                assert!(msg.contains("65535"), "{label}: {msg}");
+                println!("{label}: ingest of one 65536-wide group refused: {msg}");
             }
         }
     }

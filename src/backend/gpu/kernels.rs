@@ -53,6 +53,9 @@ impl GpuBackend {
     }
 }
 
+/// Smallest number of keys per invocation of attn_max.wgsl and attn_sum.wgsl.
+const ATTN_KEYS_PER_CHUNK: usize = 64;
+
 /// Logits per invocation of nll_max.wgsl and nll_sum.wgsl (their `CHUNK`).
 const NLL_CHUNK: usize = 4096;
 
@@ -511,14 +514,7 @@ impl Backend for GpuBackend {
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         crate::backend::check_attention_args(q, k, v, s, bits)?;
-        // Per (query, head): three passes over the prefix recomputing d-long dots, the
-        // weighted sum, the 19-step division per output; then the renormalisation.
-        let (t, d) = (q.tokens as u64, s.head_dim as u64);
-        // (The nested 19-step division is counted at twice its length, as swiglu's 32-step
-        // one measured about 1.6 times.)
-        self.check_loops("attention", t * (4 * d + 3) + 40 * d)?;
-        self.check_loops("attention renorm", 3 * q.width as u64)?;
-        let (t, w) = (q.tokens, q.width);
+        let (t, w, h, d) = (q.tokens, q.width, s.heads, s.head_dim);
         // One window at a time: its q, k, v and head outputs must fit a binding.
         self.rows_per_chunk(w, 4).and_then(|n| {
             if n >= t {
@@ -527,30 +523,59 @@ impl Backend for GpuBackend {
                 Err(bad_input!("attention: a window of {t} tokens exceeds the device binding"))
             }
         })?;
-        let params = self.uniform(&[
+        // Keys per chunk: at least ATTN_KEYS_PER_CHUNK, more when the partial sums of V
+        // ([T, heads, chunks, d] × 8 bytes) would not fit one binding. Integer maxima and
+        // sums over chunks: the choice cannot change a bit.
+        let per_chunk_bytes = (t * h * d * 8) as u64;
+        let max_chunks = (self.max_binding / per_chunk_bytes.max(1)) as usize;
+        if max_chunks == 0 {
+            return Err(bad_input!("attention: a window of {t} tokens exceeds the device binding"));
+        }
+        let kc = ATTN_KEYS_PER_CHUNK.max(t.div_ceil(max_chunks));
+        let chunks = t.div_ceil(kc);
+        let (kc64, d64, c64) = (kc as u64, d as u64, chunks as u64);
+        self.check_loops("attention (chunk maxima)", kc64 * (d64 + 2))?;
+        self.check_loops("attention (chunk sums)", 2 * c64 + d64 + kc64 * (2 * d64 + 3))?;
+        self.check_loops("attention (division)", c64 + d64 * (c64 + 40))?;
+        self.check_loops("attention renorm", 3 * w as u64)?;
+        let params = [
             t as u32,
-            s.heads as u32,
+            h as u32,
             s.kv_heads as u32,
-            s.head_dim as u32,
+            d as u32,
             s.scale_q30,
             ec.log2e_q30,
             ec.ln2_q30,
             bits,
-        ]);
+            kc as u32,
+            chunks as u32,
+            0,
+            0,
+        ];
         let qb = self.upload_i32("attn.q", &q.mants);
         let kb = self.upload_i32("attn.k", &k.mants);
         let vb = self.upload_i32("attn.v", &v.mants);
         let e: Vec<i32> = q.exps.iter().chain(&k.exps).chain(&v.exps).copied().collect();
         let eb = self.upload_i32("attn.exps", &e);
         let tb = self.upload_words("attn.table", &ec.table);
-        let ho = self.zeroed("attn.ho", (t * w * 4) as u64);
-        let he = self.zeroed("attn.he", (t * s.heads * 4) as u64);
-        self.dispatch(
-            "attention.wgsl",
-            "attention",
-            &[&params, &qb, &kb, &vb, &eb, &tb, &ho, &he],
-            (t * s.heads) as u64,
+        let n = t * h * chunks;
+        let smax = self.zeroed("attn.smax", (n * 8) as u64);
+        let cev = self.zeroed("attn.cev", (n * 4) as u64);
+        self.dispatch_split("attn_max.wgsl", "attn_max", &params, 10, &[&qb, &kb, &eb, &smax, &cev], n)?;
+        let pz = self.zeroed("attn.pz", (n * 8) as u64);
+        let pa = self.zeroed("attn.pa", (n * d * 8) as u64);
+        self.dispatch_split(
+            "attn_sum.wgsl",
+            "attn_sum",
+            &params,
+            10,
+            &[&qb, &kb, &vb, &eb, &tb, &smax, &cev, &pz, &pa],
+            n,
         )?;
+        drop((smax, qb, kb, vb));
+        let ho = self.zeroed("attn.ho", (t * w * 4) as u64);
+        let he = self.zeroed("attn.he", (t * h * 4) as u64);
+        self.dispatch_split("attention.wgsl", "attention", &params, 10, &[&pz, &pa, &cev, &ho, &he], t * h)?;
         let p2 = self.uniform(&[t as u32, s.heads as u32, s.head_dim as u32, bits]);
         let out = self.zeroed("attn.out", (t * w * 4) as u64);
         let oexp = self.zeroed("attn.oexp", (t * 4) as u64);

@@ -36,6 +36,9 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("nll.wgsl"),
     shader!("nll_max.wgsl"),
     shader!("nll_sum.wgsl"),
+    shader!("attn_lib.wgsl"),
+    shader!("attn_max.wgsl"),
+    shader!("attn_sum.wgsl"),
     shader!("attention.wgsl"),
     shader!("attn_renorm.wgsl"),
 ];

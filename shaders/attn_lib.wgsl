@@ -1,0 +1,48 @@
+// requires: wide.wgsl
+// Shared pieces of the attention kernels (attn_max, attn_sum, attention): the score of an
+// exact q·k dot product and the capped difference fed to the exp. Algorithm, rounding
+// points and bounds: src/backend/cpu/attention.rs (the CPU twin).
+
+// The dot rounded to 31 bits, times round(2^30/√d), to Q20 at exponent e + sh (e = eq + ek
+// − 10), saturated at ±2^61.
+fn attn_score(dot: vec2<u32>, e0: i32, scale_q30: u32) -> vec2<u32> {
+    let neg = (dot.y >> 31u) == 1u;
+    let mag0 = select(dot, w_neg(dot), neg);
+    let sh = max(i32(bitlen64(mag0)) - 31i, 0i);
+    // Round the magnitude (symmetric half-even, as the twin's signed rounding): <= 2^31.
+    let mag32 = w_shr_round(mag0, u32(sh)).x;
+    let pm = w_mul_u32(mag32, scale_q30);   // < 2^61
+    let prod = select(pm, w_neg(pm), neg);
+    let e = e0 + sh;
+    if (e >= 0i) {
+        // Saturate at ±2^61 (|prod| << e must stay below 2^61).
+        let lim = vec2<u32>(0u, 1u << 29u);
+        let mag = w_abs(prod);
+        if (e >= 62i || w_lt_u(w_sar(lim, u32(e)), mag)) {
+            if (mag.x == 0u && mag.y == 0u) {
+                return vec2<u32>(0u, 0u);
+            }
+            return select(lim, w_neg(lim), (prod.y >> 31u) == 1u);
+        }
+        return w_shl(prod, u32(e));
+    }
+    if (-e >= 63i) {
+        return vec2<u32>(0u, 0u);
+    }
+    return w_shr_round(prod, u32(-e));
+}
+
+// max − s in Q20 (>= 0), capped at 32: the exp's argument.
+fn attn_diff(m: vec2<u32>, s: vec2<u32>) -> u32 {
+    let diff = w_sub(m, s);
+    let cap = 32u << 20u;
+    if (diff.y == 0u && diff.x < cap) {
+        return diff.x;
+    }
+    return cap;
+}
+
+// Σ_i a_i · b_i exactly in 64 bits (|a|, |b| <= 2^17, d <= 256: < 2^42).
+fn attn_dot_step(acc: vec2<u32>, a: i32, b: i32) -> vec2<u32> {
+    return w_add(acc, w_mul_i32(a, b));
+}
