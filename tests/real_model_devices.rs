@@ -1,6 +1,8 @@
 //! Real-model shapes on every device (opt-in: UCW_REAL_MODEL=/path/to/smollm2-135m): each
 //! step of decoder layer 0 and the lm_head/NLL on a short window, CPU twin vs adapters,
-//! compared step by step so a mismatch names the kernel.
+//! compared step by step so a mismatch names the kernel. The text is the first 32 tokens
+//! of `../text/eval.txt` beside the model directory (the layout `get-real-data.sh` writes).
+//! Here: identical on llvmpipe Vulkan and GL for SmolLM2-135M.
 
 mod common;
 
