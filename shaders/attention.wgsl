@@ -1,26 +1,11 @@
-// requires: wide.wgsl
+// requires: wide.wgsl attn_lib.wgsl
 // Attention, pass 3 of 3: per (query t, head h) the chunks' Σ w and Σ w·v (attn_sum.wgsl)
 // are added (exact integer sums) and each output is round_half_even(A_i / Z) at the
 // prefix's largest V exponent. Then `attn_renorm` per token across heads. No seq×seq
 // buffer: scores are recomputed in passes 1 and 2. Algorithm, rounding points and bounds:
 // src/backend/cpu/attention.rs (the CPU twin).
 
-struct Params {
-    tokens: u32,
-    heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    scale_q30: u32,
-    log2e_q30: u32,
-    ln2_q30: u32,
-    bits: u32,
-    kc: u32,
-    chunks: u32,
-    offset: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// Binding 0, the parameters `p`, is declared in attn_lib.wgsl.
 @group(0) @binding(1) var<storage, read> pz: array<u32>;   // [T, heads, chunks] × (lo, hi)
 @group(0) @binding(2) var<storage, read> pa: array<u32>;   // [T, heads, chunks, d] × (lo, hi)
 @group(0) @binding(3) var<storage, read> cev: array<i32>;  // [T, heads, chunks]

@@ -1,7 +1,27 @@
 // requires: wide.wgsl
-// Shared pieces of the attention kernels (attn_max, attn_sum, attention): the score of an
-// exact q·k dot product and the capped difference fed to the exp. Algorithm, rounding
-// points and bounds: src/backend/cpu/attention.rs (the CPU twin).
+// Shared pieces of the attention kernels (attn_max, attn_sum, attention): their parameters
+// (one uniform layout for all three passes, binding 0 of each), the score of an exact q·k
+// dot product and the capped difference fed to the exp. Algorithm, rounding points and
+// bounds: src/backend/cpu/attention.rs (the CPU twin).
+
+// `kc` keys per chunk, `chunks` chunks per (query, head); `offset` is the first
+// invocation of a dispatch split over the device grid.
+struct Params {
+    tokens: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    scale_q30: u32,
+    log2e_q30: u32,
+    ln2_q30: u32,
+    bits: u32,
+    kc: u32,
+    chunks: u32,
+    offset: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
 
 // The dot rounded to 31 bits, times round(2^30/√d), to Q20 at exponent e + sh (e = eq + ek
 // − 10), saturated at ±2^61.

@@ -4,22 +4,7 @@
 // write the minimum. Integer maxima: the chunking cannot change a bit, and no invocation
 // walks the whole prefix (Mesa llvmpipe stops an invocation after 65535 loop iterations).
 
-struct Params {
-    tokens: u32,
-    heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    scale_q30: u32,
-    log2e_q30: u32,
-    ln2_q30: u32,
-    bits: u32,
-    kc: u32,
-    chunks: u32,
-    offset: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// Binding 0, the parameters `p`, is declared in attn_lib.wgsl.
 @group(0) @binding(1) var<storage, read> q: array<i32>;     // [T, heads·d]
 @group(0) @binding(2) var<storage, read> k: array<i32>;     // [T, kv_heads·d]
 @group(0) @binding(3) var<storage, read> exps: array<i32>;  // q exps [T], k exps [T], v exps [T]
