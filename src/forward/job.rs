@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::eval::{EvalOptions, EvalResult, Score, evaluate};
 use super::source::Source;
-use super::text::{choose_windows, read_token_file, tokenize_file};
+use super::text::{choose_windows, parse_token_bytes, tokenize_bytes};
 use crate::backend::Backend;
 use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
@@ -136,8 +136,10 @@ pub fn run(
     }
     let (ids, text_sha256, tokens_file_sha256, tokenizer_sha256) = match &job.input {
         Input::Text(p) => {
-            let ids = tokenize_file(src.dir(), p)?;
+            // Read once: the same bytes are hashed and tokenized.
             let bytes = std::fs::read(p).map_err(|e| Error::io(p, "cannot read", e))?;
+            let text_sha256 = sha256_hex(&bytes);
+            let ids = tokenize_bytes(src.dir(), p, bytes)?;
             let tok = tokenizer_sha(src.dir());
             if let Some(b) = &baseline
                 && tokenizer_sha(b.dir()) != tok
@@ -148,12 +150,11 @@ pub fn run(
                     src.dir().display()
                 ));
             }
-            (ids, Some(sha256_hex(&bytes)), None, tok)
+            (ids, Some(text_sha256), None, tok)
         }
         Input::Tokens(p) => {
-            let ids = read_token_file(p)?;
             let bytes = std::fs::read(p).map_err(|e| Error::io(p, "cannot read", e))?;
-            (ids, None, Some(sha256_hex(&bytes)), None)
+            (parse_token_bytes(p, &bytes)?, None, Some(sha256_hex(&bytes)), None)
         }
     };
     let w = choose_windows(&ids, c.vocab_size, job.seq_len, job.windows, c.max_position_embeddings, job.force)?;

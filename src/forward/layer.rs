@@ -173,8 +173,8 @@ impl Layer {
             Some((qn, kn)) => {
                 let q = linear(b, &a, &self.q, BRANCH_BITS, chunk)?;
                 let kk = linear(b, &a, &self.k, BRANCH_BITS, chunk)?;
-                let q = head_norm(b, &q, qn, &k.rms_head)?;
-                let kk = head_norm(b, &kk, kn, &k.rms_head)?;
+                let q = head_norm(b, q, qn, &k.rms_head)?;
+                let kk = head_norm(b, kk, kn, &k.rms_head)?;
                 (q, kk)
             }
             None => (linear(b, &a, &self.q, ACT_BITS, chunk)?, linear(b, &a, &self.k, ACT_BITS, chunk)?),
@@ -242,14 +242,15 @@ pub fn linear(b: &dyn Backend, x: &TokenFixed, l: &Linear, bits: u32, chunk: usi
 /// Per-head RMSNorm (qwen3 q_norm/k_norm): each (token, head) is normalised as its own row
 /// to `ACT_BITS`, then the heads of a token are brought back to one exponent, the largest
 /// among its heads, with one round-half-even shift of the others (host integers).
-fn head_norm(b: &dyn Backend, x: &TokenFixed, gamma: &GroupFixed, c: &RmsConsts) -> Result<TokenFixed> {
+fn head_norm(b: &dyn Backend, x: TokenFixed, gamma: &GroupFixed, c: &RmsConsts) -> Result<TokenFixed> {
     let d = gamma.cols;
     let heads = x.width / d;
+    // The same mantissas viewed as rows of one head each (moved, not copied).
     let rows = TokenFixed {
         tokens: x.tokens * heads,
         width: d,
         exps: x.exps.iter().flat_map(|&e| std::iter::repeat_n(e, heads)).collect(),
-        mants: x.mants.clone(),
+        mants: x.mants,
     };
     let y = b.rms_norm(&rows, gamma, c, ACT_BITS)?;
     Ok(merge_heads(&y, heads))

@@ -8,8 +8,14 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Token ids of `text` under `tokenizer.json` in `model_dir`.
+/// Token ids of the text file `text_path` under `tokenizer.json` in `model_dir`.
 pub fn tokenize_file(model_dir: &Path, text_path: &Path) -> Result<Vec<u32>> {
+    let bytes = std::fs::read(text_path).map_err(|e| Error::io(text_path, "cannot read", e))?;
+    tokenize_bytes(model_dir, text_path, bytes)
+}
+
+/// `tokenize_file` on the file's bytes, already read (`text_path` names it in errors).
+pub fn tokenize_bytes(model_dir: &Path, text_path: &Path, bytes: Vec<u8>) -> Result<Vec<u32>> {
     let tok_path = model_dir.join("tokenizer.json");
     if !tok_path.exists() {
         return Err(bad_input!(
@@ -19,7 +25,6 @@ pub fn tokenize_file(model_dir: &Path, text_path: &Path) -> Result<Vec<u32>> {
     }
     let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
         .map_err(|e| bad_input!("{}: cannot load tokenizer: {e}", tok_path.display()))?;
-    let bytes = std::fs::read(text_path).map_err(|e| Error::io(text_path, "cannot read", e))?;
     let text = String::from_utf8(bytes).map_err(|e| bad_input!("{}: not UTF-8: {e}", text_path.display()))?;
     let enc = tokenizer
         .encode(text.as_str(), false)
@@ -30,7 +35,12 @@ pub fn tokenize_file(model_dir: &Path, text_path: &Path) -> Result<Vec<u32>> {
 /// Token ids from a file of little-endian u32.
 pub fn read_token_file(path: &Path) -> Result<Vec<u32>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "cannot read", e))?;
-    if bytes.len() % 4 != 0 {
+    parse_token_bytes(path, &bytes)
+}
+
+/// `read_token_file` on the file's bytes, already read (`path` names it in errors).
+pub fn parse_token_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<u32>> {
+    if !bytes.len().is_multiple_of(4) {
         return Err(bad_input!(
             "{}: {} bytes is not a whole number of little-endian u32 ids",
             path.display(),
