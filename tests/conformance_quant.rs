@@ -362,12 +362,12 @@ fn auto_allocation_spends_the_budget_where_it_helps() {
         .map(|i| (0..3).map(|k| a[(i / cols) * 3 + k] * b[k * cols + i % cols]).sum::<f64>() * 1e-3 + noise[i] * 0.01)
         .collect();
     let items = [
-        LayerItem { residual: &noise, rows, cols, base_exp: -30 },
-        LayerItem { residual: &structured, rows, cols, base_exp: -30 },
+        LayerItem { residual: &noise, rows, cols, base_exp: -30, metric: Metric::Identity },
+        LayerItem { residual: &structured, rows, cols, base_exp: -30, metric: Metric::Identity },
     ];
     let cost = |k: usize| 8 * overlay_bytes(rows, cols, k) as i128;
     for budget in [0i128, cost(1) - 1, cost(3), cost(3) + cost(1), 40 * cost(1)] {
-        let got = allocate_layer(&items, budget, 4, Metric::Identity);
+        let got = allocate_layer(&items, budget, 4);
         let ranks: Vec<usize> = got.iter().map(|o| o.as_ref().map_or(0, |o| o.rank)).collect();
         let spent: i128 = ranks.iter().map(|&k| cost(k)).sum();
         assert!(spent <= budget, "budget {budget}: spent {spent}");
@@ -378,7 +378,7 @@ fn auto_allocation_spends_the_budget_where_it_helps() {
         if budget >= cost(3) {
             assert!(ranks[1] >= 3, "budget {budget}: the structured residual got rank {}", ranks[1]);
         }
-        assert_eq!(allocate_layer(&items, budget, 4, Metric::Identity), got);
+        assert_eq!(allocate_layer(&items, budget, 4), got);
         println!("budget {budget} bits → ranks {ranks:?}");
     }
 }

@@ -42,6 +42,7 @@ fn pack(dir: &Path) -> PathBuf {
         rank: ucw::compress::Rank::Fixed(0),
         out_dtype: None,
         force: false,
+        ..Default::default()
     };
     let cpu = ucw::backend::cpu::CpuBackend::new();
     ucw::compress::compress(&root().join("tests/fixtures/llama-bf16"), &out, &cpu, &opts, &mut |_| {}).unwrap();

@@ -1,9 +1,12 @@
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::PathBuf;
+use std::time::Instant;
 
+use super::eval::parse_bytes;
 use super::{Common, print_json};
 use crate::backend::device;
-use crate::compress::{Options, Rank, compress};
+use crate::compress::calib::{CalibInput, CalibSpec, Propagate};
+use crate::compress::{Options, Progress, Rank, compress};
 use crate::dtype::DType;
 use crate::error::Result;
 
@@ -17,40 +20,157 @@ pub fn parse_out_dtype(s: &str) -> Result<Option<DType>> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    model: &Path,
-    out: &Path,
-    bits: u32,
-    group_size: u32,
-    rank: &str,
-    target_bpw: &str,
-    out_dtype: &str,
-    force: bool,
-    common: &Common,
-) -> Result<()> {
-    let rank = match rank {
+#[derive(clap::Args)]
+pub struct CompressArgs {
+    pub model_dir: PathBuf,
+    /// Output pack directory (must not exist or be empty, unless --force).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Bits per code (2..=8).
+    #[arg(long, default_value_t = 5)]
+    pub bits: u32,
+    /// Input channels per scale group.
+    #[arg(long, default_value_t = 64)]
+    pub group_size: u32,
+    /// Low-rank overlay rank per linear: auto (spend --target-bpw) or a number (0 = none).
+    #[arg(long, default_value = "auto")]
+    pub rank: String,
+    /// Bits per weight over the quantized linears that --rank auto may spend.
+    #[arg(long, default_value = "5.25")]
+    pub target_bpw: String,
+    /// Reconstructed dtype: source (default), bf16, f16 or f32.
+    #[arg(long, default_value = "source")]
+    pub out_dtype: String,
+    /// Replace a non-empty output directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Calibration text (tokenized with the model's tokenizer.json). Without --calib or
+    /// --calib-tokens compression is uncalibrated.
+    #[arg(long, conflicts_with = "calib_tokens")]
+    pub calib: Option<PathBuf>,
+    /// Calibration token ids (little-endian u32) instead of text.
+    #[arg(long)]
+    pub calib_tokens: Option<PathBuf>,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 32)]
+    pub calib_windows: usize,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 512)]
+    pub calib_seq_len: usize,
+    /// Tokens skipped before the first calibration window (keep calibration and evaluation
+    /// text apart).
+    #[arg(long, default_value_t = 0)]
+    pub calib_skip: usize,
+    /// Hidden states feeding the next layer's calibration: compressed (the layer as stored)
+    /// or teacher (the source model's).
+    #[arg(long, default_value = "compressed")]
+    pub calib_propagate: String,
+    /// Bound on one kernel call's device buffers during calibration (e.g. 512M, 2G). Cannot
+    /// change the pack.
+    #[arg(long, default_value = "1G")]
+    pub max_memory: String,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// mm:ss (or h:mm:ss) for progress lines.
+fn clock(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    if s >= 3600 { format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) } else { format!("{}:{:02}", s / 60, s % 60) }
+}
+
+pub fn run(a: &CompressArgs) -> Result<()> {
+    let rank = match a.rank.as_str() {
         "auto" => {
-            let (bits, weights) = parse_decimal(target_bpw)
-                .ok_or_else(|| bad_input!("--target-bpw {target_bpw}: expected a decimal number such as 5.25"))?;
+            let (bits, weights) = parse_decimal(&a.target_bpw)
+                .ok_or_else(|| bad_input!("--target-bpw {}: expected a decimal number such as 5.25", a.target_bpw))?;
             Rank::Auto { bits, weights }
         }
         n => Rank::Fixed(n.parse::<u32>().map_err(|_| bad_input!("--rank {n}: expected auto or a number"))?),
     };
-    let opts = Options { bits, group_size, rank, out_dtype: parse_out_dtype(out_dtype)?, force };
+    let propagate = match a.calib_propagate.as_str() {
+        "compressed" => Propagate::Compressed,
+        "teacher" => Propagate::Teacher,
+        p => return Err(bad_input!("--calib-propagate {p}: expected compressed or teacher")),
+    };
+    let input = match (&a.calib, &a.calib_tokens) {
+        (Some(p), _) => Some(CalibInput::Text(p.clone())),
+        (None, Some(p)) => Some(CalibInput::Tokens(p.clone())),
+        (None, None) => None,
+    };
+    let calib = input.map(|input| CalibSpec {
+        input,
+        windows: a.calib_windows,
+        seq_len: a.calib_seq_len,
+        skip: a.calib_skip,
+        propagate,
+    });
+    let opts = Options {
+        bits: a.bits,
+        group_size: a.group_size,
+        rank,
+        out_dtype: parse_out_dtype(&a.out_dtype)?,
+        force: a.force,
+        calib,
+        max_memory: parse_bytes(&a.max_memory)?,
+    };
+    let common = &a.common;
     let (info, backend) = device::open(common.device)?;
     let tty = std::io::stderr().is_terminal();
-    let mut progress = |msg: &str| {
+    let start = Instant::now();
+    // Layer progress: a bar with the ETA from the time per finished layer on a terminal,
+    // one plain line per phase change otherwise.
+    let mut last_line = String::new();
+    let mut progress = |p: Progress| {
+        let el = start.elapsed().as_secs_f64();
+        let eta = if p.done > 0 && p.done < p.layers {
+            format!(" ETA {}", clock(el / p.done as f64 * (p.layers - p.done) as f64))
+        } else {
+            String::new()
+        };
         if tty {
-            eprint!("\r\x1b[Kcompressing on {}: {msg}", info.api);
+            let width = 30;
+            let fill = (width * p.done).checked_div(p.layers).unwrap_or(width);
+            eprint!(
+                "\r\x1b[K[{}{}] {}/{} layers  {}  {}{}",
+                "#".repeat(fill),
+                ".".repeat(width - fill),
+                p.done,
+                p.layers,
+                p.phase,
+                clock(el),
+                eta
+            );
         } else if !common.json {
-            eprintln!("compressing on {}: {msg}", info.api);
+            let line = format!("layer {}/{}: {}", (p.done + 1).min(p.layers), p.layers, p.phase);
+            if line != last_line {
+                eprintln!("compressing on {}: {line} ({}{eta})", info.api, clock(el));
+                last_line = line;
+            }
         }
     };
-    let s = compress(model, out, backend.as_ref(), &opts, &mut progress)?;
+    let s = compress(&a.model_dir, &a.output, backend.as_ref(), &opts, &mut progress)?;
     if tty {
         eprintln!();
     }
+    let calibration = s.calibration.as_ref().map(|c| {
+        serde_json::json!({
+            "input": c.input,
+            "input_sha256": c.input_sha256,
+            "windows": c.windows,
+            "asked_windows": c.asked_windows,
+            "seq_len": c.seq_len,
+            "skip": c.skip,
+            "tokens": c.tokens,
+            "propagate": c.propagate.name(),
+            "hidden_cache_bytes": s.calib_cache_bytes,
+        })
+    });
+    let p = &s.phases;
+    let phases = serde_json::json!({
+        "hash": p.hash, "calibrate": p.calibrate, "quantize": p.quantize,
+        "fit": p.fit, "write": p.write, "propagate": p.propagate,
+    });
     if common.json {
         print_json(&serde_json::json!({
             "pack": s.pack.display().to_string(),
@@ -59,9 +179,13 @@ pub fn run(
             "bits_per_weight": { "linears": s.bits_per_weight.linears, "pack": s.bits_per_weight.pack },
             "quantized_tensors": s.quantized,
             "raw_tensors": s.raw,
-            "calibrated": false,
+            "calibrated": s.calibration.is_some(),
+            "calibration": calibration,
             "device": backend.describe(),
             "seconds": s.seconds,
+            "phase_seconds": phases,
+            "peak_device_bytes": backend.peak_device_bytes(),
+            "peak_rss_bytes": crate::forward::job::peak_rss_bytes(),
         }));
         return Ok(());
     }
@@ -73,8 +197,31 @@ pub fn run(
         s.bits_per_weight.linears.value(),
         s.bits_per_weight.pack.value()
     );
-    println!("tensors:         {} quantized, {} raw; uncalibrated (no --calib)", s.quantized, s.raw);
-    println!("device:          {}; {:.2} s", backend.describe(), s.seconds);
+    match &s.calibration {
+        None => println!("tensors:         {} quantized, {} raw; uncalibrated (no --calib)", s.quantized, s.raw),
+        Some(c) => {
+            println!("tensors:         {} quantized, {} raw; calibrated", s.quantized, s.raw);
+            let short = if c.windows < c.asked_windows {
+                format!(" (asked for {}; the text holds only {} after the skip)", c.asked_windows, c.windows)
+            } else {
+                String::new()
+            };
+            println!(
+                "calibration:     {} windows × {} tokens from token {}{short}; {} sha256:{}; {} states propagated",
+                c.windows,
+                c.seq_len,
+                c.skip,
+                c.input,
+                c.input_sha256,
+                c.propagate.name()
+            );
+        }
+    }
+    println!(
+        "time:            {:.2} s (hash {:.1}, calibrate {:.1}, quantize {:.1}, fit {:.1}, write {:.1}, propagate {:.1})",
+        s.seconds, p.hash, p.calibrate, p.quantize, p.fit, p.write, p.propagate
+    );
+    println!("device:          {}", backend.describe());
     Ok(())
 }
 

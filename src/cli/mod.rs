@@ -46,32 +46,7 @@ enum Command {
         common: Common,
     },
     /// Compress a model directory into a pack.
-    Compress {
-        model_dir: PathBuf,
-        /// Output pack directory (must not exist or be empty, unless --force).
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Bits per code (2..=8).
-        #[arg(long, default_value_t = 5)]
-        bits: u32,
-        /// Input channels per scale group.
-        #[arg(long, default_value_t = 64)]
-        group_size: u32,
-        /// Low-rank overlay rank per linear: auto (spend --target-bpw) or a number (0 = none).
-        #[arg(long, default_value = "auto")]
-        rank: String,
-        /// Bits per weight over the quantized linears that --rank auto may spend.
-        #[arg(long, default_value = "5.25")]
-        target_bpw: String,
-        /// Reconstructed dtype: source (default), bf16, f16 or f32.
-        #[arg(long, default_value = "source")]
-        out_dtype: String,
-        /// Replace a non-empty output directory.
-        #[arg(long)]
-        force: bool,
-        #[command(flatten)]
-        common: Common,
-    },
+    Compress(compress::CompressArgs),
     /// Check a pack's files, then rebuild every tensor and compare with the manifest.
     Verify {
         pack: PathBuf,
@@ -153,9 +128,7 @@ pub fn main() -> i32 {
         Command::Devices { common } => devices::run(&common),
         Command::Hash { model_dir, common } => hash::run(&model_dir, &common),
         Command::Info { path, common } => info::run(&path, &common),
-        Command::Compress { model_dir, output, bits, group_size, rank, target_bpw, out_dtype, force, common } => {
-            compress::run(&model_dir, &output, bits, group_size, &rank, &target_bpw, &out_dtype, force, &common)
-        }
+        Command::Compress(args) => compress::run(&args),
         Command::Verify { pack, expect, all_devices, verbose, common } => {
             verify::run(&pack, expect.as_deref(), all_devices, verbose, &common)
         }

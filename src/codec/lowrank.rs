@@ -329,13 +329,16 @@ pub struct LayerItem<'a> {
     pub rows: usize,
     pub cols: usize,
     pub base_exp: i32,
+    /// This linear's error metric (its input's statistic, at its true scale, so gains of
+    /// linears with different inputs compare as output error).
+    pub metric: Metric<'a>,
 }
 
 /// Spend `budget_bits` of overlay storage over a layer's linears where it lowers the
 /// (H-weighted) error most: greedily raise by one the rank of the linear whose next rank
 /// buys the largest error reduction per stored bit, while the cost fits the budget; ties go
 /// to the earlier linear. Deterministic (fixed-order f64, fixed tie-break).
-pub fn allocate_layer(items: &[LayerItem], budget_bits: i128, rounds: usize, metric: Metric) -> Vec<Option<Overlay>> {
+pub fn allocate_layer(items: &[LayerItem], budget_bits: i128, rounds: usize) -> Vec<Option<Overlay>> {
     let n = items.len();
     let bits_at = |t: usize, k: usize| 8 * overlay_bytes(items[t].rows, items[t].cols, k) as i128;
     let mut rank = vec![0usize; n];
@@ -355,7 +358,7 @@ pub fn allocate_layer(items: &[LayerItem], budget_bits: i128, rounds: usize, met
             }
             let it = &items[t];
             let cand = next[t]
-                .get_or_insert_with(|| fit_scored(it.residual, it.rows, it.cols, k, it.base_exp, rounds, metric));
+                .get_or_insert_with(|| fit_scored(it.residual, it.rows, it.cols, k, it.base_exp, rounds, it.metric));
             let gain = cand.as_ref().map_or(0.0, |c| c.1) - chosen[t].as_ref().map_or(0.0, |c| c.1);
             let ratio = gain / dcost as f64;
             if ratio > 0.0 && best.is_none_or(|(b, _)| ratio > b) {

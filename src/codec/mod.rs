@@ -1,5 +1,7 @@
 //! The codec: float weights → fixed point → quantized codes (later issues) → reconstruction.
 
+pub mod gptq;
+pub mod gram;
 pub mod ingest;
 pub mod quant;
 

@@ -1,5 +1,9 @@
-//! `ucw compress`: one tensor at a time through the codec, one layer file at a time to
-//! disk, written into a temporary directory beside the pack and renamed at the end.
+//! `ucw compress`: one decoder layer at a time: (calibrated) gather the layer's input
+//! statistics with the teacher forward pass, quantize and fit each linear, write the layer
+//! file, free; then move the calibration hidden states on to the next layer. Files go into
+//! a temporary directory beside the pack, renamed at the end.
+
+pub mod calib;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -8,8 +12,11 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::codec::CODEC_VERSION;
+use crate::codec::gptq;
 use crate::codec::lowrank::{self, LayerItem, Metric};
-use crate::codec::quant::{MAX_RANK, QuantParams, QuantTensor, quantize_tensor, step};
+use crate::codec::quant::{MAX_IMPORTANCE, MAX_RANK, QuantParams, QuantTensor, quantize_tensor, step};
+use crate::forward::layer::Tap;
+use calib::{CalibSpec, Calibration};
 use crate::digest::{sha256_hex, weights_digest};
 use crate::dtype::{DType, Decoded, first_non_finite};
 use crate::error::{Error, Result};
@@ -28,12 +35,51 @@ pub struct Options {
     /// None = each tensor's source dtype.
     pub out_dtype: Option<DType>,
     pub force: bool,
+    /// None = uncalibrated.
+    pub calib: Option<CalibSpec>,
+    /// Bound on one kernel call's device buffers during calibration (tiles the calibration
+    /// tokens; cannot change a bit).
+    pub max_memory: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { bits: 5, group_size: 64, rank: Rank::Fixed(0), out_dtype: None, force: false }
+        Options {
+            bits: 5,
+            group_size: 64,
+            rank: Rank::Fixed(0),
+            out_dtype: None,
+            force: false,
+            calib: None,
+            max_memory: crate::forward::eval::DEFAULT_MAX_MEMORY,
+        }
     }
+}
+
+/// Where compression stands, for progress displays.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// Layers finished, out of `layers`.
+    pub done: usize,
+    pub layers: usize,
+    /// What runs now.
+    pub phase: &'a str,
+}
+
+/// Seconds spent per phase (reported, never part of the pack).
+#[derive(Debug, Clone, Default)]
+pub struct PhaseTimes {
+    pub hash: f64,
+    /// Teacher forward pass with the statistics gathered inside it.
+    pub calibrate: f64,
+    /// Scale search.
+    pub quantize: f64,
+    /// Error feedback (GPTQ) and overlay fit.
+    pub fit: f64,
+    /// Reconstruction, digests, layer files.
+    pub write: f64,
+    /// Hidden states through the compressed layer (`--calib-propagate compressed`).
+    pub propagate: f64,
 }
 
 /// Low-rank overlay rank per quantized linear.
@@ -56,16 +102,23 @@ fn base_bytes(rows: usize, cols: usize, p: QuantParams) -> u64 {
     (rows * (bits::row_bytes(cols, p.bits) + gpr + bits::row_bytes(gpr, p.bits))) as u64
 }
 
+/// The source weights as exact f64 (bf16, f16 and f32 all convert exactly).
+fn source_f64(src: &[u8], dtype: DType, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| match dtype.decode(dtype.load_bits(src, i)) {
+            Decoded::Finite { neg, sig, exp } => libm::ldexp(if neg { -(sig as f64) } else { sig as f64 }, exp),
+            _ => 0.0,
+        })
+        .collect()
+}
+
 /// Exact f64 residual source − quantized (every term is an exact f64).
-fn residual(src: &[u8], dtype: DType, q: &QuantTensor) -> Vec<f64> {
+fn residual(w: &[f64], q: &QuantTensor) -> Vec<f64> {
     let gpr = q.groups_per_row();
     let g = q.params.group_size as usize;
-    (0..q.rows * q.cols)
-        .map(|i| {
-            let w = match dtype.decode(dtype.load_bits(src, i)) {
-                Decoded::Finite { neg, sig, exp } => libm::ldexp(if neg { -(sig as f64) } else { sig as f64 }, exp),
-                _ => 0.0,
-            };
+    w.iter()
+        .enumerate()
+        .map(|(i, &w)| {
             let gi = (i / q.cols) * gpr + (i % q.cols) / g;
             let (m, e) = step(q.scales[gi], q.base_exp);
             w - libm::ldexp(m as f64 * (q.codes[i] as f64 - q.zeros[gi] as f64), e)
@@ -82,6 +135,10 @@ pub struct Summary {
     pub quantized: usize,
     pub raw: usize,
     pub seconds: f64,
+    pub phases: PhaseTimes,
+    pub calibration: Option<calib::Provenance>,
+    /// Host bytes of the calibration hidden-state cache.
+    pub calib_cache_bytes: u64,
 }
 
 fn file_entry(dir: &Path, name: &str) -> Result<FileEntry> {
@@ -95,9 +152,10 @@ pub fn compress(
     out: &Path,
     backend: &dyn Backend,
     opts: &Options,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary> {
     let start = Instant::now();
+    let mut times = PhaseTimes::default();
     let params = QuantParams { bits: opts.bits, group_size: opts.group_size };
     if !(2..=8).contains(&opts.bits) {
         return Err(bad_input!("--bits {} out of range 2..=8", opts.bits));
@@ -115,10 +173,17 @@ pub fn compress(
     {
         return Err(bad_input!("--rank {r}: at most {MAX_RANK}"));
     }
+    let layers = model.config.num_hidden_layers;
+    // Calibration text first: a bad calibration input fails before any work.
+    let calib_windows = match &opts.calib {
+        Some(spec) => Some(calib::read_windows(&model, spec)?),
+        None => None,
+    };
     let tmp = Staging::new(out, opts.force)?;
 
     // Source provenance.
-    progress("hashing source");
+    progress(Progress { done: 0, layers, phase: "hashing source" });
+    let t0 = Instant::now();
     let src_digests = hash_model_dir(model_dir)?;
     let mut src_files: Vec<FileEntry> = Vec::new();
     for f in &model.checkpoint.files {
@@ -135,6 +200,16 @@ pub fn compress(
     }
     src_files.sort_by(|a, b| a.name.cmp(&b.name));
 
+    times.hash = t0.elapsed().as_secs_f64();
+    let mut calib = match calib_windows {
+        Some((windows, prov)) => {
+            progress(Progress { done: 0, layers, phase: "embedding calibration tokens" });
+            Some(Calibration::start(backend, &model, &windows, prov, opts.max_memory)?)
+        }
+        None => None,
+    };
+    let calib_cache_bytes = calib.as_ref().map_or(0, |c| c.cache_bytes());
+
     let mut files: Vec<FileEntry> = Vec::new();
     for name in COPIED_FILES {
         let from = model_dir.join(name);
@@ -150,13 +225,31 @@ pub fn compress(
     let mut data_bytes = 0u64;
     let mut all_weights = 0u64;
     let mut scaffold: Vec<OutTensor> = Vec::new();
-    let layers = model.config.num_hidden_layers;
     for l in 0..layers {
-        progress(&format!("layer {}/{layers}", l + 1));
         let mut meta = LayerMeta::new();
         let mut stored: Vec<OutTensor> = Vec::new();
         let file = layer_file_name(l);
         let linears: Vec<_> = model.tensors.iter().filter(|t| t.layer == Some(l) && t.role == Role::Linear).collect();
+        // Calibration statistics of this layer's four inputs, as f64 metrics: the full H
+        // where kept (error feedback and the overlay use it), else its diagonal.
+        let t0 = Instant::now();
+        let stats = match calib.as_mut() {
+            Some(c) => {
+                progress(Progress { done: l, layers, phase: "calibration forward" });
+                Some(c.layer_stats(backend, &model, l)?)
+            }
+            None => None,
+        };
+        let metrics: BTreeMap<Tap, (Option<Vec<f64>>, Vec<f64>, Vec<u32>)> = stats.as_ref().map_or_else(
+            BTreeMap::new,
+            |s| s.grams.iter().map(|(&t, g)| (t, (g.to_f64_full(), g.to_f64_diag(), g.importance(MAX_IMPORTANCE)))).collect(),
+        );
+        drop(stats);
+        times.calibrate += t0.elapsed().as_secs_f64();
+        let metric_of = |name: &str| Tap::of_linear(name).and_then(|t| metrics.get(&t));
+
+        progress(Progress { done: l, layers, phase: "quantize" });
+        let t0 = Instant::now();
         let mut quantized = Vec::with_capacity(linears.len());
         for t in &linears {
             let v = model.tensor(&t.name);
@@ -168,50 +261,68 @@ pub fn compress(
                 t.shape[0],
                 t.shape[1],
                 params,
-                None,
+                metric_of(&t.name).map(|m| m.2.as_slice()),
             )?;
             quantized.push(q);
+        }
+        times.quantize += t0.elapsed().as_secs_f64();
+
+        progress(Progress { done: l, layers, phase: "fit" });
+        let t0 = Instant::now();
+        let sources: Vec<Vec<f64>> = linears
+            .iter()
+            .map(|t| source_f64(model.tensor(&t.name).bytes, model.dtype_of(&t.name), t.shape[0] * t.shape[1]))
+            .collect();
+        // Error feedback under the full statistic: codes re-chosen, scales kept.
+        for ((t, q), w) in linears.iter().zip(quantized.iter_mut()).zip(&sources) {
+            if let Some((Some(h), _, _)) = metric_of(&t.name) {
+                gptq::refine_codes(q, w, h);
+            }
         }
         // Overlays: a common rank, or (auto) this layer's share of the budget spent where it
         // lowers the error most. Residuals live for this layer only.
         if opts.rank != Rank::Fixed(0) {
-            let residuals: Vec<Vec<f64>> = linears
+            let residuals: Vec<Vec<f64>> = sources.iter().zip(&quantized).map(|(w, q)| residual(w, q)).collect();
+            let items: Vec<LayerItem> = linears
                 .iter()
                 .zip(&quantized)
-                .map(|(t, q)| residual(model.tensor(&t.name).bytes, model.dtype_of(&t.name), q))
-                .collect();
-            let items: Vec<LayerItem> = quantized
-                .iter()
                 .zip(&residuals)
-                .map(|(q, r)| LayerItem { residual: r, rows: q.rows, cols: q.cols, base_exp: q.base_exp })
+                .map(|((t, q), r)| LayerItem {
+                    residual: r,
+                    rows: q.rows,
+                    cols: q.cols,
+                    base_exp: q.base_exp,
+                    metric: match metric_of(&t.name) {
+                        Some((Some(h), _, _)) => Metric::Full(h),
+                        Some((None, d, _)) => Metric::Diagonal(d),
+                        None => Metric::Identity,
+                    },
+                })
                 .collect();
             let overlays = match opts.rank {
                 Rank::Fixed(r) => items
                     .iter()
-                    .map(|it| {
-                        lowrank::fit(
-                            it.residual,
-                            it.rows,
-                            it.cols,
-                            r as usize,
-                            it.base_exp,
-                            FIT_ROUNDS,
-                            Metric::Identity,
-                        )
-                    })
+                    .map(|it| lowrank::fit(it.residual, it.rows, it.cols, r as usize, it.base_exp, FIT_ROUNDS, it.metric))
                     .collect(),
                 Rank::Auto { bits, weights } => {
                     let shapes: Vec<(usize, usize)> = quantized.iter().map(|q| (q.rows, q.cols)).collect();
                     let n: u64 = shapes.iter().map(|&(r, c)| (r * c) as u64).sum();
                     let base: u64 = shapes.iter().map(|&(r, c)| 8 * base_bytes(r, c, params)).sum();
                     let budget = bits as i128 * n as i128 / weights.max(1) as i128 - base as i128;
-                    lowrank::allocate_layer(&items, budget, FIT_ROUNDS, Metric::Identity)
+                    lowrank::allocate_layer(&items, budget, FIT_ROUNDS)
                 }
             };
             for (q, o) in quantized.iter_mut().zip(overlays) {
                 q.overlay = o;
             }
         }
+        drop(sources);
+        times.fit += t0.elapsed().as_secs_f64();
+
+        progress(Progress { done: l, layers, phase: "write" });
+        let t0 = Instant::now();
+        let keep = calib.as_ref().is_some_and(|c| c.provenance.propagate == calib::Propagate::Compressed);
+        let mut patches: BTreeMap<String, (Vec<u8>, DType)> = BTreeMap::new();
         for (t, q) in linears.iter().zip(&quantized) {
             let (rows, cols) = (t.shape[0], t.shape[1]);
             let dtype = model.dtype_of(&t.name);
@@ -245,11 +356,24 @@ pub fn compress(
                 shape: vec![rows as u64, cols as u64],
             });
             stored.extend(layer::encode(&t.name, q));
+            if keep {
+                patches.insert(t.name.clone(), (rec, out_dtype));
+            }
         }
         let (size, sha256) = stfile::write(&tmp.path.join(&file), stored, &meta.to_metadata())?;
         files.push(FileEntry { name: file, sha256, size });
+        times.write += t0.elapsed().as_secs_f64();
+        if let Some(c) = calib.as_mut()
+            && keep
+        {
+            progress(Progress { done: l, layers, phase: "propagate" });
+            let t0 = Instant::now();
+            c.propagate_compressed(backend, &model, l, &patches)?;
+            times.propagate += t0.elapsed().as_secs_f64();
+        }
     }
-    progress("scaffold");
+    progress(Progress { done: layers, layers, phase: "scaffold" });
+    let t0 = Instant::now();
     for t in model.tensors.iter().filter(|t| t.role != Role::Linear) {
         let v = model.tensor(&t.name);
         let dtype = model.dtype_of(&t.name);
@@ -288,7 +412,7 @@ pub fn compress(
             pack: BitsPerWeight { bits: 8 * data_bytes, weights: all_weights },
         },
         codec: Codec {
-            calibration: None,
+            calibration: calib.as_ref().map(|c| c.provenance.to_json()),
             name: layer::CODEC_NAME.into(),
             parameters: CodecParams {
                 bits: opts.bits,
@@ -331,6 +455,7 @@ pub fn compress(
     let mpath = tmp.path.join(MANIFEST_FILE);
     std::fs::write(&mpath, &bytes).map_err(|e| Error::io(&mpath, "cannot write", e))?;
     tmp.install()?;
+    times.write += t0.elapsed().as_secs_f64();
     Ok(Summary {
         pack: out.to_path_buf(),
         pack_digest: sha256_hex(&bytes),
@@ -339,5 +464,8 @@ pub fn compress(
         quantized: manifest.tensors.iter().filter(|t| t.kind == Kind::Quantized).count(),
         raw: manifest.tensors.iter().filter(|t| t.kind == Kind::Raw).count(),
         seconds: start.elapsed().as_secs_f64(),
+        phases: times,
+        calibration: calib.map(|c| c.provenance),
+        calib_cache_bytes,
     })
 }

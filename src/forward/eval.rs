@@ -126,7 +126,7 @@ pub fn evaluate(
     let mut hidden = Vec::with_capacity(windows.len());
     {
         let name = "model.embed_tokens.weight";
-        let (emb, dtype) = src.tensor(backend, name)?;
+        let (emb, dtype) = src.tensor_bytes(backend, name)?;
         for w in windows {
             hidden.push(super::embed_rows(backend, name, &emb, dtype, c.vocab_size, c.hidden_size, w, RESIDUAL_BITS)?);
         }

@@ -7,7 +7,7 @@
 //! (o_proj, down_proj, biased projections) are rounded once to 22 bits before the add that
 //! rounds them into the stream, so the add, not the branch, is the rounding that counts.
 
-use super::source::Source;
+use super::source::Tensors;
 use crate::backend::cpu::act::ExpConsts;
 use crate::backend::cpu::attention::AttnShape;
 use crate::backend::cpu::linear::shr_round_any;
@@ -71,7 +71,7 @@ impl Linear {
 /// exponent spread bounded by `align_row_exponents`).
 pub fn load_weight(
     backend: &dyn Backend,
-    src: &mut Source,
+    src: &mut dyn Tensors,
     name: &str,
     rows: usize,
     cols: usize,
@@ -84,7 +84,7 @@ pub fn load_weight(
 }
 
 /// A one-row tensor (norm weight or bias) as one group at `bits`.
-fn load_vector(backend: &dyn Backend, src: &mut Source, name: &str, len: usize, bits: u32) -> Result<GroupFixed> {
+fn load_vector(backend: &dyn Backend, src: &mut dyn Tensors, name: &str, len: usize, bits: u32) -> Result<GroupFixed> {
     let (bytes, dtype) = src.tensor(backend, name)?;
     let p = IngestParams { group_size: len as u32, mantissa_bits: bits };
     crate::codec::ingest::ingest_tensor(backend, name, &bytes, dtype, 1, len, p)
@@ -92,7 +92,7 @@ fn load_vector(backend: &dyn Backend, src: &mut Source, name: &str, len: usize, 
 
 fn load_linear(
     backend: &dyn Backend,
-    src: &mut Source,
+    src: &mut dyn Tensors,
     prefix: &str,
     rows: usize,
     cols: usize,
@@ -110,8 +110,37 @@ fn load_linear(
 }
 
 /// Norm weights: one group, 16-bit mantissas (`rms_norm`'s contract).
-pub fn load_norm(backend: &dyn Backend, src: &mut Source, name: &str, len: usize) -> Result<GroupFixed> {
+pub fn load_norm(backend: &dyn Backend, src: &mut dyn Tensors, name: &str, len: usize) -> Result<GroupFixed> {
     load_vector(backend, src, name, len, WEIGHT_BITS)
+}
+
+/// The four distinct inputs of a decoder layer's linears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tap {
+    /// input-norm output: q, k and v projections
+    Attn,
+    /// attention output: o projection
+    O,
+    /// post-attention-norm output: gate and up projections
+    Mlp,
+    /// SwiGLU output: down projection
+    Down,
+}
+
+impl Tap {
+    pub const ALL: [Tap; 4] = [Tap::Attn, Tap::O, Tap::Mlp, Tap::Down];
+
+    /// The tap feeding the linear whose weight is `name` (`...q_proj.weight` → Attn).
+    pub fn of_linear(name: &str) -> Option<Tap> {
+        let proj = name.strip_suffix(".weight")?.rsplit('.').next()?;
+        Some(match proj {
+            "q_proj" | "k_proj" | "v_proj" => Tap::Attn,
+            "o_proj" => Tap::O,
+            "gate_proj" | "up_proj" => Tap::Mlp,
+            "down_proj" => Tap::Down,
+            _ => return None,
+        })
+    }
 }
 
 /// Every weight of one decoder layer, ingested.
@@ -129,7 +158,7 @@ pub struct Layer {
 }
 
 impl Layer {
-    pub fn load(backend: &dyn Backend, src: &mut Source, l: usize) -> Result<Layer> {
+    pub fn load(backend: &dyn Backend, src: &mut dyn Tensors, l: usize) -> Result<Layer> {
         let c = src.config().clone();
         let (h, ff) = (c.hidden_size, c.intermediate_size);
         let (qw, kvw) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
@@ -165,8 +194,22 @@ impl Layer {
     /// Apply the layer to one window (positions 0..T): pre-norm attention and MLP blocks,
     /// each added into the residual stream.
     pub fn forward(&self, b: &dyn Backend, x: &TokenFixed, k: &Consts, chunk: usize) -> Result<TokenFixed> {
+        self.forward_tapped(b, x, k, chunk, &mut |_, _| Ok(()))
+    }
+
+    /// `forward`, handing each of the four distinct linear inputs to `tap` as it is made
+    /// (calibration statistics read the exact activations the layer multiplies).
+    pub fn forward_tapped(
+        &self,
+        b: &dyn Backend,
+        x: &TokenFixed,
+        k: &Consts,
+        chunk: usize,
+        tap: &mut dyn FnMut(Tap, &TokenFixed) -> Result<()>,
+    ) -> Result<TokenFixed> {
         let t = x.tokens;
         let a = b.rms_norm(x, &self.input_norm, &k.rms_hidden, ACT_BITS)?;
+        tap(Tap::Attn, &a)?;
         let positions: Vec<u32> = (0..t as u32).collect();
         let (q, kk) = match &self.qk_norm {
             // qwen3: per-head RMSNorm of q and k before RoPE.
@@ -184,13 +227,16 @@ impl Layer {
         let v = linear(b, &a, &self.v, QKV_BITS, chunk)?;
         let att = b.attention(&q, &kk, &v, &k.attn, &k.exp, ACT_BITS)?;
         drop((q, kk, v));
+        tap(Tap::O, &att)?;
         let o = linear(b, &att, &self.o, BRANCH_BITS, chunk)?;
         let x = b.add(x, &o, RESIDUAL_BITS)?;
         let a = b.rms_norm(&x, &self.post_norm, &k.rms_hidden, ACT_BITS)?;
+        tap(Tap::Mlp, &a)?;
         let g = linear(b, &a, &self.gate, ACT_BITS, chunk)?;
         let u = linear(b, &a, &self.up, ACT_BITS, chunk)?;
         let s = b.swiglu(&g, &u, &k.exp, ACT_BITS)?;
         drop((g, u));
+        tap(Tap::Down, &s)?;
         let d = linear(b, &s, &self.down, BRANCH_BITS, chunk)?;
         b.add(&x, &d, RESIDUAL_BITS)
     }

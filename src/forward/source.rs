@@ -4,6 +4,7 @@
 //! deployed one).
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::backend::Backend;
@@ -71,7 +72,7 @@ impl Source {
 
     /// The deployed bytes and dtype of tensor `name`. A tied lm_head is read as the
     /// embedding by the caller, never here.
-    pub fn tensor(&mut self, backend: &dyn Backend, name: &str) -> Result<(Cow<'_, [u8]>, DType)> {
+    pub fn tensor_bytes(&mut self, backend: &dyn Backend, name: &str) -> Result<(Cow<'_, [u8]>, DType)> {
         match self {
             Source::Model(m) => {
                 let v = m.checkpoint.get(name).ok_or_else(|| bad_input!("model has no tensor \"{name}\""))?;
@@ -94,5 +95,41 @@ impl Source {
                 Ok((Cow::Owned(bytes), dtype))
             }
         }
+    }
+}
+
+/// Where a decoder layer's weights come from: a `Source`, or a model with some tensors
+/// replaced (the compressor's reconstructed layer, for propagating calibration states).
+pub trait Tensors {
+    fn config(&self) -> &ModelConfig;
+    fn tensor(&mut self, backend: &dyn Backend, name: &str) -> Result<(Cow<'_, [u8]>, DType)>;
+}
+
+impl Tensors for Source {
+    fn config(&self) -> &ModelConfig {
+        Source::config(self)
+    }
+    fn tensor(&mut self, backend: &dyn Backend, name: &str) -> Result<(Cow<'_, [u8]>, DType)> {
+        self.tensor_bytes(backend, name)
+    }
+}
+
+/// A model directory read in place, with `patches` (name → bytes, dtype) read instead of
+/// the model's own tensors of those names.
+pub struct Patched<'a> {
+    pub model: &'a Model,
+    pub patches: &'a BTreeMap<String, (Vec<u8>, DType)>,
+}
+
+impl Tensors for Patched<'_> {
+    fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+    fn tensor(&mut self, _backend: &dyn Backend, name: &str) -> Result<(Cow<'_, [u8]>, DType)> {
+        if let Some((b, d)) = self.patches.get(name) {
+            return Ok((Cow::Borrowed(b), *d));
+        }
+        let v = self.model.checkpoint.get(name).ok_or_else(|| bad_input!("model has no tensor \"{name}\""))?;
+        Ok((Cow::Borrowed(v.bytes), self.model.dtype_of(name)))
     }
 }

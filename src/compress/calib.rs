@@ -1,0 +1,270 @@
+//! Calibration: the teacher (the source model) runs the integer forward pass over the
+//! calibration windows one decoder layer at a time, and each linear input's exact Gram
+//! statistic is gathered as the layer computes it (`codec::gram`).
+//!
+//! Hidden states of every calibration window stay on the host between layers (windows ×
+//! seq_len × hidden i32), exactly like `forward::evaluate`; one layer's ingested weights and
+//! its four statistics are the only other per-layer memory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::backend::{Backend, TokenFixed};
+use crate::codec::gram::Gram;
+use crate::digest::sha256_hex;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::forward::eval::chunk_tokens;
+use crate::forward::layer::{Consts, Layer, RESIDUAL_BITS, Tap};
+use crate::forward::source::Patched;
+use crate::forward::text::{parse_token_bytes, tokenize_bytes};
+use crate::model::Model;
+
+/// Where the calibration tokens come from.
+#[derive(Debug, Clone)]
+pub enum CalibInput {
+    /// Text, tokenized with the model's tokenizer.json (no BOS added).
+    Text(PathBuf),
+    /// Little-endian u32 token ids.
+    Tokens(PathBuf),
+}
+
+/// Which hidden states feed the next layer's calibration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagate {
+    /// The source model's own outputs.
+    Teacher,
+    /// The outputs of the layer as compressed (the next layer then sees, and corrects for,
+    /// the error the earlier layers made).
+    Compressed,
+}
+
+impl Propagate {
+    pub fn name(self) -> &'static str {
+        match self {
+            Propagate::Teacher => "teacher",
+            Propagate::Compressed => "compressed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CalibSpec {
+    pub input: CalibInput,
+    pub windows: usize,
+    pub seq_len: usize,
+    /// Tokens skipped before the first window.
+    pub skip: usize,
+    pub propagate: Propagate,
+}
+
+/// What the manifest records about the calibration (integers and digests only).
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub input: &'static str,
+    pub input_sha256: String,
+    pub tokenizer_sha256: Option<String>,
+    /// Windows used (fewer than asked when the text is short: `asked` keeps the request).
+    pub windows: usize,
+    pub asked_windows: usize,
+    pub seq_len: usize,
+    pub skip: usize,
+    pub tokens: usize,
+    pub propagate: Propagate,
+}
+
+impl Provenance {
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("input".into(), self.input.into());
+        m.insert(format!("{}_sha256", self.input), self.input_sha256.clone().into());
+        m.insert("tokenizer_sha256".into(), self.tokenizer_sha256.clone().map_or(serde_json::Value::Null, |s| s.into()));
+        m.insert("windows".into(), self.windows.into());
+        m.insert("seq_len".into(), self.seq_len.into());
+        m.insert("skip".into(), self.skip.into());
+        m.insert("tokens".into(), self.tokens.into());
+        m.insert("propagate".into(), self.propagate.name().into());
+        m.insert("statistic".into(), "exact-gram".into());
+        serde_json::Value::Object(m)
+    }
+}
+
+/// The calibration state between layers.
+pub struct Calibration {
+    pub provenance: Provenance,
+    hidden: Vec<TokenFixed>,
+    consts: Consts,
+    max_memory: u64,
+}
+
+/// Read the calibration tokens and choose the windows: `windows` non-overlapping windows of
+/// `seq_len` from token `skip` on. Fewer tokens than one window is an error; fewer than
+/// asked uses what fits (the provenance and the summary say so).
+pub fn read_windows(model: &Model, spec: &CalibSpec) -> Result<(Vec<Vec<u32>>, Provenance)> {
+    let c = &model.config;
+    if spec.seq_len < 2 {
+        return Err(bad_input!("--calib-seq-len {}: at least 2 tokens", spec.seq_len));
+    }
+    if spec.windows == 0 {
+        return Err(bad_input!("--calib-windows 0: nothing to calibrate on"));
+    }
+    if spec.seq_len > c.max_position_embeddings {
+        return Err(bad_input!(
+            "--calib-seq-len {} exceeds the model's max_position_embeddings {}",
+            spec.seq_len,
+            c.max_position_embeddings
+        ));
+    }
+    if spec.seq_len > crate::codec::gram::MAX_WINDOW_TOKENS {
+        return Err(bad_input!("--calib-seq-len {}: at most {}", spec.seq_len, crate::codec::gram::MAX_WINDOW_TOKENS));
+    }
+    if let Some(sw) = c.sliding_window
+        && spec.seq_len > sw
+    {
+        return Err(bad_input!("--calib-seq-len {} exceeds the model's sliding_window {sw}", spec.seq_len));
+    }
+    let dir = &model.checkpoint.dir;
+    let (ids, input, input_sha256, tokenizer_sha256) = match &spec.input {
+        CalibInput::Text(p) => {
+            let bytes = std::fs::read(p).map_err(|e| Error::io(p, "cannot read calibration text", e))?;
+            let sha = sha256_hex(&bytes);
+            let ids = tokenize_bytes(dir, p, bytes)?;
+            let tok = crate::pack::sha256_file(&dir.join("tokenizer.json")).ok();
+            (ids, "text", sha, tok)
+        }
+        CalibInput::Tokens(p) => {
+            let bytes = std::fs::read(p).map_err(|e| Error::io(p, "cannot read calibration tokens", e))?;
+            (parse_token_bytes(p, &bytes)?, "tokens", sha256_hex(&bytes), None)
+        }
+    };
+    let name = |p: &Path| p.display().to_string();
+    let path = match &spec.input {
+        CalibInput::Text(p) | CalibInput::Tokens(p) => name(p),
+    };
+    if let Some((i, &id)) = ids.iter().enumerate().find(|&(_, &id)| id as usize >= c.vocab_size) {
+        return Err(bad_input!("{path}: token {i} has id {id}, outside the vocabulary of {}", c.vocab_size));
+    }
+    let after = ids.len().saturating_sub(spec.skip);
+    let fit = after / spec.seq_len;
+    if fit == 0 {
+        return Err(bad_input!(
+            "{path}: {} tokens after skipping {} (--calib-skip), fewer than one calibration window of {}",
+            after,
+            spec.skip,
+            spec.seq_len
+        ));
+    }
+    let n = fit.min(spec.windows);
+    let windows: Vec<Vec<u32>> =
+        (0..n).map(|w| ids[spec.skip + w * spec.seq_len..spec.skip + (w + 1) * spec.seq_len].to_vec()).collect();
+    let prov = Provenance {
+        input,
+        input_sha256,
+        tokenizer_sha256,
+        windows: n,
+        asked_windows: spec.windows,
+        seq_len: spec.seq_len,
+        skip: spec.skip,
+        tokens: n * spec.seq_len,
+        propagate: spec.propagate,
+    };
+    Ok((windows, prov))
+}
+
+/// The four statistics of one layer.
+pub struct LayerStats {
+    pub grams: BTreeMap<Tap, Gram>,
+}
+
+impl Calibration {
+    /// Embed the calibration windows (the residual stream's format).
+    pub fn start(
+        backend: &dyn Backend,
+        model: &Model,
+        windows: &[Vec<u32>],
+        provenance: Provenance,
+        max_memory: u64,
+    ) -> Result<Calibration> {
+        let c = &model.config;
+        let name = "model.embed_tokens.weight";
+        let v = model.tensor(name);
+        let hidden = windows
+            .iter()
+            .map(|w| {
+                crate::forward::embed_rows(
+                    backend,
+                    name,
+                    v.bytes,
+                    model.dtype_of(name),
+                    c.vocab_size,
+                    c.hidden_size,
+                    w,
+                    RESIDUAL_BITS,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Calibration { consts: Consts::new(c, provenance.seq_len), provenance, hidden, max_memory })
+    }
+
+    /// Host bytes of the cached hidden states.
+    pub fn cache_bytes(&self) -> u64 {
+        self.hidden.iter().map(|h| (h.mants.len() * 4 + h.exps.len() * 4) as u64).sum()
+    }
+
+    fn chunk(&self, layer: &Layer) -> Result<usize> {
+        let sizes = [&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down]
+            .iter()
+            .map(|lin| chunk_tokens(self.max_memory, lin.w.cols, lin.w.rows, lin.bytes()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(sizes.into_iter().min().unwrap_or(1))
+    }
+
+    /// Run the teacher's layer `l` over every window, gathering its statistics. With
+    /// `Propagate::Teacher` the hidden states move on to the layer's outputs here.
+    pub fn layer_stats(&mut self, backend: &dyn Backend, model: &Model, l: usize) -> Result<LayerStats> {
+        let no_patches = BTreeMap::new();
+        let mut src = Patched { model, patches: &no_patches };
+        let layer = Layer::load(backend, &mut src, l)?;
+        let chunk = self.chunk(&layer)?;
+        let c = &model.config;
+        let widths = [
+            (Tap::Attn, c.hidden_size),
+            (Tap::O, c.num_attention_heads * c.head_dim),
+            (Tap::Mlp, c.hidden_size),
+            (Tap::Down, c.intermediate_size),
+        ];
+        let mut grams: BTreeMap<Tap, Gram> = widths.iter().map(|&(t, w)| (t, Gram::new(w))).collect();
+        let teacher = self.provenance.propagate == Propagate::Teacher;
+        for h in self.hidden.iter_mut() {
+            let out = layer.forward_tapped(backend, h, &self.consts, chunk, &mut |tap, x| {
+                let g = grams.get_mut(&tap).expect("every tap has a statistic");
+                g.add_window(x, &format!("model.layers.{l} {tap:?} input"))
+            })?;
+            if teacher {
+                *h = out;
+            }
+        }
+        Ok(LayerStats { grams })
+    }
+
+    /// With `Propagate::Compressed`: move the hidden states through layer `l` as compressed
+    /// (`patches`: its reconstructed linears).
+    pub fn propagate_compressed(
+        &mut self,
+        backend: &dyn Backend,
+        model: &Model,
+        l: usize,
+        patches: &BTreeMap<String, (Vec<u8>, DType)>,
+    ) -> Result<()> {
+        if self.provenance.propagate != Propagate::Compressed {
+            return Ok(());
+        }
+        let mut src = Patched { model, patches };
+        let layer = Layer::load(backend, &mut src, l)?;
+        let chunk = self.chunk(&layer)?;
+        for h in self.hidden.iter_mut() {
+            *h = layer.forward(backend, h, &self.consts, chunk)?;
+        }
+        Ok(())
+    }
+}
