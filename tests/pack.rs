@@ -29,7 +29,14 @@ fn err(o: &Output) -> String {
 
 /// Pinned settings of the golden packs (recorded in each golden file).
 fn golden_options() -> Options {
-    Options { bits: 5, group_size: 64, rank: ucw::compress::Rank::Fixed(0), out_dtype: None, force: false }
+    Options {
+        bits: 5,
+        group_size: 64,
+        rank: ucw::compress::Rank::Fixed(0),
+        out_dtype: None,
+        force: false,
+        ..Default::default()
+    }
 }
 
 fn golden_doc(pack: &Pack, rank: u32) -> serde_json::Value {

@@ -24,7 +24,7 @@ fn run_steps(b: &dyn Backend, dir: &std::path::Path, out: &mut Steps) -> ucw::er
     let c = src.config().clone();
     let ids = ucw::forward::text::tokenize_file(dir, &dir.join("../text/eval.txt"))?;
     let ids = &ids[..32];
-    let (emb, dt) = src.tensor(b, "model.embed_tokens.weight")?;
+    let (emb, dt) = src.tensor_bytes(b, "model.embed_tokens.weight")?;
     let emb = emb.into_owned();
     let x = ucw::forward::embed_rows(b, "e", &emb, dt, c.vocab_size, c.hidden_size, ids, RESIDUAL_BITS)?;
     let k = Consts::new(&c, 32);

@@ -76,7 +76,11 @@ pub struct CompressArgs {
 /// mm:ss (or h:mm:ss) for progress lines.
 fn clock(s: f64) -> String {
     let s = s.max(0.0).round() as u64;
-    if s >= 3600 { format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) } else { format!("{}:{:02}", s / 60, s % 60) }
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
 }
 
 pub fn run(a: &CompressArgs) -> Result<()> {

@@ -161,8 +161,8 @@ pub fn refine_codes(q: &mut QuantTensor, w: &[f64], h: &[f64]) -> bool {
                 let (m, e) = step(scales[gi], base_exp);
                 let z = zeros[gi] as i32;
                 let x = wp[r * n + a];
-                let code = ((libm::ldexp(x, -e) / m as f64).round_ties_even() as i64 + z as i64).clamp(0, qmax as i64)
-                    as i32;
+                let code =
+                    ((libm::ldexp(x, -e) / m as f64).round_ties_even() as i64 + z as i64).clamp(0, qmax as i64) as i32;
                 codes[r * n + col] = code as u8;
                 let err = (x - libm::ldexp((m as i64 * (code - z) as i64) as f64, e)) / d;
                 if err != 0.0 {

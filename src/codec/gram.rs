@@ -21,8 +21,8 @@
 
 use rayon::prelude::*;
 
-use crate::backend::{MATMUL_MAX_ACT, TokenFixed};
 use crate::backend::cpu::linear::shr_round_any;
+use crate::backend::{MATMUL_MAX_ACT, TokenFixed};
 use crate::error::Result;
 
 /// Largest input width that keeps the full matrix (i128 lower triangle: 8192 inputs take

@@ -78,7 +78,10 @@ impl Provenance {
         let mut m = serde_json::Map::new();
         m.insert("input".into(), self.input.into());
         m.insert(format!("{}_sha256", self.input), self.input_sha256.clone().into());
-        m.insert("tokenizer_sha256".into(), self.tokenizer_sha256.clone().map_or(serde_json::Value::Null, |s| s.into()));
+        m.insert(
+            "tokenizer_sha256".into(),
+            self.tokenizer_sha256.clone().map_or(serde_json::Value::Null, |s| s.into()),
+        );
         m.insert("windows".into(), self.windows.into());
         m.insert("seq_len".into(), self.seq_len.into());
         m.insert("skip".into(), self.skip.into());

@@ -15,17 +15,17 @@ use crate::codec::CODEC_VERSION;
 use crate::codec::gptq;
 use crate::codec::lowrank::{self, LayerItem, Metric};
 use crate::codec::quant::{MAX_IMPORTANCE, MAX_RANK, QuantParams, QuantTensor, quantize_tensor, step};
-use crate::forward::layer::Tap;
-use calib::{CalibSpec, Calibration};
 use crate::digest::{sha256_hex, weights_digest};
 use crate::dtype::{DType, Decoded, first_non_finite};
 use crate::error::{Error, Result};
+use crate::forward::layer::Tap;
 use crate::model::{Model, Role, hash_model_dir};
 use crate::pack::layer::{self, LayerMeta, QuantMeta};
 use crate::pack::manifest::*;
 use crate::pack::output::Staging;
 use crate::pack::stfile::{self, OutTensor};
 use crate::pack::{COPIED_FILES, SCAFFOLD_FILE, bits, layer_file_name, sha256_file};
+use calib::{CalibSpec, Calibration};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -66,6 +66,15 @@ pub struct Progress<'a> {
     pub phase: &'a str,
 }
 
+/// One linear input's calibration statistic in the forms the codec uses.
+struct TapMetric {
+    /// H (f64, row-major) where the full matrix is kept.
+    full: Option<Vec<f64>>,
+    diag: Vec<f64>,
+    /// diag(H) scaled for the scale search.
+    importance: Vec<u32>,
+}
+
 /// Seconds spent per phase (reported, never part of the pack).
 #[derive(Debug, Clone, Default)]
 pub struct PhaseTimes {
@@ -103,7 +112,7 @@ fn base_bytes(rows: usize, cols: usize, p: QuantParams) -> u64 {
 }
 
 /// The source weights as exact f64 (bf16, f16 and f32 all convert exactly).
-fn source_f64(src: &[u8], dtype: DType, n: usize) -> Vec<f64> {
+pub fn source_f64(src: &[u8], dtype: DType, n: usize) -> Vec<f64> {
     (0..n)
         .map(|i| match dtype.decode(dtype.load_bits(src, i)) {
             Decoded::Finite { neg, sig, exp } => libm::ldexp(if neg { -(sig as f64) } else { sig as f64 }, exp),
@@ -240,10 +249,19 @@ pub fn compress(
             }
             None => None,
         };
-        let metrics: BTreeMap<Tap, (Option<Vec<f64>>, Vec<f64>, Vec<u32>)> = stats.as_ref().map_or_else(
-            BTreeMap::new,
-            |s| s.grams.iter().map(|(&t, g)| (t, (g.to_f64_full(), g.to_f64_diag(), g.importance(MAX_IMPORTANCE)))).collect(),
-        );
+        let metrics: BTreeMap<Tap, TapMetric> = stats.as_ref().map_or_else(BTreeMap::new, |s| {
+            s.grams
+                .iter()
+                .map(|(&t, g)| {
+                    let m = TapMetric {
+                        full: g.to_f64_full(),
+                        diag: g.to_f64_diag(),
+                        importance: g.importance(MAX_IMPORTANCE),
+                    };
+                    (t, m)
+                })
+                .collect()
+        });
         drop(stats);
         times.calibrate += t0.elapsed().as_secs_f64();
         let metric_of = |name: &str| Tap::of_linear(name).and_then(|t| metrics.get(&t));
@@ -261,7 +279,7 @@ pub fn compress(
                 t.shape[0],
                 t.shape[1],
                 params,
-                metric_of(&t.name).map(|m| m.2.as_slice()),
+                metric_of(&t.name).map(|m| m.importance.as_slice()),
             )?;
             quantized.push(q);
         }
@@ -275,7 +293,7 @@ pub fn compress(
             .collect();
         // Error feedback under the full statistic: codes re-chosen, scales kept.
         for ((t, q), w) in linears.iter().zip(quantized.iter_mut()).zip(&sources) {
-            if let Some((Some(h), _, _)) = metric_of(&t.name) {
+            if let Some(TapMetric { full: Some(h), .. }) = metric_of(&t.name) {
                 gptq::refine_codes(q, w, h);
             }
         }
@@ -293,8 +311,8 @@ pub fn compress(
                     cols: q.cols,
                     base_exp: q.base_exp,
                     metric: match metric_of(&t.name) {
-                        Some((Some(h), _, _)) => Metric::Full(h),
-                        Some((None, d, _)) => Metric::Diagonal(d),
+                        Some(TapMetric { full: Some(h), .. }) => Metric::Full(h),
+                        Some(TapMetric { full: None, diag, .. }) => Metric::Diagonal(diag),
                         None => Metric::Identity,
                     },
                 })
@@ -302,7 +320,9 @@ pub fn compress(
             let overlays = match opts.rank {
                 Rank::Fixed(r) => items
                     .iter()
-                    .map(|it| lowrank::fit(it.residual, it.rows, it.cols, r as usize, it.base_exp, FIT_ROUNDS, it.metric))
+                    .map(|it| {
+                        lowrank::fit(it.residual, it.rows, it.cols, r as usize, it.base_exp, FIT_ROUNDS, it.metric)
+                    })
                     .collect(),
                 Rank::Auto { bits, weights } => {
                     let shapes: Vec<(usize, usize)> = quantized.iter().map(|q| (q.rows, q.cols)).collect();

@@ -27,7 +27,9 @@ impl Staging {
         }
         let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let base = dest.file_name().ok_or_else(|| bad_input!("{}: not a valid output path", dest.display()))?;
-        let path = parent.join(format!(".{}.ucw-tmp-{}", base.to_string_lossy(), std::process::id()));
+        let prefix = format!(".{}.ucw-tmp-", base.to_string_lossy());
+        remove_stale(parent, &prefix);
+        let path = parent.join(format!("{prefix}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, "cannot create", e))?;
         Ok(Staging { path, dest: dest.to_path_buf() })
@@ -56,6 +58,34 @@ impl Staging {
         }
         Ok(())
     }
+}
+
+/// Remove staging directories (`PREFIX<pid>`, `PREFIX<pid>.old`) left by runs that were
+/// killed (their process no longer exists), so an interrupted compression costs nothing
+/// but the rerun. A live process's directory is never touched.
+fn remove_stale(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix(prefix) else { continue };
+        let Ok(pid) = rest.trim_end_matches(".old").parse::<u32>() else { continue };
+        if pid != std::process::id() && !process_alive(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+#[cfg(unix)]
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return true };
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(not(unix))]
+fn process_alive(_pid: u32) -> bool {
+    true
 }
 
 impl Drop for Staging {

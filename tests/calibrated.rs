@@ -1,0 +1,419 @@
+//! Calibrated compression (`ucw compress --calib`): golden calibrated-pack digests for every
+//! fixture at a tiny pinned calibration (4 windows of 64 tokens of the committed text),
+//! identical on every device and at two memory budgets; the statistics' effect on the codes;
+//! the calibration provenance in the manifest; bad calibration input; a run killed midway;
+//! a full disk.
+//!
+//! A changed golden digest means the calibrated codec's output changed: regenerate only
+//! together with a CODEC_VERSION (or FORWARD_VERSION, the teacher's numerics) bump, with
+//! `UCW_BLESS_GOLDEN=1 cargo test --test calibrated` (it refuses to overwrite different
+//! values under the same versions).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+use ucw::backend::Backend;
+use ucw::compress::calib::{CalibInput, CalibSpec, Calibration, Propagate, read_windows};
+use ucw::compress::{Options, Rank, compress};
+
+const FIXTURES: &[&str] = &["llama-bf16", "mistral-f16", "qwen2-f32", "qwen3-bf16-sharded"];
+/// Default budget, and one small enough to split every calibration product into chunks of
+/// a few tokens.
+const BUDGETS: [u64; 2] = [1 << 30, 256 << 10];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+fn sample() -> PathBuf {
+    root().join("tests/fixtures/text/sample.txt")
+}
+
+fn spec(propagate: Propagate) -> CalibSpec {
+    CalibSpec { input: CalibInput::Text(sample()), windows: 4, seq_len: 64, skip: 16, propagate }
+}
+
+/// The pinned settings, by name (recorded in the golden file).
+fn configs() -> Vec<(String, &'static str, Options)> {
+    let auto = Rank::Auto { bits: 525, weights: 100 };
+    let mut v: Vec<(String, &'static str, Options)> = FIXTURES
+        .iter()
+        .map(|&f| {
+            let o = Options { rank: auto, calib: Some(spec(Propagate::Compressed)), ..Options::default() };
+            (format!("{f} bits=5 g64 rank=auto(5.25) propagate=compressed"), f, o)
+        })
+        .collect();
+    v.push((
+        "llama-bf16 bits=4 g32 rank=2 propagate=teacher".into(),
+        "llama-bf16",
+        Options {
+            bits: 4,
+            group_size: 32,
+            rank: Rank::Fixed(2),
+            calib: Some(spec(Propagate::Teacher)),
+            ..Options::default()
+        },
+    ));
+    v
+}
+
+fn compute(b: &dyn Backend, budget: u64, tmp: &Path) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for (i, (name, f, opts)) in configs().into_iter().enumerate() {
+        let dir = tmp.join(format!("p{i}"));
+        let opts = Options { max_memory: budget, force: true, ..opts };
+        let s = compress(&fixture(f), &dir, b, &opts, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
+        out.insert(
+            name,
+            serde_json::json!({
+                "pack_digest": s.pack_digest,
+                "weights_digest": s.weights_digest,
+                "bits_per_weight_linears": [s.bits_per_weight.linears.bits, s.bits_per_weight.linears.weights],
+            }),
+        );
+    }
+    out
+}
+
+#[test]
+fn golden_calibrated_packs_on_every_device_and_budget() {
+    let t = tempfile::tempdir().unwrap();
+    let devs = common::devices();
+    let reference = compute(devs[0].backend.as_ref(), BUDGETS[0], t.path());
+    let doc = serde_json::json!({
+        "codec_version": ucw::codec::CODEC_VERSION,
+        "forward_version": ucw::forward::FORWARD_VERSION,
+        "settings": { "calibration_text": "tests/fixtures/text/sample.txt", "windows": 4, "seq_len": 64, "skip": 16 },
+        "results": reference,
+    });
+    let path = root().join("golden/calibrated.json");
+    let existing: Option<serde_json::Value> =
+        std::fs::read_to_string(&path).ok().map(|s| serde_json::from_str(&s).expect("golden/calibrated.json parses"));
+    if std::env::var("UCW_BLESS_GOLDEN").is_ok() {
+        if let Some(old) = &existing {
+            let same_versions =
+                old["codec_version"] == doc["codec_version"] && old["forward_version"] == doc["forward_version"];
+            assert!(
+                !same_versions || old == &doc,
+                "golden calibrated digests differ under the same codec and forward versions: bump a version first"
+            );
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
+        println!("wrote {}", path.display());
+    }
+    let golden = existing.or_else(|| std::fs::read_to_string(&path).ok().map(|s| serde_json::from_str(&s).unwrap()));
+    let golden = golden.expect("golden/calibrated.json missing: run with UCW_BLESS_GOLDEN=1 once");
+    assert_eq!(golden["codec_version"], ucw::codec::CODEC_VERSION, "golden/calibrated.json is for another codec");
+    assert_eq!(golden["forward_version"], ucw::forward::FORWARD_VERSION, "golden/calibrated.json: other forward");
+    assert_eq!(golden["results"], doc["results"], "cpu differs from golden/calibrated.json");
+    let mut ran = Vec::new();
+    for (i, d) in devs.iter().enumerate() {
+        for &budget in &BUDGETS {
+            if i == 0 && budget == BUDGETS[0] {
+                ran.push(format!("{} ({budget} B)", d.label));
+                continue;
+            }
+            let got = serde_json::to_value(compute(d.backend.as_ref(), budget, t.path())).unwrap();
+            assert_eq!(got, golden["results"], "{} with a {budget}-byte budget differs from golden", d.label);
+            ran.push(format!("{} ({budget} B)", d.label));
+        }
+    }
+    println!("golden calibrated packs identical on {}", ran.join(", "));
+}
+
+/// On a real fixture layer with its real calibration statistic, error feedback lowers the
+/// H-weighted error tr(E H Eᵀ) of every linear below nearest rounding on the same grid.
+#[test]
+fn error_feedback_lowers_the_weighted_error_on_real_statistics() {
+    use ucw::codec::gptq::{refine_codes, weighted_error};
+    use ucw::codec::quant::{MAX_IMPORTANCE, QuantParams, quantize_tensor};
+    use ucw::forward::layer::Tap;
+    let cpu = ucw::backend::cpu::CpuBackend::new();
+    let model = ucw::model::Model::open(&fixture("llama-bf16")).unwrap();
+    let (windows, prov) = read_windows(&model, &spec(Propagate::Teacher)).unwrap();
+    let mut cal = Calibration::start(&cpu, &model, &windows, prov, 1 << 30).unwrap();
+    let stats = cal.layer_stats(&cpu, &model, 0).unwrap();
+    let mut checked = 0;
+    for t in model.tensors.iter().filter(|t| t.layer == Some(0) && t.role == ucw::model::Role::Linear) {
+        let g = &stats.grams[&Tap::of_linear(&t.name).unwrap()];
+        let h = g.to_f64_full().expect("fixture widths keep the full matrix");
+        let v = model.tensor(&t.name);
+        let dtype = model.dtype_of(&t.name);
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let p = QuantParams { bits: 4, group_size: 32 };
+        let imp = g.importance(MAX_IMPORTANCE);
+        let plain = quantize_tensor(&cpu, &t.name, v.bytes, dtype, rows, cols, p, Some(&imp)).unwrap();
+        let w = ucw::compress::source_f64(v.bytes, dtype, rows * cols);
+        let mut fb = plain.clone();
+        assert!(refine_codes(&mut fb, &w, &h));
+        let (e0, e1) = (weighted_error(&plain, &w, &h), weighted_error(&fb, &w, &h));
+        assert!(e1 < 0.9 * e0, "{}: error feedback {e1} vs nearest {e0}", t.name);
+        assert_eq!((fb.scales.clone(), fb.zeros.clone()), (plain.scales.clone(), plain.zeros.clone()));
+        checked += 1;
+    }
+    assert_eq!(checked, 7);
+}
+
+fn ucw(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ucw")).args(args).output().expect("run ucw")
+}
+
+fn sha256_file(p: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+#[test]
+fn manifest_records_the_calibration_and_uncalibrated_says_so() {
+    let t = tempfile::tempdir().unwrap();
+    let (m, p, u) = (fixture("llama-bf16"), t.path().join("cal"), t.path().join("uncal"));
+    let (ms, ps, us, ss) = (m.to_str().unwrap(), p.to_str().unwrap(), u.to_str().unwrap(), sample());
+    let o = ucw(&[
+        "compress",
+        ms,
+        "-o",
+        ps,
+        "--calib",
+        ss.to_str().unwrap(),
+        "--calib-windows",
+        "3",
+        "--calib-seq-len",
+        "50",
+        "--calib-skip",
+        "7",
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("calibrated") && out.contains("3 windows × 50 tokens from token 7"), "{out}");
+    let man: serde_json::Value = serde_json::from_slice(&std::fs::read(p.join("ucw-manifest.json")).unwrap()).unwrap();
+    let c = &man["codec"]["calibration"];
+    assert_eq!(c["text_sha256"], sha256_file(&sample()));
+    assert_eq!(c["tokenizer_sha256"], sha256_file(&m.join("tokenizer.json")));
+    assert_eq!((c["windows"].as_u64(), c["seq_len"].as_u64()), (Some(3), Some(50)));
+    assert_eq!((c["skip"].as_u64(), c["tokens"].as_u64()), (Some(7), Some(150)));
+    assert_eq!(c["propagate"], "compressed");
+    let v = ucw(&["verify", ps, "--device", "cpu"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+
+    let o = ucw(&["compress", ms, "-o", us, "--device", "cpu"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("uncalibrated"));
+    let man: serde_json::Value = serde_json::from_slice(&std::fs::read(u.join("ucw-manifest.json")).unwrap()).unwrap();
+    assert!(man["codec"]["calibration"].is_null());
+}
+
+#[test]
+fn bad_calibration_input_is_a_clear_error_or_a_stated_reduction() {
+    let t = tempfile::tempdir().unwrap();
+    let m = fixture("llama-bf16");
+    let ms = m.to_str().unwrap();
+    let s = sample();
+    let ss = s.to_str().unwrap();
+    let out = t.path().join("p");
+    let os = out.to_str().unwrap();
+    // Fewer windows than asked: what fits is used, and said.
+    let o = ucw(&["compress", ms, "-o", os, "--calib", ss, "--calib-windows", "100000", "--calib-seq-len", "64"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("asked for 100000"));
+    let toks = t.path().join("t.bin");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--calib".into(), ss.into(), "--calib-skip".into(), "1000000".into()],
+            "fewer than one calibration window",
+        ),
+        (vec!["--calib".into(), ss.into(), "--calib-seq-len".into(), "100000".into()], "max_position_embeddings"),
+        (vec!["--calib".into(), ss.into(), "--calib-windows".into(), "0".into()], "nothing to calibrate"),
+        (vec!["--calib".into(), "/nonexistent/c.txt".into()], "/nonexistent/c.txt"),
+        (vec!["--calib-tokens".into(), toks.to_str().unwrap().into()], "outside the vocabulary"),
+        (vec!["--calib".into(), ss.into(), "--calib-propagate".into(), "sideways".into()], "--calib-propagate"),
+    ];
+    let mut ids: Vec<u8> = Vec::new();
+    for i in 0..200u32 {
+        ids.extend_from_slice(&(if i == 99 { 512 } else { i }).to_le_bytes());
+    }
+    std::fs::write(&toks, ids).unwrap();
+    for (extra, want) in cases {
+        let dest = t.path().join("bad");
+        let mut args = vec!["compress", ms, "-o", dest.to_str().unwrap()];
+        args.extend(extra.iter().map(String::as_str));
+        if !extra.iter().any(|a| a == "--calib-seq-len") {
+            args.extend(["--calib-seq-len", "64"]);
+        }
+        let o = ucw(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(
+            err.contains(want) && err.lines().filter(|l| l.starts_with("ucw: error")).count() == 1,
+            "{extra:?}: {err}"
+        );
+        assert!(!dest.exists(), "{extra:?} left an output directory");
+    }
+    // A model without tokenizer.json: the text cannot be tokenized; --calib-tokens can.
+    let bare = t.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(m.join(f), bare.join(f)).unwrap();
+    }
+    let o = ucw(&[
+        "compress",
+        bare.to_str().unwrap(),
+        "-o",
+        t.path().join("b").to_str().unwrap(),
+        "--calib",
+        ss,
+        "--calib-seq-len",
+        "64",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tokenizer.json"));
+}
+
+/// A synthetic llama model big enough that calibrated compression takes a few seconds:
+/// random bf16 weights from a fixed generator, the fixture's tokenizer.
+fn synthetic_model(dir: &Path, layers: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (h, ff, heads, kv, hd, vocab) = (256usize, 704usize, 4usize, 2usize, 64usize, 512usize);
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("llama-bf16").join("config.json")).unwrap()).unwrap();
+    cfg["hidden_size"] = h.into();
+    cfg["intermediate_size"] = ff.into();
+    cfg["num_attention_heads"] = heads.into();
+    cfg["num_key_value_heads"] = kv.into();
+    cfg["head_dim"] = hd.into();
+    cfg["num_hidden_layers"] = layers.into();
+    cfg["max_position_embeddings"] = 1024.into();
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    std::fs::copy(fixture("llama-bf16").join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut bf16 = |n: usize, scale: f32, one: bool| -> Vec<u8> {
+        (0..n)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let x = if one { 1.0 + 0.1 * u } else { scale * u };
+                half::bf16::from_f32(x).to_bits().to_le_bytes()
+            })
+            .collect()
+    };
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![vocab, h], bf16(vocab * h, 1.0, false)),
+        ("model.norm.weight".into(), vec![h], bf16(h, 0.0, true)),
+    ];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for (n, r, c) in [
+            ("self_attn.q_proj", heads * hd, h),
+            ("self_attn.k_proj", kv * hd, h),
+            ("self_attn.v_proj", kv * hd, h),
+            ("self_attn.o_proj", h, heads * hd),
+            ("mlp.gate_proj", ff, h),
+            ("mlp.up_proj", ff, h),
+            ("mlp.down_proj", h, ff),
+        ] {
+            tensors.push((format!("{p}.{n}.weight"), vec![r, c], bf16(r * c, 0.12, false)));
+        }
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            tensors.push((format!("{p}.{n}.weight"), vec![h], bf16(h, 0.0, true)));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b).unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+fn staging_dirs(parent: &Path) -> Vec<String> {
+    std::fs::read_dir(parent)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".ucw-tmp-"))
+        .collect()
+}
+
+#[test]
+fn killed_midway_leaves_no_pack_and_a_rerun_succeeds() {
+    let t = tempfile::tempdir().unwrap();
+    let model = t.path().join("model");
+    synthetic_model(&model, 6);
+    let toks = t.path().join("calib.bin");
+    let ids: Vec<u8> = (0..16 * 256u32).flat_map(|i| (i.wrapping_mul(2654435761u32) >> 23).to_le_bytes()).collect();
+    std::fs::write(&toks, ids).unwrap();
+    let out = t.path().join("out").join("pack");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let args = [
+        "compress",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--calib-tokens",
+        toks.to_str().unwrap(),
+        "--calib-windows",
+        "16",
+        "--calib-seq-len",
+        "256",
+        "--device",
+        "cpu",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ucw"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let staged = out.parent().unwrap().join(format!(".pack.ucw-tmp-{}", child.id()));
+    let start = std::time::Instant::now();
+    // Kill once the second layer file is being written: well inside the job.
+    while !staged.join("layer-00001.safetensors").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "compression finished before it could be killed");
+        assert!(start.elapsed().as_secs() < 300, "no layer file after 300 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed compression left {}", out.display());
+    assert!(!staged.join("ucw-manifest.json").exists());
+    assert_eq!(staging_dirs(out.parent().unwrap()).len(), 1, "the killed run's staging directory is there");
+    let o = ucw(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("ucw-manifest.json").exists());
+    assert!(staging_dirs(out.parent().unwrap()).is_empty(), "the rerun removes the dead run's staging directory");
+    let v = ucw(&["verify", out.to_str().unwrap(), "--device", "cpu"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
+
+/// A full disk, imitated with a file-size limit (writes then fail with EFBIG, as they fail
+/// with ENOSPC on a full disk: the same error path).
+#[cfg(unix)]
+#[test]
+fn full_disk_is_a_clear_error_and_leaves_no_pack() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("pack");
+    let cmd = format!(
+        "trap '' XFSZ; ulimit -f 64; exec '{}' compress '{}' -o '{}' --calib '{}' --calib-windows 2 --calib-seq-len 64 --device cpu",
+        env!("CARGO_BIN_EXE_ucw"),
+        fixture("llama-bf16").display(),
+        out.display(),
+        sample().display()
+    );
+    let o = Command::new("bash").arg("-c").arg(&cmd).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("ucw: error") && err.contains("File too large"), "{err}");
+    assert!(!out.exists());
+    assert!(staging_dirs(t.path()).is_empty(), "a failed run removes its staging directory");
+}
