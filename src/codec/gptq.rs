@@ -106,75 +106,107 @@ pub fn act_order(h: &[f64], n: usize) -> Vec<usize> {
     perm
 }
 
-/// Re-choose `q`'s codes by error feedback under H (`n × n`, n = q.cols, symmetric PSD,
-/// any positive scale). `w`: the source weights, exact, row-major. Scales and zero points
-/// are kept. Returns false (codes untouched) when H carries no signal.
-pub fn refine_codes(q: &mut QuantTensor, w: &[f64], h: &[f64]) -> bool {
-    let n = q.cols;
-    let mut trace = 0.0;
-    for j in 0..n {
-        trace += h[j * n + j];
-    }
-    if trace.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-        return false;
-    }
-    let perm = act_order(h, n);
-    let mut hp = vec![0f64; n * n];
-    for (a, &pa) in perm.iter().enumerate() {
-        for (b, &pb) in perm.iter().enumerate() {
-            hp[a * n + b] = h[pa * n + pb];
-        }
-    }
-    // Damping: λ = 1% of the mean diagonal; a matrix that still fails (rounding on a nearly
-    // singular H) gets ten times more, a fixed sequence, so the result is the same everywhere.
-    let mut lambda = DAMP * (trace / n as f64);
-    let u = loop {
-        let mut hd = hp.clone();
+/// What error feedback needs from one statistic H, computed once per linear input and
+/// shared by the linears that read it (q, k, v; gate, up) and by every bit width tried.
+pub struct Feedback {
+    n: usize,
+    /// Column order (act-order).
+    perm: Vec<usize>,
+    /// U with H_damped⁻¹ = UᵀU, in act order.
+    u: Vec<f64>,
+}
+
+impl Feedback {
+    /// From H (`n × n`, symmetric PSD, any positive scale); None when H carries no signal.
+    pub fn new(h: &[f64], n: usize) -> Option<Feedback> {
+        let mut trace = 0.0;
         for j in 0..n {
-            hd[j * n + j] += lambda;
+            trace += h[j * n + j];
         }
-        if let Some(u) = inverse_upper_factor(&hd, n) {
-            break u;
+        if trace.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            return None;
         }
-        lambda *= 10.0;
-        if !lambda.is_finite() {
-            return false;
-        }
-    };
-    let qmax = (1i32 << q.params.bits) - 1;
-    let g = q.params.group_size as usize;
-    let gpr = q.groups_per_row();
-    let (scales, zeros, base_exp) = (&q.scales, &q.zeros, q.base_exp);
-    q.codes.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(blk, codes)| {
-        let r0 = blk * ROWS_PER_TASK;
-        let nr = codes.len() / n;
-        // This block's rows in act order.
-        let mut wp: Vec<f64> = Vec::with_capacity(nr * n);
-        for r in 0..nr {
-            wp.extend(perm.iter().map(|&p| w[(r0 + r) * n + p]));
-        }
-        for (a, &col) in perm.iter().enumerate() {
-            let urow = &u[a * n..(a + 1) * n];
-            let d = urow[a];
-            for r in 0..nr {
-                let gi = (r0 + r) * gpr + col / g;
-                let (m, e) = step(scales[gi], base_exp);
-                let z = zeros[gi] as i32;
-                let x = wp[r * n + a];
-                let code =
-                    ((libm::ldexp(x, -e) / m as f64).round_ties_even() as i64 + z as i64).clamp(0, qmax as i64) as i32;
-                codes[r * n + col] = code as u8;
-                let err = (x - libm::ldexp((m as i64 * (code - z) as i64) as f64, e)) / d;
-                if err != 0.0 {
-                    let wr = &mut wp[r * n + a + 1..(r + 1) * n];
-                    for (wv, &uv) in wr.iter_mut().zip(&urow[a + 1..]) {
-                        *wv -= err * uv;
-                    }
-                }
+        let perm = act_order(h, n);
+        let mut hp = vec![0f64; n * n];
+        for (a, &pa) in perm.iter().enumerate() {
+            for (b, &pb) in perm.iter().enumerate() {
+                hp[a * n + b] = h[pa * n + pb];
             }
         }
-    });
-    true
+        // Damping: λ = 1% of the mean diagonal; a matrix that still fails (rounding on a
+        // nearly singular H) gets ten times more, a fixed sequence, so the result is the
+        // same everywhere.
+        let mut lambda = DAMP * (trace / n as f64);
+        loop {
+            let mut hd = hp.clone();
+            for j in 0..n {
+                hd[j * n + j] += lambda;
+            }
+            if let Some(u) = inverse_upper_factor(&hd, n) {
+                return Some(Feedback { n, perm, u });
+            }
+            lambda *= 10.0;
+            if !lambda.is_finite() {
+                return None;
+            }
+        }
+    }
+
+    /// Re-choose `q`'s codes by error feedback (`q.cols` must be this statistic's width).
+    /// `w`: the source weights, exact, row-major. Scales and zero points are kept. Returns
+    /// the error of the chosen codes under the damped H, tr(E H Eᵀ), which GPTQ gets for
+    /// free: Σ ((w − ŵ) / U_jj)² over the steps (rows summed in ascending order).
+    pub fn refine(&self, q: &mut QuantTensor, w: &[f64]) -> f64 {
+        let n = self.n;
+        assert_eq!(q.cols, n, "statistic width");
+        let (perm, u) = (&self.perm, &self.u);
+        let qmax = (1i32 << q.params.bits) - 1;
+        let g = q.params.group_size as usize;
+        let gpr = q.groups_per_row();
+        let (scales, zeros, base_exp) = (&q.scales, &q.zeros, q.base_exp);
+        let losses: Vec<Vec<f64>> = q
+            .codes
+            .par_chunks_mut(ROWS_PER_TASK * n)
+            .enumerate()
+            .map(|(blk, codes)| {
+                let r0 = blk * ROWS_PER_TASK;
+                let nr = codes.len() / n;
+                let mut loss = vec![0f64; nr];
+                // This block's rows in act order.
+                let mut wp: Vec<f64> = Vec::with_capacity(nr * n);
+                for r in 0..nr {
+                    wp.extend(perm.iter().map(|&p| w[(r0 + r) * n + p]));
+                }
+                for (a, &col) in perm.iter().enumerate() {
+                    let urow = &u[a * n..(a + 1) * n];
+                    let d = urow[a];
+                    for r in 0..nr {
+                        let gi = (r0 + r) * gpr + col / g;
+                        let (m, e) = step(scales[gi], base_exp);
+                        let z = zeros[gi] as i32;
+                        let x = wp[r * n + a];
+                        let code = ((libm::ldexp(x, -e) / m as f64).round_ties_even() as i64 + z as i64)
+                            .clamp(0, qmax as i64) as i32;
+                        codes[r * n + col] = code as u8;
+                        let err = (x - libm::ldexp((m as i64 * (code - z) as i64) as f64, e)) / d;
+                        if err != 0.0 {
+                            loss[r] += err * err;
+                            let wr = &mut wp[r * n + a + 1..(r + 1) * n];
+                            for (wv, &uv) in wr.iter_mut().zip(&urow[a + 1..]) {
+                                *wv -= err * uv;
+                            }
+                        }
+                    }
+                }
+                loss
+            })
+            .collect();
+        let mut total = 0.0;
+        for l in losses.iter().flatten() {
+            total += l;
+        }
+        total
+    }
 }
 
 /// tr(E H Eᵀ) for E = W − Ŵ (the H-weighted squared error), f64 in a fixed order; tests

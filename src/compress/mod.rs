@@ -70,6 +70,8 @@ pub struct Progress<'a> {
 struct TapMetric {
     /// H (f64, row-major) where the full matrix is kept.
     full: Option<Vec<f64>>,
+    /// Error feedback's factorisation of H (with `full`).
+    feedback: Option<gptq::Feedback>,
     diag: Vec<f64>,
     /// diag(H) scaled for the scale search.
     importance: Vec<u32>,
@@ -253,8 +255,10 @@ pub fn compress(
             s.grams
                 .iter()
                 .map(|(&t, g)| {
+                    let full = g.to_f64_full();
                     let m = TapMetric {
-                        full: g.to_f64_full(),
+                        feedback: full.as_ref().and_then(|h| gptq::Feedback::new(h, g.cols)),
+                        full,
                         diag: g.to_f64_diag(),
                         importance: g.importance(MAX_IMPORTANCE),
                     };
@@ -293,8 +297,8 @@ pub fn compress(
             .collect();
         // Error feedback under the full statistic: codes re-chosen, scales kept.
         for ((t, q), w) in linears.iter().zip(quantized.iter_mut()).zip(&sources) {
-            if let Some(TapMetric { full: Some(h), .. }) = metric_of(&t.name) {
-                gptq::refine_codes(q, w, h);
+            if let Some(TapMetric { feedback: Some(f), .. }) = metric_of(&t.name) {
+                f.refine(q, w);
             }
         }
         // Overlays: a common rank, or (auto) this layer's share of the budget spent where it
