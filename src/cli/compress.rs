@@ -6,7 +6,7 @@ use super::eval::parse_bytes;
 use super::{Common, print_json};
 use crate::backend::device;
 use crate::compress::calib::{CalibInput, CalibSpec, Propagate};
-use crate::compress::{Options, Progress, Rank, compress};
+use crate::compress::{BitAlloc, Options, Progress, Rank, compress};
 use crate::dtype::DType;
 use crate::error::Result;
 
@@ -65,6 +65,10 @@ pub struct CompressArgs {
     /// or teacher (the source model's).
     #[arg(long, default_value = "compressed")]
     pub calib_propagate: String,
+    /// Code widths: mixed (per linear --bits−1..=--bits+1 within --target-bpw, needs
+    /// calibration and --rank auto) or uniform (--bits everywhere).
+    #[arg(long, default_value = "uniform")]
+    pub bit_alloc: String,
     /// Bound on one kernel call's device buffers during calibration (e.g. 512M, 2G). Cannot
     /// change the pack.
     #[arg(long, default_value = "1G")]
@@ -109,7 +113,13 @@ pub fn run(a: &CompressArgs) -> Result<()> {
         skip: a.calib_skip,
         propagate,
     });
+    let bit_alloc = match a.bit_alloc.as_str() {
+        "mixed" => BitAlloc::Mixed,
+        "uniform" => BitAlloc::Uniform,
+        b => return Err(bad_input!("--bit-alloc {b}: expected mixed or uniform")),
+    };
     let opts = Options {
+        bit_alloc,
         bits: a.bits,
         group_size: a.group_size,
         rank,

@@ -37,6 +37,8 @@ pub struct Options {
     pub force: bool,
     /// None = uncalibrated.
     pub calib: Option<CalibSpec>,
+    /// Code widths per linear (mixed needs calibration and `Rank::Auto`'s budget).
+    pub bit_alloc: BitAlloc,
     /// Bound on one kernel call's device buffers during calibration (tiles the calibration
     /// tokens; cannot change a bit).
     pub max_memory: u64,
@@ -51,6 +53,7 @@ impl Default for Options {
             out_dtype: None,
             force: false,
             calib: None,
+            bit_alloc: BitAlloc::Uniform,
             max_memory: crate::forward::eval::DEFAULT_MAX_MEMORY,
         }
     }
@@ -102,6 +105,48 @@ pub enum Rank {
     /// codes (a ratio of integers, e.g. 525/100) on overlays where they lower the error
     /// most (`lowrank::allocate_layer`).
     Auto { bits: u64, weights: u64 },
+}
+
+/// How code widths are chosen per linear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BitAlloc {
+    /// `--bits` everywhere.
+    Uniform,
+    /// Per layer, `--bits` − 1, `--bits` or `--bits` + 1 per linear, chosen within the
+    /// `--target-bpw` budget where a bit lowers the calibrated error most
+    /// (`allocate_bits`); the overlays get what is left.
+    Mixed,
+}
+
+/// Greedy width allocation: every linear starts at its narrowest candidate; while the
+/// budget allows, widen the linear whose next width lowers its loss most per stored bit
+/// (ties to the earlier linear). `candidates[t]` ascend in width; `losses[t][i]` is
+/// candidate i's loss. Deterministic (fixed-order f64, fixed tie-break).
+fn allocate_bits(candidates: &[Vec<QuantTensor>], losses: &[Vec<f64>], budget_bits: i128) -> Vec<usize> {
+    let cost = |q: &QuantTensor| 8 * base_bytes(q.rows, q.cols, q.params) as i128;
+    let mut pick = vec![0usize; candidates.len()];
+    let mut remaining = budget_bits - candidates.iter().map(|c| cost(&c[0])).sum::<i128>();
+    loop {
+        let mut best: Option<(f64, usize)> = None;
+        for (t, c) in candidates.iter().enumerate() {
+            let i = pick[t];
+            if i + 1 >= c.len() {
+                continue;
+            }
+            let dc = cost(&c[i + 1]) - cost(&c[i]);
+            if dc > remaining || dc <= 0 {
+                continue;
+            }
+            let ratio = (losses[t][i] - losses[t][i + 1]) / dc as f64;
+            if ratio > 0.0 && best.is_none_or(|(b, _)| ratio > b) {
+                best = Some((ratio, t));
+            }
+        }
+        let Some((_, t)) = best else { break };
+        remaining -= cost(&candidates[t][pick[t] + 1]) - cost(&candidates[t][pick[t]]);
+        pick[t] += 1;
+    }
+    pick
 }
 
 /// ALS rounds of the overlay fit.
@@ -220,6 +265,7 @@ pub fn compress(
         None => None,
     };
     let calib_cache_bytes = calib.as_ref().map_or(0, |c| c.cache_bytes());
+    let mixed_used = opts.bit_alloc == BitAlloc::Mixed && calib.is_some() && matches!(opts.rank, Rank::Auto { .. });
 
     let mut files: Vec<FileEntry> = Vec::new();
     for name in COPIED_FILES {
@@ -270,22 +316,32 @@ pub fn compress(
         times.calibrate += t0.elapsed().as_secs_f64();
         let metric_of = |name: &str| Tap::of_linear(name).and_then(|t| metrics.get(&t));
 
+        // Widths tried per linear: --bits, and its neighbours when the bits are allocated.
+        let mixed = mixed_used;
+        let widths: Vec<u32> = if mixed {
+            (opts.bits.saturating_sub(1)..=opts.bits + 1).filter(|b| (2..=8).contains(b)).collect()
+        } else {
+            vec![opts.bits]
+        };
         progress(Progress { done: l, layers, phase: "quantize" });
         let t0 = Instant::now();
-        let mut quantized = Vec::with_capacity(linears.len());
+        let mut candidates: Vec<Vec<QuantTensor>> = Vec::with_capacity(linears.len());
         for t in &linears {
             let v = model.tensor(&t.name);
-            let q = quantize_tensor(
-                backend,
-                &t.name,
-                v.bytes,
-                model.dtype_of(&t.name),
-                t.shape[0],
-                t.shape[1],
-                params,
-                metric_of(&t.name).map(|m| m.importance.as_slice()),
-            )?;
-            quantized.push(q);
+            let mut per = Vec::with_capacity(widths.len());
+            for &b in &widths {
+                per.push(quantize_tensor(
+                    backend,
+                    &t.name,
+                    v.bytes,
+                    model.dtype_of(&t.name),
+                    t.shape[0],
+                    t.shape[1],
+                    QuantParams { bits: b, ..params },
+                    metric_of(&t.name).map(|m| m.importance.as_slice()),
+                )?);
+            }
+            candidates.push(per);
         }
         times.quantize += t0.elapsed().as_secs_f64();
 
@@ -295,12 +351,26 @@ pub fn compress(
             .iter()
             .map(|t| source_f64(model.tensor(&t.name).bytes, model.dtype_of(&t.name), t.shape[0] * t.shape[1]))
             .collect();
-        // Error feedback under the full statistic: codes re-chosen, scales kept.
-        for ((t, q), w) in linears.iter().zip(quantized.iter_mut()).zip(&sources) {
-            if let Some(TapMetric { feedback: Some(f), .. }) = metric_of(&t.name) {
-                f.refine(q, w);
-            }
+        // Error feedback under the full statistic: codes re-chosen, scales kept; its loss
+        // (output squared error under H) prices each width.
+        let mut losses: Vec<Vec<f64>> = Vec::with_capacity(linears.len());
+        for ((t, per), w) in linears.iter().zip(candidates.iter_mut()).zip(&sources) {
+            let f = match metric_of(&t.name) {
+                Some(TapMetric { feedback: Some(f), .. }) => Some(f),
+                _ => None,
+            };
+            losses.push(per.iter_mut().map(|q| f.map_or(0.0, |f| f.refine(q, w))).collect());
         }
+        let choice: Vec<usize> = match opts.rank {
+            Rank::Auto { bits, weights } if mixed => {
+                let n: u64 = linears.iter().map(|t| (t.shape[0] * t.shape[1]) as u64).sum();
+                let budget = bits as i128 * n as i128 / weights.max(1) as i128;
+                allocate_bits(&candidates, &losses, budget)
+            }
+            _ => vec![widths.iter().position(|&b| b == opts.bits).unwrap_or(0); linears.len()],
+        };
+        let mut quantized: Vec<QuantTensor> =
+            candidates.into_iter().zip(&choice).map(|(per, &i)| per.into_iter().nth(i).expect("chosen width")).collect();
         // Overlays: a common rank, or (auto) this layer's share of the budget spent where it
         // lowers the error most. Residuals live for this layer only.
         if opts.rank != Rank::Fixed(0) {
@@ -329,9 +399,8 @@ pub fn compress(
                     })
                     .collect(),
                 Rank::Auto { bits, weights } => {
-                    let shapes: Vec<(usize, usize)> = quantized.iter().map(|q| (q.rows, q.cols)).collect();
-                    let n: u64 = shapes.iter().map(|&(r, c)| (r * c) as u64).sum();
-                    let base: u64 = shapes.iter().map(|&(r, c)| 8 * base_bytes(r, c, params)).sum();
+                    let n: u64 = quantized.iter().map(|q| (q.rows * q.cols) as u64).sum();
+                    let base: u64 = quantized.iter().map(|q| 8 * base_bytes(q.rows, q.cols, q.params)).sum();
                     let budget = bits as i128 * n as i128 / weights.max(1) as i128 - base as i128;
                     lowrank::allocate_layer(&items, budget, FIT_ROUNDS)
                 }
@@ -361,7 +430,7 @@ pub fn compress(
                 t.name.clone(),
                 QuantMeta {
                     base_exp: q.base_exp,
-                    bits: opts.bits,
+                    bits: q.params.bits,
                     group_size: opts.group_size,
                     out_dtype,
                     overlay_exp: q.overlay.as_ref().map(|o| o.exp),
@@ -370,7 +439,7 @@ pub fn compress(
                 },
             );
             entries.push(TensorEntry {
-                bits: Some(opts.bits),
+                bits: Some(q.params.bits),
                 dtype: out_dtype.safetensors_name().into(),
                 file: file.clone(),
                 kind: Kind::Quantized,
@@ -446,6 +515,7 @@ pub fn compress(
                     Rank::Fixed(r) => r.to_string(),
                     Rank::Auto { .. } => "auto".into(),
                 },
+                bit_alloc: mixed_used.then(|| "mixed".to_string()),
                 target_bpw: match opts.rank {
                     Rank::Auto { bits, weights } => Some(BitsPerWeight { bits, weights }),
                     Rank::Fixed(_) => None,

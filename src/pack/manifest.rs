@@ -69,6 +69,10 @@ pub struct PackBits {
 #[serde(deny_unknown_fields)]
 pub struct CodecParams {
     pub bits: u32,
+    /// "mixed" when code widths were allocated per linear (each tensor entry holds its
+    /// own); absent for one width everywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bit_alloc: Option<String>,
     pub group_size: u32,
     /// "source" or a dtype spelling
     pub out_dtype: String,
