@@ -22,8 +22,8 @@ const ROWS_PER_TASK: usize = 16;
 
 /// Cholesky factor L (lower, row-major) of `a` (n × n, symmetric); None if not positive
 /// definite. Right-looking: each element receives its updates in ascending k.
-fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
-    let mut l = a.to_vec();
+fn cholesky(a: Vec<f64>, n: usize) -> Option<Vec<f64>> {
+    let mut l = a;
     for k in 0..n {
         let d = l[k * n + k];
         if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
@@ -78,25 +78,24 @@ fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
     x
 }
 
-/// U, upper triangular with H⁻¹ = UᵀU (what GPTQ's update needs), from the Cholesky
-/// factor of H with its index order reversed (P H P = L Lᵀ gives U = P L⁻¹ P): one
-/// factorisation and one triangular inverse, no full inverse.
-fn inverse_upper_factor(h: &[f64], n: usize) -> Option<Vec<f64>> {
+/// U, upper triangular with H⁻¹ = UᵀU (what GPTQ's update needs), for H = `hp(i, j)`
+/// (n × n) + λI: one Cholesky factorisation of H with its index order reversed
+/// (P H P = L Lᵀ gives U = P L⁻¹ P) and one triangular inverse, no full inverse; three n×n
+/// buffers at most (the reversed matrix becomes L in place, then X = L⁻¹, reversed in place).
+fn inverse_upper_factor(hp: impl Fn(usize, usize) -> f64, lambda: f64, n: usize) -> Option<Vec<f64>> {
     let mut rev = vec![0f64; n * n];
     for i in 0..n {
         for j in 0..n {
-            rev[i * n + j] = h[(n - 1 - i) * n + (n - 1 - j)];
+            let v = hp(n - 1 - i, n - 1 - j);
+            rev[i * n + j] = if i == j { v + lambda } else { v };
         }
     }
-    let l = cholesky(&rev, n)?;
-    let x = lower_inverse(&l, n);
-    let mut u = vec![0f64; n * n];
-    for i in 0..n {
-        for j in 0..n {
-            u[i * n + j] = x[(n - 1 - i) * n + (n - 1 - j)];
-        }
-    }
-    Some(u)
+    let l = cholesky(rev, n)?;
+    let mut x = lower_inverse(&l, n);
+    drop(l);
+    // Reverse both indices in place: (i, j) ↔ (n−1−i, n−1−j).
+    x.reverse();
+    Some(x)
 }
 
 /// Column order: descending diag(H), ties by index.
@@ -127,22 +126,13 @@ impl Feedback {
             return None;
         }
         let perm = act_order(h, n);
-        let mut hp = vec![0f64; n * n];
-        for (a, &pa) in perm.iter().enumerate() {
-            for (b, &pb) in perm.iter().enumerate() {
-                hp[a * n + b] = h[pa * n + pb];
-            }
-        }
+        let hp = |a: usize, b: usize| h[perm[a] * n + perm[b]];
         // Damping: λ = 1% of the mean diagonal; a matrix that still fails (rounding on a
         // nearly singular H) gets ten times more, a fixed sequence, so the result is the
         // same everywhere.
         let mut lambda = DAMP * (trace / n as f64);
         loop {
-            let mut hd = hp.clone();
-            for j in 0..n {
-                hd[j * n + j] += lambda;
-            }
-            if let Some(u) = inverse_upper_factor(&hd, n) {
+            if let Some(u) = inverse_upper_factor(hp, lambda, n) {
                 return Some(Feedback { n, perm, u });
             }
             lambda *= 10.0;
@@ -265,7 +255,7 @@ mod tests {
     fn inverse_upper_factor_gives_the_inverse() {
         let n = 23;
         let h = spd(n, 3);
-        let u = inverse_upper_factor(&h, n).unwrap();
+        let u = inverse_upper_factor(|i, j| h[i * n + j], 0.0, n).unwrap();
         // U upper triangular, and H · UᵀU = I.
         for i in 0..n {
             for j in 0..i {
