@@ -631,10 +631,82 @@ def prune(model_dir: Path) -> None:
                 p.unlink()
 
 
+def write_random_model(out: Path, layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int,
+                       vocab: int, tokenizer_from: Path | None) -> None:
+    """A random llama of any shape (bfloat16, untied lm_head), for memory and speed
+    benchmarks of `ucw compress` at sizes that are never committed (e.g. a 1B-class shape:
+    --layers 16 --hidden 2048 --intermediate 8192 --heads 32 --kv-heads 8 --vocab 49152).
+    One layer at a time is generated and written to its own shard, so this needs little
+    memory; weights ~ N(0, 0.02), norms ~ 1 + N(0, 0.1)."""
+    from safetensors.torch import save_file
+    out.mkdir(parents=True, exist_ok=True)
+    head_dim = hidden // heads
+    g = torch.Generator().manual_seed(1234)
+
+    def rnd(*shape: int, one: bool = False) -> torch.Tensor:
+        t = torch.randn(*shape, generator=g, dtype=torch.float32)
+        return (1.0 + 0.1 * t if one else 0.02 * t).to(torch.bfloat16)
+
+    cfg = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "bfloat16",
+        "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
+        "vocab_size": vocab, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "tie_word_embeddings": False, "hidden_act": "silu",
+        "attention_bias": False, "mlp_bias": False, "bos_token_id": 0, "eos_token_id": 0,
+    }
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    weight_map: dict[str, str] = {}
+    shards = layers + 1
+    total = 0
+
+    def shard(i: int, tensors: dict[str, torch.Tensor]) -> None:
+        nonlocal total
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file(tensors, str(out / name), metadata={"format": "pt"})
+        for k, v in tensors.items():
+            weight_map[k] = name
+            total += v.numel() * 2
+
+    shard(0, {"model.embed_tokens.weight": rnd(vocab, hidden), "model.norm.weight": rnd(hidden, one=True),
+              "lm_head.weight": rnd(vocab, hidden)})
+    q, kv = heads * head_dim, kv_heads * head_dim
+    for l in range(layers):
+        p = f"model.layers.{l}"
+        shard(l + 1, {
+            f"{p}.self_attn.q_proj.weight": rnd(q, hidden), f"{p}.self_attn.k_proj.weight": rnd(kv, hidden),
+            f"{p}.self_attn.v_proj.weight": rnd(kv, hidden), f"{p}.self_attn.o_proj.weight": rnd(hidden, q),
+            f"{p}.mlp.gate_proj.weight": rnd(intermediate, hidden), f"{p}.mlp.up_proj.weight": rnd(intermediate, hidden),
+            f"{p}.mlp.down_proj.weight": rnd(hidden, intermediate),
+            f"{p}.input_layernorm.weight": rnd(hidden, one=True),
+            f"{p}.post_attention_layernorm.weight": rnd(hidden, one=True),
+        })
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n")
+    if tokenizer_from is not None:
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            if (tokenizer_from / f).exists():
+                shutil.copy(tokenizer_from / f, out / f)
+    print(f"{out}: {layers} layers, {total / 1e9:.2f} GB of bf16 weights")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sdist", type=Path, help=f"path to an already downloaded {SDIST_NAME}")
+    ap.add_argument("--random-model", type=Path, metavar="DIR",
+                    help="write only a random llama of the shape below to DIR (benchmarks; never committed)")
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--intermediate", type=int, default=8192)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=49152)
+    ap.add_argument("--tokenizer-from", type=Path, help="copy tokenizer.json (+ config) from this model directory")
     args = ap.parse_args()
+    if args.random_model is not None:
+        write_random_model(args.random_model, args.layers, args.hidden, args.intermediate, args.heads,
+                           args.kv_heads, args.vocab, args.tokenizer_from)
+        return
 
     torch.set_num_threads(1)  # identical float reductions run to run
     torch.use_deterministic_algorithms(True)

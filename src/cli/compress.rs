@@ -35,9 +35,10 @@ pub struct CompressArgs {
     /// Low-rank overlay rank per linear: auto (spend --target-bpw) or a number (0 = none).
     #[arg(long, default_value = "auto")]
     pub rank: String,
-    /// Bits per weight over the quantized linears that --rank auto may spend.
-    #[arg(long, default_value = "5.25")]
-    pub target_bpw: String,
+    /// Bits per weight over the quantized linears that --bit-alloc mixed and --rank auto
+    /// may spend (default: --bits + 0.25).
+    #[arg(long)]
+    pub target_bpw: Option<String>,
     /// Reconstructed dtype: source (default), bf16, f16 or f32.
     #[arg(long, default_value = "source")]
     pub out_dtype: String,
@@ -65,9 +66,9 @@ pub struct CompressArgs {
     /// or teacher (the source model's).
     #[arg(long, default_value = "compressed")]
     pub calib_propagate: String,
-    /// Code widths: mixed (per linear --bits−1..=--bits+1 within --target-bpw, needs
-    /// calibration and --rank auto) or uniform (--bits everywhere).
-    #[arg(long, default_value = "uniform")]
+    /// Code widths: mixed (per linear --bits−1..=--bits+1 within --target-bpw; needs
+    /// calibration, uniform without) or uniform (--bits everywhere).
+    #[arg(long, default_value = "mixed")]
     pub bit_alloc: String,
     /// Bound on one kernel call's device buffers during calibration (e.g. 512M, 2G). Cannot
     /// change the pack.
@@ -88,12 +89,11 @@ fn clock(s: f64) -> String {
 }
 
 pub fn run(a: &CompressArgs) -> Result<()> {
+    let target_text = a.target_bpw.clone().unwrap_or_else(|| format!("{}.25", a.bits));
+    let (tb, tw) = parse_decimal(&target_text)
+        .ok_or_else(|| bad_input!("--target-bpw {target_text}: expected a decimal number such as 5.25"))?;
     let rank = match a.rank.as_str() {
-        "auto" => {
-            let (bits, weights) = parse_decimal(&a.target_bpw)
-                .ok_or_else(|| bad_input!("--target-bpw {}: expected a decimal number such as 5.25", a.target_bpw))?;
-            Rank::Auto { bits, weights }
-        }
+        "auto" => Rank::Auto { bits: tb, weights: tw },
         n => Rank::Fixed(n.parse::<u32>().map_err(|_| bad_input!("--rank {n}: expected auto or a number"))?),
     };
     let propagate = match a.calib_propagate.as_str() {
@@ -114,7 +114,7 @@ pub fn run(a: &CompressArgs) -> Result<()> {
         propagate,
     });
     let bit_alloc = match a.bit_alloc.as_str() {
-        "mixed" => BitAlloc::Mixed,
+        "mixed" => BitAlloc::Mixed { bits: tb, weights: tw },
         "uniform" => BitAlloc::Uniform,
         b => return Err(bad_input!("--bit-alloc {b}: expected mixed or uniform")),
     };
@@ -194,6 +194,8 @@ pub fn run(a: &CompressArgs) -> Result<()> {
             "quantized_tensors": s.quantized,
             "raw_tensors": s.raw,
             "calibrated": s.calibration.is_some(),
+            "mixed_bits": s.mixed_bits,
+            "linears_per_width": s.widths,
             "calibration": calibration,
             "device": backend.describe(),
             "seconds": s.seconds,
@@ -231,6 +233,15 @@ pub fn run(a: &CompressArgs) -> Result<()> {
             );
         }
     }
+    let widths: Vec<String> = s.widths.iter().map(|(b, n)| format!("{n} × {b} bits")).collect();
+    let how = if s.mixed_bits {
+        "allocated per linear within --target-bpw".to_string()
+    } else if matches!(opts.bit_alloc, BitAlloc::Mixed { .. }) {
+        "one width (mixed widths need calibration)".to_string()
+    } else {
+        "one width".to_string()
+    };
+    println!("code widths:     {} ({how})", widths.join(", "));
     println!(
         "time:            {:.2} s (hash {:.1}, calibrate {:.1}, quantize {:.1}, fit {:.1}, write {:.1}, propagate {:.1})",
         s.seconds, p.hash, p.calibrate, p.quantize, p.fit, p.write, p.propagate

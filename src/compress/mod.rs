@@ -37,7 +37,8 @@ pub struct Options {
     pub force: bool,
     /// None = uncalibrated.
     pub calib: Option<CalibSpec>,
-    /// Code widths per linear (mixed needs calibration and `Rank::Auto`'s budget).
+    /// Code widths per linear (mixed needs calibration; uncalibrated it falls back to
+    /// uniform, and the summary says so).
     pub bit_alloc: BitAlloc,
     /// Bound on one kernel call's device buffers during calibration (tiles the calibration
     /// tokens; cannot change a bit).
@@ -112,10 +113,11 @@ pub enum Rank {
 pub enum BitAlloc {
     /// `--bits` everywhere.
     Uniform,
-    /// Per layer, `--bits` − 1, `--bits` or `--bits` + 1 per linear, chosen within the
-    /// `--target-bpw` budget where a bit lowers the calibrated error most
-    /// (`allocate_bits`); the overlays get what is left.
-    Mixed,
+    /// Per layer, `--bits` − 1, `--bits` or `--bits` + 1 per linear, chosen within this
+    /// many bits per weight over the layer's linears (a ratio of integers, the
+    /// `--target-bpw`) where a bit lowers the calibrated error most (`allocate_bits`); the
+    /// overlays (`Rank::Auto`, same target) get what is left.
+    Mixed { bits: u64, weights: u64 },
 }
 
 /// Greedy width allocation: every linear starts at its narrowest candidate; while the
@@ -147,6 +149,49 @@ fn allocate_bits(candidates: &[Vec<QuantTensor>], losses: &[Vec<f64>], budget_bi
         pick[t] += 1;
     }
     pick
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(bits: u32, cols: usize) -> QuantTensor {
+        let p = QuantParams { bits, group_size: 64 };
+        QuantTensor {
+            rows: 1,
+            cols,
+            params: p,
+            base_exp: 0,
+            codes: vec![],
+            scales: vec![],
+            zeros: vec![],
+            overlay: None,
+        }
+    }
+
+    /// Widening costs cols · 1 bit + one zero-point bit per group; the greedy takes the
+    /// best loss drop per bit while it fits, and never exceeds the budget.
+    #[test]
+    fn allocate_bits_spends_the_budget_where_a_bit_buys_most() {
+        let c: Vec<Vec<QuantTensor>> = (0..3).map(|_| (4..=6).map(|b| cand(b, 640)).collect()).collect();
+        let cost = |t: &[usize]| -> i128 {
+            t.iter().zip(&c).map(|(&i, cc)| 8 * base_bytes(1, 640, cc[i].params) as i128).sum()
+        };
+        // Linear 1 gains most from each bit, linear 2 least.
+        let losses = vec![vec![16.0, 4.0, 1.0], vec![64.0, 16.0, 8.0], vec![2.0, 1.9, 1.8]];
+        let narrow = cost(&[0, 0, 0]);
+        let step = cost(&[1, 0, 0]) - narrow;
+        assert_eq!(allocate_bits(&c, &losses, narrow - 1), vec![0, 0, 0]);
+        assert_eq!(allocate_bits(&c, &losses, narrow + step), vec![0, 1, 0]);
+        assert_eq!(allocate_bits(&c, &losses, narrow + 2 * step), vec![1, 1, 0]);
+        assert_eq!(allocate_bits(&c, &losses, narrow + 3 * step), vec![1, 2, 0]);
+        assert_eq!(allocate_bits(&c, &losses, narrow + 4 * step), vec![2, 2, 0]);
+        let all = allocate_bits(&c, &losses, i128::MAX / 2);
+        assert_eq!(all, vec![2, 2, 2]);
+        for budget in [narrow, narrow + step / 2, narrow + 5 * step + 7] {
+            assert!(cost(&allocate_bits(&c, &losses, budget)) <= budget);
+        }
+    }
 }
 
 /// ALS rounds of the overlay fit.
@@ -195,6 +240,10 @@ pub struct Summary {
     pub calibration: Option<calib::Provenance>,
     /// Host bytes of the calibration hidden-state cache.
     pub calib_cache_bytes: u64,
+    /// Quantized linears per code width.
+    pub widths: BTreeMap<u32, usize>,
+    /// Whether code widths were allocated per linear (`BitAlloc::Mixed` with calibration).
+    pub mixed_bits: bool,
 }
 
 fn file_entry(dir: &Path, name: &str) -> Result<FileEntry> {
@@ -265,7 +314,11 @@ pub fn compress(
         None => None,
     };
     let calib_cache_bytes = calib.as_ref().map_or(0, |c| c.cache_bytes());
-    let mixed_used = opts.bit_alloc == BitAlloc::Mixed && calib.is_some() && matches!(opts.rank, Rank::Auto { .. });
+    let mixed_target = match opts.bit_alloc {
+        BitAlloc::Mixed { bits, weights } if calib.is_some() => Some((bits, weights)),
+        _ => None,
+    };
+    let mixed_used = mixed_target.is_some();
 
     let mut files: Vec<FileEntry> = Vec::new();
     for name in COPIED_FILES {
@@ -361,16 +414,19 @@ pub fn compress(
             };
             losses.push(per.iter_mut().map(|q| f.map_or(0.0, |f| f.refine(q, w))).collect());
         }
-        let choice: Vec<usize> = match opts.rank {
-            Rank::Auto { bits, weights } if mixed => {
+        let choice: Vec<usize> = match mixed_target {
+            Some((bits, weights)) => {
                 let n: u64 = linears.iter().map(|t| (t.shape[0] * t.shape[1]) as u64).sum();
                 let budget = bits as i128 * n as i128 / weights.max(1) as i128;
                 allocate_bits(&candidates, &losses, budget)
             }
             _ => vec![widths.iter().position(|&b| b == opts.bits).unwrap_or(0); linears.len()],
         };
-        let mut quantized: Vec<QuantTensor> =
-            candidates.into_iter().zip(&choice).map(|(per, &i)| per.into_iter().nth(i).expect("chosen width")).collect();
+        let mut quantized: Vec<QuantTensor> = candidates
+            .into_iter()
+            .zip(&choice)
+            .map(|(per, &i)| per.into_iter().nth(i).expect("chosen width"))
+            .collect();
         // Overlays: a common rank, or (auto) this layer's share of the budget spent where it
         // lowers the error most. Residuals live for this layer only.
         if opts.rank != Rank::Fixed(0) {
@@ -516,9 +572,11 @@ pub fn compress(
                     Rank::Auto { .. } => "auto".into(),
                 },
                 bit_alloc: mixed_used.then(|| "mixed".to_string()),
-                target_bpw: match opts.rank {
-                    Rank::Auto { bits, weights } => Some(BitsPerWeight { bits, weights }),
-                    Rank::Fixed(_) => None,
+                target_bpw: match (opts.rank, mixed_target) {
+                    (Rank::Auto { bits, weights }, _) | (_, Some((bits, weights))) => {
+                        Some(BitsPerWeight { bits, weights })
+                    }
+                    _ => None,
                 },
             },
             version: CODEC_VERSION,
@@ -561,5 +619,10 @@ pub fn compress(
         phases: times,
         calibration: calib.map(|c| c.provenance),
         calib_cache_bytes,
+        widths: manifest.tensors.iter().filter_map(|t| t.bits).fold(BTreeMap::new(), |mut m, b| {
+            *m.entry(b).or_insert(0) += 1;
+            m
+        }),
+        mixed_bits: mixed_used,
     })
 }
