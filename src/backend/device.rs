@@ -101,8 +101,9 @@ fn api_rank(b: wgpu::Backend) -> u8 {
 }
 
 impl Devices {
-    pub fn discover() -> Devices {
-        let cpu = DeviceInfo {
+    /// The CPU backend's entry (device 0), without probing any adapter.
+    pub fn cpu_info() -> DeviceInfo {
+        DeviceInfo {
             index: 0,
             api: "cpu".into(),
             name: "cpu".into(),
@@ -114,7 +115,11 @@ impl Devices {
             device_id: 0,
             threads: Some(rayon::current_num_threads()),
             limits: None,
-        };
+        }
+    }
+
+    pub fn discover() -> Devices {
+        let cpu = Self::cpu_info();
         let inst = gpu::instance();
         let mut adapters = gpu::compute_adapters(&inst);
         adapters.sort_by_cached_key(|a| {
@@ -199,6 +204,10 @@ impl Devices {
 
 /// Resolve and open in one step (what commands do with `--device`).
 pub fn open(spec: DeviceSpec) -> Result<(DeviceInfo, Box<dyn Backend>)> {
+    // The CPU needs no adapter probing (which loads GPU drivers and may print their noise).
+    if matches!(spec, DeviceSpec::Cpu | DeviceSpec::Index(0)) {
+        return Ok((Devices::cpu_info(), Box::new(CpuBackend::new())));
+    }
     let devices = Devices::discover();
     let i = devices.resolve(spec)?;
     Ok((devices.infos[i].clone(), devices.open(i)?))

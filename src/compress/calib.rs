@@ -206,6 +206,7 @@ impl Calibration {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
+        model.checkpoint.release(name);
         Ok(Calibration { consts: Consts::new(c, provenance.seq_len), provenance, hidden, max_memory })
     }
 

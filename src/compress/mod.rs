@@ -520,6 +520,10 @@ pub fn compress(
             c.propagate_compressed(backend, &model, l, &patches)?;
             times.propagate += t0.elapsed().as_secs_f64();
         }
+        // This layer is done: its mapped pages leave RSS (host memory stays one layer).
+        for t in model.tensors.iter().filter(|t| t.layer == Some(l)) {
+            model.checkpoint.release(&t.name);
+        }
     }
     progress(Progress { done: layers, layers, phase: "scaffold" });
     let t0 = Instant::now();
@@ -550,6 +554,9 @@ pub fn compress(
         });
     }
     let (size, sha256) = stfile::write(&tmp.path.join(SCAFFOLD_FILE), scaffold, &BTreeMap::new())?;
+    for t in model.tensors.iter().filter(|t| t.role != Role::Linear) {
+        model.checkpoint.release(&t.name);
+    }
     files.push(FileEntry { name: SCAFFOLD_FILE.into(), sha256, size });
     files.sort_by(|a, b| a.name.cmp(&b.name));
     entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));

@@ -102,12 +102,15 @@ pub fn hash_model_dir(dir: &Path) -> Result<ModelDigests> {
         .par_iter()
         .map(|name| {
             let v = checkpoint.get(name).expect("name from the checkpoint");
-            TensorDigest {
+            let d = TensorDigest {
                 dtype: v.dtype_name(),
                 name: name.to_string(),
                 sha256: sha256_hex(v.bytes),
                 shape: v.shape.iter().map(|&d| d as u64).collect(),
-            }
+            };
+            // Hashing touches every page once: drop them so RSS stays near one tensor.
+            checkpoint.release(name);
+            d
         })
         .collect();
     let weights_digest = weights_digest(&tensors);

@@ -65,6 +65,23 @@ impl SafetensorsFile {
     pub fn file_len(&self) -> u64 {
         self.mmap.len() as u64
     }
+
+    /// Drop this process's pages of tensor `name` (touched mapped pages count in RSS); a
+    /// later read faults them back in from the page cache. Advisory: errors are ignored.
+    pub fn release(&self, name: &str) {
+        #[cfg(unix)]
+        if let Some((_, _, (b, e))) = self.tensors.get(name)
+            && e > b
+        {
+            // SAFETY: a read-only private file mapping: after MADV_DONTNEED the pages read
+            // back the same file bytes, so every borrowed slice keeps its contents.
+            let _ = unsafe {
+                self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.data_start + b, e - b)
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = name;
+    }
 }
 
 /// A borrowed tensor: its dtype, shape and exact stored bytes.
@@ -191,6 +208,13 @@ impl Checkpoint {
 
     pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
         self.files[*self.index.get(name)?].tensor(name)
+    }
+
+    /// `SafetensorsFile::release` for tensor `name`, wherever it is stored.
+    pub fn release(&self, name: &str) {
+        if let Some(&f) = self.index.get(name) {
+            self.files[f].release(name);
+        }
     }
 
     pub fn len(&self) -> usize {
