@@ -114,6 +114,24 @@ fn pack_info(dir: &Path, common: &Common) -> Result<()> {
         p.out_dtype,
         if m.codec.calibration.is_some() { "calibrated" } else { "uncalibrated" }
     );
+    if let Some(c) = &m.codec.calibration {
+        // Provenance as recorded (canonical JSON, keys sorted): enough to redo the run.
+        let fields: Vec<String> = c
+            .as_object()
+            .map(|o| {
+                o.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_string))).collect()
+            })
+            .unwrap_or_default();
+        println!("calibration:     {}", fields.join(", "));
+    }
+    if p.bit_alloc.is_some() {
+        let mut widths = std::collections::BTreeMap::new();
+        for b in m.tensors.iter().filter_map(|t| t.bits) {
+            *widths.entry(b).or_insert(0) += 1;
+        }
+        let w: Vec<String> = widths.iter().map(|(b, n)| format!("{n} × {b} bits")).collect();
+        println!("code widths:     {} (allocated per linear)", w.join(", "));
+    }
     println!(
         "bits per weight: {:.4} over the quantized linears ({} bits / {} weights), {:.4} over the pack",
         m.bits_per_weight.linears.value(),
