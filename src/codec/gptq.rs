@@ -18,33 +18,71 @@ use super::quant::{QuantTensor, step};
 /// Damping added to H's diagonal, as a fraction of its mean (the usual 1%).
 const DAMP: f64 = 0.01;
 /// Rows per parallel task (fixed partition).
-const ROWS_PER_TASK: usize = 16;
+const ROWS_PER_TASK: usize = 64;
+
+/// Columns (Cholesky) or rows (inverse) per block: a block's updates reach each element
+/// while its tile is in cache, instead of one pass over the whole matrix per column.
+const BLOCK: usize = 64;
 
 /// Cholesky factor L (lower, row-major) of `a` (n × n, symmetric); None if not positive
-/// definite. Right-looking: each element receives its updates in ascending k.
+/// definite. Every element (i, j) receives its updates a_ij −= l_ik·l_jk in ascending k and
+/// then its division (or square root), exactly as the textbook right-looking algorithm:
+/// the blocking only changes when, not in which order, each element is updated, so the
+/// bits are those of `tests::cholesky_ref`.
 fn cholesky(a: Vec<f64>, n: usize) -> Option<Vec<f64>> {
+    cholesky_blocked(a, n, BLOCK)
+}
+
+fn cholesky_blocked(a: Vec<f64>, n: usize, block: usize) -> Option<Vec<f64>> {
     let mut l = a;
-    for k in 0..n {
-        let d = l[k * n + k];
-        if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-            return None;
-        }
-        let d = d.sqrt();
-        l[k * n + k] = d;
-        for i in k + 1..n {
-            l[i * n + k] /= d;
-        }
-        // Trailing update of the lower triangle: a_ij −= l_ik l_jk for i ≥ j > k.
-        let (head, tail) = l.split_at_mut((k + 1) * n);
-        let _ = head;
-        let col: Vec<f64> = (k + 1..n).map(|i| tail[(i - k - 1) * n + k]).collect();
-        tail.par_chunks_mut(n).enumerate().for_each(|(ii, row)| {
-            let lik = col[ii];
-            let i = k + 1 + ii;
-            for j in k + 1..=i {
-                row[j] -= lik * col[j - k - 1];
+    let mut k0 = 0;
+    while k0 < n {
+        let k1 = (k0 + block).min(n);
+        // Panel: columns k0..k1 are finished one by one; each step also updates the later
+        // panel columns of every row below it.
+        for k in k0..k1 {
+            let d = l[k * n + k];
+            if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                return None;
             }
-        });
+            let d = d.sqrt();
+            l[k * n + k] = d;
+            for i in k + 1..n {
+                l[i * n + k] /= d;
+            }
+            let col: Vec<f64> = (k + 1..k1).map(|j| l[j * n + k]).collect();
+            l[(k + 1) * n..].par_chunks_mut(n).for_each(|row| {
+                let lik = row[k];
+                // j in k+1..k1 with j ≤ i: the chunk's own index bounds j for rows in the panel.
+                for (jj, &ljk) in col.iter().enumerate() {
+                    let j = k + 1 + jj;
+                    row[j] -= lik * ljk;
+                }
+            });
+            // Rows inside the panel updated entries right of their diagonal above; those
+            // are zeroed at the end (the algorithm never reads them).
+        }
+        // Trailing matrix: columns j ≥ k1, rows i ≥ j, the block's k in ascending order.
+        if k1 < n {
+            let w = k1 - k0;
+            let mut panel_t = vec![0f64; w * n]; // panel_t[k − k0][j] = l_jk
+            for j in k1..n {
+                for k in k0..k1 {
+                    panel_t[(k - k0) * n + j] = l[j * n + k];
+                }
+            }
+            l[k1 * n..].par_chunks_mut(n).enumerate().for_each(|(ii, row)| {
+                let i = k1 + ii;
+                for k in k0..k1 {
+                    let lik = row[k];
+                    let p = &panel_t[(k - k0) * n..(k - k0 + 1) * n];
+                    for (r, &v) in row[k1..=i].iter_mut().zip(&p[k1..=i]) {
+                        *r -= lik * v;
+                    }
+                }
+            });
+        }
+        k0 = k1;
     }
     for i in 0..n {
         for j in i + 1..n {
@@ -54,26 +92,60 @@ fn cholesky(a: Vec<f64>, n: usize) -> Option<Vec<f64>> {
     Some(l)
 }
 
-/// X = L⁻¹ for lower-triangular L: row i of X is (e_i − Σ_{k<i} L_ik X_k) / L_ii, the sum
-/// over ascending k for every element.
+/// X = L⁻¹ for lower-triangular L: row i of X is (e_i − Σ_{k<i} L_ik X_k) / L_ii, every
+/// element's sum over ascending k (terms with L_ik = 0 skipped). Rows go in blocks: the
+/// contributions of all finished rows reach a block's rows in one pass that reads each
+/// finished row once per task, then the block's rows are finished in order.
 fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
+    lower_inverse_blocked(l, n, BLOCK)
+}
+
+fn lower_inverse_blocked(l: &[f64], n: usize, block: usize) -> Vec<f64> {
     let mut x = vec![0f64; n * n];
-    for i in 0..n {
-        let mut row = vec![0f64; n];
-        row[i] = 1.0;
-        for k in 0..i {
-            let lik = l[i * n + k];
-            if lik != 0.0 {
-                let xk = &x[k * n..k * n + k + 1];
-                for (r, &v) in row[..=k].iter_mut().zip(xk) {
-                    *r -= lik * v;
+    let mut i0 = 0;
+    while i0 < n {
+        let i1 = (i0 + block).min(n);
+        let mut rows = vec![0f64; (i1 - i0) * n];
+        for i in i0..i1 {
+            rows[(i - i0) * n + i] = 1.0;
+        }
+        // Finished rows k < i0, ascending, into every row of the block (rows in parallel
+        // groups; inside a group k is the outer loop so X_k is read once per group).
+        let xs = &x;
+        rows.par_chunks_mut(n * 8).enumerate().for_each(|(g, grp)| {
+            let first = i0 + g * 8;
+            for k in 0..i0 {
+                let xk = &xs[k * n..k * n + k + 1];
+                for (r, row) in grp.chunks_mut(n).enumerate() {
+                    let lik = l[(first + r) * n + k];
+                    if lik != 0.0 {
+                        for (v, &xv) in row[..=k].iter_mut().zip(xk) {
+                            *v -= lik * xv;
+                        }
+                    }
                 }
             }
+        });
+        // Then the block's own rows in order.
+        for i in i0..i1 {
+            let (done, rest) = rows.split_at_mut((i - i0) * n);
+            let row = &mut rest[..n];
+            for k in i0..i {
+                let lik = l[i * n + k];
+                if lik != 0.0 {
+                    let xk = &x[k * n..k * n + k + 1];
+                    for (v, &xv) in row[..=k].iter_mut().zip(xk) {
+                        *v -= lik * xv;
+                    }
+                }
+            }
+            let _ = done;
+            let d = l[i * n + i];
+            for j in 0..=i {
+                x[i * n + j] = row[j] / d;
+            }
         }
-        let d = l[i * n + i];
-        for (j, r) in row[..=i].iter().enumerate() {
-            x[i * n + j] = r / d;
-        }
+        i0 = i1;
     }
     x
 }
@@ -249,6 +321,73 @@ mod tests {
             }
         }
         h
+    }
+
+    /// The textbook algorithms the blocked ones must equal bit for bit.
+    fn cholesky_ref(a: &[f64], n: usize) -> Option<Vec<f64>> {
+        let mut l = a.to_vec();
+        for k in 0..n {
+            let d = l[k * n + k];
+            if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                return None;
+            }
+            let d = d.sqrt();
+            l[k * n + k] = d;
+            for i in k + 1..n {
+                l[i * n + k] /= d;
+            }
+            for i in k + 1..n {
+                for j in k + 1..=i {
+                    l[i * n + j] -= l[i * n + k] * l[j * n + k];
+                }
+            }
+        }
+        for i in 0..n {
+            for j in i + 1..n {
+                l[i * n + j] = 0.0;
+            }
+        }
+        Some(l)
+    }
+
+    fn lower_inverse_ref(l: &[f64], n: usize) -> Vec<f64> {
+        let mut x = vec![0f64; n * n];
+        for i in 0..n {
+            let mut row = vec![0f64; n];
+            row[i] = 1.0;
+            for k in 0..i {
+                let lik = l[i * n + k];
+                if lik != 0.0 {
+                    for j in 0..=k {
+                        row[j] -= lik * x[k * n + j];
+                    }
+                }
+            }
+            for j in 0..=i {
+                x[i * n + j] = row[j] / l[i * n + i];
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn blocked_factorisations_equal_the_textbook_ones_bit_for_bit() {
+        for (n, block) in [(37, 8), (64, 64), (100, 16), (130, 64), (5, 3)] {
+            let mut h = spd(n, n as u64);
+            for i in 0..n {
+                h[i * n + i] += 0.5; // the generator's matrix is singular for even n
+            }
+            let want = cholesky_ref(&h, n).unwrap();
+            let got = cholesky_blocked(h.clone(), n, block).unwrap();
+            assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "cholesky n={n} block={block}");
+            let wi = lower_inverse_ref(&want, n);
+            let gi = lower_inverse_blocked(&want, n, block);
+            assert!(wi.iter().zip(&gi).all(|(a, b)| a.to_bits() == b.to_bits()), "inverse n={n} block={block}");
+        }
+        // Not positive definite: refused by both.
+        let mut h = spd(20, 1);
+        h[5 * 20 + 5] = -1.0;
+        assert!(cholesky_ref(&h, 20).is_none() && cholesky_blocked(h, 20, 8).is_none());
     }
 
     #[test]
