@@ -213,6 +213,15 @@ pub fn source_f64(src: &[u8], dtype: DType, n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// Σ_ij (w_ij − ŵ_ij)² · d_j (f64, ascending index): the error under diag(H).
+fn diag_weighted_error(q: &QuantTensor, w: &[f64], d: &[f64]) -> f64 {
+    let mut total = 0.0;
+    for (i, e) in residual(w, q).iter().enumerate() {
+        total += e * e * d[i % q.cols];
+    }
+    total
+}
+
 /// Exact f64 residual source − quantized (every term is an exact f64).
 fn residual(w: &[f64], q: &QuantTensor) -> Vec<f64> {
     let gpr = q.groups_per_row();
@@ -370,8 +379,7 @@ pub fn compress(
         let metric_of = |name: &str| Tap::of_linear(name).and_then(|t| metrics.get(&t));
 
         // Widths tried per linear: --bits, and its neighbours when the bits are allocated.
-        let mixed = mixed_used;
-        let widths: Vec<u32> = if mixed {
+        let widths: Vec<u32> = if mixed_used {
             (opts.bits.saturating_sub(1)..=opts.bits + 1).filter(|b| (2..=8).contains(b)).collect()
         } else {
             vec![opts.bits]
@@ -406,13 +414,19 @@ pub fn compress(
             .collect();
         // Error feedback under the full statistic: codes re-chosen, scales kept; its loss
         // (output squared error under H) prices each width.
+        // Inputs with only the diagonal kept (wider than FULL_GRAM_MAX_COLS) are priced by
+        // the diag(H)-weighted error of their nearest-rounded codes.
         let mut losses: Vec<Vec<f64>> = Vec::with_capacity(linears.len());
         for ((t, per), w) in linears.iter().zip(candidates.iter_mut()).zip(&sources) {
-            let f = match metric_of(&t.name) {
-                Some(TapMetric { feedback: Some(f), .. }) => Some(f),
-                _ => None,
-            };
-            losses.push(per.iter_mut().map(|q| f.map_or(0.0, |f| f.refine(q, w))).collect());
+            losses.push(
+                per.iter_mut()
+                    .map(|q| match metric_of(&t.name) {
+                        Some(TapMetric { feedback: Some(f), .. }) => f.refine(q, w),
+                        Some(TapMetric { diag, .. }) => diag_weighted_error(q, w, diag),
+                        None => 0.0,
+                    })
+                    .collect(),
+            );
         }
         let choice: Vec<usize> = match mixed_target {
             Some((bits, weights)) => {
