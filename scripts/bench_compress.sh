@@ -20,7 +20,7 @@ ppl() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["pp
 for s in $scores; do
     base="$out/source-${win}x${seq}-$s.json"
     [ -s "$base" ] || "$ucw" eval "$model" --text "$text" --seq-len "$seq" --windows "$win" --score "$s" \
-        --device cpu -o "$base" 2>/dev/null
+        --device cpu -o "$base" >/dev/null 2>&1
 done
 IFS=';' read -ra sets <<< "$settings"
 for flags in "${sets[@]}"; do
@@ -38,7 +38,7 @@ for flags in "${sets[@]}"; do
     for s in $scores; do
         r="$pack-${win}x${seq}-$s.json"
         [ -s "$r" ] || "$ucw" eval "$pack" --text "$text" --seq-len "$seq" --windows "$win" --score "$s" \
-            --device cpu -o "$r" 2>/dev/null
+            --device cpu -o "$r" >/dev/null 2>&1
         python3 - "$flags" "$s" "$pack.compress.json" "$pack.compress.time" "$r" "$out/source-${win}x${seq}-$s.json" <<'PY'
 import json, re, sys
 flags, score, cj, ct, r, b = sys.argv[1:]
