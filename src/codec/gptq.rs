@@ -53,14 +53,14 @@ fn cholesky_blocked(a: Vec<f64>, n: usize, block: usize) -> Option<Vec<f64>> {
             let col: Vec<f64> = (k + 1..k1).map(|j| l[j * n + k]).collect();
             l[(k + 1) * n..].par_chunks_mut(n).for_each(|row| {
                 let lik = row[k];
-                // j in k+1..k1 with j ≤ i: the chunk's own index bounds j for rows in the panel.
+                // Every panel column j in k+1..k1; for a row i inside the panel this also
+                // writes entries right of its diagonal (j > i), which nothing reads and
+                // which are zeroed at the end.
                 for (jj, &ljk) in col.iter().enumerate() {
                     let j = k + 1 + jj;
                     row[j] -= lik * ljk;
                 }
             });
-            // Rows inside the panel updated entries right of their diagonal above; those
-            // are zeroed at the end (the algorithm never reads them).
         }
         // Trailing matrix: columns j ≥ k1, rows i ≥ j, the block's k in ascending order.
         if k1 < n {
