@@ -132,18 +132,9 @@ fn golden_calibrated_packs_on_every_device_and_budget() {
     assert_eq!(golden["codec_version"], ucw::codec::CODEC_VERSION, "golden/calibrated.json is for another codec");
     assert_eq!(golden["forward_version"], ucw::forward::FORWARD_VERSION, "golden/calibrated.json: other forward");
     assert_eq!(golden["results"], doc["results"], "cpu differs from golden/calibrated.json");
-    let mut ran = Vec::new();
-    for (i, d) in devs.iter().enumerate() {
-        for &budget in &BUDGETS {
-            if i == 0 && budget == BUDGETS[0] {
-                ran.push(format!("{} ({budget} B)", d.label));
-                continue;
-            }
-            let got = serde_json::to_value(compute(d.backend.as_ref(), budget, t.path())).unwrap();
-            assert_eq!(got, golden["results"], "{} with a {budget}-byte budget differs from golden", d.label);
-            ran.push(format!("{} ({budget} B)", d.label));
-        }
-    }
+    let ran = common::check_devices_and_budgets(&BUDGETS, &golden["results"], |b, budget| {
+        serde_json::to_value(compute(b, budget, t.path())).unwrap()
+    });
     println!("golden calibrated packs identical on {}", ran.join(", "));
 }
 

@@ -36,14 +36,7 @@ fn golden_path() -> PathBuf {
 /// in golden/llama-bf16.json).
 fn pack(dir: &Path) -> PathBuf {
     let out = dir.join("llama-bf16.ucw");
-    let opts = ucw::compress::Options {
-        bits: 5,
-        group_size: 64,
-        rank: ucw::compress::Rank::Fixed(0),
-        out_dtype: None,
-        force: false,
-        ..Default::default()
-    };
+    let opts = common::golden_pack_options();
     let cpu = ucw::backend::cpu::CpuBackend::new();
     ucw::compress::compress(&root().join("tests/fixtures/llama-bf16"), &out, &cpu, &opts, &mut |_| {}).unwrap();
     out
@@ -116,17 +109,8 @@ fn golden_eval_bits_on_every_device_and_budget() {
     let golden = golden.expect("golden/eval.json missing: run with UCW_BLESS_GOLDEN=1 once");
     assert_eq!(golden["forward_version"], FORWARD_VERSION, "golden/eval.json is for another forward version");
     assert_eq!(golden["results"], doc["results"], "cpu differs from golden/eval.json");
-    let mut ran = Vec::new();
-    for (i, d) in devs.iter().enumerate() {
-        for &budget in &BUDGETS {
-            if i == 0 && budget == BUDGETS[0] {
-                ran.push(format!("{} ({budget} B)", d.label));
-                continue;
-            }
-            let got = serde_json::to_value(compute(d.backend.as_ref(), &pack_dir, budget)).unwrap();
-            assert_eq!(got, golden["results"], "{} with a {budget}-byte budget differs from golden", d.label);
-            ran.push(format!("{} ({budget} B)", d.label));
-        }
-    }
+    let ran = common::check_devices_and_budgets(&BUDGETS, &golden["results"], |b, budget| {
+        serde_json::to_value(compute(b, &pack_dir, budget)).unwrap()
+    });
     println!("golden eval bits of {} fixtures identical on {}", FIXTURES.len(), ran.join(", "));
 }

@@ -27,18 +27,6 @@ fn err(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// Pinned settings of the golden packs (recorded in each golden file).
-fn golden_options() -> Options {
-    Options {
-        bits: 5,
-        group_size: 64,
-        rank: ucw::compress::Rank::Fixed(0),
-        out_dtype: None,
-        force: false,
-        ..Default::default()
-    }
-}
-
 fn golden_doc(pack: &Pack, rank: u32) -> serde_json::Value {
     let m = &pack.manifest;
     let tensors: serde_json::Map<String, serde_json::Value> =
@@ -63,7 +51,7 @@ fn golden_packs_on_every_device() {
     cases.push(("qwen3-bf16-sharded-r4".into(), "qwen3-bf16-sharded", 4));
     for (name, f, rank) in cases {
         let golden_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("golden/{name}.json"));
-        let opts = Options { rank: ucw::compress::Rank::Fixed(rank), ..golden_options() };
+        let opts = Options { rank: ucw::compress::Rank::Fixed(rank), ..common::golden_pack_options() };
         let mut ran = Vec::new();
         let mut reference: Option<serde_json::Value> = None;
         for d in common::devices() {
@@ -387,8 +375,8 @@ fn out_dtype_changes_the_reconstruction_not_the_codes() {
     let cpu = ucw::backend::cpu::CpuBackend::new();
     let a = t.path().join("a");
     let b = t.path().join("b");
-    compress(&fixture("llama-bf16"), &a, &cpu, &golden_options(), &mut |_| {}).unwrap();
-    let opts = Options { out_dtype: Some(ucw::dtype::DType::F32), ..golden_options() };
+    compress(&fixture("llama-bf16"), &a, &cpu, &common::golden_pack_options(), &mut |_| {}).unwrap();
+    let opts = Options { out_dtype: Some(ucw::dtype::DType::F32), ..common::golden_pack_options() };
     compress(&fixture("llama-bf16"), &b, &cpu, &opts, &mut |_| {}).unwrap();
     let (ma, mb) = (Pack::open(&a).unwrap().manifest, Pack::open(&b).unwrap().manifest);
     let layer = |m: &Manifest| m.files.iter().find(|f| f.name == "layer-00000.safetensors").unwrap().sha256.clone();

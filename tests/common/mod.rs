@@ -142,3 +142,37 @@ impl Rng {
 pub fn i32s_to_bytes(v: &[i32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
+
+/// Pinned settings of the golden packs (golden/<fixture>.json, golden/eval.json): spelled
+/// out rather than `Options::default()` so a change of defaults cannot move a golden digest.
+pub fn golden_pack_options() -> ucw::compress::Options {
+    ucw::compress::Options {
+        bits: 5,
+        group_size: 64,
+        rank: ucw::compress::Rank::Fixed(0),
+        out_dtype: None,
+        force: false,
+        ..Default::default()
+    }
+}
+
+/// Run `compute(device, budget)` on every device under test at every budget and require
+/// `golden`; the CPU at `budgets[0]` is skipped (the caller computed it as the reference).
+/// Returns "label (budget B)" for every combination checked, for the test's summary line.
+pub fn check_devices_and_budgets(
+    budgets: &[u64],
+    golden: &serde_json::Value,
+    compute: impl Fn(&dyn Backend, u64) -> serde_json::Value,
+) -> Vec<String> {
+    let mut ran = Vec::new();
+    for (i, d) in devices().iter().enumerate() {
+        for &budget in budgets {
+            if i > 0 || budget != budgets[0] {
+                let got = compute(d.backend.as_ref(), budget);
+                assert_eq!(&got, golden, "{} with a {budget}-byte budget differs from golden", d.label);
+            }
+            ran.push(format!("{} ({budget} B)", d.label));
+        }
+    }
+    ran
+}
