@@ -1,6 +1,6 @@
 // requires: wide.wgsl attn_lib.wgsl
-// Attention, pass 3 of 3: per (query t, head h) the chunks' Σ w and Σ w·v (attn_sum.wgsl)
-// are added (exact integer sums) and each output is round_half_even(A_i / Z) at the
+// Attention, pass 3 of 3: per (query t, head h) the chunks' Σ w and Σ u·v (attn_sum.wgsl)
+// are added (exact integer sums) and each output is round_half_even(A_i · 2^9 / Z) at the
 // prefix's largest V exponent. Then `attn_renorm` per token across heads. No seq×seq
 // buffer: scores are recomputed in passes 1 and 2. Algorithm, rounding points and bounds:
 // src/backend/cpu/attention.rs (the CPU twin).
@@ -34,10 +34,10 @@ fn attention(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
             let k = (idx * p.chunks + c) * d + i;
             a = w_add(a, vec2<u32>(pa[2u * k], pa[2u * k + 1u]));
         }
-        // round_half_even(a / z) on the magnitude (symmetric), by long division: the
-        // quotient is below 2^18 and z < 2^44.
+        // round_half_even(a · 2^9 / z) on the magnitude (symmetric), by long division:
+        // |a| < 2^53, the quotient is below 2^18 and 2^30 <= z < 2^44.
         let neg = (a.y >> 31u) == 1u;
-        var n = select(a, w_neg(a), neg);
+        var n = w_shl(select(a, w_neg(a), neg), 9u);
         var qq = 0u;
         for (var b = 18i; b >= 0i; b--) {
             let zz = w_shl(z, u32(b));

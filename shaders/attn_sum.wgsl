@@ -1,9 +1,9 @@
 // requires: wide.wgsl expq.wgsl attn_lib.wgsl
 // Attention, pass 2 of 3: per (query t, head h, chunk c) with the exact score maximum m and
 // V exponent Ev of the whole prefix (the largest of pass 1's chunk values): the chunk's
-// Σ w_j (w_j = e^-(m − s_j) in Q30) and, per output dimension, Σ round(w_j · v_ji ·
-// 2^(ev_j − Ev)), each exactly in 64 bits. Pass 3 adds the chunks: integer sums, so the
-// chunking cannot change a bit.
+// Σ w_j (w_j = e^-(m − s_j) in Q30) and, per output dimension, Σ u_j · v_ji with the key's
+// weight on the V grid u_j = round(w_j · 2^-(Ev − ev_j + 9)) (<= 2^21), each exactly in 64
+// bits. Pass 3 adds the chunks: integer sums, so the chunking cannot change a bit.
 
 // Binding 0, the parameters `p`, is declared in attn_lib.wgsl.
 @group(0) @binding(1) var<storage, read> q: array<i32>;     // [T, heads·d]
@@ -59,10 +59,12 @@ fn attn_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         let ei = exp_index(attn_diff(m, s), p.log2e_q30);
         let wj = exp_finish(table[ei.j], ei, p.ln2_q30);
         z = w_add(z, vec2<u32>(wj, 0u));
-        let sh = u32(ev - exps[2u * p.tokens + j]);
-        if (sh < 63u) {
+        // Ev >= ev_j; beyond 32 bits of shift every weight (<= 2^30) rounds to 0.
+        let sh = min(u32(ev - exps[2u * p.tokens + j]), 32u) + 9u;
+        let uj = w_shr_round(vec2<u32>(wj, 0u), sh).x;
+        if (uj != 0u) {
             for (var i = 0u; i < d; i++) {
-                let r = w_shr_round(w_mul_i32(i32(wj), v[j * p.kv_heads * d + g * d + i]), sh);
+                let r = w_mul_i32(i32(uj), v[j * p.kv_heads * d + g * d + i]);
                 let a = vec2<u32>(pa[2u * (idx * d + i)], pa[2u * (idx * d + i) + 1u]);
                 let b = w_add(a, r);
                 pa[2u * (idx * d + i)] = b.x;

@@ -10,6 +10,7 @@
 //! 4. p = round(gm · s / 2^22) (|p| < 2^26), z = p · um (< 2^43) at exponent ge + ue − 8.
 //! 5. One renormalisation of the token to `bits` (largest |z| first, half even).
 
+use super::attention::shr_round_lane;
 use super::linear::shr_round_any;
 
 /// ln(2) and log2(e) in Q30, and the table 2^(-j/256) in Q30, all from f64 with IEEE
@@ -18,7 +19,7 @@ use super::linear::shr_round_any;
 pub struct ExpConsts {
     pub ln2_q30: u32,
     pub log2e_q30: u32,
-    pub table: Vec<u32>,
+    pub table: [u32; 256],
 }
 
 impl ExpConsts {
@@ -27,7 +28,7 @@ impl ExpConsts {
         ExpConsts {
             ln2_q30: (core::f64::consts::LN_2 * q30).round_ties_even() as u32,
             log2e_q30: (core::f64::consts::LOG2_E * q30).round_ties_even() as u32,
-            table: (0..256).map(|j| (libm::exp2(-(j as f64) / 256.0) * q30).round_ties_even() as u32).collect(),
+            table: std::array::from_fn(|j| (libm::exp2(-(j as f64) / 256.0) * q30).round_ties_even() as u32),
         }
     }
 }
@@ -54,7 +55,7 @@ pub fn exp_neg_q30(x_q20: u32, c: &ExpConsts) -> u32 {
     // left out is below 3.5e-9).
     let a = round_u64(r as u64 * c.ln2_q30 as u64, 28);
     let poly = (1u64 << 30) - a + round_u64(a * a, 31);
-    let m = round_u64(c.table[j as usize] as u64 * poly, 30);
+    let m = round_u64(c.table[(j & 255) as usize] as u64 * poly, 30);
     if n >= 40 { 0 } else { round_u64(m, n) as u32 }
 }
 
@@ -79,14 +80,94 @@ pub fn sigmoid_q30(gm: i32, ge: i32, c: &ExpConsts) -> u64 {
     if gm >= 0 { div_round_u64(1 << 60, d) } else { div_round_u64(e << 30, d) }
 }
 
+/// `exp_neg_q30` without branches (tested equal for every input it accepts), so that loops
+/// over keys or logits vectorise.
+#[inline(always)]
+pub fn exp_neg_q30_lane(x_q20: u32, c: &ExpConsts) -> u32 {
+    let t = shr_round_lane((x_q20 as u64 * c.log2e_q30 as u64) as i64, 22) as u64;
+    let n = (t >> 28) as u32;
+    let f = (t & 0xfff_ffff) as u32;
+    let (j, r) = (f >> 20, f & 0xf_ffff);
+    let a = shr_round_lane((r as u64 * c.ln2_q30 as u64) as i64, 28) as u64;
+    let poly = (1u64 << 30) - a + shr_round_lane((a * a) as i64, 31) as u64;
+    let m = shr_round_lane((c.table[(j & 255) as usize] as u64 * poly) as i64, 30);
+    if n >= 40 { 0 } else { shr_round_lane(m, n) as u32 }
+}
+
+/// `div_round_u64` without a division instruction, for n < 2^62 and 0 < d < 2^62 with a
+/// quotient below 2^31: the f64 quotient is within 2^-21 of n/d, so its truncation is off by
+/// at most one, which the exact remainder (|q·d| < n + d < 2^63) corrects; then the same
+/// half-even rule.
+#[inline(always)]
+pub fn div_round_lane(n: u64, d: u64) -> u64 {
+    let (n, d) = (n as i64, d as i64);
+    let mut q = (n as f64 / d as f64) as i64;
+    let mut r = n - q * d;
+    let lo = r < 0;
+    q -= lo as i64;
+    r += if lo { d } else { 0 };
+    let hi = r >= d;
+    q += hi as i64;
+    r -= if hi { d } else { 0 };
+    let up = 2 * r > d || (2 * r == d && q & 1 == 1);
+    (q + up as i64) as u64
+}
+
+/// `sigmoid_q30` without branches on the element, for a token whose exponent gives
+/// sh = ge + 20 (tested equal for every mantissa at every shift).
+#[inline(always)]
+pub fn sigmoid_q30_lane(gm: i32, sh: i32, c: &ExpConsts) -> u64 {
+    let cap = 32u64 << 20;
+    let mag = gm.unsigned_abs() as u64;
+    // Both branches are computed and one is selected; with |gm| <= 2^17 (swiglu's bound)
+    // mag << 39 < 2^57 cannot overflow.
+    let up = if sh >= 40 { cap } else { (mag << sh.clamp(0, 39)).min(cap) };
+    let down = (shr_round_lane(mag as i64, (-sh).max(0) as u32) as u64).min(cap);
+    let x = if sh >= 0 { up } else { down } as u32;
+    let e = exp_neg_q30_lane(x, c) as u64;
+    let d = (1u64 << 30) + e;
+    div_round_lane(if gm >= 0 { 1 << 60 } else { e << 30 }, d)
+}
+
 /// SwiGLU of one token; returns the output exponent.
 #[allow(clippy::too_many_arguments)]
 pub fn swiglu_token(g: &[i32], ge: i32, u: &[i32], ue: i32, c: &ExpConsts, bits: u32, out: &mut [i32]) -> i32 {
-    let z: Vec<i64> = (0..g.len())
-        .map(|i| {
-            let s = sigmoid_q30(g[i], ge, c) as i64;
-            shr_round_any(g[i] as i64 * s, 22) * u[i] as i64
-        })
-        .collect();
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512dq")
+        && std::is_x86_feature_detected!("avx512cd")
+    {
+        // SAFETY: the CPU has these features (checked just above).
+        return unsafe { swiglu_token_avx512(g, ge, u, ue, c, bits, out) };
+    }
+    swiglu_token_body(g, ge, u, ue, c, bits, out)
+}
+
+/// The same integer code with AVX-512's 64-bit products, shifts and conversions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq,avx512cd")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn swiglu_token_avx512(
+    g: &[i32],
+    ge: i32,
+    u: &[i32],
+    ue: i32,
+    c: &ExpConsts,
+    bits: u32,
+    out: &mut [i32],
+) -> i32 {
+    swiglu_token_body(g, ge, u, ue, c, bits, out)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn swiglu_token_body(g: &[i32], ge: i32, u: &[i32], ue: i32, c: &ExpConsts, bits: u32, out: &mut [i32]) -> i32 {
+    // |g·s| < 2^48: inside shr_round_lane's domain. A plain loop (not an iterator chain,
+    // whose generic fold may be compiled without this function's target features).
+    let mut z = vec![0i64; g.len()];
+    for ((zi, &gi), &ui) in z.iter_mut().zip(g).zip(u) {
+        *zi = shr_round_lane(gi as i64 * sigmoid_q30_lane(gi, ge + 20, c) as i64, 22) * ui as i64;
+    }
     super::linear::renorm_row(&z, bits, out).map_or(0, |shift| ge + ue - 8 + shift)
 }

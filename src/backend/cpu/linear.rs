@@ -44,19 +44,47 @@ pub fn shr_round_any(a: i64, s: u32) -> i64 {
     if s >= 63 { 0 } else { super::wide::shr_round(a, s) }
 }
 
-/// Round a token's exact values (all at one exponent) to `bits`-bit mantissas: the shift
-/// comes from the largest |z|, rounding half to even. Returns the shift (output exponent =
-/// input exponent + shift), or None when every value is zero (`out` is then zeroed).
+/// Round a token's exact values (all at one exponent, |z| < 2^62) to `bits`-bit mantissas:
+/// the shift comes from the largest |z|, rounding half to even. Returns the shift (output
+/// exponent = input exponent + shift), or None when every value is zero (`out` is then
+/// zeroed).
 pub fn renorm_row(z: &[i64], bits: u32, out: &mut [i32]) -> Option<i32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512cd")
+    {
+        // SAFETY: the CPU has these features (checked just above).
+        return unsafe { renorm_row_avx512(z, bits, out) };
+    }
+    renorm_row_body(z, bits, out)
+}
+
+/// The same integer code with AVX-512's 64-bit shifts and leading-zero counts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512cd")]
+unsafe fn renorm_row_avx512(z: &[i64], bits: u32, out: &mut [i32]) -> Option<i32> {
+    renorm_row_body(z, bits, out)
+}
+
+#[inline(always)]
+fn renorm_row_body(z: &[i64], bits: u32, out: &mut [i32]) -> Option<i32> {
     let top = z.iter().map(|v| 64 - v.unsigned_abs().leading_zeros()).max().unwrap_or(0);
     if top == 0 {
         out.fill(0);
         return None;
     }
     let shift = top as i32 - (bits as i32 - 1);
-    for (o, &v) in out.iter_mut().zip(z) {
-        // A left shift only happens when every |z| < 2^(bits-1-(-shift)): exact.
-        *o = if shift >= 0 { shr_round_any(v, shift as u32) as i32 } else { (v << (-shift) as u32) as i32 };
+    if shift >= 0 {
+        // |v| < 2^62: `shr_round_lane` equals `shr_round_any` there.
+        for (o, &v) in out.iter_mut().zip(z) {
+            *o = super::attention::shr_round_lane(v, shift as u32) as i32;
+        }
+    } else {
+        // Every |z| < 2^(bits-1+shift): the left shift is exact.
+        for (o, &v) in out.iter_mut().zip(z) {
+            *o = (v << (-shift) as u32) as i32;
+        }
     }
     Some(shift)
 }

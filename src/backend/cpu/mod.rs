@@ -196,7 +196,7 @@ impl Backend for CpuBackend {
     }
 
     fn swiglu(&self, g: &TokenFixed, u: &TokenFixed, c: &act::ExpConsts, bits: u32) -> Result<TokenFixed, Error> {
-        super::check_swiglu_args(g, u, c, bits)?;
+        super::check_swiglu_args(g, u, bits)?;
         let w = g.width;
         let mut mants = vec![0i32; g.tokens * w];
         let mut exps = vec![0i32; g.tokens];
@@ -268,13 +268,7 @@ impl Backend for CpuBackend {
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         super::check_attention_args(q, k, v, s, bits)?;
-        let w = q.width;
-        let mut mants = vec![0i32; q.tokens * w];
-        let mut exps = vec![0i32; q.tokens];
-        mants.par_chunks_mut(w).zip(exps.par_iter_mut()).enumerate().for_each(|(t, (out, e))| {
-            *e = attention::attention_token(q, k, v, s, ec, bits, t, out);
-        });
-        Ok(TokenFixed { tokens: q.tokens, width: w, exps, mants })
+        Ok(attention::attention(q, k, v, s, ec, bits))
     }
 
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {

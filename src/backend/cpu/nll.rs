@@ -10,7 +10,8 @@
 //! 5. NLL = ln2·(log2 S − 30) + (mmax − m_y)·2^e, in Q30 (target term uncapped, exact
 //!    to Q30 when e + 30 >= 0, else rounded half even).
 
-use super::act::{ExpConsts, exp_neg_q30};
+use super::act::{ExpConsts, exp_neg_q30_lane};
+use super::attention::shr_round_lane;
 use super::linear::shr_round_any;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,15 +68,45 @@ pub fn log2_q30(s: u64, c: &LogConsts) -> i64 {
 
 /// NLL of `target` in Q30 for one row of logits.
 pub fn nll_token(m: &[i32], e: i32, target: usize, ec: &ExpConsts, lc: &LogConsts) -> i64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512dq")
+    {
+        // SAFETY: the CPU has these features (checked just above).
+        return unsafe { nll_token_avx512(m, e, target, ec, lc) };
+    }
+    nll_token_body(m, e, target, ec, lc)
+}
+
+/// The same integer code with AVX-512's 64-bit shifts and products, so the sum of
+/// exponentials vectorises (`exp_neg_q30_lane` equals `exp_neg_q30`, tested).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq")]
+unsafe fn nll_token_avx512(m: &[i32], e: i32, target: usize, ec: &ExpConsts, lc: &LogConsts) -> i64 {
+    nll_token_body(m, e, target, ec, lc)
+}
+
+#[inline(always)]
+fn nll_token_body(m: &[i32], e: i32, target: usize, ec: &ExpConsts, lc: &LogConsts) -> i64 {
     let mmax = m.iter().copied().max().unwrap_or(0) as i64;
     let cap = 32i64 << 20;
     let sh = e + 20;
-    let to_q20 = |d: i64| -> i64 {
-        if sh >= 0 { if sh >= 40 { cap } else { (d << sh).min(cap) } } else { round_i64(d, (-sh) as u32).min(cap) }
-    };
+    // D_j in Q20: the shift is the token's, so each branch is one vectorisable loop.
+    // (Plain loops, not iterator sums, so they get this function's target features.)
     let mut s = 0u64;
-    for &mj in m {
-        s += exp_neg_q30(to_q20(mmax - mj as i64) as u32, ec) as u64;
+    if sh >= 40 {
+        // Every D_j, the maximum's too, is the cap (unreachable under nll's e <= 8).
+        s = m.len() as u64 * exp_neg_q30_lane(cap as u32, ec) as u64;
+    } else if sh >= 0 {
+        for &mj in m {
+            s += exp_neg_q30_lane(((mmax - mj as i64) << sh).min(cap) as u32, ec) as u64;
+        }
+    } else {
+        let r = (-sh) as u32;
+        for &mj in m {
+            s += exp_neg_q30_lane(shr_round_lane(mmax - mj as i64, r).min(cap) as u32, ec) as u64;
+        }
     }
     // ln S − 30 ln 2 = ln2 · (log2 S − 30): Q30 · Q28 → Q30 (|log2 S − 30| < 2^5.2).
     let lse = round_i64(log2_q30(s, lc) * lc.ln2_q28 as i64, 28);

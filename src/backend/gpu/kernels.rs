@@ -393,7 +393,7 @@ impl Backend for GpuBackend {
         c: &crate::backend::cpu::act::ExpConsts,
         bits: u32,
     ) -> Result<TokenFixed, Error> {
-        crate::backend::check_swiglu_args(gate, up, c, bits)?;
+        crate::backend::check_swiglu_args(gate, up, bits)?;
         // One element per invocation: the sigmoid's 32-step division is the only loop.
         self.check_loops("swiglu", 64)?;
         let (t, w) = (gate.tokens, gate.width);
