@@ -56,6 +56,24 @@ conformance!(matmul_same_bits_everywhere, |b| {
     out
 });
 
+// Prepared weights (packed once, as the forward pass uses them) give `matmul`'s bits on
+// every device: including a weight of +2^15 (outside i16: the CPU packs it as a correction),
+// one token (the reference loop), and a product repeated on one preparation.
+conformance!(matmul_prepared_same_bits_everywhere, |b| {
+    let mut out = Vec::new();
+    for (i, &(t, k, n)) in SHAPES.iter().chain(&[(1, 300, 120)]).enumerate() {
+        let x = activations(t, k, 10 + i as u64);
+        let mut w = weights(n, k, 20 + i as u64);
+        w.mantissas[k.min(5)] = 1 << 15;
+        let p = b.prepare_matmul(&w).unwrap();
+        let first = b.matmul_prepared(&x, &w, &p).unwrap();
+        assert_eq!(first, b.matmul(&x, &w).unwrap(), "shape {t}x{k}x{n}: prepared differs from matmul");
+        assert_eq!(first, b.matmul_prepared(&x, &w, &p).unwrap(), "shape {t}x{k}x{n}: second use differs");
+        out.extend(sums_bytes(&first));
+    }
+    out
+});
+
 conformance!(renorm_same_bits_everywhere, |b| {
     let cpu = CpuBackend::new();
     let mut out = Vec::new();

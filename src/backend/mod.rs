@@ -44,6 +44,10 @@ impl IngestParams {
     }
 }
 
+/// Weights in a backend's own layout (`Backend::prepare_matmul`), opaque to callers; `None`
+/// where the backend keeps none.
+pub struct Prepared(pub Option<Box<dyn std::any::Any + Send + Sync>>);
+
 /// A `[rows, cols]` tensor as `mantissas[r*cols + c] * 2^exponents[r*groups_per_row + g]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupFixed {
@@ -189,6 +193,14 @@ pub trait Backend: Send + Sync {
     /// Short label for test output: "cpu", "vulkan", "gl", ...
     fn api(&self) -> &'static str;
 
+    /// How many windows the forward pass may run through this backend at once. Windows are
+    /// independent, so this changes no bit; on the CPU two at a time let one window's
+    /// serial steps (allocation, copies, argument checks) overlap the other's kernels. A GPU
+    /// backend takes one (its buffers and peak-memory accounting are per call).
+    fn concurrent_windows(&self) -> usize {
+        1
+    }
+
     /// Float bits `[rows, cols]` (little-endian storage of `dtype`) → fixed-point groups.
     fn ingest(
         &self,
@@ -212,6 +224,20 @@ pub trait Backend: Send + Sync {
     /// row's largest (`align_row_exponents`). Bounds: |x·m| <= 2^17 · 2^15 = 2^32, a group
     /// of <= 64 products < 2^38, shifted <= 16 < 2^54, <= 128 groups < 2^61: exact in i64.
     fn matmul(&self, x: &TokenFixed, w: &GroupFixed) -> Result<ExactSums, Error>;
+
+    /// `w` laid out once in this backend's own form for repeated `matmul_prepared` calls
+    /// (the forward pass multiplies every window by the same layer). Checks `w` as `matmul`
+    /// does. The result belongs to this `w`: it must not outlive a change of it.
+    fn prepare_matmul(&self, w: &GroupFixed) -> Result<Prepared, Error> {
+        check_matmul_weights(w)?;
+        Ok(Prepared(None))
+    }
+
+    /// `matmul` with weights from `prepare_matmul(w)`: the same sums, bit for bit.
+    fn matmul_prepared(&self, x: &TokenFixed, w: &GroupFixed, p: &Prepared) -> Result<ExactSums, Error> {
+        let _ = p;
+        self.matmul(x, w)
+    }
 
     /// Round exact sums to one exponent per token and `bits`-bit mantissas
     /// (|m| <= 2^(bits-1)), half to even: the one rounding point after a matmul.
@@ -357,6 +383,12 @@ fn max_abs(m: &[i32]) -> u32 {
 }
 
 pub(crate) fn check_matmul_args(x: &TokenFixed, w: &GroupFixed) -> Result<(), Error> {
+    check_matmul_acts(x, w)?;
+    check_matmul_weights(w)
+}
+
+/// The activations' half of `check_matmul_args` (what every `matmul_prepared` call checks).
+pub(crate) fn check_matmul_acts(x: &TokenFixed, w: &GroupFixed) -> Result<(), Error> {
     if x.width != w.cols || x.mants.len() != x.tokens * x.width || x.exps.len() != x.tokens {
         return Err(bad_input!(
             "matmul: activations [{}, {}] do not match weights [{}, {}]",
@@ -366,13 +398,18 @@ pub(crate) fn check_matmul_args(x: &TokenFixed, w: &GroupFixed) -> Result<(), Er
             w.cols
         ));
     }
+    if max_abs(&x.mants) > MATMUL_MAX_ACT as u32 {
+        return Err(bad_input!("matmul: activation mantissas exceed 2^17"));
+    }
+    Ok(())
+}
+
+/// The weights' half of `check_matmul_args` (what `prepare_matmul` checks once).
+pub(crate) fn check_matmul_weights(w: &GroupFixed) -> Result<(), Error> {
     if w.params.mantissa_bits > 16 || w.params.group_size > 64 || w.groups_per_row() > MATMUL_MAX_GROUPS {
         return Err(bad_input!(
             "matmul: weights need <= 16-bit mantissas, groups <= 64, <= {MATMUL_MAX_GROUPS} groups"
         ));
-    }
-    if max_abs(&x.mants) > MATMUL_MAX_ACT as u32 {
-        return Err(bad_input!("matmul: activation mantissas exceed 2^17"));
     }
     let gpr = w.groups_per_row();
     for r in 0..w.rows {

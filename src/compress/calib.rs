@@ -14,7 +14,6 @@ use crate::codec::gram::Gram;
 use crate::digest::sha256_hex;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::forward::eval::chunk_tokens;
 use crate::forward::layer::{Consts, Layer, RESIDUAL_BITS, Tap};
 use crate::forward::source::Patched;
 use crate::forward::text::{parse_token_bytes, tokenize_bytes};
@@ -216,11 +215,7 @@ impl Calibration {
     }
 
     fn chunk(&self, layer: &Layer) -> Result<usize> {
-        let sizes = [&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down]
-            .iter()
-            .map(|lin| chunk_tokens(self.max_memory, lin.w.cols, lin.w.rows, lin.bytes()))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(sizes.into_iter().min().unwrap_or(1))
+        layer.chunk(self.max_memory)
     }
 
     /// Run the teacher's layer `l` over every window, gathering its statistics. With

@@ -9,9 +9,11 @@
 
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use super::layer::{self, ACT_BITS, Consts, LOGIT_BITS, Layer, RESIDUAL_BITS, slice_tokens};
 use super::source::Source;
-use crate::backend::{Backend, GroupFixed, TokenFixed};
+use crate::backend::{Backend, TokenFixed};
 use crate::error::Result;
 
 /// Which predictions of a window count.
@@ -80,8 +82,10 @@ pub fn ppl_from_q30(nll_q30: i64, predictions: u64) -> f64 {
 /// of positions first.. at `LOGIT_BITS`).
 pub type LogitsSink<'a> = &'a mut dyn FnMut(usize, usize, &TokenFixed);
 
-/// Largest token chunk of one matrix product.
+/// Token chunk of one matrix product: up to this many tokens, or more while the chunk's exact
+/// sums stay within `MAX_CHUNK_SUMS_BYTES`.
 pub const MAX_CHUNK: usize = 256;
+pub const MAX_CHUNK_SUMS_BYTES: usize = 32 << 20;
 
 /// Token chunk for a product with `k` inputs, `n` outputs and `weight_bytes` of weights,
 /// within `budget` bytes: per token the inputs (4k), exact sums (8n) and outputs (4n).
@@ -93,9 +97,11 @@ pub fn chunk_tokens(budget: u64, k: usize, n: usize, weight_bytes: u64) -> Resul
             "--max-memory {budget} bytes is below one matrix product's needs ({weight_bytes} bytes of weights + {per_token} per token)"
         ));
     }
-    // Beyond a few hundred tokens a bigger chunk buys no speed, only host memory (the exact
-    // sums of a 1024-token window over a 49k vocabulary are 400 MB).
-    Ok(((free / per_token) as usize).clamp(1, MAX_CHUNK))
+    // Narrow products take whole windows (the CPU packs a linear's weights once per call);
+    // wide ones stop at a few hundred tokens, beyond which a bigger chunk buys no speed, only
+    // host memory (the exact sums of a 1024-token window over a 49k vocabulary are 400 MB).
+    let cap = MAX_CHUNK.max(MAX_CHUNK_SUMS_BYTES / (8 * n).max(1));
+    Ok(((free / per_token) as usize).clamp(1, cap))
 }
 
 /// Run the model over `windows` (each a slice of seq_len ids) and score them.
@@ -135,13 +141,12 @@ pub fn evaluate(
     progress(0, layers + 1);
     for l in 0..layers {
         let layer = Layer::load(backend, src, l)?;
-        let biggest = [&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down]
-            .iter()
-            .map(|lin| chunk_tokens(opts.max_memory, lin.w.cols, lin.w.rows, lin.bytes()))
-            .collect::<Result<Vec<_>>>()?;
-        let chunk = biggest.into_iter().min().unwrap_or(1);
-        for h in hidden.iter_mut() {
-            *h = layer.forward(backend, h, &consts, chunk)?;
+        let chunk = layer.chunk(opts.max_memory)?;
+        for group in hidden.chunks_mut(backend.concurrent_windows().max(1)) {
+            group.par_iter_mut().try_for_each(|h| -> Result<()> {
+                *h = layer.forward(backend, h, &consts, chunk)?;
+                Ok(())
+            })?;
         }
         progress(l + 1, layers + 1);
     }
@@ -149,24 +154,21 @@ pub fn evaluate(
     // Final norm, lm_head (the embedding when tied) and NLL, chunk by chunk.
     let final_norm = layer::load_norm(backend, src, "model.norm.weight", c.hidden_size)?;
     let head_name = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-    let head = layer::Linear {
-        name: head_name.to_string(),
-        w: layer::load_weight(backend, src, head_name, c.vocab_size, c.hidden_size)?,
-        bias: None,
-    };
-    let chunk = chunk_tokens(opts.max_memory, c.hidden_size, c.vocab_size, head.bytes())?;
+    let head_w = layer::load_weight(backend, src, head_name, c.vocab_size, c.hidden_size)?;
+    let head = layer::Linear::new(backend, head_name.to_string(), head_w, None)?;
+    let chunk = head.chunk(opts.max_memory)?;
     let scored = opts.score.positions(seq_len);
     // With a sink every position's logits are produced (the last one predicts nothing).
     let produced = if logits_sink.is_some() { 0..seq_len } else { scored.clone() };
-    let mut window_nll = Vec::with_capacity(windows.len());
-    for (wi, (h, ids)) in hidden.iter().zip(windows).enumerate() {
+    // One window's Σ NLL over its scored positions, handing logits to the sink if any.
+    let score_window = |wi: usize, h: &TokenFixed, ids: &[u32], mut sink: Option<&mut LogitsSink>| -> Result<i64> {
         let x = backend.rms_norm(h, &final_norm, &consts.rms_hidden, ACT_BITS)?;
         let mut sum = 0i64;
         let mut p0 = produced.start;
         while p0 < produced.end {
             let p1 = (p0 + chunk).min(produced.end);
-            let logits = lm_head(backend, &slice_tokens(&x, p0, p1), &head.w)?;
-            if let Some(sink) = logits_sink.as_mut() {
+            let logits = layer::linear(backend, &slice_tokens(&x, p0, p1), &head, LOGIT_BITS, chunk)?;
+            if let Some(sink) = sink.as_mut() {
                 sink(wi, p0, &logits);
             }
             // Positions of this chunk that are scored.
@@ -178,8 +180,30 @@ pub fn evaluate(
             }
             p0 = p1;
         }
-        window_nll.push(sum);
-    }
+        Ok(sum)
+    };
+    let window_nll: Vec<i64> = match logits_sink.as_mut() {
+        // The sink sees windows in order.
+        Some(sink) => hidden
+            .iter()
+            .zip(windows)
+            .enumerate()
+            .map(|(wi, (h, ids))| score_window(wi, h, ids, Some(&mut *sink)))
+            .collect::<Result<_>>()?,
+        None => {
+            let group = backend.concurrent_windows().max(1);
+            let mut out = Vec::with_capacity(windows.len());
+            for (g, hs) in hidden.chunks(group).enumerate() {
+                let part: Vec<i64> = hs
+                    .par_iter()
+                    .enumerate()
+                    .map(|(i, h)| score_window(g * group + i, h, windows[g * group + i], None))
+                    .collect::<Result<_>>()?;
+                out.extend(part);
+            }
+            out
+        }
+    };
     progress(layers + 1, layers + 1);
     let predictions = (windows.len() * scored.len()) as u64;
     Ok(EvalResult {
@@ -188,9 +212,4 @@ pub fn evaluate(
         window_nll_q30: window_nll,
         forward_seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-fn lm_head(b: &dyn Backend, x: &TokenFixed, w: &GroupFixed) -> Result<TokenFixed> {
-    let sums = b.matmul(x, w)?;
-    b.renorm(&sums, &x.exps, LOGIT_BITS)
 }

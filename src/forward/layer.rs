@@ -13,7 +13,7 @@ use crate::backend::cpu::attention::AttnShape;
 use crate::backend::cpu::linear::shr_round_any;
 use crate::backend::cpu::norm::RmsConsts;
 use crate::backend::cpu::rope::RopeTables;
-use crate::backend::{Backend, GroupFixed, IngestParams, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents};
+use crate::backend::{Backend, GroupFixed, IngestParams, MATMUL_MAX_SPREAD, Prepared, TokenFixed, align_row_exponents};
 use crate::error::Result;
 use crate::model::ModelConfig;
 
@@ -57,13 +57,31 @@ pub struct Bias {
 /// A linear layer ready for `matmul`.
 pub struct Linear {
     pub name: String,
-    pub w: GroupFixed,
+    w: GroupFixed,
+    /// `w` in the backend's layout (`Backend::prepare_matmul`), built with it: `w` is
+    /// private so that the two cannot part.
+    prepared: Prepared,
     pub bias: Option<Bias>,
 }
 
 impl Linear {
+    pub fn new(backend: &dyn Backend, name: String, w: GroupFixed, bias: Option<Bias>) -> Result<Linear> {
+        let prepared = backend.prepare_matmul(&w).map_err(|e| bad_input!("{name}: {e}"))?;
+        Ok(Linear { name, w, prepared, bias })
+    }
+
+    /// The ingested weights.
+    pub fn w(&self) -> &GroupFixed {
+        &self.w
+    }
+
     pub fn bytes(&self) -> u64 {
         (self.w.mantissas.len() * 4 + self.w.exponents.len() * 4) as u64
+    }
+
+    /// Token chunk of this linear's products within `budget` bytes (`eval::chunk_tokens`).
+    pub fn chunk(&self, budget: u64) -> Result<usize> {
+        super::eval::chunk_tokens(budget, self.w.cols, self.w.rows, self.bytes())
     }
 }
 
@@ -106,7 +124,7 @@ fn load_linear(
     } else {
         None
     };
-    Ok(Linear { name, w, bias })
+    Linear::new(backend, name, w, bias)
 }
 
 /// Norm weights: one group, 16-bit mantissas (`rms_norm`'s contract).
@@ -186,6 +204,12 @@ impl Layer {
         })
     }
 
+    /// Token chunk that every linear of the layer can take within `budget` bytes.
+    pub fn chunk(&self, budget: u64) -> Result<usize> {
+        let lins = [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down];
+        lins.iter().map(|l| l.chunk(budget)).try_fold(usize::MAX, |m, c| Ok(m.min(c?)))
+    }
+
     /// Bytes of the ingested weights (what one layer costs wherever it is held).
     pub fn bytes(&self) -> u64 {
         [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down].iter().map(|l| l.bytes()).sum()
@@ -257,14 +281,13 @@ pub fn slice_tokens(x: &TokenFixed, t0: usize, t1: usize) -> TokenFixed {
 /// cannot change a bit, it only bounds the buffers).
 pub fn linear(b: &dyn Backend, x: &TokenFixed, l: &Linear, bits: u32, chunk: usize) -> Result<TokenFixed> {
     let n = l.w.rows;
-    let mut out = TokenFixed { tokens: x.tokens, width: n, exps: Vec::with_capacity(x.tokens), mants: Vec::new() };
-    out.mants.reserve(x.tokens * n);
+    let mut out = TokenFixed { tokens: x.tokens, width: n, exps: Vec::new(), mants: Vec::new() };
     let mut t0 = 0;
     while t0 < x.tokens {
         let t1 = (t0 + chunk.max(1)).min(x.tokens);
         let xc = if t0 == 0 && t1 == x.tokens { None } else { Some(slice_tokens(x, t0, t1)) };
         let xc = xc.as_ref().unwrap_or(x);
-        let sums = b.matmul(xc, &l.w).map_err(|e| bad_input!("{}: {e}", l.name))?;
+        let sums = b.matmul_prepared(xc, &l.w, &l.prepared).map_err(|e| bad_input!("{}: {e}", l.name))?;
         let y = match &l.bias {
             None => b.renorm(&sums, &xc.exps, bits)?,
             Some(bias) => {
@@ -278,6 +301,9 @@ pub fn linear(b: &dyn Backend, x: &TokenFixed, l: &Linear, bits: u32, chunk: usi
                 b.add(&y, &bb, bits)?
             }
         };
+        if t0 == 0 && t1 == x.tokens {
+            return Ok(y); // one chunk: no copy
+        }
         out.exps.extend_from_slice(&y.exps);
         out.mants.extend_from_slice(&y.mants);
         t0 = t1;

@@ -261,9 +261,42 @@ fn block(
     t0: usize,
     t1: usize,
 ) -> Vec<i64> {
+    let (rows, nk) = (t1 - t0, t1);
+    // The block's score and weight matrices (up to 64 × T f64 each) live in per-thread
+    // buffers reused across blocks: zeroing fresh ones cost more than the exp.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<(Vec<f64>, Vec<f64>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+    SCRATCH.with_borrow_mut(|(sc, u)| {
+        for buf in [&mut *sc, &mut *u] {
+            if buf.len() < rows * nk {
+                buf.resize(rows * nk, 0.0);
+            }
+        }
+        block_with(q, k, v, s, ec, ev, qf, kf, vf, t0, t1, &mut sc[..rows * nk], &mut u[..rows * nk])
+    })
+}
+
+/// `block` with its scratch matrices (any contents: every element used is written first).
+#[allow(clippy::too_many_arguments)]
+fn block_with(
+    q: &TokenFixed,
+    k: &TokenFixed,
+    v: &TokenFixed,
+    s: &AttnShape,
+    ec: &ExpConsts,
+    ev: &[i32],
+    qf: &[f64],
+    kf: &[f64],
+    vf: &[f64],
+    t0: usize,
+    t1: usize,
+    sc: &mut [f64],
+    u: &mut [f64],
+) -> Vec<i64> {
     let (d, rows, nk) = (s.head_dim, t1 - t0, t1);
-    // dots[r][j] = q_{t0+r} · k_j for every key of the block's longest prefix.
-    let mut sc = vec![0f64; rows * nk];
+    // dots[r][j] = q_{t0+r} · k_j for every key of the block's longest prefix (beta = 0:
+    // dgemm overwrites `sc` without reading it).
     // SAFETY: the slices hold rows×d, nk×d and rows×nk elements at the given strides.
     unsafe {
         matrixmultiply::dgemm(
@@ -286,11 +319,11 @@ fn block(
     let mut z = vec![0i64; rows];
     let mut scores = vec![0i64; nk];
     // u[r][j] = u_j of query t0 + r, zero beyond its prefix.
-    let mut u = vec![0f64; rows * nk];
     for r in 0..rows {
         let t = t0 + r;
-        let (dots, ur) = (&sc[r * nk..][..=t], &mut u[r * nk..][..=t]);
-        z[r] = weights_row(dots, k, &v.exps, q.exps[t] - 10, ev[t], s, ec, &mut scores[..=t], ur);
+        let (dots, ur) = (&sc[r * nk..][..=t], &mut u[r * nk..(r + 1) * nk]);
+        z[r] = weights_row(dots, k, &v.exps, q.exps[t] - 10, ev[t], s, ec, &mut scores[..=t], &mut ur[..=t]);
+        ur[t + 1..].fill(0.0);
     }
     // a[r][i] = Σ_j u_j · v_ji.
     let mut a = vec![0f64; rows * d];

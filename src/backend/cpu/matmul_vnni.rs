@@ -71,9 +71,48 @@ pub fn available() -> bool {
 pub fn matmul(x: &TokenFixed, w: &GroupFixed, re: &[i32]) -> Option<Vec<i64>> {
     #[cfg(target_arch = "x86_64")]
     if available() {
-        return Some(blocked(x, w, re));
+        return Some(blocked(x, w, &Packed::new(w, re)));
     }
     let _ = (x, w, re);
+    None
+}
+
+/// A weight matrix packed for the kernel (i16 pairs, out-of-i16 corrections, group shifts),
+/// kept by `CpuBackend::prepare_matmul` so that repeated products pack it once.
+pub struct Packed {
+    rows: usize,
+    cols: usize,
+    s: Shape,
+    wp: Vec<i32>,
+    fixes: Vec<(usize, usize)>,
+    shifts: Vec<i64>,
+    /// `linear::row_exps(w)`
+    pub re: Vec<i32>,
+}
+
+impl Packed {
+    /// Expects `w` that passed `check_matmul_weights` and `re = linear::row_exps(w)`.
+    pub fn new(w: &GroupFixed, re: &[i32]) -> Packed {
+        let s = Shape::new(w);
+        let (wp, fixes) = pack_weights(w, s);
+        Packed { rows: w.rows, cols: w.cols, s, wp, fixes, shifts: pack_shifts(w, re, s), re: re.to_vec() }
+    }
+
+    /// Whether this was packed from weights of `w`'s shape (a cheap guard; the contract is
+    /// that it was packed from `w` itself).
+    pub fn fits(&self, w: &GroupFixed) -> bool {
+        self.rows == w.rows && self.cols == w.cols && self.s.g == w.params.group_size as usize
+    }
+}
+
+/// `matmul` with weights packed beforehand (`Packed::new(w, ..)`), or None without the
+/// features.
+pub fn matmul_packed(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Option<Vec<i64>> {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        return Some(blocked(x, w, p));
+    }
+    let _ = (x, w, p);
     None
 }
 
@@ -109,7 +148,7 @@ fn pack_weights(w: &GroupFixed, s: Shape) -> (Vec<i32>, Vec<(usize, usize)>) {
     let tiles = w.rows.div_ceil(ROW_TILE);
     let mut out = vec![0i32; tiles * s.pairs * ROW_TILE];
     let fixes = out
-        .par_chunks_mut(s.pairs * ROW_TILE)
+        .par_chunks_mut((s.pairs * ROW_TILE).max(1)) // no columns: nothing to pack
         .enumerate()
         .flat_map_iter(|(q, dst)| {
             let mut fixes = Vec::new();
@@ -176,16 +215,15 @@ fn pack_shifts(w: &GroupFixed, re: &[i32], s: Shape) -> Vec<i64> {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn blocked(x: &TokenFixed, w: &GroupFixed, re: &[i32]) -> Vec<i64> {
+fn blocked(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
     let (tokens, n) = (x.tokens, w.rows);
-    let s = Shape::new(w);
+    let s = p.s;
     let mut sums = vec![0i64; tokens * n];
     if n == 0 || tokens == 0 || s.pairs == 0 {
         return sums; // no rows, no tokens, or no columns: every sum is empty
     }
-    let (wp, fixes) = pack_weights(w, s);
+    let (wp, fixes, shifts, re) = (&p.wp, &p.fixes, &p.shifts, &p.re);
     let ap = pack_acts(x, s);
-    let shifts = pack_shifts(w, re, s);
     let (a_tile, w_tile, s_tile) = (s.pairs * 2 * TOK_TILE, s.pairs * ROW_TILE, s.gpr * ROW_TILE);
     sums.par_chunks_mut(TOKENS_PER_BLOCK * n).enumerate().for_each(|(tb, chunk)| {
         let t0 = tb * TOKENS_PER_BLOCK;

@@ -22,8 +22,8 @@ pub mod wide;
 use rayon::prelude::*;
 
 use crate::backend::{
-    Backend, ExactSums, GroupFixed, IngestParams, KernelError, TokenFixed, WideCase, WideResult, check_ingest_args,
-    check_matmul_args, check_quantize_args, check_renorm_args,
+    Backend, ExactSums, GroupFixed, IngestParams, KernelError, Prepared, TokenFixed, WideCase, WideResult,
+    check_ingest_args, check_matmul_args, check_quantize_args, check_renorm_args,
 };
 use crate::codec::quant::{QuantParams, QuantTensor};
 use crate::dtype::DType;
@@ -48,6 +48,10 @@ impl Backend for CpuBackend {
 
     fn api(&self) -> &'static str {
         "cpu"
+    }
+
+    fn concurrent_windows(&self) -> usize {
+        2
     }
 
     fn ingest(
@@ -163,6 +167,28 @@ impl Backend for CpuBackend {
         // Same bits as `linear::matmul_rows` (the readable twin of shaders/matmul.wgsl).
         let sums = matmul_fast::matmul(x, w, &re);
         Ok(ExactSums { tokens: x.tokens, n: w.rows, sums, row_exps: re })
+    }
+
+    fn prepare_matmul(&self, w: &GroupFixed) -> Result<Prepared, Error> {
+        super::check_matmul_weights(w)?;
+        Ok(Prepared(if matmul_vnni::available() {
+            Some(Box::new(matmul_vnni::Packed::new(w, &linear::row_exps(w))))
+        } else {
+            None
+        }))
+    }
+
+    fn matmul_prepared(&self, x: &TokenFixed, w: &GroupFixed, p: &Prepared) -> Result<ExactSums, Error> {
+        let packed = p.0.as_ref().and_then(|b| b.downcast_ref::<matmul_vnni::Packed>());
+        match packed {
+            // One token takes the reference loop (as `matmul` does).
+            Some(packed) if packed.fits(w) && x.tokens > 1 => {
+                super::check_matmul_acts(x, w)?;
+                let sums = matmul_vnni::matmul_packed(x, w, packed).expect("packed only where VNNI is available");
+                Ok(ExactSums { tokens: x.tokens, n: w.rows, sums, row_exps: packed.re.clone() })
+            }
+            _ => self.matmul(x, w),
+        }
     }
 
     fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error> {
