@@ -73,10 +73,10 @@ pub fn score_from_dot(dot: i64, e_base: i32, scale_q30: u32) -> i64 {
 #[inline(always)]
 pub fn shr_round_lane(a: i64, s: u32) -> i64 {
     let k = s.min(62);
-    let nz = (k != 0) as i64;
-    let half = (1i64 << k) >> 1;
+    // 1 for k >= 1, 0 for k = 0, in arithmetic (a bool cast keeps loops from vectorising).
+    let nz = (k as i64 + 63) >> 6;
     // a + 2^(k-1) − 1 + (quotient odd) < 2^63 for |a| < 2^62: rounds half to even.
-    let r = (a + half - nz + (((a >> k) & 1) & nz)) >> k;
+    let r = (a + (((1i64 << k) - 1) >> 1) + ((a >> k) & nz)) >> k;
     if s >= 63 { 0 } else { r }
 }
 
@@ -90,7 +90,9 @@ pub fn score_lane(dot: i64, e_base: i32, scale_q30: u32) -> i64 {
     let lim = 1i64 << 61;
     let ec = e.clamp(0, 62) as u32;
     let fits = e < 62 && prod.unsigned_abs() <= (lim as u64) >> ec;
-    let up = if fits { prod << ec } else { prod.signum() * lim };
+    // prod's sign (−1, 0, 1) in arithmetic; |prod| < 2^61.
+    let sign = (prod >> 63) | ((prod.wrapping_neg() as u64) >> 63) as i64;
+    let up = if fits { prod << ec } else { sign * lim };
     let down = shr_round_lane(prod, (-e).max(0) as u32);
     if e >= 0 { up } else { down }
 }
@@ -406,6 +408,7 @@ fn weights_row(
     if std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("avx512vl")
         && std::is_x86_feature_detected!("avx512dq")
+        && std::is_x86_feature_detected!("avx512cd")
     {
         // SAFETY: the CPU has these features (checked just above).
         return unsafe { weights_row_avx512(dots, k, v_exps, e_q, ev, s, ec, scores, u) };
@@ -435,9 +438,10 @@ unsafe fn weights_row_avx2(
     key_weights(|j| exact_i64(dots[j]), k, v_exps, e_q, ev, s, ec, scores, u, |x| x as f64)
 }
 
-/// With AVX-512 the 64-bit shifts, products and conversions of the weights are native.
+/// With AVX-512 the 64-bit shifts, products, leading-zero counts and conversions of the
+/// weights are native.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq,avx512cd")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn weights_row_avx512(
     dots: &[f64],
