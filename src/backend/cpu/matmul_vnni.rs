@@ -26,6 +26,8 @@
 //! blocks of `TOKENS_PER_BLOCK` × `ROWS_PER_BLOCK` (one rayon task each, independent of the
 //! thread count, never overlapping).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::backend::{GroupFixed, TokenFixed};
@@ -218,17 +220,21 @@ fn pack_shifts(w: &GroupFixed, re: &[i32], s: Shape) -> Vec<i64> {
 fn blocked(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
     let (tokens, n) = (x.tokens, w.rows);
     let s = p.s;
-    let mut sums = vec![0i64; tokens * n];
     if n == 0 || tokens == 0 || s.pairs == 0 {
-        return sums; // no rows, no tokens, or no columns: every sum is empty
+        return vec![0i64; tokens * n]; // no rows, no tokens, or no columns: every sum is empty
     }
+    // The sums are written once each by the tiles below, so the buffer is not zeroed first
+    // (zeroing the outputs cost about as much as a tenth of the products).
+    let mut sums: Vec<i64> = Vec::with_capacity(tokens * n);
     let (wp, fixes, shifts, re) = (&p.wp, &p.fixes, &p.shifts, &p.re);
     let ap = pack_acts(x, s);
     let (a_tile, w_tile, s_tile) = (s.pairs * 2 * TOK_TILE, s.pairs * ROW_TILE, s.gpr * ROW_TILE);
-    sums.par_chunks_mut(TOKENS_PER_BLOCK * n).enumerate().for_each(|(tb, chunk)| {
+    let uninit = &mut sums.spare_capacity_mut()[..tokens * n];
+    uninit.par_chunks_mut(TOKENS_PER_BLOCK * n).enumerate().for_each(|(tb, chunk)| {
         let t0 = tb * TOKENS_PER_BLOCK;
         // Each block's rectangle of the output, as one slice per token.
-        let mut blocks: Vec<Vec<&mut [i64]>> = (0..n.div_ceil(ROWS_PER_BLOCK)).map(|_| Vec::new()).collect();
+        let mut blocks: Vec<Vec<&mut [MaybeUninit<i64>]>> =
+            (0..n.div_ceil(ROWS_PER_BLOCK)).map(|_| Vec::new()).collect();
         for row in chunk.chunks_mut(n) {
             for (b, part) in blocks.iter_mut().zip(row.chunks_mut(ROWS_PER_BLOCK)) {
                 b.push(part);
@@ -245,9 +251,12 @@ fn blocked(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
                     let (wq, sq) = (&wp[q * w_tile..][..w_tile], &shifts[q * s_tile..][..s_tile]);
                     // SAFETY: `blocked` only runs where `available()`.
                     unsafe { avx512::tile(s, a, wq, sq, &mut acc) };
+                    // Tiles cover the rectangle exactly: every (token, row) is written here once.
                     for (lt, dst) in out[lt0..(lt0 + TOK_TILE).min(nt)].iter_mut().enumerate() {
                         let len = ROW_TILE.min(nr - lr0);
-                        dst[lr0..lr0 + len].copy_from_slice(&acc[lt * ROW_TILE..][..len]);
+                        for (d, &v) in dst[lr0..lr0 + len].iter_mut().zip(&acc[lt * ROW_TILE..][..len]) {
+                            d.write(v);
+                        }
                     }
                 }
             }
@@ -258,11 +267,16 @@ fn blocked(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
                 let m = w.mantissas[r * s.k + c] as i64;
                 for (lt, dst) in out.iter_mut().enumerate() {
                     let a = x.mants[(t0 + lt) * s.k + c] as i64;
-                    dst[r - r0] = dst[r - r0].wrapping_add((a * m) << sh);
+                    // SAFETY: written by the tile loop above.
+                    let v = unsafe { dst[r - r0].assume_init() };
+                    dst[r - r0].write(v.wrapping_add((a * m) << sh));
                 }
             }
         });
     });
+    // SAFETY: every one of the tokens·n elements was written above (the token blocks cover
+    // the tokens, the row blocks the rows, and the tiles each block).
+    unsafe { sums.set_len(tokens * n) };
     sums
 }
 
