@@ -9,7 +9,7 @@ use common::Rng;
 use ucw::backend::cpu::CpuBackend;
 use ucw::backend::cpu::act::ExpConsts;
 use ucw::backend::cpu::nll::LogConsts;
-use ucw::backend::{Backend, TokenFixed};
+use ucw::backend::{Backend, ExactSums, TokenFixed};
 
 fn logits(t: usize, v: usize, seed: u64) -> (TokenFixed, Vec<u32>) {
     let mut rng = Rng(seed);
@@ -25,6 +25,31 @@ conformance!(nll_same_bits_everywhere, |b| {
     for (k, &(t, v)) in [(7usize, 512usize), (3, 70), (2, 1)].iter().enumerate() {
         let (l, y) = logits(t, v, 10 + k as u64);
         for x in b.nll(&l, &y, &ec, &lc).unwrap() {
+            out.extend(x.to_le_bytes());
+        }
+    }
+    out
+});
+
+// The lm_head's exact sums straight to NLL (`renorm_nll`, the CPU keeps no logits) equal
+// renorm then nll on every device; sums of many magnitudes, and token 1 of each shape has
+// a zero sum (its whole row when the vocabulary is 1).
+conformance!(renorm_nll_same_bits_everywhere, |b| {
+    let (ec, lc) = (ExpConsts::new(), LogConsts::new());
+    let mut out = Vec::new();
+    for (k, &(t, v)) in [(6usize, 512usize), (3, 70), (2, 1)].iter().enumerate() {
+        let mut rng = Rng(40 + k as u64);
+        let sums: Vec<i64> = (0..t * v)
+            .map(|i| if i % v == 0 && i / v == 1 { 0 } else { (rng.next_u64() as i64) >> (4 + rng.below(40)) })
+            .collect();
+        let row_exps = (0..v).map(|_| rng.below(8) as i32 - 4).collect();
+        let s = ExactSums { tokens: t, n: v, sums, row_exps };
+        let x_exps: Vec<i32> = (0..t).map(|i| [-60, -40, -33, -50, -45, -38][i % 6]).collect();
+        let y: Vec<u32> = (0..t).map(|_| rng.below(v as u64) as u32).collect();
+        let want = b.nll(&b.renorm(&s, &x_exps, 24).unwrap(), &y, &ec, &lc).unwrap();
+        let got = b.renorm_nll(&s, &x_exps, 24, &y, &ec, &lc).unwrap();
+        assert_eq!(got, want, "{t}x{v}: renorm_nll differs from renorm + nll");
+        for x in got {
             out.extend(x.to_le_bytes());
         }
     }

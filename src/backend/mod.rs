@@ -287,6 +287,21 @@ pub trait Backend: Send + Sync {
         lc: &cpu::nll::LogConsts,
     ) -> Result<Vec<i64>, Error>;
 
+    /// `nll(renorm(s, x_exps, bits), targets)` without keeping the logits (the lm_head's
+    /// exact sums straight to each token's NLL): the same values.
+    fn renorm_nll(
+        &self,
+        s: &ExactSums,
+        x_exps: &[i32],
+        bits: u32,
+        targets: &[u32],
+        ec: &cpu::act::ExpConsts,
+        lc: &cpu::nll::LogConsts,
+    ) -> Result<Vec<i64>, Error> {
+        let logits = self.renorm(s, x_exps, bits)?;
+        self.nll(&logits, targets, ec, lc)
+    }
+
     /// Causal grouped-query attention over one window (q, k, v of the same T tokens at
     /// positions 0..T), outputs `[T, heads·d]` at `bits`; algorithm in
     /// `backend/cpu/attention.rs`.

@@ -168,10 +168,18 @@ pub fn evaluate(
         let mut p0 = produced.start;
         while p0 < produced.end {
             let p1 = (p0 + chunk).min(produced.end);
-            let logits = layer::linear(backend, &slice_tokens(&x, p0, p1), &head, LOGIT_BITS, chunk)?;
-            if let Some(sink) = sink.as_mut() {
-                sink(wi, p0, &logits);
-            }
+            let xc = slice_tokens(&x, p0, p1);
+            let Some(sink) = sink.as_mut() else {
+                // Every produced position is scored: the logits need not be kept.
+                let sums = head.sums(backend, &xc)?;
+                let nll =
+                    backend.renorm_nll(&sums, &xc.exps, LOGIT_BITS, &ids[p0 + 1..p1 + 1], &consts.exp, &consts.log)?;
+                sum += nll.iter().sum::<i64>();
+                p0 = p1;
+                continue;
+            };
+            let logits = layer::linear(backend, &xc, &head, LOGIT_BITS, chunk)?;
+            sink(wi, p0, &logits);
             // Positions of this chunk that are scored.
             let (s0, s1) = (p0.max(scored.start), p1.min(scored.end));
             if s0 < s1 {

@@ -13,7 +13,9 @@ use crate::backend::cpu::attention::AttnShape;
 use crate::backend::cpu::linear::shr_round_any;
 use crate::backend::cpu::norm::RmsConsts;
 use crate::backend::cpu::rope::RopeTables;
-use crate::backend::{Backend, GroupFixed, IngestParams, MATMUL_MAX_SPREAD, Prepared, TokenFixed, align_row_exponents};
+use crate::backend::{
+    Backend, ExactSums, GroupFixed, IngestParams, MATMUL_MAX_SPREAD, Prepared, TokenFixed, align_row_exponents,
+};
 use crate::error::Result;
 use crate::model::ModelConfig;
 
@@ -77,6 +79,11 @@ impl Linear {
 
     pub fn bytes(&self) -> u64 {
         (self.w.mantissas.len() * 4 + self.w.exponents.len() * 4) as u64
+    }
+
+    /// The exact sums `x · wᵀ` (bias not added), one matrix product.
+    pub fn sums(&self, b: &dyn Backend, x: &TokenFixed) -> Result<ExactSums> {
+        b.matmul_prepared(x, &self.w, &self.prepared).map_err(|e| bad_input!("{}: {e}", self.name))
     }
 
     /// Token chunk of this linear's products within `budget` bytes (`eval::chunk_tokens`).
@@ -287,7 +294,7 @@ pub fn linear(b: &dyn Backend, x: &TokenFixed, l: &Linear, bits: u32, chunk: usi
         let t1 = (t0 + chunk.max(1)).min(x.tokens);
         let xc = if t0 == 0 && t1 == x.tokens { None } else { Some(slice_tokens(x, t0, t1)) };
         let xc = xc.as_ref().unwrap_or(x);
-        let sums = b.matmul_prepared(xc, &l.w, &l.prepared).map_err(|e| bad_input!("{}: {e}", l.name))?;
+        let sums = l.sums(b, xc)?;
         let y = match &l.bias {
             None => b.renorm(&sums, &xc.exps, bits)?,
             Some(bias) => {

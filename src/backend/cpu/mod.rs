@@ -284,6 +284,39 @@ impl Backend for CpuBackend {
             .collect())
     }
 
+    fn renorm_nll(
+        &self,
+        s: &ExactSums,
+        x_exps: &[i32],
+        bits: u32,
+        targets: &[u32],
+        ec: &act::ExpConsts,
+        lc: &nll::LogConsts,
+    ) -> Result<Vec<i64>, Error> {
+        check_renorm_args(s, x_exps, bits)?;
+        let n = s.n;
+        // Outside nll's contract (|m| <= 2^23, vocabulary <= 2^20): the two steps, which
+        // report it.
+        if bits > 24 || n == 0 || n > 1 << 20 || targets.len() != s.tokens || targets.iter().any(|&t| t as usize >= n) {
+            let logits = self.renorm(s, x_exps, bits)?;
+            return self.nll(&logits, targets, ec, lc);
+        }
+        // Each token's logits live only in a per-task buffer (L2-sized for a 49k vocabulary).
+        (0..s.tokens)
+            .into_par_iter()
+            .map_init(
+                || vec![0i32; n],
+                |buf, t| {
+                    let e = linear::renorm_token(&s.sums[t * n..(t + 1) * n], x_exps[t], &s.row_exps, bits, buf);
+                    if e > 8 {
+                        return Err(bad_input!("nll: logits mantissas exceed 2^23 or exponents exceed 8"));
+                    }
+                    Ok(nll::nll_token(buf, e, targets[t] as usize, ec, lc))
+                },
+            )
+            .collect()
+    }
+
     fn attention(
         &self,
         q: &TokenFixed,
