@@ -275,80 +275,62 @@ fn block(
                 buf.resize(rows * nk, 0.0);
             }
         }
-        block_with(q, k, v, s, ec, ev, qf, kf, vf, t0, t1, &mut sc[..rows * nk], &mut u[..rows * nk])
+        // Any contents: every element used below is written first.
+        let (sc, u) = (&mut sc[..rows * nk], &mut u[..rows * nk]);
+        let d = s.head_dim;
+        // dots[r][j] = q_{t0+r} · k_j for every key of the block's longest prefix (beta = 0:
+        // dgemm overwrites `sc` without reading it).
+        // SAFETY: the slices hold rows×d, nk×d and rows×nk elements at the given strides.
+        unsafe {
+            matrixmultiply::dgemm(
+                rows,
+                d,
+                nk,
+                1.0,
+                qf[t0 * d..].as_ptr(),
+                d as isize,
+                1,
+                kf.as_ptr(),
+                1,
+                d as isize,
+                0.0,
+                sc.as_mut_ptr(),
+                nk as isize,
+                1,
+            );
+        }
+        let mut z = vec![0i64; rows];
+        let mut scores = vec![0i64; nk];
+        // u[r][j] = u_j of query t0 + r, zero beyond its prefix.
+        for r in 0..rows {
+            let t = t0 + r;
+            let (dots, ur) = (&sc[r * nk..][..=t], &mut u[r * nk..(r + 1) * nk]);
+            z[r] = weights_row(dots, k, &v.exps, q.exps[t] - 10, ev[t], s, ec, &mut scores[..=t], &mut ur[..=t]);
+            ur[t + 1..].fill(0.0);
+        }
+        // a[r][i] = Σ_j u_j · v_ji.
+        let mut a = vec![0f64; rows * d];
+        // SAFETY: as above, with the weights rows×nk and V nk×d.
+        unsafe {
+            matrixmultiply::dgemm(
+                rows,
+                nk,
+                d,
+                1.0,
+                u.as_ptr(),
+                nk as isize,
+                1,
+                vf.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                a.as_mut_ptr(),
+                d as isize,
+                1,
+            );
+        }
+        head_values(&a, &z, d)
     })
-}
-
-/// `block` with its scratch matrices (any contents: every element used is written first).
-#[allow(clippy::too_many_arguments)]
-fn block_with(
-    q: &TokenFixed,
-    k: &TokenFixed,
-    v: &TokenFixed,
-    s: &AttnShape,
-    ec: &ExpConsts,
-    ev: &[i32],
-    qf: &[f64],
-    kf: &[f64],
-    vf: &[f64],
-    t0: usize,
-    t1: usize,
-    sc: &mut [f64],
-    u: &mut [f64],
-) -> Vec<i64> {
-    let (d, rows, nk) = (s.head_dim, t1 - t0, t1);
-    // dots[r][j] = q_{t0+r} · k_j for every key of the block's longest prefix (beta = 0:
-    // dgemm overwrites `sc` without reading it).
-    // SAFETY: the slices hold rows×d, nk×d and rows×nk elements at the given strides.
-    unsafe {
-        matrixmultiply::dgemm(
-            rows,
-            d,
-            nk,
-            1.0,
-            qf[t0 * d..].as_ptr(),
-            d as isize,
-            1,
-            kf.as_ptr(),
-            1,
-            d as isize,
-            0.0,
-            sc.as_mut_ptr(),
-            nk as isize,
-            1,
-        );
-    }
-    let mut z = vec![0i64; rows];
-    let mut scores = vec![0i64; nk];
-    // u[r][j] = u_j of query t0 + r, zero beyond its prefix.
-    for r in 0..rows {
-        let t = t0 + r;
-        let (dots, ur) = (&sc[r * nk..][..=t], &mut u[r * nk..(r + 1) * nk]);
-        z[r] = weights_row(dots, k, &v.exps, q.exps[t] - 10, ev[t], s, ec, &mut scores[..=t], &mut ur[..=t]);
-        ur[t + 1..].fill(0.0);
-    }
-    // a[r][i] = Σ_j u_j · v_ji.
-    let mut a = vec![0f64; rows * d];
-    // SAFETY: as above, with the weights rows×nk and V nk×d.
-    unsafe {
-        matrixmultiply::dgemm(
-            rows,
-            nk,
-            d,
-            1.0,
-            u.as_ptr(),
-            nk as isize,
-            1,
-            vf.as_ptr(),
-            d as isize,
-            1,
-            0.0,
-            a.as_mut_ptr(),
-            d as isize,
-            1,
-        );
-    }
-    head_values(&a, &z, d)
 }
 
 /// Step 4 over a block's sums `a` ([rows, d]) with each row's Z.
