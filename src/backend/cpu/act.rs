@@ -129,35 +129,10 @@ pub fn sigmoid_q30_lane(gm: i32, sh: i32, c: &ExpConsts) -> u64 {
     div_round_lane(if gm >= 0 { 1 << 60 } else { e << 30 }, d)
 }
 
-/// SwiGLU of one token; returns the output exponent.
-#[allow(clippy::too_many_arguments)]
-pub fn swiglu_token(g: &[i32], ge: i32, u: &[i32], ue: i32, c: &ExpConsts, bits: u32, out: &mut [i32]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512dq")
-        && std::is_x86_feature_detected!("avx512cd")
-    {
-        // SAFETY: the CPU has these features (checked just above).
-        return unsafe { swiglu_token_avx512(g, ge, u, ue, c, bits, out) };
-    }
-    swiglu_token_body(g, ge, u, ue, c, bits, out)
-}
-
-/// The same integer code with AVX-512's 64-bit products, shifts and conversions.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq,avx512cd")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn swiglu_token_avx512(
-    g: &[i32],
-    ge: i32,
-    u: &[i32],
-    ue: i32,
-    c: &ExpConsts,
-    bits: u32,
-    out: &mut [i32],
-) -> i32 {
-    swiglu_token_body(g, ge, u, ue, c, bits, out)
+simd_dispatch! {
+    /// SwiGLU of one token; returns the output exponent.
+    pub fn swiglu_token(g: &[i32], ge: i32, u: &[i32], ue: i32, c: &ExpConsts, bits: u32, out: &mut [i32]) -> i32
+        => swiglu_token_body
 }
 
 #[inline(always)]

@@ -333,23 +333,9 @@ fn block(
     })
 }
 
-/// Step 4 over a block's sums `a` ([rows, d]) with each row's Z.
-fn head_values(a: &[f64], z: &[i64], d: usize) -> Vec<i64> {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512dq")
-    {
-        // SAFETY: the CPU has these features (checked just above).
-        return unsafe { head_values_avx512(a, z, d) };
-    }
-    head_values_body(a, z, d)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq")]
-unsafe fn head_values_avx512(a: &[f64], z: &[i64], d: usize) -> Vec<i64> {
-    head_values_body(a, z, d)
+simd_dispatch! {
+    /// Step 4 over a block's sums `a` ([rows, d]) with each row's Z.
+    fn head_values(a: &[f64], z: &[i64], d: usize) -> Vec<i64> => head_values_body
 }
 
 #[inline(always)]
@@ -372,60 +358,25 @@ fn exact_i64(x: f64) -> i64 {
     unsafe { x.to_int_unchecked::<i64>() }
 }
 
-/// `key_weights` over a row of exact dot products, writing u_j as f64, compiled with the
-/// widest vector extension this CPU has (integer results cannot depend on that).
-#[allow(clippy::too_many_arguments)]
-fn weights_row(
-    dots: &[f64],
-    k: &TokenFixed,
-    v_exps: &[i32],
-    e_q: i32,
-    ev: i32,
-    s: &AttnShape,
-    ec: &ExpConsts,
-    scores: &mut [i64],
-    u: &mut [f64],
-) -> i64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512dq")
-        && std::is_x86_feature_detected!("avx512cd")
-    {
-        // SAFETY: the CPU has these features (checked just above).
-        return unsafe { weights_row_avx512(dots, k, v_exps, e_q, ev, s, ec, scores, u) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { weights_row_avx2(dots, k, v_exps, e_q, ev, s, ec, scores, u) };
-    }
-    key_weights(|j| exact_i64(dots[j]), k, v_exps, e_q, ev, s, ec, scores, u, |x| x as f64)
+simd_dispatch! {
+    /// `key_weights` over a row of exact dot products, writing u_j as f64 (AVX-512 gives
+    /// the 64-bit shifts, products, leading-zero counts and conversions natively).
+    fn weights_row(
+        dots: &[f64],
+        k: &TokenFixed,
+        v_exps: &[i32],
+        e_q: i32,
+        ev: i32,
+        s: &AttnShape,
+        ec: &ExpConsts,
+        scores: &mut [i64],
+        u: &mut [f64],
+    ) -> i64 => weights_row_body
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn weights_row_avx2(
-    dots: &[f64],
-    k: &TokenFixed,
-    v_exps: &[i32],
-    e_q: i32,
-    ev: i32,
-    s: &AttnShape,
-    ec: &ExpConsts,
-    scores: &mut [i64],
-    u: &mut [f64],
-) -> i64 {
-    key_weights(|j| exact_i64(dots[j]), k, v_exps, e_q, ev, s, ec, scores, u, |x| x as f64)
-}
-
-/// With AVX-512 the 64-bit shifts, products, leading-zero counts and conversions of the
-/// weights are native.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq,avx512cd")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn weights_row_avx512(
+fn weights_row_body(
     dots: &[f64],
     k: &TokenFixed,
     v_exps: &[i32],

@@ -44,27 +44,12 @@ pub fn shr_round_any(a: i64, s: u32) -> i64 {
     if s >= 63 { 0 } else { super::wide::shr_round(a, s) }
 }
 
-/// Round a token's exact values (all at one exponent, |z| < 2^62) to `bits`-bit mantissas:
-/// the shift comes from the largest |z|, rounding half to even. Returns the shift (output
-/// exponent = input exponent + shift), or None when every value is zero (`out` is then
-/// zeroed).
-pub fn renorm_row(z: &[i64], bits: u32, out: &mut [i32]) -> Option<i32> {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512cd")
-    {
-        // SAFETY: the CPU has these features (checked just above).
-        return unsafe { renorm_row_avx512(z, bits, out) };
-    }
-    renorm_row_body(z, bits, out)
-}
-
-/// The same integer code with AVX-512's 64-bit shifts and leading-zero counts.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512cd")]
-unsafe fn renorm_row_avx512(z: &[i64], bits: u32, out: &mut [i32]) -> Option<i32> {
-    renorm_row_body(z, bits, out)
+simd_dispatch! {
+    /// Round a token's exact values (all at one exponent, |z| < 2^62) to `bits`-bit
+    /// mantissas: the shift comes from the largest |z|, rounding half to even. Returns the
+    /// shift (output exponent = input exponent + shift), or None when every value is zero
+    /// (`out` is then zeroed).
+    pub fn renorm_row(z: &[i64], bits: u32, out: &mut [i32]) -> Option<i32> => renorm_row_body
 }
 
 #[inline(always)]
@@ -89,21 +74,9 @@ fn renorm_row_body(z: &[i64], bits: u32, out: &mut [i32]) -> Option<i32> {
     Some(shift)
 }
 
-/// Renormalise token `t`: shared exponent from the largest output, then `bits`-bit mantissas.
-pub fn renorm_token(sums: &[i64], x_exp: i32, re: &[i32], bits: u32, mants: &mut [i32]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
-        // SAFETY: the CPU has these features (checked just above).
-        return unsafe { renorm_token_avx512(sums, x_exp, re, bits, mants) };
-    }
-    renorm_token_body(sums, x_exp, re, bits, mants)
-}
-
-/// The same integer code with AVX-512's 64-bit shifts and counts, so the loops vectorise.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512cd")]
-unsafe fn renorm_token_avx512(sums: &[i64], x_exp: i32, re: &[i32], bits: u32, mants: &mut [i32]) -> i32 {
-    renorm_token_body(sums, x_exp, re, bits, mants)
+simd_dispatch! {
+    /// Renormalise token `t`: shared exponent from the largest output, then `bits`-bit mantissas.
+    pub fn renorm_token(sums: &[i64], x_exp: i32, re: &[i32], bits: u32, mants: &mut [i32]) -> i32 => renorm_token_body
 }
 
 #[inline(always)]

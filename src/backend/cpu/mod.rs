@@ -6,6 +6,45 @@
 //! cross-task reduction (the first bad index) is a minimum, so results are identical on any
 //! number of threads (DESIGN §3 rule 6).
 
+/// `fn NAME(args) -> R` running `BODY(args)` compiled with AVX-512 (F, VL, DQ, CD) where
+/// this CPU has it, else with AVX2, else as is. BODY must be `#[inline(always)]` so each
+/// build vectorises its loops with those features; integer results cannot depend on which
+/// build runs.
+macro_rules! simd_dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty => $body:ident) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq,avx512cd")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512dq")
+                    && std::is_x86_feature_detected!("avx512cd")
+                {
+                    // SAFETY: the CPU has these features (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 pub mod act;
 pub mod add;
 pub mod attention;

@@ -66,25 +66,10 @@ pub fn log2_q30(s: u64, c: &LogConsts) -> i64 {
     ((k - 30) as i64) * (1 << 30) + frac
 }
 
-/// NLL of `target` in Q30 for one row of logits.
-pub fn nll_token(m: &[i32], e: i32, target: usize, ec: &ExpConsts, lc: &LogConsts) -> i64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512dq")
-    {
-        // SAFETY: the CPU has these features (checked just above).
-        return unsafe { nll_token_avx512(m, e, target, ec, lc) };
-    }
-    nll_token_body(m, e, target, ec, lc)
-}
-
-/// The same integer code with AVX-512's 64-bit shifts and products, so the sum of
-/// exponentials vectorises (`exp_neg_q30_lane` equals `exp_neg_q30`, tested).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq")]
-unsafe fn nll_token_avx512(m: &[i32], e: i32, target: usize, ec: &ExpConsts, lc: &LogConsts) -> i64 {
-    nll_token_body(m, e, target, ec, lc)
+simd_dispatch! {
+    /// NLL of `target` in Q30 for one row of logits (the sum of exponentials vectorises:
+    /// `exp_neg_q30_lane` equals `exp_neg_q30`, tested).
+    pub fn nll_token(m: &[i32], e: i32, target: usize, ec: &ExpConsts, lc: &LogConsts) -> i64 => nll_token_body
 }
 
 #[inline(always)]
