@@ -82,6 +82,26 @@ pub fn ppl_from_q30(nll_q30: i64, predictions: u64) -> f64 {
 /// of positions first.. at `LOGIT_BITS`).
 pub type LogitsSink<'a> = &'a mut dyn FnMut(usize, usize, &TokenFixed);
 
+/// `f(index, window)` for every window, `group` windows at a time (in parallel within a
+/// group; a group of one runs on the calling thread), results in window order.
+fn each_window<T: Send, R: Send>(
+    items: &mut [T],
+    group: usize,
+    f: impl Fn(usize, &mut T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let group = group.max(1);
+    let mut out = Vec::with_capacity(items.len());
+    for (g, part) in items.chunks_mut(group).enumerate() {
+        if let [one] = part {
+            out.push(f(g * group, one)?);
+        } else {
+            let r: Vec<R> = part.par_iter_mut().enumerate().map(|(i, x)| f(g * group + i, x)).collect::<Result<_>>()?;
+            out.extend(r);
+        }
+    }
+    Ok(out)
+}
+
 /// Token chunk of one matrix product: up to this many tokens, or more while the chunk's exact
 /// sums stay within `MAX_CHUNK_SUMS_BYTES`.
 pub const MAX_CHUNK: usize = 64;
@@ -143,12 +163,10 @@ pub fn evaluate(
     for l in 0..layers {
         let layer = Layer::load(backend, src, l)?;
         let chunk = layer.chunk(opts.max_memory)?;
-        for group in hidden.chunks_mut(backend.concurrent_windows().max(1)) {
-            group.par_iter_mut().try_for_each(|h| -> Result<()> {
-                *h = layer.forward(backend, h, &consts, chunk)?;
-                Ok(())
-            })?;
-        }
+        each_window(&mut hidden, backend.concurrent_windows(), |_, h| {
+            *h = layer.forward(backend, h, &consts, chunk)?;
+            Ok(())
+        })?;
         progress(l + 1, layers + 1);
     }
 
@@ -199,19 +217,7 @@ pub fn evaluate(
             .enumerate()
             .map(|(wi, (h, ids))| score_window(wi, h, ids, Some(&mut *sink)))
             .collect::<Result<_>>()?,
-        None => {
-            let group = backend.concurrent_windows().max(1);
-            let mut out = Vec::with_capacity(windows.len());
-            for (g, hs) in hidden.chunks(group).enumerate() {
-                let part: Vec<i64> = hs
-                    .par_iter()
-                    .enumerate()
-                    .map(|(i, h)| score_window(g * group + i, h, windows[g * group + i], None))
-                    .collect::<Result<_>>()?;
-                out.extend(part);
-            }
-            out
-        }
+        None => each_window(&mut hidden, backend.concurrent_windows(), |wi, h| score_window(wi, h, windows[wi], None))?,
     };
     progress(layers + 1, layers + 1);
     let predictions = (windows.len() * scored.len()) as u64;
