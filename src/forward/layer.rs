@@ -72,11 +72,6 @@ impl Linear {
         Ok(Linear { name, w, prepared, bias })
     }
 
-    /// The ingested weights.
-    pub fn w(&self) -> &GroupFixed {
-        &self.w
-    }
-
     pub fn bytes(&self) -> u64 {
         (self.w.mantissas.len() * 4 + self.w.exponents.len() * 4) as u64
     }
