@@ -131,18 +131,13 @@ pub fn sigmoid_q30_lane(gm: i32, sh: i32, c: &ExpConsts) -> u64 {
 
 simd_dispatch! {
     /// SwiGLU of one token; returns the output exponent.
-    pub fn swiglu_token(g: &[i32], ge: i32, u: &[i32], ue: i32, c: &ExpConsts, bits: u32, out: &mut [i32]) -> i32
-        => swiglu_token_body
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn swiglu_token_body(g: &[i32], ge: i32, u: &[i32], ue: i32, c: &ExpConsts, bits: u32, out: &mut [i32]) -> i32 {
-    // |g·s| < 2^48: inside shr_round_lane's domain. A plain loop (not an iterator chain,
-    // whose generic fold may be compiled without this function's target features).
-    let mut z = vec![0i64; g.len()];
-    for ((zi, &gi), &ui) in z.iter_mut().zip(g).zip(u) {
-        *zi = shr_round_lane(gi as i64 * sigmoid_q30_lane(gi, ge + 20, c) as i64, 22) * ui as i64;
+    pub fn swiglu_token(g: &[i32], ge: i32, u: &[i32], ue: i32, c: &ExpConsts, bits: u32, out: &mut [i32]) -> i32 {
+        // |g·s| < 2^48: inside shr_round_lane's domain. A plain loop (not an iterator chain,
+        // whose generic fold may be compiled without this function's target features).
+        let mut z = vec![0i64; g.len()];
+        for ((zi, &gi), &ui) in z.iter_mut().zip(g).zip(u) {
+            *zi = shr_round_lane(gi as i64 * sigmoid_q30_lane(gi, ge + 20, c) as i64, 22) * ui as i64;
+        }
+        super::linear::renorm_row(&z, bits, out).map_or(0, |shift| ge + ue - 8 + shift)
     }
-    super::linear::renorm_row(&z, bits, out).map_or(0, |shift| ge + ue - 8 + shift)
 }

@@ -335,18 +335,15 @@ fn block(
 
 simd_dispatch! {
     /// Step 4 over a block's sums `a` ([rows, d]) with each row's Z.
-    fn head_values(a: &[f64], z: &[i64], d: usize) -> Vec<i64> => head_values_body
-}
-
-#[inline(always)]
-fn head_values_body(a: &[f64], z: &[i64], d: usize) -> Vec<i64> {
-    let mut out = vec![0i64; a.len()];
-    for ((o, ar), &zr) in out.chunks_mut(d).zip(a.chunks(d)).zip(z) {
-        for (oi, &x) in o.iter_mut().zip(ar) {
-            *oi = head_value(exact_i64(x), zr);
+    fn head_values(a: &[f64], z: &[i64], d: usize) -> Vec<i64> {
+        let mut out = vec![0i64; a.len()];
+        for ((o, ar), &zr) in out.chunks_mut(d).zip(a.chunks(d)).zip(z) {
+            for (oi, &x) in o.iter_mut().zip(ar) {
+                *oi = head_value(exact_i64(x), zr);
+            }
         }
+        out
     }
-    out
 }
 
 /// An f64 holding an integer below 2^53 (every value the matrix products give) as i64,
@@ -371,23 +368,9 @@ simd_dispatch! {
         ec: &ExpConsts,
         scores: &mut [i64],
         u: &mut [f64],
-    ) -> i64 => weights_row_body
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn weights_row_body(
-    dots: &[f64],
-    k: &TokenFixed,
-    v_exps: &[i32],
-    e_q: i32,
-    ev: i32,
-    s: &AttnShape,
-    ec: &ExpConsts,
-    scores: &mut [i64],
-    u: &mut [f64],
-) -> i64 {
-    key_weights(|j| exact_i64(dots[j]), k, v_exps, e_q, ev, s, ec, scores, u, |x| x as f64)
+    ) -> i64 {
+        key_weights(|j| exact_i64(dots[j]), k, v_exps, e_q, ev, s, ec, scores, u, |x| x as f64)
+    }
 }
 
 /// Step 5: a token's head outputs (all at exponent `ev`) renormalised to `bits`; returns

@@ -49,57 +49,51 @@ simd_dispatch! {
     /// mantissas: the shift comes from the largest |z|, rounding half to even. Returns the
     /// shift (output exponent = input exponent + shift), or None when every value is zero
     /// (`out` is then zeroed).
-    pub fn renorm_row(z: &[i64], bits: u32, out: &mut [i32]) -> Option<i32> => renorm_row_body
-}
-
-#[inline(always)]
-fn renorm_row_body(z: &[i64], bits: u32, out: &mut [i32]) -> Option<i32> {
-    let top = z.iter().map(|v| 64 - v.unsigned_abs().leading_zeros()).max().unwrap_or(0);
-    if top == 0 {
-        out.fill(0);
-        return None;
-    }
-    let shift = top as i32 - (bits as i32 - 1);
-    if shift >= 0 {
-        // |v| < 2^62: `shr_round_lane` equals `shr_round_any` there.
-        for (o, &v) in out.iter_mut().zip(z) {
-            *o = super::attention::shr_round_lane(v, shift as u32) as i32;
+    pub fn renorm_row(z: &[i64], bits: u32, out: &mut [i32]) -> Option<i32> {
+        let top = z.iter().map(|v| 64 - v.unsigned_abs().leading_zeros()).max().unwrap_or(0);
+        if top == 0 {
+            out.fill(0);
+            return None;
         }
-    } else {
-        // Every |z| < 2^(bits-1+shift): the left shift is exact.
-        for (o, &v) in out.iter_mut().zip(z) {
-            *o = (v << (-shift) as u32) as i32;
+        let shift = top as i32 - (bits as i32 - 1);
+        if shift >= 0 {
+            // |v| < 2^62: `shr_round_lane` equals `shr_round_any` there.
+            for (o, &v) in out.iter_mut().zip(z) {
+                *o = super::attention::shr_round_lane(v, shift as u32) as i32;
+            }
+        } else {
+            // Every |z| < 2^(bits-1+shift): the left shift is exact.
+            for (o, &v) in out.iter_mut().zip(z) {
+                *o = (v << (-shift) as u32) as i32;
+            }
         }
+        Some(shift)
     }
-    Some(shift)
 }
 
 simd_dispatch! {
     /// Renormalise token `t`: shared exponent from the largest output, then `bits`-bit mantissas.
-    pub fn renorm_token(sums: &[i64], x_exp: i32, re: &[i32], bits: u32, mants: &mut [i32]) -> i32 => renorm_token_body
-}
-
-#[inline(always)]
-fn renorm_token_body(sums: &[i64], x_exp: i32, re: &[i32], bits: u32, mants: &mut [i32]) -> i32 {
-    let mut top = i32::MIN;
-    for (&s, &r) in sums.iter().zip(re) {
-        let t = r + (64 - s.unsigned_abs().leading_zeros()) as i32;
-        top = top.max(if s != 0 { t } else { i32::MIN });
+    pub fn renorm_token(sums: &[i64], x_exp: i32, re: &[i32], bits: u32, mants: &mut [i32]) -> i32 {
+        let mut top = i32::MIN;
+        for (&s, &r) in sums.iter().zip(re) {
+            let t = r + (64 - s.unsigned_abs().leading_zeros()) as i32;
+            top = top.max(if s != 0 { t } else { i32::MIN });
+        }
+        if top == i32::MIN {
+            mants.fill(0);
+            return 0;
+        }
+        let e = x_exp + top - (bits as i32 - 1);
+        for ((&s, &r), m) in sums.iter().zip(re).zip(mants.iter_mut()) {
+            let d = x_exp + r - e;
+            // d > 0 only for values with bitlen(s) <= bits - 1 - d (or s = 0): the shift cannot
+            // overflow. |s| < 2^61, inside `shr_round_lane`'s domain.
+            let up = (s << d.clamp(0, 63)) as i32;
+            let down = super::attention::shr_round_lane(s, (-d).max(0) as u32) as i32;
+            *m = if d >= 0 { up } else { down };
+        }
+        e
     }
-    if top == i32::MIN {
-        mants.fill(0);
-        return 0;
-    }
-    let e = x_exp + top - (bits as i32 - 1);
-    for ((&s, &r), m) in sums.iter().zip(re).zip(mants.iter_mut()) {
-        let d = x_exp + r - e;
-        // d > 0 only for values with bitlen(s) <= bits - 1 - d (or s = 0): the shift cannot
-        // overflow. |s| < 2^61, inside `shr_round_lane`'s domain.
-        let up = (s << d.clamp(0, 63)) as i32;
-        let down = super::attention::shr_round_lane(s, (-d).max(0) as u32) as i32;
-        *m = if d >= 0 { up } else { down };
-    }
-    e
 }
 
 pub fn renorm(s: &ExactSums, x_exps: &[i32], bits: u32) -> TokenFixed {

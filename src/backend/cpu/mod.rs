@@ -6,12 +6,12 @@
 //! cross-task reduction (the first bad index) is a minimum, so results are identical on any
 //! number of threads (DESIGN §3 rule 6).
 
-/// `fn NAME(args) -> R` running `BODY(args)` compiled with AVX-512 (F, VL, DQ, CD) where
-/// this CPU has it, else with AVX2, else as is. BODY must be `#[inline(always)]` so each
-/// build vectorises its loops with those features; integer results cannot depend on which
-/// build runs.
+/// `fn NAME(args) -> R { BODY }` with BODY compiled three times, with AVX-512 (F, VL, DQ,
+/// CD), with AVX2 and as is, the first this CPU has chosen at run time, so each build
+/// vectorises its loops with those features; integer results cannot depend on which build
+/// runs.
 macro_rules! simd_dispatch {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty => $body:ident) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
         $(#[$m])*
         #[allow(clippy::too_many_arguments)]
         $vis fn $name($($arg: $ty),*) -> $ret {
@@ -19,14 +19,10 @@ macro_rules! simd_dispatch {
             {
                 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq,avx512cd")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn avx512($($arg: $ty),*) -> $ret {
-                    $body($($arg),*)
-                }
+                unsafe fn avx512($($arg: $ty),*) -> $ret $body
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn avx2($($arg: $ty),*) -> $ret {
-                    $body($($arg),*)
-                }
+                unsafe fn avx2($($arg: $ty),*) -> $ret $body
                 if std::is_x86_feature_detected!("avx512f")
                     && std::is_x86_feature_detected!("avx512vl")
                     && std::is_x86_feature_detected!("avx512dq")
@@ -40,7 +36,7 @@ macro_rules! simd_dispatch {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            $body($($arg),*)
+            $body
         }
     };
 }

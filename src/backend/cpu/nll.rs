@@ -69,35 +69,32 @@ pub fn log2_q30(s: u64, c: &LogConsts) -> i64 {
 simd_dispatch! {
     /// NLL of `target` in Q30 for one row of logits (the sum of exponentials vectorises:
     /// `exp_neg_q30_lane` equals `exp_neg_q30`, tested).
-    pub fn nll_token(m: &[i32], e: i32, target: usize, ec: &ExpConsts, lc: &LogConsts) -> i64 => nll_token_body
-}
-
-#[inline(always)]
-fn nll_token_body(m: &[i32], e: i32, target: usize, ec: &ExpConsts, lc: &LogConsts) -> i64 {
-    let mmax = m.iter().copied().max().unwrap_or(0) as i64;
-    let cap = 32i64 << 20;
-    let sh = e + 20;
-    // D_j in Q20: the shift is the token's, so each branch is one vectorisable loop.
-    // (Plain loops, not iterator sums, so they get this function's target features.)
-    let mut s = 0u64;
-    if sh >= 40 {
-        // Every D_j, the maximum's too, is the cap (unreachable under nll's e <= 8).
-        s = m.len() as u64 * exp_neg_q30_lane(cap as u32, ec) as u64;
-    } else if sh >= 0 {
-        for &mj in m {
-            s += exp_neg_q30_lane(((mmax - mj as i64) << sh).min(cap) as u32, ec) as u64;
+    pub fn nll_token(m: &[i32], e: i32, target: usize, ec: &ExpConsts, lc: &LogConsts) -> i64 {
+        let mmax = m.iter().copied().max().unwrap_or(0) as i64;
+        let cap = 32i64 << 20;
+        let sh = e + 20;
+        // D_j in Q20: the shift is the token's, so each branch is one vectorisable loop.
+        // (Plain loops, not iterator sums, so they get this function's target features.)
+        let mut s = 0u64;
+        if sh >= 40 {
+            // Every D_j, the maximum's too, is the cap (unreachable under nll's e <= 8).
+            s = m.len() as u64 * exp_neg_q30_lane(cap as u32, ec) as u64;
+        } else if sh >= 0 {
+            for &mj in m {
+                s += exp_neg_q30_lane(((mmax - mj as i64) << sh).min(cap) as u32, ec) as u64;
+            }
+        } else {
+            let r = (-sh) as u32;
+            for &mj in m {
+                s += exp_neg_q30_lane(shr_round_lane(mmax - mj as i64, r).min(cap) as u32, ec) as u64;
+            }
         }
-    } else {
-        let r = (-sh) as u32;
-        for &mj in m {
-            s += exp_neg_q30_lane(shr_round_lane(mmax - mj as i64, r).min(cap) as u32, ec) as u64;
-        }
+        // ln S − 30 ln 2 = ln2 · (log2 S − 30): Q30 · Q28 → Q30 (|log2 S − 30| < 2^5.2).
+        let lse = round_i64(log2_q30(s, lc) * lc.ln2_q28 as i64, 28);
+        let dy = mmax - m[target] as i64; // < 2^24
+        let sy = e + 30;
+        // The caller bounds e <= 8, so sy <= 38 and dy << sy < 2^62.
+        let target_term = if sy >= 0 { dy << sy } else { round_i64(dy, (-sy) as u32) };
+        lse + target_term
     }
-    // ln S − 30 ln 2 = ln2 · (log2 S − 30): Q30 · Q28 → Q30 (|log2 S − 30| < 2^5.2).
-    let lse = round_i64(log2_q30(s, lc) * lc.ln2_q28 as i64, 28);
-    let dy = mmax - m[target] as i64; // < 2^24
-    let sy = e + 30;
-    // The caller bounds e <= 8, so sy <= 38 and dy << sy < 2^62.
-    let target_term = if sy >= 0 { dy << sy } else { round_i64(dy, (-sy) as u32) };
-    lse + target_term
 }
