@@ -1,0 +1,82 @@
+#!/bin/bash
+# The GPU checks of a device machine with no Rust toolchain and no network, in one run:
+# ucw's release binary and test binaries built elsewhere, the golden and conformance tests
+# on every adapter, and `ucw eval` on a model of SmolLM2-135M's shapes (scripts/shape_model.py:
+# the real weights are too large to travel) on the GPU and on the CPU, bits compared.
+#
+# Prepared on the build machine (repo root; .dev/ and .gl/ ignored by .git/info/exclude):
+#   cargo test --release --no-run; copy target/release/ucw and the test executables to a
+#   folder (deps/ beside ucw), strip, `tar -cJf .dev/bins.tar.xz`; copy the model's
+#   config.json and tokenizer.json and the text to .dev/; .gl/ holds the loader packages
+#   (libvulkan1, libegl1, libglvnd0, ... see the device tool's README).
+# Run there from the repo root: bash scripts/device_check.sh  (results under $OUT)
+set -u
+OUT=${OUT:-/tmp/ucw-device-out}
+mkdir -p "$OUT"
+START=$(date +%s)
+BUDGET=${BUDGET:-520}
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+log() { echo "== [$(($(date +%s) - START))s] $*"; }
+
+if [ -z "${NO_GL_DEBS:-}" ]; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+# The tests were compiled with their paths under /work/main.
+mkdir -p /work target/release
+[ -e /work/main ] || ln -s "$PWD" /work/main
+python3 -c "import tarfile; tarfile.open('.dev/bins.tar.xz').extractall('target/release')"
+UCW=target/release/ucw
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+log devices
+$UCW devices
+if ! $UCW devices | grep -qi nvidia; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+    log "devices with the NVIDIA ICD named"
+    $UCW devices
+fi
+APIS=$($UCW devices | sed 's/^\*/ /' | awk '$1 ~ /^[0-9]+$/ {print $2}' | sort -u | paste -sd, -)
+log "apis: $APIS"
+
+# real_model_devices reads MODEL/../text/eval.txt, as get-real-data.sh lays it out.
+MODEL=/tmp/ucwdata/smol-shape
+mkdir -p /tmp/ucwdata/text && cp .dev/eval.txt /tmp/ucwdata/text/
+python3 scripts/shape_model.py .dev "$MODEL"
+$UCW hash "$MODEL" | tail -1
+
+run_eval() { # name device seq windows timeout
+    log "eval $1: --device $2 --seq-len $3 --windows $4"
+    timeout "$5" $UCW eval "$MODEL" --text .dev/eval.txt --device "$2" --seq-len "$3" --windows "$4" \
+        --json >"$OUT/eval_$1.json" 2>"$OUT/eval_$1.err"
+    echo "rc=$?"
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('device','ppl','ppl_bits','nll_q30','predictions','seconds','tokens_per_s','peak_device_bytes','weights_digest')})" "$OUT/eval_$1.json" 2>/dev/null || tail -3 "$OUT/eval_$1.err"
+}
+
+run_eval cpu_2x128 cpu 128 2 60
+run_eval vk_2x128 vulkan 128 2 120
+case ",$APIS," in *,gl,*) run_eval gl_2x128 gl 128 2 120 ;; esac
+
+log "tests (UCW_REQUIRE_DEVICES=$APIS, UCW_REAL_MODEL=$MODEL)"
+export UCW_REQUIRE_DEVICES=$APIS UCW_REAL_MODEL=$MODEL
+for t in golden golden_eval calibrated conformance_* real_model_devices pack eval_cli eval_text forward_fidelity ucw; do
+    for exe in target/release/deps/$t-*; do
+        [ -x "$exe" ] || continue
+        if [ "$(left)" -lt 200 ]; then log "skip $exe: time"; continue; fi
+        log "test $exe"
+        timeout 120 "$exe" --test-threads 4 >"$OUT/t.log" 2>&1
+        rc=$?
+        grep -E "^test result|FAILED|panicked" "$OUT/t.log" | head -5
+        echo "rc=$rc"
+        cat "$OUT/t.log" >>"$OUT/tests.log"
+    done
+done
+rm -f "$OUT/t.log"
+
+run_eval vk_8x512 vulkan 512 8 $(( $(left) > 150 ? 150 : $(left) - 30 ))
+run_eval cpu_8x512 cpu 512 8 60
+T=$(( $(left) - 70 ))
+if [ "$T" -gt 30 ]; then run_eval vk_30x1024 vulkan 1024 30 "$T"; fi
+T=$(( $(left) - 5 ))
+if [ "$T" -gt 20 ]; then run_eval cpu_30x1024 cpu 1024 30 "$T"; fi
+log done
