@@ -84,10 +84,21 @@ pub struct DeviceInfo {
     pub limits: Option<Limits>,
 }
 
+/// An adapter that claims compute shaders but cannot build ucw's pipelines (`gpu::probe`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub api: String,
+    pub name: String,
+    pub driver_info: String,
+    pub reason: String,
+}
+
 /// The stable list of devices, and the wgpu adapters behind entries 1.. .
 pub struct Devices {
     pub infos: Vec<DeviceInfo>,
     adapters: Vec<wgpu::Adapter>,
+    /// Adapters left out of `infos`, with why: numbering and `auto` never see them.
+    pub skipped: Vec<Skipped>,
 }
 
 fn api_rank(b: wgpu::Backend) -> u8 {
@@ -121,7 +132,23 @@ impl Devices {
     pub fn discover() -> Devices {
         let cpu = Self::cpu_info();
         let inst = gpu::instance();
-        let mut adapters = gpu::compute_adapters(&inst);
+        let mut skipped = Vec::new();
+        let mut adapters: Vec<wgpu::Adapter> = gpu::compute_adapters(&inst)
+            .into_iter()
+            .filter(|a| match gpu::probe(a) {
+                Ok(()) => true,
+                Err(e) => {
+                    let i = a.get_info();
+                    skipped.push(Skipped {
+                        api: gpu::backend_label(i.backend).into(),
+                        name: i.name.clone(),
+                        driver_info: i.driver_info.clone(),
+                        reason: e.to_string(),
+                    });
+                    false
+                }
+            })
+            .collect();
         adapters.sort_by_cached_key(|a| {
             let i = a.get_info();
             (
@@ -157,7 +184,7 @@ impl Devices {
                 }),
             });
         }
-        Devices { infos, adapters }
+        Devices { infos, adapters, skipped }
     }
 
     /// Index of the device `spec` names, or an error listing what is present.

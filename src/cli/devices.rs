@@ -7,7 +7,7 @@ pub fn run(common: &Common) -> Result<()> {
     // Resolving validates --device even here, and marks which one `auto` would pick.
     let chosen = devices.resolve(common.device)?;
     if common.json {
-        print_json(&serde_json::json!({ "selected": chosen, "devices": devices.infos }));
+        print_json(&serde_json::json!({ "selected": chosen, "devices": devices.infos, "skipped": devices.skipped }));
         return Ok(());
     }
     for d in &devices.infos {
@@ -35,6 +35,11 @@ pub fn run(common: &Common) -> Result<()> {
                 l.max_compute_workgroup_storage_size
             );
         }
+    }
+    for s in &devices.skipped {
+        // The last line of the reason is the innermost cause in wgpu's chain.
+        let why = s.reason.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("");
+        println!("  -  {:<7} {:<10} {} (driver {}): not usable: {why}", s.api, "skipped", s.name, s.driver_info.trim());
     }
     println!("(* = selected by --device {}; auto prefers a hardware GPU, else cpu)", common.device);
     Ok(())

@@ -30,6 +30,16 @@ pub fn compute_adapters(inst: &wgpu::Instance) -> Vec<wgpu::Adapter> {
         .collect()
 }
 
+/// Whether `adapter` can really run ucw's kernels: open it and build one pipeline. The
+/// downlevel flags are not enough: NVIDIA's EGL driver gives wgpu an OpenGL 3.3 context
+/// that advertises GL_ARB_compute_shader, so wgpu reports compute shaders, yet every
+/// compute pipeline then fails ("The selected version doesn't support ... COMPUTE_SHADER",
+/// seen on an H200 with driver 580.159.04).
+pub fn probe(adapter: &wgpu::Adapter) -> Result<()> {
+    let b = GpuBackend::open(adapter)?;
+    b.pipeline("add.wgsl", "add").map(|_| ())
+}
+
 /// Bytes the backend currently holds on the device, and the most it has held.
 #[derive(Default, Debug)]
 pub struct MemStats {
