@@ -38,7 +38,7 @@ pub fn run(common: &Common) -> Result<()> {
     }
     for s in &devices.skipped {
         // The last line of the reason is the innermost cause in wgpu's chain.
-        let why = s.reason.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("");
+        let why = s.reason.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("");
         println!("  -  {:<7} {:<10} {} (driver {}): not usable: {why}", s.api, "skipped", s.name, s.driver_info.trim());
     }
     println!("(* = selected by --device {}; auto prefers a hardware GPU, else cpu)", common.device);
