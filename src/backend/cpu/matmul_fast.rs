@@ -476,6 +476,11 @@ mod tests {
         if let Some(sums) = crate::backend::cpu::matmul_vnni::matmul(x, w, &re) {
             assert_eq!(sums, want, "vnni kernel: {what}");
         }
+        use crate::backend::cpu::matmul_amx;
+        if matmul_amx::available() && w.cols <= matmul_amx::MAX_COLS {
+            let p = matmul_amx::Packed::new(w, &re);
+            assert_eq!(matmul_amx::matmul_packed(x, w, &p), want, "amx kernel: {what}");
+        }
         for kernel in [Kernel::Portable, Kernel::Avx2, Kernel::Vnni] {
             assert_eq!(matmul_with(x, w, &re, kernel), want, "matmul_with({kernel:?}): {what}");
         }
@@ -604,6 +609,32 @@ mod tests {
                 let neg = TokenFixed { mants: x.mants.iter().map(|m| -m).collect(), ..x };
                 check(&neg, &w);
             }
+        }
+    }
+
+    #[test]
+    fn matches_reference_where_amx_tile_sums_are_largest() {
+        // The AMX kernel's i32 tile sums peak with every operand byte large and one sign:
+        // activations 2^17 - 1 (bytes 255, 255, 1), 2^17 and -2^17; weights 2^15 - 1 and
+        // -2^15 shifted by up to 7 (three weight bytes), 8 or 16 (four) in every row; 8192
+        // columns (its limit); a partial row tile and a partial token tile.
+        let mut rng = Rng(5);
+        let k = 128 * 64;
+        for top in [7usize, 8, 16] {
+            let mut w = weights(&mut rng, 20, k, 64, Fill::Random, false);
+            let gpr = w.groups_per_row();
+            for r in 0..w.rows {
+                for gi in 0..gpr {
+                    w.exponents[r * gpr + gi] = (gi % (top + 1)) as i32 - 5;
+                }
+            }
+            for (i, m) in w.mantissas.iter_mut().enumerate() {
+                *m = if i % 3 == 0 { -(1 << 15) } else { (1 << 15) - 1 };
+            }
+            for a in [MATMUL_MAX_ACT - 1, MATMUL_MAX_ACT, -MATMUL_MAX_ACT] {
+                check(&TokenFixed { tokens: 17, width: k, exps: vec![0; 17], mants: vec![a; 17 * k] }, &w);
+            }
+            check(&acts(&mut rng, 33, k, Fill::Extreme), &w);
         }
     }
 

@@ -46,6 +46,7 @@ pub mod add;
 pub mod attention;
 pub mod ingest;
 pub mod linear;
+pub mod matmul_amx;
 pub mod matmul_fast;
 pub mod matmul_vnni;
 pub mod nll;
@@ -206,7 +207,9 @@ impl Backend for CpuBackend {
 
     fn prepare_matmul(&self, w: &GroupFixed) -> Result<Prepared, Error> {
         super::check_matmul_weights(w)?;
-        Ok(Prepared(if matmul_vnni::available() {
+        Ok(Prepared(if matmul_amx::available() && w.cols <= matmul_amx::MAX_COLS {
+            Some(Box::new(matmul_amx::Packed::new(w, &linear::row_exps(w))))
+        } else if matmul_vnni::available() {
             Some(Box::new(matmul_vnni::Packed::new(w, &linear::row_exps(w))))
         } else {
             None
@@ -214,6 +217,14 @@ impl Backend for CpuBackend {
     }
 
     fn matmul_prepared(&self, x: &TokenFixed, w: &GroupFixed, p: &Prepared) -> Result<ExactSums, Error> {
+        if let Some(packed) = p.0.as_ref().and_then(|b| b.downcast_ref::<matmul_amx::Packed>())
+            && packed.fits(w)
+            && x.tokens > 1
+        {
+            super::check_matmul_acts(x, w)?;
+            let sums = matmul_amx::matmul_packed(x, w, packed);
+            return Ok(ExactSums { tokens: x.tokens, n: w.rows, sums, row_exps: packed.re.clone() });
+        }
         let packed = p.0.as_ref().and_then(|b| b.downcast_ref::<matmul_vnni::Packed>());
         match packed {
             // One token takes the reference loop (as `matmul` does).
