@@ -26,11 +26,11 @@
 //! columns). Missing tokens, rows and columns are zero bytes, which add nothing. The output
 //! is cut into fixed blocks of `TOKENS_PER_BLOCK` × `ROWS_PER_BLOCK`, one rayon task each.
 
-use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::matmul_blocks::{add_fixes, blocked_sums};
 use crate::backend::{GroupFixed, TokenFixed};
 
 /// Tokens (A tile rows) and weight rows (C tile columns) per tile.
@@ -187,62 +187,33 @@ pub fn matmul_packed(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
     }
     let ap = pack_acts(x, p.ksteps);
     let a_tile = p.ksteps * A_PLANES * TILE_BYTES;
-    // Written once each by the tiles below, so not zeroed first.
-    let mut sums: Vec<i64> = Vec::with_capacity(tokens * n);
-    let uninit = &mut sums.spare_capacity_mut()[..tokens * n];
-    uninit.par_chunks_mut(TOKENS_PER_BLOCK * n).enumerate().for_each(|(tb, chunk)| {
-        let t0 = tb * TOKENS_PER_BLOCK;
-        let mut blocks: Vec<Vec<&mut [MaybeUninit<i64>]>> =
-            (0..n.div_ceil(ROWS_PER_BLOCK)).map(|_| Vec::new()).collect();
-        for row in chunk.chunks_mut(n) {
-            for (b, part) in blocks.iter_mut().zip(row.chunks_mut(ROWS_PER_BLOCK)) {
-                b.push(part);
-            }
-        }
-        blocks.into_par_iter().enumerate().for_each(|(rb, mut out)| {
-            let r0 = rb * ROWS_PER_BLOCK;
-            let (nt, nr) = (out.len(), out[0].len());
-            let mut c = Tiles([[0i32; TILE * TILE]; 6]);
-            let mut sum = [0i64; TILE * TILE];
-            // SAFETY: `available()` (asserted above); the operands are whole packed tiles.
-            unsafe { amx::begin() };
-            for lr0 in (0..nr).step_by(TILE) {
-                let (off, planes) = p.tiles[(r0 + lr0) / TILE];
-                let b = &p.wp[off..off + p.ksteps * planes * TILE_BYTES];
-                for lt0 in (0..nt).step_by(TILE) {
-                    let a = &ap[(t0 + lt0) / TILE * a_tile..][..a_tile];
-                    // SAFETY: as above; `a` and `b` hold `ksteps` k-steps of whole tiles.
-                    unsafe { amx::tile(a, b, p.ksteps, planes, &mut c) };
-                    combine(&c, A_PLANES + planes - 1, &mut sum);
-                    // Tiles cover the rectangle exactly: every (token, row) is written here once.
-                    for (lt, dst) in out[lt0..(lt0 + TILE).min(nt)].iter_mut().enumerate() {
-                        let len = TILE.min(nr - lr0);
-                        for (d, &v) in dst[lr0..lr0 + len].iter_mut().zip(&sum[lt * TILE..][..len]) {
-                            d.write(v);
-                        }
+    blocked_sums(tokens, n, TOKENS_PER_BLOCK, ROWS_PER_BLOCK, |t0, r0, out| {
+        let (nt, nr) = (out.len(), out[0].len());
+        let mut c = Tiles([[0i32; TILE * TILE]; 6]);
+        let mut sum = [0i64; TILE * TILE];
+        // SAFETY: `available()` (asserted above); the operands are whole packed tiles.
+        unsafe { amx::begin() };
+        for lr0 in (0..nr).step_by(TILE) {
+            let (off, planes) = p.tiles[(r0 + lr0) / TILE];
+            let b = &p.wp[off..off + p.ksteps * planes * TILE_BYTES];
+            for lt0 in (0..nt).step_by(TILE) {
+                let a = &ap[(t0 + lt0) / TILE * a_tile..][..a_tile];
+                // SAFETY: as above; `a` and `b` hold `ksteps` k-steps of whole tiles.
+                unsafe { amx::tile(a, b, p.ksteps, planes, &mut c) };
+                combine(&c, A_PLANES + planes - 1, &mut sum);
+                // Tiles cover the rectangle exactly: every (token, row) is written here once.
+                for (lt, dst) in out[lt0..(lt0 + TILE).min(nt)].iter_mut().enumerate() {
+                    let len = TILE.min(nr - lr0);
+                    for (d, &v) in dst[lr0..lr0 + len].iter_mut().zip(&sum[lt * TILE..][..len]) {
+                        d.write(v);
                     }
                 }
             }
-            // SAFETY: pairs with `begin` above.
-            unsafe { amx::end() };
-            // Weights outside i16 (rare): a·m·2^shift, exactly, into the same i64 sums.
-            let gpr = w.groups_per_row();
-            let start = p.fixes.partition_point(|&(r, _)| r < r0);
-            for &(r, col) in p.fixes[start..].iter().take_while(|&&(r, _)| r < r0 + nr) {
-                let sh = w.exponents[r * gpr + col / p.group] - p.re[r];
-                let m = w.mantissas[r * k + col] as i64;
-                for (lt, dst) in out.iter_mut().enumerate() {
-                    let a = x.mants[(t0 + lt) * k + col] as i64;
-                    // SAFETY: written by the tile loop above.
-                    let v = unsafe { dst[r - r0].assume_init() };
-                    dst[r - r0].write(v.wrapping_add((a * m) << sh));
-                }
-            }
-        });
-    });
-    // SAFETY: every one of the tokens·n elements was written above.
-    unsafe { sums.set_len(tokens * n) };
-    sums
+        }
+        // SAFETY: pairs with `begin` above.
+        unsafe { amx::end() };
+        add_fixes(x, w, &p.re, &p.fixes, t0, r0, out);
+    })
 }
 
 /// The six C tiles as stored (`[s][token·16 + row]`), 64-byte aligned for the stores.

@@ -26,10 +26,9 @@
 //! blocks of `TOKENS_PER_BLOCK` × `ROWS_PER_BLOCK` (one rayon task each, independent of the
 //! thread count, never overlapping).
 
-use std::mem::MaybeUninit;
-
 use rayon::prelude::*;
 
+use super::matmul_blocks::{add_fixes, blocked_sums};
 use crate::backend::{GroupFixed, TokenFixed};
 
 /// Bits of an activation's low part a_lo (unsigned).
@@ -223,61 +222,31 @@ fn blocked(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
     if n == 0 || tokens == 0 || s.pairs == 0 {
         return vec![0i64; tokens * n]; // no rows, no tokens, or no columns: every sum is empty
     }
-    // The sums are written once each by the tiles below, so the buffer is not zeroed first
-    // (zeroing the outputs cost about as much as a tenth of the products).
-    let mut sums: Vec<i64> = Vec::with_capacity(tokens * n);
-    let (wp, fixes, shifts, re) = (&p.wp, &p.fixes, &p.shifts, &p.re);
+    let (wp, shifts) = (&p.wp, &p.shifts);
     let ap = pack_acts(x, s);
     let (a_tile, w_tile, s_tile) = (s.pairs * 2 * TOK_TILE, s.pairs * ROW_TILE, s.gpr * ROW_TILE);
-    let uninit = &mut sums.spare_capacity_mut()[..tokens * n];
-    uninit.par_chunks_mut(TOKENS_PER_BLOCK * n).enumerate().for_each(|(tb, chunk)| {
-        let t0 = tb * TOKENS_PER_BLOCK;
-        // Each block's rectangle of the output, as one slice per token.
-        let mut blocks: Vec<Vec<&mut [MaybeUninit<i64>]>> =
-            (0..n.div_ceil(ROWS_PER_BLOCK)).map(|_| Vec::new()).collect();
-        for row in chunk.chunks_mut(n) {
-            for (b, part) in blocks.iter_mut().zip(row.chunks_mut(ROWS_PER_BLOCK)) {
-                b.push(part);
-            }
-        }
-        blocks.into_par_iter().enumerate().for_each(|(rb, mut out)| {
-            let r0 = rb * ROWS_PER_BLOCK;
-            let (nt, nr) = (out.len(), out[0].len());
-            let mut acc = [0i64; TOK_TILE * ROW_TILE];
-            for lt0 in (0..nt).step_by(TOK_TILE) {
-                let a = &ap[(t0 + lt0) / TOK_TILE * a_tile..][..a_tile];
-                for lr0 in (0..nr).step_by(ROW_TILE) {
-                    let q = (r0 + lr0) / ROW_TILE;
-                    let (wq, sq) = (&wp[q * w_tile..][..w_tile], &shifts[q * s_tile..][..s_tile]);
-                    // SAFETY: `blocked` only runs where `available()`.
-                    unsafe { avx512::tile(s, a, wq, sq, &mut acc) };
-                    // Tiles cover the rectangle exactly: every (token, row) is written here once.
-                    for (lt, dst) in out[lt0..(lt0 + TOK_TILE).min(nt)].iter_mut().enumerate() {
-                        let len = ROW_TILE.min(nr - lr0);
-                        for (d, &v) in dst[lr0..lr0 + len].iter_mut().zip(&acc[lt * ROW_TILE..][..len]) {
-                            d.write(v);
-                        }
+    blocked_sums(tokens, n, TOKENS_PER_BLOCK, ROWS_PER_BLOCK, |t0, r0, out| {
+        let (nt, nr) = (out.len(), out[0].len());
+        let mut acc = [0i64; TOK_TILE * ROW_TILE];
+        for lt0 in (0..nt).step_by(TOK_TILE) {
+            let a = &ap[(t0 + lt0) / TOK_TILE * a_tile..][..a_tile];
+            for lr0 in (0..nr).step_by(ROW_TILE) {
+                let q = (r0 + lr0) / ROW_TILE;
+                let (wq, sq) = (&wp[q * w_tile..][..w_tile], &shifts[q * s_tile..][..s_tile]);
+                // SAFETY: `blocked` only runs where `available()`.
+                unsafe { avx512::tile(s, a, wq, sq, &mut acc) };
+                // Tiles cover the rectangle exactly: every (token, row) is written here once.
+                for (lt, dst) in out[lt0..(lt0 + TOK_TILE).min(nt)].iter_mut().enumerate() {
+                    let len = ROW_TILE.min(nr - lr0);
+                    for (d, &v) in dst[lr0..lr0 + len].iter_mut().zip(&acc[lt * ROW_TILE..][..len]) {
+                        d.write(v);
                     }
                 }
             }
-            // Weights outside i16 (rare): a·m·2^shift, exactly, into the same i64 sums.
-            let start = fixes.partition_point(|&(r, _)| r < r0);
-            for &(r, c) in fixes[start..].iter().take_while(|&&(r, _)| r < r0 + nr) {
-                let sh = w.exponents[r * s.gpr + c / s.g] - re[r];
-                let m = w.mantissas[r * s.k + c] as i64;
-                for (lt, dst) in out.iter_mut().enumerate() {
-                    let a = x.mants[(t0 + lt) * s.k + c] as i64;
-                    // SAFETY: written by the tile loop above.
-                    let v = unsafe { dst[r - r0].assume_init() };
-                    dst[r - r0].write(v.wrapping_add((a * m) << sh));
-                }
-            }
-        });
-    });
-    // SAFETY: every one of the tokens·n elements was written above (the token blocks cover
-    // the tokens, the row blocks the rows, and the tiles each block).
-    unsafe { sums.set_len(tokens * n) };
-    sums
+        }
+        // Weights outside i16 (rare): a·m·2^shift, exactly, into the same i64 sums.
+        add_fixes(x, w, &p.re, &p.fixes, t0, r0, out);
+    })
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -47,6 +47,7 @@ pub mod attention;
 pub mod ingest;
 pub mod linear;
 pub mod matmul_amx;
+pub mod matmul_blocks;
 pub mod matmul_fast;
 pub mod matmul_vnni;
 pub mod nll;
