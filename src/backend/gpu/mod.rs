@@ -63,6 +63,45 @@ impl MemStats {
     }
 }
 
+/// Where a GPU backend's time goes, per kernel entry point (and uploads, readbacks), when
+/// `UCW_GPU_PROFILE=1`: every dispatch then waits for the device, so each entry's time is
+/// its own (the run is slower and the totals are wall times, not device counters). Printed
+/// to stderr when the backend is dropped. Off, it costs one branch per call.
+#[derive(Default)]
+struct Profile {
+    on: bool,
+    by_name: Mutex<HashMap<&'static str, (u64, f64, u64)>>,
+}
+
+impl Profile {
+    fn from_env() -> Profile {
+        Profile { on: std::env::var("UCW_GPU_PROFILE").is_ok_and(|v| v == "1"), ..Default::default() }
+    }
+
+    fn add(&self, name: &'static str, since: std::time::Instant, bytes: u64) {
+        let mut m = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(name).or_default();
+        e.0 += 1;
+        e.1 += since.elapsed().as_secs_f64();
+        e.2 += bytes;
+    }
+
+    fn report(&self, device: &str) {
+        let m = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<_> = m.iter().collect();
+        rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+        let total: f64 = rows.iter().map(|r| r.1.1).sum();
+        eprintln!("UCW_GPU_PROFILE {device}: {total:.3} s in calls");
+        for (name, (calls, secs, bytes)) in rows {
+            eprintln!(
+                "  {name:<16} {calls:>8} calls {secs:>9.3} s {:>5.1}% {:>10.1} MB",
+                100.0 * secs / total.max(1e-9),
+                *bytes as f64 / 1e6
+            );
+        }
+    }
+}
+
 /// A device buffer counted in `MemStats` while it lives.
 pub struct Buf {
     pub buf: wgpu::Buffer,
@@ -91,6 +130,15 @@ pub struct GpuBackend {
     pub mem: Arc<MemStats>,
     /// Most loop iterations one invocation may run on this driver, where it has a limit.
     loop_limit: Option<u64>,
+    profile: Profile,
+}
+
+impl Drop for GpuBackend {
+    fn drop(&mut self) {
+        if self.profile.on {
+            self.profile.report(&self.info.name);
+        }
+    }
 }
 
 /// Mesa's llvmpipe (the software Vulkan and GL adapters) stops every loop of a shader
@@ -136,6 +184,7 @@ impl GpuBackend {
             loop_limit,
             error,
             mem: Arc::default(),
+            profile: Profile::from_env(),
         })
     }
 
@@ -209,6 +258,7 @@ impl GpuBackend {
 
     /// A storage buffer holding `bytes`, padded with zeros to a multiple of 4 (at least 4).
     fn upload(&self, label: &str, bytes: &[u8]) -> Buf {
+        let t0 = std::time::Instant::now();
         let size = (bytes.len().max(4).div_ceil(4) * 4) as u64;
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -217,6 +267,9 @@ impl GpuBackend {
             mapped_at_creation: true,
         });
         write_mapped(&buf, bytes, size);
+        if self.profile.on {
+            self.profile.add("(upload)", t0, size);
+        }
         self.track(buf, size)
     }
 
@@ -284,6 +337,7 @@ impl GpuBackend {
 
     /// Bind `buffers` to bindings 0.. of group 0 and run `entry` over `invocations` threads.
     fn dispatch(&self, file: &'static str, entry: &'static str, buffers: &[&Buf], invocations: u64) -> Result<()> {
+        let t0 = std::time::Instant::now();
         let pipeline = self.pipeline(file, entry)?;
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
@@ -304,11 +358,18 @@ impl GpuBackend {
             pass.dispatch_workgroups(x, y, 1);
         }
         self.queue.submit([enc.finish()]);
+        if self.profile.on {
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| bad_input!("{}: device lost while waiting: {e}", self.info.name))?;
+            self.profile.add(entry, t0, 0);
+        }
         self.device_error(&format!("running shaders/{file} entry {entry}"))
     }
 
     /// Copy a buffer back to the host.
     fn read(&self, src: &Buf) -> Result<Vec<u8>> {
+        let t0 = std::time::Instant::now();
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: src.size,
@@ -336,6 +397,9 @@ impl GpuBackend {
             .map_err(|e| bad_input!("{}: cannot read mapped buffer: {e}", self.info.name))?
             .to_vec();
         staging.buf.unmap();
+        if self.profile.on {
+            self.profile.add("(readback)", t0, src.size);
+        }
         Ok(out)
     }
 }
