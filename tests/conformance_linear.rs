@@ -161,10 +161,30 @@ fn matmul_splits_over_small_bindings() {
     let want_y = cpu.renorm(&want, &x.exps, 18).unwrap();
     for (label, gpu) in common::gpu_backends() {
         // 3 tokens or rows of 300 per binding; 40 outputs (8 bytes each) per chunk.
-        let gpu = gpu.with_work_limits(3 * 300 * 4, 2);
-        assert_eq!(gpu.matmul(&x, &w).unwrap(), want, "{label}");
-        assert_eq!(gpu.renorm(&want, &x.exps, 18).unwrap(), want_y, "{label}");
+        let small = gpu.with_work_limits(3 * 300 * 4, 2);
+        assert_eq!(small.matmul(&x, &w).unwrap(), want, "{label}");
+        assert_eq!(small.renorm(&want, &x.exps, 18).unwrap(), want_y, "{label}");
+        // Weights too large for one binding are not kept on the device: uploaded per call.
+        let p = small.prepare_matmul(&w).unwrap();
+        assert!(p.0.is_none(), "{label}: weights beyond a binding were kept");
+        assert_eq!(small.matmul_prepared(&x, &w, &p).unwrap(), want, "{label}");
         println!("split matmul/renorm identical on {label}");
+    }
+    // Weights within one binding stay on the device, and products whose outputs need
+    // several row chunks mix them with uploaded row slices.
+    let w2 = weights(200, 300, 93);
+    let many = activations(210, 300, 92);
+    let (want2, want_many) = (cpu.matmul(&x, &w2).unwrap(), cpu.matmul(&many, &w2).unwrap());
+    for (label, gpu) in common::gpu_backends() {
+        // The 240000 bytes of weights just fit a binding. 210 tokens go in chunks of 200 and
+        // 10; the binding holds 30000 sums, so the 200-token chunk takes 150 rows at a time
+        // (150 + 50, uploaded slices) and the 10-token chunk all 200 (the device copy).
+        let gpu = gpu.with_work_limits(200 * 300 * 4, 65535);
+        let p = gpu.prepare_matmul(&w2).unwrap();
+        assert!(p.0.is_some(), "{label}: weights within a binding were not kept");
+        assert_eq!(gpu.matmul_prepared(&x, &w2, &p).unwrap(), want2, "{label}: whole matrix resident");
+        assert_eq!(gpu.matmul_prepared(&many, &w2, &p).unwrap(), want_many, "{label}: row chunks and resident");
+        println!("resident matmul identical on {label}");
     }
 }
 

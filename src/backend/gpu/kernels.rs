@@ -1,15 +1,89 @@
 //! `Backend` for the wgpu device: host slices in, kernels dispatched, host results out.
 
-use super::{GpuBackend, words_le};
+use super::{Buf, GpuBackend, words_le};
 use crate::backend::{
-    Backend, ExactSums, GroupFixed, IngestParams, KernelError, TokenFixed, WideCase, WideResult, check_ingest_args,
-    check_matmul_args, check_quantize_args, check_renorm_args,
+    Backend, ExactSums, GroupFixed, IngestParams, KernelError, Prepared, TokenFixed, WideCase, WideResult,
+    check_ingest_args, check_matmul_acts, check_matmul_args, check_matmul_weights, check_quantize_args,
+    check_renorm_args,
 };
 use crate::codec::quant::{QuantParams, QuantTensor};
 use crate::dtype::DType;
 use crate::error::Error;
 
+/// A weight matrix on the device for all its products (`prepare_matmul`): mantissas, group
+/// exponents and row exponents as `matmul` would upload them for the whole matrix.
+struct Resident {
+    w: Buf,
+    we: Buf,
+    re: Buf,
+    rows: usize,
+    cols: usize,
+    row_exps: Vec<i32>,
+}
+
 impl GpuBackend {
+    /// `matmul` of checked arguments, with `w` already on the device where `resident` is
+    /// given (used for every row chunk that is the whole matrix).
+    fn matmul_with(&self, x: &TokenFixed, w: &GroupFixed, resident: Option<&Resident>) -> Result<ExactSums, Error> {
+        self.check_loops("matmul", (w.cols + w.groups_per_row()) as u64)?;
+        let (t, n, k) = (x.tokens, w.rows, w.cols);
+        let gpr = w.groups_per_row();
+        let re = match resident {
+            Some(r) => r.row_exps.clone(),
+            None => crate::backend::cpu::linear::row_exps(w),
+        };
+        let mut sums = vec![0i64; t * n];
+        if t * n == 0 {
+            return Ok(ExactSums { tokens: t, n, sums, row_exps: re });
+        }
+        // Split tokens and weight rows so that x, w and the 8-byte outputs fit a binding.
+        let tokens_per_chunk = self.rows_per_chunk(k, 4)?;
+        let rows_per_chunk = self.rows_per_chunk(k, 4)?;
+        let mut t0 = 0;
+        while t0 < t {
+            let t1 = (t0 + tokens_per_chunk).min(t);
+            let xb = self.upload_i32("matmul.x", &x.mants[t0 * k..t1 * k]);
+            let out_rows = ((self.max_binding / 8) as usize / (t1 - t0)).clamp(1, rows_per_chunk);
+            let mut o0 = 0;
+            while o0 < n {
+                let o1 = (o0 + out_rows).min(n);
+                let total = (t1 - t0) * (o1 - o0);
+                let params = self.uniform(&[
+                    (t1 - t0) as u32,
+                    (o1 - o0) as u32,
+                    k as u32,
+                    w.params.group_size,
+                    gpr as u32,
+                    total as u32,
+                    0,
+                    0,
+                ]);
+                let ob = self.zeroed("matmul.out", total as u64 * 8);
+                match resident {
+                    Some(r) if o0 == 0 && o1 == n => {
+                        self.dispatch("matmul.wgsl", "matmul", &[&params, &xb, &r.w, &r.we, &r.re, &ob], total as u64)?
+                    }
+                    _ => {
+                        let wb = self.upload_i32("matmul.w", &w.mantissas[o0 * k..o1 * k]);
+                        let we = self.upload_i32("matmul.wexp", &w.exponents[o0 * gpr..o1 * gpr]);
+                        let rb = self.upload_i32("matmul.rexp", &re[o0..o1]);
+                        self.dispatch("matmul.wgsl", "matmul", &[&params, &xb, &wb, &we, &rb, &ob], total as u64)?
+                    }
+                }
+                let words = words_le(&self.read(&ob)?);
+                for lt in 0..t1 - t0 {
+                    for lo in 0..o1 - o0 {
+                        let i = lt * (o1 - o0) + lo;
+                        sums[(t0 + lt) * n + o0 + lo] = (words[2 * i] as u64 | (words[2 * i + 1] as u64) << 32) as i64;
+                    }
+                }
+                o0 = o1;
+            }
+            t0 = t1;
+        }
+        Ok(ExactSums { tokens: t, n, sums, row_exps: re })
+    }
+
     /// Run a per-token kernel (one invocation per token, outputs `[tokens, width]` mantissas
     /// and one exponent per token) in chunks of tokens that fit a binding. Bindings:
     /// params, the chunk's inputs from `chunk`, then `shared`, then the two outputs.
@@ -269,53 +343,36 @@ impl Backend for GpuBackend {
 
     fn matmul(&self, x: &TokenFixed, w: &GroupFixed) -> Result<ExactSums, Error> {
         check_matmul_args(x, w)?;
-        self.check_loops("matmul", (w.cols + w.groups_per_row()) as u64)?;
-        let (t, n, k) = (x.tokens, w.rows, w.cols);
-        let gpr = w.groups_per_row();
+        self.matmul_with(x, w, None)
+    }
+
+    fn prepare_matmul(&self, w: &GroupFixed) -> Result<Prepared, Error> {
+        check_matmul_weights(w)?;
+        // Kept on the device when the whole matrix fits one binding (every SmolLM2 linear
+        // and its lm_head do): the forward pass multiplies every window, and every lm_head
+        // chunk, by the same weights, which were otherwise uploaded again each time.
+        if (w.rows * w.cols * 4) as u64 > self.max_binding() || w.rows * w.cols == 0 {
+            return Ok(Prepared(None));
+        }
         let re = crate::backend::cpu::linear::row_exps(w);
-        let mut sums = vec![0i64; t * n];
-        if t * n == 0 {
-            return Ok(ExactSums { tokens: t, n, sums, row_exps: re });
-        }
-        // Split tokens and weight rows so that x, w and the 8-byte outputs fit a binding.
-        let tokens_per_chunk = self.rows_per_chunk(k, 4)?;
-        let rows_per_chunk = self.rows_per_chunk(k, 4)?;
-        let mut t0 = 0;
-        while t0 < t {
-            let t1 = (t0 + tokens_per_chunk).min(t);
-            let xb = self.upload_i32("matmul.x", &x.mants[t0 * k..t1 * k]);
-            let out_rows = ((self.max_binding / 8) as usize / (t1 - t0)).clamp(1, rows_per_chunk);
-            let mut o0 = 0;
-            while o0 < n {
-                let o1 = (o0 + out_rows).min(n);
-                let total = (t1 - t0) * (o1 - o0);
-                let params = self.uniform(&[
-                    (t1 - t0) as u32,
-                    (o1 - o0) as u32,
-                    k as u32,
-                    w.params.group_size,
-                    gpr as u32,
-                    total as u32,
-                    0,
-                    0,
-                ]);
-                let wb = self.upload_i32("matmul.w", &w.mantissas[o0 * k..o1 * k]);
-                let we = self.upload_i32("matmul.wexp", &w.exponents[o0 * gpr..o1 * gpr]);
-                let rb = self.upload_i32("matmul.rexp", &re[o0..o1]);
-                let ob = self.zeroed("matmul.out", total as u64 * 8);
-                self.dispatch("matmul.wgsl", "matmul", &[&params, &xb, &wb, &we, &rb, &ob], total as u64)?;
-                let words = words_le(&self.read(&ob)?);
-                for lt in 0..t1 - t0 {
-                    for lo in 0..o1 - o0 {
-                        let i = lt * (o1 - o0) + lo;
-                        sums[(t0 + lt) * n + o0 + lo] = (words[2 * i] as u64 | (words[2 * i + 1] as u64) << 32) as i64;
-                    }
-                }
-                o0 = o1;
+        Ok(Prepared(Some(Box::new(Resident {
+            w: self.upload_i32("matmul.w", &w.mantissas),
+            we: self.upload_i32("matmul.wexp", &w.exponents),
+            re: self.upload_i32("matmul.rexp", &re),
+            rows: w.rows,
+            cols: w.cols,
+            row_exps: re,
+        }))))
+    }
+
+    fn matmul_prepared(&self, x: &TokenFixed, w: &GroupFixed, p: &Prepared) -> Result<ExactSums, Error> {
+        match p.0.as_ref().and_then(|b| b.downcast_ref::<Resident>()) {
+            Some(r) if r.rows == w.rows && r.cols == w.cols => {
+                check_matmul_acts(x, w)?;
+                self.matmul_with(x, w, Some(r))
             }
-            t0 = t1;
+            _ => self.matmul(x, w),
         }
-        Ok(ExactSums { tokens: t, n, sums, row_exps: re })
     }
 
     fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error> {

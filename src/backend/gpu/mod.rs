@@ -88,6 +88,9 @@ impl Profile {
 
     fn report(&self, device: &str) {
         let m = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        if m.is_empty() {
+            return; // opened and never used (e.g. the adapter probe)
+        }
         let mut rows: Vec<_> = m.iter().collect();
         rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
         let total: f64 = rows.iter().map(|r| r.1.1).sum();
@@ -256,7 +259,9 @@ impl GpuBackend {
         Buf { buf, size, stats: self.mem.clone() }
     }
 
-    /// A storage buffer holding `bytes`, padded with zeros to a multiple of 4 (at least 4).
+    /// A storage buffer holding `bytes`, padded with zeros to a multiple of 4 (at least 4),
+    /// written straight into the mapped buffer (uploads were 39% of the H200's call time
+    /// when each went through two intermediate copies; BENCHMARKS.md).
     fn upload(&self, label: &str, bytes: &[u8]) -> Buf {
         let t0 = std::time::Instant::now();
         let size = (bytes.len().max(4).div_ceil(4) * 4) as u64;
@@ -266,7 +271,7 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: true,
         });
-        write_mapped(&buf, bytes, size);
+        write_mapped(&buf, bytes);
         if self.profile.on {
             self.profile.add("(upload)", t0, size);
         }
@@ -274,13 +279,17 @@ impl GpuBackend {
     }
 
     fn upload_words(&self, label: &str, words: &[u32]) -> Buf {
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        self.upload(label, &bytes)
+        match le_bytes(words) {
+            Some(bytes) => self.upload(label, bytes),
+            None => self.upload(label, &words.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()),
+        }
     }
 
     fn upload_i32(&self, label: &str, v: &[i32]) -> Buf {
-        let bytes: Vec<u8> = v.iter().flat_map(|w| w.to_le_bytes()).collect();
-        self.upload(label, &bytes)
+        match le_bytes(v) {
+            Some(bytes) => self.upload(label, bytes),
+            None => self.upload(label, &v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()),
+        }
     }
 
     /// Rows of `cols` elements at `bytes_per_element` in the largest binding that fit one
@@ -319,7 +328,7 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: true,
         });
-        write_mapped(&buf, &bytes, size);
+        write_mapped(&buf, &bytes);
         self.track(buf, size)
     }
 
@@ -404,15 +413,29 @@ impl GpuBackend {
     }
 }
 
-/// Fill a buffer created with `mapped_at_creation` with `bytes`, zero-padded to `size`, and unmap it.
-fn write_mapped(buf: &wgpu::Buffer, bytes: &[u8], size: u64) {
-    let mut padded = vec![0u8; size as usize];
-    padded[..bytes.len()].copy_from_slice(bytes);
-    buf.slice(..).get_mapped_range_mut().expect("buffer mapped at creation").copy_from_slice(&padded);
+/// Fill a buffer created with `mapped_at_creation` with `bytes`, zeros after them, and
+/// unmap it.
+fn write_mapped(buf: &wgpu::Buffer, bytes: &[u8]) {
+    {
+        let mut m = buf.slice(..).get_mapped_range_mut().expect("buffer mapped at creation");
+        m.slice(..bytes.len()).copy_from_slice(bytes);
+        m.slice(bytes.len()..).fill(0);
+    }
     buf.unmap();
 }
 
+/// The little-endian bytes of `v` without copying, where the host is little-endian (the
+/// shaders read little-endian words); None elsewhere.
+fn le_bytes<T: bytemuck::Pod>(v: &[T]) -> Option<&[u8]> {
+    cfg!(target_endian = "little").then(|| bytemuck::cast_slice(v))
+}
+
+/// Little-endian 32-bit words of `bytes` (a readback), in one pass.
 pub(crate) fn words_le(bytes: &[u8]) -> Vec<u32> {
+    if cfg!(target_endian = "little") {
+        // Copies into an aligned vector whatever the alignment of `bytes`.
+        return bytemuck::pod_collect_to_vec(&bytes[..bytes.len() / 4 * 4]);
+    }
     bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
