@@ -180,6 +180,11 @@ fn matmul_splits_over_small_bindings() {
         // 10; the binding holds 30000 sums, so the 200-token chunk takes 150 rows at a time
         // (150 + 50, uploaded slices) and the 10-token chunk all 200 (the device copy).
         let gpu = gpu.with_work_limits(200 * 300 * 4, 65535);
+        // Nothing is kept without an allowance, nor beyond it.
+        assert!(gpu.prepare_matmul(&w2).unwrap().0.is_none(), "{label}: kept without an allowance");
+        gpu.allow_resident_weights(200 * 300 * 4);
+        assert!(gpu.prepare_matmul(&w2).unwrap().0.is_none(), "{label}: kept beyond the allowance");
+        gpu.allow_resident_weights(1 << 30);
         let p = gpu.prepare_matmul(&w2).unwrap();
         assert!(p.0.is_some(), "{label}: weights within a binding were not kept");
         assert_eq!(gpu.matmul_prepared(&x, &w2, &p).unwrap(), want2, "{label}: whole matrix resident");

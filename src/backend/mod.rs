@@ -233,6 +233,18 @@ pub trait Backend: Send + Sync {
         Ok(Prepared(None))
     }
 
+    /// Let `prepare_matmul` keep up to `bytes` of weights on the device (0, the default:
+    /// none). Callers that bound device memory give it a share of their budget; a backend
+    /// without device memory of its own ignores it.
+    fn allow_resident_weights(&self, bytes: u64) {
+        let _ = bytes;
+    }
+
+    /// Bytes of weights `prepare_matmul` keeps on the device now.
+    fn resident_weight_bytes(&self) -> u64 {
+        0
+    }
+
     /// `matmul` with weights from `prepare_matmul(w)`: the same sums, bit for bit.
     fn matmul_prepared(&self, x: &TokenFixed, w: &GroupFixed, p: &Prepared) -> Result<ExactSums, Error> {
         let _ = p;

@@ -102,6 +102,27 @@ fn each_window<T: Send, R: Send>(
     Ok(out)
 }
 
+/// `Backend::allow_resident_weights` for the life of one evaluation, withdrawn however it
+/// ends (the backend may serve another run next: a baseline, a test).
+struct ResidentAllowance<'a>(&'a dyn Backend);
+
+impl<'a> ResidentAllowance<'a> {
+    fn new(backend: &'a dyn Backend, bytes: u64) -> Self {
+        backend.allow_resident_weights(bytes);
+        ResidentAllowance(backend)
+    }
+
+    fn allow(&self, bytes: u64) {
+        self.0.allow_resident_weights(bytes);
+    }
+}
+
+impl Drop for ResidentAllowance<'_> {
+    fn drop(&mut self) {
+        self.0.allow_resident_weights(0);
+    }
+}
+
 /// Token chunk of one matrix product: up to this many tokens, or more while the chunk's exact
 /// sums stay within `MAX_CHUNK_SUMS_BYTES`.
 pub const MAX_CHUNK: usize = 64;
@@ -110,7 +131,7 @@ pub const MAX_CHUNK_SUMS_BYTES: usize = 32 << 20;
 /// Token chunk for a product with `k` inputs, `n` outputs and `weight_bytes` of weights,
 /// within `budget` bytes: per token the inputs (4k), exact sums (8n) and outputs (4n).
 pub fn chunk_tokens(budget: u64, k: usize, n: usize, weight_bytes: u64) -> Result<usize> {
-    let per_token = (4 * k + 12 * n + 8) as u64;
+    let per_token = per_token_bytes(k, n);
     let free = budget.saturating_sub(weight_bytes);
     if free < per_token {
         return Err(bad_input!(
@@ -123,6 +144,19 @@ pub fn chunk_tokens(budget: u64, k: usize, n: usize, weight_bytes: u64) -> Resul
     // chunks of 64 and 256 tokens run the lm_head equally fast, peak RSS 0.65 vs 0.95 GB).
     let cap = MAX_CHUNK.max(MAX_CHUNK_SUMS_BYTES / (8 * n).max(1));
     Ok(((free / per_token) as usize).clamp(1, cap))
+}
+
+/// Device bytes per token of a product with `k` inputs and `n` outputs: inputs (4k), exact
+/// sums (8n) and outputs (4n).
+fn per_token_bytes(k: usize, n: usize) -> u64 {
+    (4 * k + 12 * n + 8) as u64
+}
+
+/// The least budget `chunk_tokens` accepts for an `n × k` linear at the forward pass's
+/// weight format (`Linear::bytes`: mantissas and one exponent per group): one token.
+pub fn least_call_bytes(k: usize, n: usize) -> u64 {
+    let gpr = k.div_ceil(super::layer::WEIGHT_GROUP as usize);
+    ((n * k + n * gpr) * 4) as u64 + per_token_bytes(k, n)
 }
 
 /// Run the model over `windows` (each a slice of seq_len ids) and score them.
@@ -158,11 +192,17 @@ pub fn evaluate(
             hidden.push(super::embed_rows(backend, name, &emb, dtype, c.vocab_size, c.hidden_size, w, RESIDUAL_BITS)?);
         }
     }
+    // Weights may stay on the device for every window (GPU backends) within what the budget
+    // leaves beyond the least that one product needs; each call's chunk then fits in the
+    // rest, so keeping weights never turns a budget that works into one that does not.
+    let least = |shapes: &[(usize, usize)]| shapes.iter().map(|&(n, k)| least_call_bytes(k, n)).max().unwrap_or(0);
+    let resident = ResidentAllowance::new(backend, opts.max_memory.saturating_sub(least(&Layer::linear_shapes(&c))));
+    let call_budget = || opts.max_memory - backend.resident_weight_bytes();
     let layers = c.num_hidden_layers;
     progress(0, layers + 1);
     for l in 0..layers {
         let layer = Layer::load(backend, src, l)?;
-        let chunk = layer.chunk(opts.max_memory)?;
+        let chunk = layer.chunk(call_budget())?;
         each_window(&mut hidden, backend.concurrent_windows(), |_, h| {
             *h = layer.forward(backend, h, &consts, chunk)?;
             Ok(())
@@ -174,8 +214,9 @@ pub fn evaluate(
     let final_norm = layer::load_norm(backend, src, "model.norm.weight", c.hidden_size)?;
     let head_name = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
     let head_w = layer::load_weight(backend, src, head_name, c.vocab_size, c.hidden_size)?;
+    resident.allow(opts.max_memory.saturating_sub(least(&[(c.vocab_size, c.hidden_size)])));
     let head = layer::Linear::new(backend, head_name.to_string(), head_w, None)?;
-    let chunk = head.chunk(opts.max_memory)?;
+    let chunk = head.chunk(call_budget())?;
     let scored = opts.score.positions(seq_len);
     // With a sink every position's logits are produced (the last one predicts nothing).
     let produced = if logits_sink.is_some() { 0..seq_len } else { scored.clone() };

@@ -114,8 +114,7 @@ fn load_linear(
     backend: &dyn Backend,
     src: &mut dyn Tensors,
     prefix: &str,
-    rows: usize,
-    cols: usize,
+    (rows, cols): (usize, usize),
     biased: bool,
 ) -> Result<Linear> {
     let name = format!("{prefix}.weight");
@@ -180,8 +179,8 @@ pub struct Layer {
 impl Layer {
     pub fn load(backend: &dyn Backend, src: &mut dyn Tensors, l: usize) -> Result<Layer> {
         let c = src.config().clone();
-        let (h, ff) = (c.hidden_size, c.intermediate_size);
-        let (qw, kvw) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        let h = c.hidden_size;
+        let [q, k, v, o, gate, up, down] = Self::linear_shapes(&c);
         let p = format!("model.layers.{l}");
         let a = format!("{p}.self_attn");
         let qk_norm = if c.qk_norm {
@@ -195,15 +194,22 @@ impl Layer {
         Ok(Layer {
             input_norm: load_norm(backend, src, &format!("{p}.input_layernorm.weight"), h)?,
             post_norm: load_norm(backend, src, &format!("{p}.post_attention_layernorm.weight"), h)?,
-            q: load_linear(backend, src, &format!("{a}.q_proj"), qw, h, c.qkv_bias)?,
-            k: load_linear(backend, src, &format!("{a}.k_proj"), kvw, h, c.qkv_bias)?,
-            v: load_linear(backend, src, &format!("{a}.v_proj"), kvw, h, c.qkv_bias)?,
-            o: load_linear(backend, src, &format!("{a}.o_proj"), h, qw, c.o_bias)?,
+            q: load_linear(backend, src, &format!("{a}.q_proj"), q, c.qkv_bias)?,
+            k: load_linear(backend, src, &format!("{a}.k_proj"), k, c.qkv_bias)?,
+            v: load_linear(backend, src, &format!("{a}.v_proj"), v, c.qkv_bias)?,
+            o: load_linear(backend, src, &format!("{a}.o_proj"), o, c.o_bias)?,
             qk_norm,
-            gate: load_linear(backend, src, &format!("{p}.mlp.gate_proj"), ff, h, c.mlp_bias)?,
-            up: load_linear(backend, src, &format!("{p}.mlp.up_proj"), ff, h, c.mlp_bias)?,
-            down: load_linear(backend, src, &format!("{p}.mlp.down_proj"), h, ff, c.mlp_bias)?,
+            gate: load_linear(backend, src, &format!("{p}.mlp.gate_proj"), gate, c.mlp_bias)?,
+            up: load_linear(backend, src, &format!("{p}.mlp.up_proj"), up, c.mlp_bias)?,
+            down: load_linear(backend, src, &format!("{p}.mlp.down_proj"), down, c.mlp_bias)?,
         })
+    }
+
+    /// (rows, cols) of the seven linears: q, k, v, o, gate, up, down.
+    pub fn linear_shapes(c: &ModelConfig) -> [(usize, usize); 7] {
+        let (h, ff) = (c.hidden_size, c.intermediate_size);
+        let (qw, kvw) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        [(qw, h), (kvw, h), (kvw, h), (h, qw), (ff, h), (ff, h), (h, ff)]
     }
 
     /// Token chunk that every linear of the layer can take within `budget` bytes.

@@ -1,5 +1,8 @@
 //! `Backend` for the wgpu device: host slices in, kernels dispatched, host results out.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::{Buf, GpuBackend, words_le};
 use crate::backend::{
     Backend, ExactSums, GroupFixed, IngestParams, KernelError, Prepared, TokenFixed, WideCase, WideResult,
@@ -19,6 +22,15 @@ struct Resident {
     rows: usize,
     cols: usize,
     row_exps: Vec<i32>,
+    /// What this adds to the backend's resident count, given back when dropped.
+    bytes: u64,
+    count: Arc<AtomicU64>,
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl GpuBackend {
@@ -349,9 +361,17 @@ impl Backend for GpuBackend {
     fn prepare_matmul(&self, w: &GroupFixed) -> Result<Prepared, Error> {
         check_matmul_weights(w)?;
         // Kept on the device when the whole matrix fits one binding (every SmolLM2 linear
-        // and its lm_head do): the forward pass multiplies every window, and every lm_head
-        // chunk, by the same weights, which were otherwise uploaded again each time.
+        // and its lm_head do) and the caller's allowance: the forward pass multiplies every
+        // window, and every lm_head chunk, by the same weights, which were otherwise
+        // uploaded again each time.
+        let bytes = ((w.mantissas.len() + w.exponents.len() + w.rows) * 4) as u64;
+        let limit = self.resident_limit.load(Ordering::Relaxed);
         if (w.rows * w.cols * 4) as u64 > self.max_binding() || w.rows * w.cols == 0 {
+            return Ok(Prepared(None));
+        }
+        // Reserve the bytes, or give them back when over the allowance.
+        if self.resident.fetch_add(bytes, Ordering::Relaxed) + bytes > limit {
+            self.resident.fetch_sub(bytes, Ordering::Relaxed);
             return Ok(Prepared(None));
         }
         let re = crate::backend::cpu::linear::row_exps(w);
@@ -362,7 +382,17 @@ impl Backend for GpuBackend {
             rows: w.rows,
             cols: w.cols,
             row_exps: re,
+            bytes,
+            count: self.resident.clone(),
         }))))
+    }
+
+    fn allow_resident_weights(&self, bytes: u64) {
+        self.resident_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    fn resident_weight_bytes(&self) -> u64 {
+        self.resident.load(Ordering::Relaxed)
     }
 
     fn matmul_prepared(&self, x: &TokenFixed, w: &GroupFixed, p: &Prepared) -> Result<ExactSums, Error> {

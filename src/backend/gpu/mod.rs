@@ -134,6 +134,10 @@ pub struct GpuBackend {
     /// Most loop iterations one invocation may run on this driver, where it has a limit.
     loop_limit: Option<u64>,
     profile: Profile,
+    /// Bytes of weights `prepare_matmul` may keep on the device (`allow_resident_weights`),
+    /// and the bytes it keeps now.
+    pub(crate) resident_limit: AtomicU64,
+    pub(crate) resident: Arc<AtomicU64>,
 }
 
 impl Drop for GpuBackend {
@@ -188,6 +192,8 @@ impl GpuBackend {
             error,
             mem: Arc::default(),
             profile: Profile::from_env(),
+            resident_limit: AtomicU64::new(0),
+            resident: Arc::default(),
         })
     }
 
