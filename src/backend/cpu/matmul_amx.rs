@@ -17,7 +17,8 @@
 //!   s = i + j. Each C_s gathers at most two unsigned × unsigned byte products per column
 //!   (|.| <= 255·255) and one with c_2 (|.| <= 2·255), over K <= 8192 columns: |C_s| <=
 //!   8192·(2·65025 + 510) < 2^31. No lane wraps.
-//! - The sum Σ_s C_s·2^(8s) (|.| < 2^17·2^31·8192 < 2^61) is formed in i64.
+//! - The sum Σ_s C_s·2^(8s) (|.| <= 2^17·2^31·8192 = 2^61; the top classes hold only the
+//!   small signed bytes, so every term C_s·2^(8s) stays below 2^62 too) is formed in i64.
 //!
 //! Layout: weights are packed once (`Packed`), per tile of 16 rows and per k-step of 64
 //! columns, byte plane by byte plane, each plane one 1 KiB B tile in AMX's pair-of-four
