@@ -162,19 +162,36 @@ impl Packed {
 fn pack_acts(x: &TokenFixed, ksteps: usize) -> Vec<u8> {
     let k = x.width;
     let per_tile = ksteps * A_PLANES * TILE_BYTES;
+    // Zeros stay where tokens or columns are missing.
     let mut out = vec![0u8; x.tokens.div_ceil(TILE) * per_tile];
     out.par_chunks_mut(per_tile).enumerate().for_each(|(tt, dst)| {
         for lt in 0..TILE.min(x.tokens - tt * TILE) {
             let a = &x.mants[(tt * TILE + lt) * k..][..k];
-            for (c, &v) in a.iter().enumerate() {
-                let at = ((c / KSTEP) * A_PLANES) * TILE_BYTES + lt * KSTEP + c % KSTEP;
-                dst[at] = v as u8;
-                dst[at + TILE_BYTES] = (v >> 8) as u8;
-                dst[at + 2 * TILE_BYTES] = (v >> 16) as u8;
+            // A token's 64 columns of one k-step are contiguous in each plane.
+            for (ks, cols) in a.chunks(KSTEP).enumerate() {
+                let tile = &mut dst[ks * A_PLANES * TILE_BYTES..][..A_PLANES * TILE_BYTES];
+                let (p0, rest) = tile.split_at_mut(TILE_BYTES);
+                let (p1, p2) = rest.split_at_mut(TILE_BYTES);
+                let at = lt * KSTEP..lt * KSTEP + cols.len();
+                split_bytes(cols, &mut p0[at.clone()], &mut p1[at.clone()], &mut p2[at]);
             }
         }
     });
     out
+}
+
+simd_dispatch! {
+    /// The three byte planes of activations (bits 0-7, 8-15, 16-23; the top one read as
+    /// signed by the tiles).
+    fn split_bytes(v: &[i32], b0: &mut [u8], b1: &mut [u8], b2: &mut [u8]) -> () {
+        let n = v.len().min(b0.len()).min(b1.len()).min(b2.len());
+        let (v, b0, b1, b2) = (&v[..n], &mut b0[..n], &mut b1[..n], &mut b2[..n]);
+        for i in 0..n {
+            b0[i] = v[i] as u8;
+            b1[i] = (v[i] >> 8) as u8;
+            b2[i] = (v[i] >> 16) as u8;
+        }
+    }
 }
 
 /// Exact sums `[x.tokens, w.rows]` (row-major), identical to `linear::matmul_rows`.
