@@ -33,7 +33,79 @@ impl Drop for Resident {
     }
 }
 
+/// The NLL kernels' lookup tables on the device.
+struct NllTables {
+    exp: Buf,
+    log2: Buf,
+    recip: Buf,
+}
+
+impl NllTables {
+    fn upload(
+        b: &GpuBackend,
+        ec: &crate::backend::cpu::act::ExpConsts,
+        lc: &crate::backend::cpu::nll::LogConsts,
+    ) -> Self {
+        NllTables {
+            exp: b.upload_words("nll.exp", &ec.table),
+            log2: b.upload_words("nll.log2", &lc.log2_table),
+            recip: b.upload_words("nll.recip", &lc.recip_table),
+        }
+    }
+}
+
 impl GpuBackend {
+    /// renorm_top then renorm over the `x_exps.len()` tokens whose exact sums (`[tokens, n]`
+    /// i64) are in `sb` on the device: the mantissa and exponent buffers, left there.
+    fn renorm_on_device(&self, sb: &Buf, x_exps: &[i32], rb: &Buf, n: usize, bits: u32) -> Result<(Buf, Buf), Error> {
+        let nt = x_exps.len();
+        let chunks = n.div_ceil(RENORM_CHUNK).max(1);
+        let xb = self.upload_i32("renorm.xexp", x_exps);
+        let top = self.upload_i32("renorm.top", &vec![i32::MIN; nt]);
+        let tp = [nt as u32, n as u32, bits, chunks as u32, 0, 0, 0, 0];
+        self.dispatch_split("renorm_top.wgsl", "renorm_top", &tp, 4, &[sb, &xb, rb, &top], nt * chunks)?;
+        let mb = self.zeroed("renorm.mants", (nt * n * 4) as u64);
+        let eb = self.zeroed("renorm.exps", (nt * 4) as u64);
+        let rp = [nt as u32, n as u32, bits, 0];
+        self.dispatch_split("renorm.wgsl", "renorm", &rp, 3, &[sb, &xb, rb, &top, &mb, &eb], nt * n)?;
+        Ok((mb, eb))
+    }
+
+    /// nll_max and nll_sum walk one chunk of the vocabulary (plus the chunk maxima); nll the
+    /// chunks.
+    fn check_nll_loops(&self, v: usize) -> Result<(), Error> {
+        self.check_loops("nll", (NLL_CHUNK + v.div_ceil(NLL_CHUNK).max(1)) as u64)
+    }
+
+    /// Σ NLL of each of `targets.len()` tokens whose logits (`[tokens, v]` mantissas `lb`,
+    /// exponents `eb`) are on the device; only the per-token results come back.
+    #[allow(clippy::too_many_arguments)]
+    fn nll_on_device(
+        &self,
+        lb: &Buf,
+        eb: &Buf,
+        targets: &[u32],
+        v: usize,
+        t: &NllTables,
+        ec: &crate::backend::cpu::act::ExpConsts,
+        lc: &crate::backend::cpu::nll::LogConsts,
+    ) -> Result<Vec<i64>, Error> {
+        let nt = targets.len();
+        let chunks = v.div_ceil(NLL_CHUNK).max(1);
+        let tb = self.upload_words("nll.targets", targets);
+        let cmax = self.zeroed("nll.cmax", (nt * chunks * 4) as u64);
+        let psum = self.zeroed("nll.psum", (nt * chunks * 8) as u64);
+        let pm = [nt as u32, v as u32, chunks as u32, 0];
+        self.dispatch_split("nll_max.wgsl", "nll_max", &pm, 3, &[lb, &cmax], nt * chunks)?;
+        let ps = [nt as u32, v as u32, chunks as u32, ec.log2e_q30, ec.ln2_q30, 0, 0, 0];
+        self.dispatch_split("nll_sum.wgsl", "nll_sum", &ps, 5, &[lb, eb, &cmax, &t.exp, &psum], nt * chunks)?;
+        let params = self.uniform(&[nt as u32, v as u32, chunks as u32, 0, lc.inv_ln2_q30, lc.ln2_q28, 0, 0]);
+        let o = self.zeroed("nll.out", (nt * 8) as u64);
+        self.dispatch("nll.wgsl", "nll", &[&params, lb, eb, &tb, &cmax, &psum, &t.log2, &t.recip, &o], nt as u64)?;
+        let w = words_le(&self.read(&o)?);
+        Ok((0..nt).map(|i| (w[2 * i] as u64 | (w[2 * i + 1] as u64) << 32) as i64).collect())
+    }
+
     /// `matmul` of checked arguments, with `w` already on the device where `resident` is
     /// given (used for every row chunk that is the whole matrix).
     fn matmul_with(&self, x: &TokenFixed, w: &GroupFixed, resident: Option<&Resident>) -> Result<ExactSums, Error> {
@@ -414,22 +486,20 @@ impl Backend for GpuBackend {
         let mut exps = vec![0i32; t];
         let tokens_per_chunk = self.rows_per_chunk(n, 8)?;
         let rb = self.upload_i32("renorm.rexp", &s.row_exps);
-        let chunks = n.div_ceil(RENORM_CHUNK).max(1);
         let mut t0 = 0;
         while t0 < t {
             let t1 = (t0 + tokens_per_chunk).min(t);
-            let words: Vec<u32> =
-                s.sums[t0 * n..t1 * n].iter().flat_map(|&v| [v as u32, (v as u64 >> 32) as u32]).collect();
-            let sb = self.upload_words("renorm.sums", &words);
-            let xb = self.upload_i32("renorm.xexp", &x_exps[t0..t1]);
-            let top = self.upload_i32("renorm.top", &vec![i32::MIN; t1 - t0]);
-            let nt = (t1 - t0) as u32;
-            let tp = [nt, n as u32, bits, chunks as u32, 0, 0, 0, 0];
-            self.dispatch_split("renorm_top.wgsl", "renorm_top", &tp, 4, &[&sb, &xb, &rb, &top], (t1 - t0) * chunks)?;
-            let mb = self.zeroed("renorm.mants", ((t1 - t0) * n * 4) as u64);
-            let eb = self.zeroed("renorm.exps", ((t1 - t0) * 4) as u64);
-            let rp = [nt, n as u32, bits, 0];
-            self.dispatch_split("renorm.wgsl", "renorm", &rp, 3, &[&sb, &xb, &rb, &top, &mb, &eb], (t1 - t0) * n)?;
+            let sb = match super::le_bytes(&s.sums[t0 * n..t1 * n]) {
+                Some(bytes) => self.upload("renorm.sums", bytes),
+                None => self.upload_words(
+                    "renorm.sums",
+                    &s.sums[t0 * n..t1 * n]
+                        .iter()
+                        .flat_map(|&v| [v as u32, (v as u64 >> 32) as u32])
+                        .collect::<Vec<_>>(),
+                ),
+            };
+            let (mb, eb) = self.renorm_on_device(&sb, &x_exps[t0..t1], &rb, n, bits)?;
             for (d, w) in mants[t0 * n..t1 * n].iter_mut().zip(words_le(&self.read(&mb)?)) {
                 *d = w as i32;
             }
@@ -556,36 +626,20 @@ impl Backend for GpuBackend {
         lc: &crate::backend::cpu::nll::LogConsts,
     ) -> Result<Vec<i64>, Error> {
         crate::backend::check_nll_args(l, targets)?;
-        // nll_max and nll_sum walk one chunk (plus the chunk maxima); nll the chunks.
-        let chunks = l.width.div_ceil(NLL_CHUNK).max(1);
-        self.check_loops("nll", (NLL_CHUNK + chunks) as u64)?;
+        self.check_nll_loops(l.width)?;
         let (n, v) = (l.tokens, l.width);
         let mut out = Vec::with_capacity(n);
         if n == 0 {
             return Ok(out);
         }
         let tokens_per_chunk = self.rows_per_chunk(v, 4)?;
-        let et = self.upload_words("nll.exp", &ec.table);
-        let lt = self.upload_words("nll.log2", &lc.log2_table);
-        let rt = self.upload_words("nll.recip", &lc.recip_table);
+        let tables = NllTables::upload(self, ec, lc);
         let mut t0 = 0;
         while t0 < n {
             let t1 = (t0 + tokens_per_chunk).min(n);
-            let nt = t1 - t0;
             let lb = self.upload_i32("nll.logits", &l.mants[t0 * v..t1 * v]);
             let eb = self.upload_i32("nll.lexp", &l.exps[t0..t1]);
-            let tb = self.upload_words("nll.targets", &targets[t0..t1]);
-            let cmax = self.zeroed("nll.cmax", (nt * chunks * 4) as u64);
-            let psum = self.zeroed("nll.psum", (nt * chunks * 8) as u64);
-            let pm = [nt as u32, v as u32, chunks as u32, 0];
-            self.dispatch_split("nll_max.wgsl", "nll_max", &pm, 3, &[&lb, &cmax], nt * chunks)?;
-            let ps = [nt as u32, v as u32, chunks as u32, ec.log2e_q30, ec.ln2_q30, 0, 0, 0];
-            self.dispatch_split("nll_sum.wgsl", "nll_sum", &ps, 5, &[&lb, &eb, &cmax, &et, &psum], nt * chunks)?;
-            let params = self.uniform(&[nt as u32, v as u32, chunks as u32, 0, lc.inv_ln2_q30, lc.ln2_q28, 0, 0]);
-            let o = self.zeroed("nll.out", (nt * 8) as u64);
-            self.dispatch("nll.wgsl", "nll", &[&params, &lb, &eb, &tb, &cmax, &psum, &lt, &rt, &o], nt as u64)?;
-            let w = words_le(&self.read(&o)?);
-            out.extend((0..nt).map(|i| (w[2 * i] as u64 | (w[2 * i + 1] as u64) << 32) as i64));
+            out.extend(self.nll_on_device(&lb, &eb, &targets[t0..t1], v, &tables, ec, lc)?);
             t0 = t1;
         }
         Ok(out)
