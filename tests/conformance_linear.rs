@@ -74,6 +74,39 @@ conformance!(matmul_prepared_same_bits_everywhere, |b| {
     out
 });
 
+// The lm_head's activations straight to NLL (`head_nll`; a GPU keeps the weights, sums and
+// logits on the device when allowed to keep weights) equal matmul, then renorm + nll, on
+// every device, kept or not; logits beyond nll's exponent contract are refused either way.
+conformance!(head_nll_same_bits_everywhere, |b| {
+    use ucw::backend::cpu::act::ExpConsts;
+    use ucw::backend::cpu::nll::LogConsts;
+    let (ec, lc) = (ExpConsts::new(), LogConsts::new());
+    let mut out = Vec::new();
+    for (i, &(t, k, n)) in [(16usize, 300usize, 120usize), (1, 64, 70), (7, 130, 513)].iter().enumerate() {
+        let mut x = activations(t, k, 80 + i as u64);
+        x.exps.iter_mut().for_each(|e| *e = -30 - (*e).rem_euclid(7));
+        let w = weights(n, k, 90 + i as u64);
+        let mut rng = Rng(100 + i as u64);
+        let y: Vec<u32> = (0..t).map(|_| rng.below(n as u64) as u32).collect();
+        let s = b.matmul(&x, &w).unwrap();
+        let want = b.nll(&b.renorm(&s, &x.exps, 24).unwrap(), &y, &ec, &lc).unwrap();
+        for keep in [0, 1u64 << 30] {
+            b.allow_resident_weights(keep);
+            let p = b.prepare_matmul(&w).unwrap();
+            let got = b.head_nll(&x, &w, &p, 24, &y, &ec, &lc);
+            b.allow_resident_weights(0);
+            assert_eq!(got.unwrap(), want, "{t}x{k}x{n}, allowance {keep}: head_nll differs");
+            let mut big = x.clone();
+            big.exps.iter_mut().for_each(|e| *e = 40);
+            assert!(b.head_nll(&big, &w, &p, 24, &y, &ec, &lc).is_err(), "{t}x{k}x{n}: exponents beyond 8 accepted");
+        }
+        for v in want {
+            out.extend(v.to_le_bytes());
+        }
+    }
+    out
+});
+
 conformance!(renorm_same_bits_everywhere, |b| {
     let cpu = CpuBackend::new();
     let mut out = Vec::new();

@@ -314,6 +314,24 @@ pub trait Backend: Send + Sync {
         self.nll(&logits, targets, ec, lc)
     }
 
+    /// `renorm_nll` of the products of `x` with prepared weights (`matmul_prepared`): the
+    /// lm_head's activations straight to each token's NLL, the same values. A GPU keeps
+    /// the sums and logits on the device.
+    #[allow(clippy::too_many_arguments)]
+    fn head_nll(
+        &self,
+        x: &TokenFixed,
+        w: &GroupFixed,
+        p: &Prepared,
+        bits: u32,
+        targets: &[u32],
+        ec: &cpu::act::ExpConsts,
+        lc: &cpu::nll::LogConsts,
+    ) -> Result<Vec<i64>, Error> {
+        let s = self.matmul_prepared(x, w, p)?;
+        self.renorm_nll(&s, &x.exps, bits, targets, ec, lc)
+    }
+
     /// Causal grouped-query attention over one window (q, k, v of the same T tokens at
     /// positions 0..T), outputs `[T, heads·d]` at `bits`; algorithm in
     /// `backend/cpu/attention.rs`.

@@ -230,9 +230,7 @@ pub fn evaluate(
             let xc = slice_tokens(&x, p0, p1);
             let Some(sink) = sink.as_mut() else {
                 // Every produced position is scored: the logits need not be kept.
-                let sums = head.sums(backend, &xc)?;
-                let nll =
-                    backend.renorm_nll(&sums, &xc.exps, LOGIT_BITS, &ids[p0 + 1..p1 + 1], &consts.exp, &consts.log)?;
+                let nll = head.nll(backend, &xc, LOGIT_BITS, &ids[p0 + 1..p1 + 1], &consts.exp, &consts.log)?;
                 sum += nll.iter().sum::<i64>();
                 p0 = p1;
                 continue;

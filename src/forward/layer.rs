@@ -81,6 +81,20 @@ impl Linear {
         b.matmul_prepared(x, &self.w, &self.prepared).map_err(|e| bad_input!("{}: {e}", self.name))
     }
 
+    /// Each token's NLL (Q30) of `targets` under the logits `x · wᵀ` at `bits`
+    /// (`Backend::head_nll`: the lm_head without keeping its logits).
+    pub fn nll(
+        &self,
+        b: &dyn Backend,
+        x: &TokenFixed,
+        bits: u32,
+        targets: &[u32],
+        ec: &ExpConsts,
+        lc: &crate::backend::cpu::nll::LogConsts,
+    ) -> Result<Vec<i64>> {
+        b.head_nll(x, &self.w, &self.prepared, bits, targets, ec, lc).map_err(|e| bad_input!("{}: {e}", self.name))
+    }
+
     /// Token chunk of this linear's products within `budget` bytes (`eval::chunk_tokens`).
     pub fn chunk(&self, budget: u64) -> Result<usize> {
         super::eval::chunk_tokens(budget, self.w.cols, self.w.rows, self.bytes())

@@ -459,6 +459,59 @@ impl Backend for GpuBackend {
         }))))
     }
 
+    fn head_nll(
+        &self,
+        x: &TokenFixed,
+        w: &GroupFixed,
+        p: &Prepared,
+        bits: u32,
+        targets: &[u32],
+        ec: &crate::backend::cpu::act::ExpConsts,
+        lc: &crate::backend::cpu::nll::LogConsts,
+    ) -> Result<Vec<i64>, Error> {
+        let (t, n, k) = (x.tokens, w.rows, w.cols);
+        let fused = match p.0.as_ref().and_then(|b| b.downcast_ref::<Resident>()) {
+            // On the device from end to end when the weights are kept there, every binding
+            // holds the whole chunk (x, the i64 sums, the logits) and the arguments are
+            // inside nll's contract; otherwise the steps one by one, which report errors.
+            Some(r)
+                if r.rows == n
+                    && r.cols == k
+                    && t > 0
+                    && (t * k * 4) as u64 <= self.max_binding()
+                    && (t * n * 8) as u64 <= self.max_binding()
+                    && bits <= 24
+                    && n <= 1 << 20
+                    && targets.len() == t
+                    && targets.iter().all(|&id| (id as usize) < n) =>
+            {
+                Some(r)
+            }
+            _ => None,
+        };
+        let Some(r) = fused else {
+            let s = self.matmul_prepared(x, w, p)?;
+            return self.renorm_nll(&s, &x.exps, bits, targets, ec, lc);
+        };
+        check_matmul_acts(x, w)?;
+        self.check_loops("matmul", (k + w.groups_per_row()) as u64)?;
+        self.check_loops("renorm", RENORM_CHUNK as u64)?;
+        self.check_nll_loops(n)?;
+        let total = t * n;
+        let gpr = w.groups_per_row();
+        let params = self.uniform(&[t as u32, n as u32, k as u32, w.params.group_size, gpr as u32, total as u32, 0, 0]);
+        let xb = self.upload_i32("matmul.x", &x.mants);
+        let sb = self.zeroed("matmul.out", total as u64 * 8);
+        self.dispatch("matmul.wgsl", "matmul", &[&params, &xb, &r.w, &r.we, &r.re, &sb], total as u64)?;
+        let (mb, eb) = self.renorm_on_device(&sb, &x.exps, &r.re, n, bits)?;
+        drop(sb);
+        // nll's contract on exponents (mantissas are within 2^23 at bits <= 24).
+        if words_le(&self.read(&eb)?).iter().any(|&e| e as i32 > 8) {
+            return Err(bad_input!("nll: logits mantissas exceed 2^23 or exponents exceed 8"));
+        }
+        self.nll_on_device(&mb, &eb, targets, n, &NllTables::upload(self, ec, lc), ec, lc)
+    }
+
     fn allow_resident_weights(&self, bytes: u64) {
         self.resident_limit.store(bytes, Ordering::Relaxed);
     }
