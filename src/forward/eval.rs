@@ -197,7 +197,7 @@ pub fn evaluate(
     // rest, so keeping weights never turns a budget that works into one that does not.
     let least = |shapes: &[(usize, usize)]| shapes.iter().map(|&(n, k)| least_call_bytes(k, n)).max().unwrap_or(0);
     let resident = ResidentAllowance::new(backend, opts.max_memory.saturating_sub(least(&Layer::linear_shapes(&c))));
-    let call_budget = || opts.max_memory - backend.resident_weight_bytes();
+    let call_budget = || opts.max_memory.saturating_sub(backend.resident_weight_bytes());
     let layers = c.num_hidden_layers;
     progress(0, layers + 1);
     for l in 0..layers {
