@@ -136,8 +136,8 @@ pub struct GpuBackend {
     profile: Profile,
     /// Bytes of weights `prepare_matmul` may keep on the device (`allow_resident_weights`),
     /// and the bytes it keeps now.
-    pub(crate) resident_limit: AtomicU64,
-    pub(crate) resident: Arc<AtomicU64>,
+    resident_limit: AtomicU64,
+    resident: Arc<AtomicU64>,
 }
 
 impl Drop for GpuBackend {
