@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::matmul_blocks::{add_fixes, blocked_sums};
+use super::matmul_blocks::{add_fixes, blocked_sums, write_tile};
 use crate::backend::{GroupFixed, TokenFixed};
 
 /// Tokens (A tile rows) and weight rows (C tile columns) per tile.
@@ -219,13 +219,7 @@ pub fn matmul_packed(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
                 // SAFETY: as above; `a` and `b` hold `ksteps` k-steps of whole tiles.
                 unsafe { amx::tile(a, b, p.ksteps, planes, &mut c) };
                 combine(&c, A_PLANES + planes - 1, &mut sum);
-                // Tiles cover the rectangle exactly: every (token, row) is written here once.
-                for (lt, dst) in out[lt0..(lt0 + TILE).min(nt)].iter_mut().enumerate() {
-                    let len = TILE.min(nr - lr0);
-                    for (d, &v) in dst[lr0..lr0 + len].iter_mut().zip(&sum[lt * TILE..][..len]) {
-                        d.write(v);
-                    }
-                }
+                write_tile(out, lt0, lr0, TILE, TILE, &sum);
             }
         }
         // SAFETY: pairs with `begin` above.

@@ -42,6 +42,27 @@ pub fn blocked_sums(
     sums
 }
 
+/// Write one tile's sums (`acc[token · row_tile + row]`) into the block `out` at token
+/// `lt0`, row `lr0`, clipped to the block. Tiles cover a block exactly, so every (token,
+/// row) is written once.
+#[inline]
+pub fn write_tile(
+    out: &mut [&mut [MaybeUninit<i64>]],
+    lt0: usize,
+    lr0: usize,
+    tok_tile: usize,
+    row_tile: usize,
+    acc: &[i64],
+) {
+    let (nt, nr) = (out.len(), out[0].len());
+    let len = row_tile.min(nr - lr0);
+    for (lt, dst) in out[lt0..(lt0 + tok_tile).min(nt)].iter_mut().enumerate() {
+        for (d, &v) in dst[lr0..lr0 + len].iter_mut().zip(&acc[lt * row_tile..][..len]) {
+            d.write(v);
+        }
+    }
+}
+
 /// Add a·m·2^shift exactly into the block's sums for each weight listed in `fixes` (sorted
 /// (row, column) pairs of weights stored as 0 because they do not fit i16) whose row lies
 /// in the block starting at token `t0`, row `r0`. `re = linear::row_exps(w)`.

@@ -28,7 +28,7 @@
 
 use rayon::prelude::*;
 
-use super::matmul_blocks::{add_fixes, blocked_sums};
+use super::matmul_blocks::{add_fixes, blocked_sums, write_tile};
 use crate::backend::{GroupFixed, TokenFixed};
 
 /// Bits of an activation's low part a_lo (unsigned).
@@ -235,13 +235,7 @@ fn blocked(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
                 let (wq, sq) = (&wp[q * w_tile..][..w_tile], &shifts[q * s_tile..][..s_tile]);
                 // SAFETY: `blocked` only runs where `available()`.
                 unsafe { avx512::tile(s, a, wq, sq, &mut acc) };
-                // Tiles cover the rectangle exactly: every (token, row) is written here once.
-                for (lt, dst) in out[lt0..(lt0 + TOK_TILE).min(nt)].iter_mut().enumerate() {
-                    let len = ROW_TILE.min(nr - lr0);
-                    for (d, &v) in dst[lr0..lr0 + len].iter_mut().zip(&acc[lt * ROW_TILE..][..len]) {
-                        d.write(v);
-                    }
-                }
+                write_tile(out, lt0, lr0, TOK_TILE, ROW_TILE, &acc);
             }
         }
         // Weights outside i16 (rare): a·m·2^shift, exactly, into the same i64 sums.
