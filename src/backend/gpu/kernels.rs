@@ -55,6 +55,35 @@ impl NllTables {
 }
 
 impl GpuBackend {
+    /// One matmul dispatch: `tokens` activations in `xb` times `rows` rows of `w`'s shape
+    /// (mantissas, group exponents, row exponents in `wbufs`): the `[tokens, rows]` i64 sums,
+    /// left on the device.
+    fn matmul_on_device(
+        &self,
+        xb: &Buf,
+        tokens: usize,
+        w: &GroupFixed,
+        rows: usize,
+        wbufs: [&Buf; 3],
+    ) -> Result<Buf, Error> {
+        let total = tokens * rows;
+        let gpr = w.groups_per_row();
+        let params = self.uniform(&[
+            tokens as u32,
+            rows as u32,
+            w.cols as u32,
+            w.params.group_size,
+            gpr as u32,
+            total as u32,
+            0,
+            0,
+        ]);
+        let ob = self.zeroed("matmul.out", total as u64 * 8);
+        let [wb, we, rb] = wbufs;
+        self.dispatch("matmul.wgsl", "matmul", &[&params, xb, wb, we, rb, &ob], total as u64)?;
+        Ok(ob)
+    }
+
     /// renorm_top then renorm over the `x_exps.len()` tokens whose exact sums (`[tokens, n]`
     /// i64) are in `sb` on the device: the mantissa and exponent buffers, left there.
     fn renorm_on_device(&self, sb: &Buf, x_exps: &[i32], rb: &Buf, n: usize, bits: u32) -> Result<(Buf, Buf), Error> {
@@ -131,29 +160,15 @@ impl GpuBackend {
             let mut o0 = 0;
             while o0 < n {
                 let o1 = (o0 + out_rows).min(n);
-                let total = (t1 - t0) * (o1 - o0);
-                let params = self.uniform(&[
-                    (t1 - t0) as u32,
-                    (o1 - o0) as u32,
-                    k as u32,
-                    w.params.group_size,
-                    gpr as u32,
-                    total as u32,
-                    0,
-                    0,
-                ]);
-                let ob = self.zeroed("matmul.out", total as u64 * 8);
-                match resident {
-                    Some(r) if o0 == 0 && o1 == n => {
-                        self.dispatch("matmul.wgsl", "matmul", &[&params, &xb, &r.w, &r.we, &r.re, &ob], total as u64)?
-                    }
+                let ob = match resident {
+                    Some(r) if o0 == 0 && o1 == n => self.matmul_on_device(&xb, t1 - t0, w, n, [&r.w, &r.we, &r.re])?,
                     _ => {
                         let wb = self.upload_i32("matmul.w", &w.mantissas[o0 * k..o1 * k]);
                         let we = self.upload_i32("matmul.wexp", &w.exponents[o0 * gpr..o1 * gpr]);
                         let rb = self.upload_i32("matmul.rexp", &re[o0..o1]);
-                        self.dispatch("matmul.wgsl", "matmul", &[&params, &xb, &wb, &we, &rb, &ob], total as u64)?
+                        self.matmul_on_device(&xb, t1 - t0, w, o1 - o0, [&wb, &we, &rb])?
                     }
-                }
+                };
                 let words = words_le(&self.read(&ob)?);
                 for lt in 0..t1 - t0 {
                     for lo in 0..o1 - o0 {
@@ -497,12 +512,8 @@ impl Backend for GpuBackend {
         self.check_loops("matmul", (k + w.groups_per_row()) as u64)?;
         self.check_loops("renorm", RENORM_CHUNK as u64)?;
         self.check_nll_loops(n)?;
-        let total = t * n;
-        let gpr = w.groups_per_row();
-        let params = self.uniform(&[t as u32, n as u32, k as u32, w.params.group_size, gpr as u32, total as u32, 0, 0]);
         let xb = self.upload_i32("matmul.x", &x.mants);
-        let sb = self.zeroed("matmul.out", total as u64 * 8);
-        self.dispatch("matmul.wgsl", "matmul", &[&params, &xb, &r.w, &r.we, &r.re, &sb], total as u64)?;
+        let sb = self.matmul_on_device(&xb, t, w, n, [&r.w, &r.we, &r.re])?;
         let (mb, eb) = self.renorm_on_device(&sb, &x.exps, &r.re, n, bits)?;
         drop(sb);
         // nll's contract on exponents (mantissas are within 2^23 at bits <= 24).
