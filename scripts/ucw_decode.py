@@ -26,19 +26,19 @@ the pack cannot be read. A file that cannot be parsed (whether or not it passed 
 size/SHA-256 check) is a mismatch of the tensors it holds (exit 1, FORMAT.md §7).
 With --export the output is written only when the pack verifies (to OUT.partial, then renamed).
 
+Manifest checks (§2, §2.1, §2.2; a violation makes the pack unreadable, exit 2):
+  - codec.parameters holds bits, group_size, out_dtype, rank; bit_alloc ("mixed") only when
+    codec.calibration is not null; target_bpw {"bits", "weights" >= 1} exactly when rank is
+    "auto" or bit_alloc is present; rank "<N>" is ASCII decimal without leading zeros;
+  - each quantized tensor's bits is codec.parameters.bits, or within ±1 of it (and in 2..8)
+    with bit_alloc "mixed"; its rank is in 0..32, at most N when the flag was "<N>". The
+    codes and zero points of each linear are unpacked with that linear's own width (§4);
+  - codec.calibration is null or exactly the §2.2 object (input "text"/"tokens", the matching
+    <input>_sha256, tokenizer_sha256 (null for tokens), windows >= 1, seq_len >= 2, skip >= 0,
+    tokens = windows × seq_len, propagate, statistic "exact-gram"); decoding does not use it.
 Where FORMAT.md is silent this reader assumes (and checks, reporting a mismatch otherwise):
-  - codec.parameters.rank "<N>" is plain ASCII decimal without leading zeros ("0", "4", "32");
-    target_bpw is {"bits": integer >= 0, "weights": integer >= 1}, not necessarily reduced
-    (ucw writes 525/100 for 5.25); codec.parameters.bits is in §4's 2..8 and group_size in
-    §4's 1..4096 (§4 states these ranges for the layer metadata);
-  - a tensor entry's rank is an integer in 0..32 (§4), at most N when the flag was "<N>" (the
-    flag is what the fit may use; it may keep less), and equals its layer metadata's rank
-    (§4 lists bits, shape and out_dtype as agreeing; rank is assumed to agree too);
-  - a linear with rank r > 0 holds exactly its three code tensors plus the four overlay tensors
-    (§4 says "exactly the three tensors", written before the overlay; read as 3 + 4);
   - U and V values of −128 (outside §4's [−127, 127]) are reported as a mismatch, but the
     tensor is still decoded (the int64 bounds below hold for any I8/U16 contents);
-  - codec.calibration may hold any value (only null is specified; decoding does not use it);
   - safetensors header padding is the minimal 0..7 spaces, and no bytes follow the last tensor;
   - padding bits of packed rows must be zero (§4 says "padded with zero bits");
   - a layer-NNNNN file holds tensors named "….layers.<NNNNN as integer>.…";
@@ -46,8 +46,8 @@ Where FORMAT.md is silent this reader assumes (and checks, reporting a mismatch 
     equals the source tensor's digest in source.tensors (§3: "stored exactly as in the source");
   - bits_per_weight.pack.weights counts the elements of the deployed tensors.
 
-Not checked: §6 (informative) says how "auto" picks a common rank from --target-bpw; this
-reader does not recompute that choice, it only checks each tensor's rank is in 0..32.
+Not checked: §6 (informative) says how widths and "auto" ranks are chosen within target_bpw;
+this reader does not recompute those choices, it only checks the ranges above.
 
 Only the Python standard library and numpy (>= 1.24) are used. Memory: one row-chunk of one
 tensor at a time (files are memory-mapped; raw tensors are hashed in slices).
@@ -265,33 +265,46 @@ def load_manifest(pack_dir: str) -> tuple[dict, bytes]:
     )
     _require(codec["name"] == "ucw-q1" and codec["version"] == 1,
              f"unknown codec {codec['name']!r} version {codec['version']!r}")
-    # codec.calibration is specified as null; it does not enter reconstruction (§4), so any
-    # value is tolerated here (see the ambiguity notes in the report of this script's author).
+    # §2.2: null (uncalibrated) or the calibration provenance. Decoding does not use it.
+    calibration = codec["calibration"]
+    if calibration is not None:
+        check_calibration(calibration)
     params = codec["parameters"]
-    # §2: rank is a string, "auto" or a decimal number; target_bpw is present only with "auto".
+    # §2.1: bits, group_size, out_dtype, rank always; bit_alloc ("mixed") only in calibrated
+    # packs; target_bpw exactly when rank is "auto" or bit_alloc is present.
     _require(isinstance(params, dict) and isinstance(params.get("rank"), str), "codec.parameters: no string rank")
     auto = params["rank"] == "auto"
+    mixed = "bit_alloc" in params
     base_keys = {"bits", "group_size", "out_dtype", "rank"}
-    _require(set(params) == (base_keys | {"target_bpw"} if auto else base_keys),
-             "codec.parameters: wrong keys (target_bpw must be present exactly with rank \"auto\")")
-    # §4 ranges (stated for the layer metadata, which must agree): 2 <= b <= 8, 1 <= G <= 4096.
+    want_keys = base_keys | ({"bit_alloc"} if mixed else set()) | ({"target_bpw"} if auto or mixed else set())
+    _require(set(params) == want_keys,
+             f"codec.parameters: keys {sorted(params)} differ from {sorted(want_keys)} (§2.1: target_bpw "
+             "exactly when rank is \"auto\" or bit_alloc is present)")
+    if mixed:
+        _require(params["bit_alloc"] == "mixed", f"codec.parameters.bit_alloc {params['bit_alloc']!r} is not \"mixed\"")
+        _require(calibration is not None, "codec.parameters.bit_alloc is present in an uncalibrated pack (§2.1)")
+    # §2.1 ranges: 2 <= bits <= 8, 1 <= group_size <= 4096.
     _require(_is_int(params["bits"]) and 2 <= params["bits"] <= 8, "codec.parameters.bits out of range")
     _require(_is_int(params["group_size"]) and 1 <= params["group_size"] <= 4096, "bad group_size")
     _require(params["out_dtype"] in ("source", "BF16", "F16", "F32"), "bad out_dtype")
-    if auto:
+    if auto or mixed:
         tb = params["target_bpw"]
-        # "a ratio of integers" {"bits", "weights"}, like bits_per_weight (not required reduced).
+        # §2.1: two integers, weights >= 1, not necessarily reduced (525/100).
         _require(isinstance(tb, dict) and set(tb) == {"bits", "weights"}
                  and _is_int(tb["bits"]) and tb["bits"] >= 0
                  and _is_int(tb["weights"]) and tb["weights"] >= 1,
                  f"codec.parameters.target_bpw is not a ratio of integers: {tb!r}")
-        max_rank = 32  # §4: 0 <= r <= 32
+    if auto:
+        max_rank = 32  # §2.1: with "auto" each rank is in 0..32
     else:
-        # A decimal number, assumed plain ASCII digits without leading zeros.
+        # §2.1: ASCII digits without leading zeros.
         _require(re.fullmatch(r"0|[1-9][0-9]*", params["rank"]) is not None,
                  f"codec.parameters.rank {params['rank']!r} is neither \"auto\" nor a decimal number")
-        # The flag may ask for more than §4's limit of 32; no tensor can carry more than 32.
+        # §2.1: at most N and at most 32.
         max_rank = min(int(params["rank"]), 32)
+    # §2.1: each tensor's width is bits, or (bit_alloc "mixed") bits - 1 .. bits + 1 within 2..8.
+    spread = 1 if mixed else 0
+    widths = {b for b in range(params["bits"] - spread, params["bits"] + spread + 1) if 2 <= b <= 8}
 
     src = m["source"]
     _require(
@@ -325,7 +338,9 @@ def load_manifest(pack_dir: str) -> tuple[dict, bytes]:
             _require(set(t) == {"bits", "dtype", "file", "kind", "name", "rank", "sha256", "shape"},
                      f"tensors: quantized entry with wrong keys: {sorted(t)}")
             _require(t["dtype"] in FLOAT_FORMATS, f"{t['name']!r}: bad dtype {t['dtype']!r}")
-            _require(_is_int(t["bits"]) and t["bits"] == params["bits"], f"{t['name']!r}: bits differ from codec")
+            _require(_is_int(t["bits"]) and t["bits"] in widths,
+                     f"{t['name']!r}: bits {t['bits']!r} not among the widths codec.parameters allows "
+                     f"({sorted(widths)}, §2.1)")
             # §2: the rank the tensor actually got (0 when the fit kept none), §4: 0..32.
             _require(_is_int(t["rank"]) and 0 <= t["rank"] <= max_rank,
                      f"{t['name']!r}: rank {t['rank']!r} outside 0..{max_rank} (codec rank {params['rank']!r})")
@@ -358,6 +373,32 @@ def load_manifest(pack_dir: str) -> tuple[dict, bytes]:
     _require(isinstance(m["weights_digest"], str) and HEX64_RE.fullmatch(m["weights_digest"]) is not None,
              "weights_digest is not a digest")
     return m, raw
+
+
+def check_calibration(cal):
+    """§2.2: the calibration provenance object, exactly its keys and their types."""
+    _require(isinstance(cal, dict), f"codec.calibration is neither null nor an object: {cal!r}")
+    inp = cal.get("input")
+    _require(inp in ("text", "tokens"), f"codec.calibration.input {inp!r} is not \"text\" or \"tokens\"")
+    keys = {"input", f"{inp}_sha256", "tokenizer_sha256", "windows", "seq_len", "skip", "tokens",
+            "propagate", "statistic"}
+    _require(set(cal) == keys, f"codec.calibration: keys {sorted(cal)} differ from {sorted(keys)}")
+
+    def hex64(v):
+        return isinstance(v, str) and HEX64_RE.fullmatch(v) is not None
+
+    _require(hex64(cal[f"{inp}_sha256"]), f"codec.calibration.{inp}_sha256 is not a digest")
+    if inp == "tokens":
+        _require(cal["tokenizer_sha256"] is None, "codec.calibration.tokenizer_sha256 must be null for tokens")
+    else:
+        _require(hex64(cal["tokenizer_sha256"]), "codec.calibration.tokenizer_sha256 is not a digest")
+    _require(_is_int(cal["windows"]) and cal["windows"] >= 1, "codec.calibration.windows must be >= 1")
+    _require(_is_int(cal["seq_len"]) and cal["seq_len"] >= 2, "codec.calibration.seq_len must be >= 2")
+    _require(_is_int(cal["skip"]) and cal["skip"] >= 0, "codec.calibration.skip must be >= 0")
+    _require(_is_int(cal["tokens"]) and cal["tokens"] == cal["windows"] * cal["seq_len"],
+             "codec.calibration.tokens is not windows × seq_len")
+    _require(cal["propagate"] in ("compressed", "teacher"), "codec.calibration.propagate is unknown")
+    _require(cal["statistic"] == "exact-gram", "codec.calibration.statistic is not \"exact-gram\"")
 
 
 # --------------------------------------------------------------------------------------------
