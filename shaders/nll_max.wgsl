@@ -1,14 +1,17 @@
-// First pass of the NLL (see nll.wgsl): the largest logit mantissa of each chunk of CHUNK
-// logits of a token, one invocation per (token, chunk), so no invocation walks a whole
-// vocabulary (Mesa llvmpipe stops an invocation after 65535 loop iterations).
-
-const CHUNK: u32 = 4096u;
+// First pass of the NLL (see nll.wgsl): the largest logit mantissa of each chunk of
+// `p.chunk` logits of a token (4096 unless a test asks for less), one invocation per
+// (token, chunk), so no invocation walks a whole vocabulary (Mesa llvmpipe stops an
+// invocation after 65535 loop iterations).
 
 struct Params {
     tokens: u32,
     vocab: u32,
     chunks: u32,
     offset: u32,
+    chunk: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -22,8 +25,8 @@ fn nll_max(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         return;
     }
     let t = i / p.chunks;
-    let j0 = (i % p.chunks) * CHUNK;
-    let j1 = min(j0 + CHUNK, p.vocab);
+    let j0 = (i % p.chunks) * p.chunk;
+    let j1 = min(j0 + p.chunk, p.vocab);
     var m = logits[t * p.vocab + j0];
     for (var j = j0 + 1u; j < j1; j++) {
         m = max(m, logits[t * p.vocab + j]);

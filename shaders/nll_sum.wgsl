@@ -1,10 +1,8 @@
 // requires: wide.wgsl expq.wgsl
 // Second pass of the NLL (see nll.wgsl): with the token's exact logit maximum (the largest
-// of nll_max.wgsl's chunk maxima), Σ e^-(max − logit) in Q30 over one chunk of CHUNK
-// logits, exactly in 64 bits (< 2^30 · 2^12 per chunk); the chunks' sums are added by
-// nll.wgsl, an integer sum, so the split cannot change a bit.
-
-const CHUNK: u32 = 4096u;
+// of nll_max.wgsl's chunk maxima), Σ e^-(max − logit) in Q30 over one chunk of `p.chunk`
+// logits (<= 4096), exactly in 64 bits (< 2^30 · 2^12 per chunk); the chunks' sums are
+// added by nll.wgsl, an integer sum, so the split cannot change a bit.
 
 struct Params {
     tokens: u32,
@@ -13,7 +11,7 @@ struct Params {
     log2e_q30: u32,
     ln2_q30: u32,
     offset: u32,
-    _pad1: u32,
+    chunk: u32,
     _pad2: u32,
 }
 
@@ -50,8 +48,8 @@ fn nll_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         mmax = max(mmax, cmax[t * p.chunks + c]);
     }
     let e = lexp[t];
-    let j0 = (i % p.chunks) * CHUNK;
-    let j1 = min(j0 + CHUNK, p.vocab);
+    let j0 = (i % p.chunks) * p.chunk;
+    let j1 = min(j0 + p.chunk, p.vocab);
     var s = vec2<u32>(0u, 0u);
     for (var j = j0; j < j1; j++) {
         let x = to_q20(u32(mmax - logits[t * p.vocab + j]), e);

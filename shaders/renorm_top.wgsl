@@ -1,12 +1,10 @@
 // requires: wide.wgsl
 // First half of the rounding after a matmul (see renorm.wgsl): each token's largest top bit
 // xexp[t] + rexp[o] + bitlen(|S[o]|) over its nonzero sums, the exact integer maximum.
-// One invocation per (token, chunk of CHUNK outputs), combined with atomicMax (an integer
-// maximum: order-independent), so no invocation walks a whole vocabulary (Mesa llvmpipe
-// stops an invocation after 65535 loop iterations). `top` starts at i32 min ("no nonzero").
+// One invocation per (token, chunk of `p.chunk` outputs: 1024 unless a test asks for less),
+// combined with atomicMax (an integer maximum: order-independent), so no invocation walks
+// a whole vocabulary (Mesa llvmpipe stops an invocation after 65535 loop iterations). `top` starts at i32 min ("no nonzero").
 // CPU twin: renorm_token in src/backend/cpu/linear.rs.
-
-const CHUNK: u32 = 1024u;
 
 struct Params {
     tokens: u32,
@@ -14,7 +12,7 @@ struct Params {
     bits: u32,
     chunks: u32,
     offset: u32,
-    _pad0: u32,
+    chunk: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -32,8 +30,8 @@ fn renorm_top(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         return;
     }
     let t = i / p.chunks;
-    let o0 = (i % p.chunks) * CHUNK;
-    let o1 = min(o0 + CHUNK, p.n);
+    let o0 = (i % p.chunks) * p.chunk;
+    let o1 = min(o0 + p.chunk, p.n);
     var best = -2147483647i - 1i;
     for (var o = o0; o < o1; o++) {
         let v = vec2<u32>(sums[2u * (t * p.n + o)], sums[2u * (t * p.n + o) + 1u]);

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Rng, i32s_to_bytes};
+use common::Rng;
 use ucw::backend::cpu::CpuBackend;
 use ucw::backend::cpu::act::{ExpConsts, exp_neg_q30, sigmoid_q30};
 use ucw::backend::{Backend, TokenFixed};
@@ -56,13 +56,11 @@ const SHAPES: &[(usize, usize)] = &[(5, 160), (3, 70), (2, 1)];
 
 conformance!(swiglu_same_bits_everywhere, |b| {
     let c = ExpConsts::new();
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (k, &(t, w)) in SHAPES.iter().enumerate() {
         let (g, u) = pair(t, w, 10 + k as u64);
         for bits in [14, 16, 20, 30] {
-            let y = b.swiglu(&g, &u, &c, bits).unwrap();
-            out.extend(i32s_to_bytes(&y.exps));
-            out.extend(i32s_to_bytes(&y.mants));
+            out.tokens(&format!("{t}x{w} bits {bits}"), &b.swiglu(&g, &u, &c, bits).unwrap());
         }
     }
     out

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Rng, i32s_to_bytes};
+use common::Rng;
 use ucw::backend::cpu::CpuBackend;
 use ucw::backend::{Backend, TokenFixed};
 
@@ -26,13 +26,11 @@ fn pair(w: usize, seed: u64) -> (TokenFixed, TokenFixed) {
 }
 
 conformance!(add_same_bits_everywhere, |b| {
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (k, w) in [64usize, 70, 2].into_iter().enumerate() {
         let (x, y) = pair(w, 10 + k as u64);
         for bits in [16, 20, 24, 30] {
-            let s = b.add(&x, &y, bits).unwrap();
-            out.extend(i32s_to_bytes(&s.exps));
-            out.extend(i32s_to_bytes(&s.mants));
+            out.tokens(&format!("width {w} bits {bits}"), &b.add(&x, &y, bits).unwrap());
         }
     }
     out

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Rng, i32s_to_bytes};
+use common::Rng;
 use ucw::backend::cpu::CpuBackend;
 use ucw::backend::cpu::act::ExpConsts;
 use ucw::backend::cpu::attention::AttnShape;
@@ -31,13 +31,14 @@ const CASES: &[(usize, usize, usize, usize)] = &[(20, 4, 2, 16), (9, 2, 2, 32), 
 
 conformance!(attention_same_bits_everywhere, |b| {
     let ec = ExpConsts::new();
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (i, &(t, h, kv, d)) in CASES.iter().enumerate() {
         let (q, k, v, s) = case(t, h, kv, d, 10 + i as u64);
         for bits in [16, 20] {
-            let y = b.attention(&q, &k, &v, &s, &ec, bits).unwrap();
-            out.extend(i32s_to_bytes(&y.exps));
-            out.extend(i32s_to_bytes(&y.mants));
+            out.tokens(
+                &format!("{t} tokens {h}/{kv} heads of {d} bits {bits}"),
+                &b.attention(&q, &k, &v, &s, &ec, bits).unwrap(),
+            );
         }
     }
     out
@@ -80,3 +81,29 @@ fn attention_twin_is_within_its_bound_of_f64() {
     }
     println!("largest error relative to max|v|: {worst:.2e}");
 }
+
+// Attention over several key chunks: 221 tokens cross the 64-key chunk boundaries at 64,
+// 128 and 192 as opened; 5-key chunks cross many, with the grid split; and a binding that
+// holds only 4 chunks' partial sums makes the host widen the chunks to 56 keys (boundaries
+// 56, 112, 168).
+const ATTN_KNOBS: &[common::Knob] = &[
+    common::AS_OPENED,
+    ("5 keys per chunk, grid 2", |g| {
+        g.with_chunk_sizes(ucw::backend::gpu::ChunkSizes { nll: 4096, renorm: 1024, attn_keys: 5 })
+            .with_work_limits(u64::MAX, 2)
+    }),
+    ("binding of 4 chunks' partial sums", |g| {
+        g.with_chunk_sizes(ucw::backend::gpu::ChunkSizes { nll: 4096, renorm: 1024, attn_keys: 5 })
+            .with_work_limits(4 * 221 * 64 * 8 + 8, 65535)
+    }),
+];
+
+conformance_with_knobs!(attention_over_key_chunks_same_bits_everywhere, ATTN_KNOBS, |b| {
+    let ec = ExpConsts::new();
+    let mut out = common::Outputs::new();
+    for (i, &(t, h, kv, d)) in [(221usize, 4usize, 2usize, 16usize), (40, 2, 1, 8)].iter().enumerate() {
+        let (q, k, v, s) = case(t, h, kv, d, 60 + i as u64);
+        out.tokens(&format!("{t} tokens {h}/{kv} heads of {d}"), &b.attention(&q, &k, &v, &s, &ec, 20).unwrap());
+    }
+    out
+});

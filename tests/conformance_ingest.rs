@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{Rng, i32s_to_bytes};
+use common::Rng;
 use ucw::backend::cpu::CpuBackend;
-use ucw::backend::{Backend, GroupFixed, IngestParams, KernelError};
+use ucw::backend::{Backend, IngestParams, KernelError};
 use ucw::dtype::{DType, Decoded};
 
 const DTYPES: [DType; 3] = [DType::BF16, DType::F16, DType::F32];
@@ -90,20 +90,16 @@ const PARAMS: &[IngestParams] = &[
     IngestParams { group_size: 32, mantissa_bits: 30 },
 ];
 
-fn encode(g: &GroupFixed) -> Vec<u8> {
-    let mut v = i32s_to_bytes(&g.exponents);
-    v.extend(i32s_to_bytes(&g.mantissas));
-    v
-}
-
 conformance!(ingest_same_bits_everywhere, |b| {
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (dtype, rows, cols, bits) in inputs() {
         let bytes = bits_to_bytes(dtype, &bits);
         for &p in PARAMS {
             let g =
                 b.ingest(&bytes, dtype, rows, cols, p).unwrap_or_else(|e| panic!("{dtype} {rows}x{cols} {p:?}: {e:?}"));
-            out.extend(encode(&g));
+            let case = format!("{dtype} {rows}x{cols} group {} bits {}", p.group_size, p.mantissa_bits);
+            out.add(format!("{case} exponents"), &g.exponents);
+            out.add(format!("{case} mantissas"), &g.mantissas);
         }
     }
     out

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Rng, i32s_to_bytes};
+use common::Rng;
 use ucw::backend::cpu::CpuBackend;
 use ucw::backend::{Backend, ExactSums, GroupFixed, IngestParams, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents};
 use ucw::dtype::DType;
@@ -40,18 +40,17 @@ fn weights(rows: usize, cols: usize, seed: u64) -> GroupFixed {
 
 const SHAPES: &[(usize, usize, usize)] = &[(16, 300, 120), (3, 64, 7), (5, 1, 3), (9, 1536, 4)];
 
-fn sums_bytes(s: &ExactSums) -> Vec<u8> {
-    let mut v: Vec<u8> = s.sums.iter().flat_map(|x| x.to_le_bytes()).collect();
-    v.extend(i32s_to_bytes(&s.row_exps));
-    v
+fn add_sums(out: &mut common::Outputs, case: &str, s: &ExactSums) {
+    out.add(format!("{case} sums"), &s.sums);
+    out.add(format!("{case} row_exps"), &s.row_exps);
 }
 
 conformance!(matmul_same_bits_everywhere, |b| {
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (i, &(t, k, n)) in SHAPES.iter().enumerate() {
         let x = activations(t, k, 10 + i as u64);
         let w = weights(n, k, 20 + i as u64);
-        out.extend(sums_bytes(&b.matmul(&x, &w).unwrap()));
+        add_sums(&mut out, &format!("{t}x{k}x{n}"), &b.matmul(&x, &w).unwrap());
     }
     out
 });
@@ -60,7 +59,7 @@ conformance!(matmul_same_bits_everywhere, |b| {
 // every device: including a weight of +2^15 (outside i16: the CPU packs it as a correction),
 // one token (the reference loop), and a product repeated on one preparation.
 conformance!(matmul_prepared_same_bits_everywhere, |b| {
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (i, &(t, k, n)) in SHAPES.iter().chain(&[(1, 300, 120)]).enumerate() {
         let x = activations(t, k, 10 + i as u64);
         let mut w = weights(n, k, 20 + i as u64);
@@ -69,7 +68,7 @@ conformance!(matmul_prepared_same_bits_everywhere, |b| {
         let first = b.matmul_prepared(&x, &w, &p).unwrap();
         assert_eq!(first, b.matmul(&x, &w).unwrap(), "shape {t}x{k}x{n}: prepared differs from matmul");
         assert_eq!(first, b.matmul_prepared(&x, &w, &p).unwrap(), "shape {t}x{k}x{n}: second use differs");
-        out.extend(sums_bytes(&first));
+        add_sums(&mut out, &format!("{t}x{k}x{n}"), &first);
     }
     out
 });
@@ -81,7 +80,7 @@ conformance!(head_nll_same_bits_everywhere, |b| {
     use ucw::backend::cpu::act::ExpConsts;
     use ucw::backend::cpu::nll::LogConsts;
     let (ec, lc) = (ExpConsts::new(), LogConsts::new());
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (i, &(t, k, n)) in [(16usize, 300usize, 120usize), (1, 64, 70), (7, 130, 513)].iter().enumerate() {
         let mut x = activations(t, k, 80 + i as u64);
         x.exps.iter_mut().for_each(|e| *e = -30 - (*e).rem_euclid(7));
@@ -100,23 +99,19 @@ conformance!(head_nll_same_bits_everywhere, |b| {
             big.exps.iter_mut().for_each(|e| *e = 40);
             assert!(b.head_nll(&big, &w, &p, 24, &y, &ec, &lc).is_err(), "{t}x{k}x{n}: exponents beyond 8 accepted");
         }
-        for v in want {
-            out.extend(v.to_le_bytes());
-        }
+        out.add(format!("{t}x{k}x{n} nll"), &want);
     }
     out
 });
 
 conformance!(renorm_same_bits_everywhere, |b| {
     let cpu = CpuBackend::new();
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (i, &(t, k, n)) in SHAPES.iter().enumerate() {
         let x = activations(t, k, 30 + i as u64);
         let s = cpu.matmul(&x, &weights(n, k, 40 + i as u64)).unwrap();
         for bits in [2, 16, 18, 20, 30] {
-            let y = b.renorm(&s, &x.exps, bits).unwrap();
-            out.extend(i32s_to_bytes(&y.exps));
-            out.extend(i32s_to_bytes(&y.mants));
+            out.tokens(&format!("{t}x{k}x{n} bits {bits}"), &b.renorm(&s, &x.exps, bits).unwrap());
         }
     }
     out
@@ -241,3 +236,44 @@ fn matmul_rejects_inputs_outside_its_bounds() {
         assert!(d.backend.matmul(&activations(2, 65, 5), &w).is_err(), "{}", d.label);
     }
 }
+
+// head_nll's splits: the fused path with many NLL and renorm_top chunks; weights kept on
+// the device but the chunk's sums beyond one binding (the steps one by one); weights beyond
+// one binding (uploaded per call). (No grid knob: the matmul's dispatch is bounded by its
+// binding, not split over the grid, so a grid of 1 or 2 workgroups refuses it.)
+const HEAD_KNOBS: &[common::Knob] = &[
+    common::AS_OPENED,
+    // 300 outputs: nll chunks of 73 (boundaries 73, 146, 219, 292), renorm_top chunks of 97
+    // (97, 194, 291).
+    ("nll chunk 73, renorm chunk 97", |g| {
+        g.with_chunk_sizes(ucw::backend::gpu::ChunkSizes { nll: 73, renorm: 97, attn_keys: 64 })
+    }),
+    // The 76,800 bytes of weights (300 x 64 i32) fit and are kept; 100 tokens' i64 sums
+    // (240,000 bytes) do not, so the steps run one by one: the matmul in row slices of 96
+    // (boundaries 96, 192, 288), renorm in chunks of 32 tokens (32, 64, 96), nll of 64.
+    ("binding of the weights, not the sums", |g| g.with_work_limits(300 * 64 * 4, 65535)),
+    // 3 tokens of 300 i64 sums per binding: weights uploaded per call, the matmul over 4
+    // chunks of 28 tokens, renorm in chunks of 3 tokens, nll of 6.
+    ("binding of 3 tokens of sums", |g| g.with_work_limits(3 * 300 * 8 + 8, 65535)),
+];
+
+conformance_with_knobs!(head_nll_split_same_bits_everywhere, HEAD_KNOBS, |b| {
+    use ucw::backend::cpu::act::ExpConsts;
+    use ucw::backend::cpu::nll::LogConsts;
+    let (ec, lc) = (ExpConsts::new(), LogConsts::new());
+    let mut out = common::Outputs::new();
+    for (i, &(t, k, n)) in [(100usize, 64usize, 300usize), (3, 64, 70)].iter().enumerate() {
+        let mut x = activations(t, k, 180 + i as u64);
+        x.exps.iter_mut().for_each(|e| *e = -30 - (*e).rem_euclid(7));
+        let w = weights(n, k, 190 + i as u64);
+        let mut rng = Rng(200 + i as u64);
+        let y: Vec<u32> = (0..t).map(|_| rng.below(n as u64) as u32).collect();
+        b.allow_resident_weights(1 << 30);
+        let p = b.prepare_matmul(&w).unwrap();
+        let got = b.head_nll(&x, &w, &p, 24, &y, &ec, &lc).unwrap();
+        drop(p);
+        b.allow_resident_weights(0);
+        out.add(format!("{t}x{k}x{n} head_nll"), &got);
+    }
+    out
+});

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Rng, i32s_to_bytes};
+use common::Rng;
 use ucw::backend::cpu::CpuBackend;
 use ucw::backend::cpu::norm::RmsConsts;
 use ucw::backend::{Backend, GroupFixed, IngestParams, TokenFixed};
@@ -44,15 +44,13 @@ fn gamma(w: usize, seed: u64) -> GroupFixed {
 const CASES: &[(usize, usize, f64)] = &[(6, 64, 1e-6), (4, 576, 1e-5), (3, 70, 1e-6), (2, 1, 1e-6)];
 
 conformance!(rmsnorm_same_bits_everywhere, |b| {
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (k, &(t, w, eps)) in CASES.iter().enumerate() {
         let x = tokens(t.max(2), w, 10 + k as u64);
         let c = RmsConsts::new(w, eps);
         let g = gamma(w, 20 + k as u64);
         for bits in [16, 18, 20, 30] {
-            let y = b.rms_norm(&x, &g, &c, bits).unwrap();
-            out.extend(i32s_to_bytes(&y.exps));
-            out.extend(i32s_to_bytes(&y.mants));
+            out.tokens(&format!("{t}x{w} eps {eps} bits {bits}"), &b.rms_norm(&x, &g, &c, bits).unwrap());
         }
     }
     out

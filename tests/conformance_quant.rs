@@ -51,16 +51,8 @@ const PARAMS: &[QuantParams] = &[
     QuantParams { bits: 4, group_size: 1 },
 ];
 
-fn serialize(q: &QuantTensor) -> Vec<u8> {
-    let mut v = q.base_exp.to_le_bytes().to_vec();
-    v.extend(&q.codes);
-    v.extend(&q.scales);
-    v.extend(&q.zeros);
-    v
-}
-
 conformance!(quantize_same_bits_everywhere, |b| {
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (k, &(rows, cols)) in SHAPES.iter().enumerate() {
         for dtype in [DType::BF16, DType::F16, DType::F32] {
             let (src, _) = weights(dtype, rows, cols, 11 + k as u64);
@@ -69,7 +61,11 @@ conformance!(quantize_same_bits_everywhere, |b| {
             for &p in PARAMS {
                 for h in [None, Some(&imp[..])] {
                     let q = quantize_tensor(b, "t", &src, dtype, rows, cols, p, h).unwrap();
-                    out.extend(serialize(&q));
+                    let case = format!("{dtype} {rows}x{cols} {p:?} importance {}", h.is_some());
+                    out.add(format!("{case} base_exp"), &[q.base_exp]);
+                    out.add(format!("{case} codes"), &q.codes);
+                    out.add(format!("{case} scales"), &q.scales);
+                    out.add(format!("{case} zeros"), &q.zeros);
                 }
             }
         }
@@ -79,18 +75,18 @@ conformance!(quantize_same_bits_everywhere, |b| {
 
 conformance!(dequantize_same_bits_everywhere, |b| {
     let cpu = CpuBackend::new();
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (k, &(rows, cols)) in SHAPES.iter().enumerate() {
         let (src, _) = weights(DType::BF16, rows, cols, 21 + k as u64);
         for &p in PARAMS {
             let mut q = quantize_tensor(&cpu, "t", &src, DType::BF16, rows, cols, p, None).unwrap();
             for dtype in [DType::BF16, DType::F16, DType::F32] {
-                out.extend(b.dequantize(&q, dtype).unwrap());
+                out.add(format!("{rows}x{cols} {p:?} to {dtype}"), &b.dequantize(&q, dtype).unwrap());
             }
             // Tiny outputs: subnormals and flushes to zero in every format.
             q.base_exp = -150;
             for dtype in [DType::BF16, DType::F16, DType::F32] {
-                out.extend(b.dequantize(&q, dtype).unwrap());
+                out.add(format!("{rows}x{cols} {p:?} base_exp -150 to {dtype}"), &b.dequantize(&q, dtype).unwrap());
             }
         }
     }
@@ -247,17 +243,17 @@ fn with_overlay(rows: usize, cols: usize, rank: usize, seed: u64) -> QuantTensor
 }
 
 conformance!(dequantize_with_overlay_same_bits_everywhere, |b| {
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (k, &(rows, cols, rank)) in [(24usize, 160usize, 4usize), (5, 70, 1), (40, 33, 32)].iter().enumerate() {
         let mut q = with_overlay(rows, cols, rank, 100 + k as u64);
         for dtype in [DType::BF16, DType::F16, DType::F32] {
-            out.extend(b.dequantize(&q, dtype).unwrap());
+            out.add(format!("{rows}x{cols} rank {rank} to {dtype}"), &b.dequantize(&q, dtype).unwrap());
         }
         // Both ends of the exponent window (overlay far below and above the groups' steps).
         for shift in [-34, 11] {
             let o = q.overlay.as_mut().unwrap();
             o.exp = q.base_exp + shift;
-            out.extend(b.dequantize(&q, DType::F32).unwrap());
+            out.add(format!("{rows}x{cols} rank {rank} overlay shift {shift}"), &b.dequantize(&q, DType::F32).unwrap());
         }
     }
     out

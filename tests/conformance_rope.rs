@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Rng, i32s_to_bytes};
+use common::Rng;
 use ucw::backend::cpu::CpuBackend;
 use ucw::backend::cpu::rope::RopeTables;
 use ucw::backend::{Backend, TokenFixed};
@@ -23,14 +23,12 @@ fn tokens(n: usize, w: usize, seed: u64) -> (TokenFixed, Vec<u32>) {
 const CASES: &[(usize, usize, usize, f64)] = &[(5, 64, 16, 1e4), (4, 128, 32, 1e6), (3, 64, 64, 1e5)];
 
 conformance!(rope_same_bits_everywhere, |b| {
-    let mut out = Vec::new();
+    let mut out = common::Outputs::new();
     for (k, &(n, w, d, theta)) in CASES.iter().enumerate() {
         let (x, pos) = tokens(n, w, 10 + k as u64);
         let t = RopeTables::new(d, 256, theta);
         for bits in [12, 16, 20] {
-            let y = b.rope(&x, &pos, &t, bits).unwrap();
-            out.extend(i32s_to_bytes(&y.exps));
-            out.extend(i32s_to_bytes(&y.mants));
+            out.tokens(&format!("{n}x{w} head {d} theta {theta} bits {bits}"), &b.rope(&x, &pos, &t, bits).unwrap());
         }
     }
     out

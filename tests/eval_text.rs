@@ -1,6 +1,8 @@
 //! Evaluation text: the Rust tokenizer gives the ids the fixture generator got from
 //! Python `tokenizers` and transformers' AutoTokenizer, and bad inputs are clear errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use ucw::forward::text::{Windows, choose_windows, read_token_file, tokenize_file};
@@ -76,8 +78,8 @@ fn missing_tokenizer_suggests_token_files() {
 /// eval text has the 123,587 SmolLM2 tokens that script's README states.
 #[test]
 fn real_eval_text_token_count() {
-    let Ok(data) = std::env::var("UCW_DATA") else {
-        eprintln!("skipped: UCW_DATA not set");
+    let Some(data) = common::opt_in("real_eval_text_token_count", "UCW_DATA", "the folder get-real-data.sh fills")
+    else {
         return;
     };
     let data = Path::new(&data);
@@ -90,11 +92,10 @@ fn real_eval_text_token_count() {
 /// of each row's largest value).
 #[test]
 fn embedding_lookup_is_exact_and_device_independent() {
-    use ucw::backend::device::Devices;
     let model = ucw::model::Model::open(&fixtures().join("llama-bf16")).unwrap();
     let ids: Vec<u32> = vec![0, 5, 511, 5, 300];
-    let devices = Devices::discover();
-    let cpu = devices.open(0).unwrap();
+    let devices = common::devices();
+    let cpu = &devices[0].backend;
     let x = ucw::forward::embed(cpu.as_ref(), &model, &ids, 20).unwrap();
     let e = model.tensor("model.embed_tokens.weight");
     for (t, &id) in ids.iter().enumerate() {
@@ -108,9 +109,8 @@ fn embedding_lookup_is_exact_and_device_independent() {
             }
         }
     }
-    for i in 1..devices.infos.len() {
-        let b = devices.open(i).unwrap();
-        assert_eq!(ucw::forward::embed(b.as_ref(), &model, &ids, 20).unwrap(), x, "{}", devices.infos[i].api);
+    for d in &devices[1..] {
+        assert_eq!(ucw::forward::embed(d.backend.as_ref(), &model, &ids, 20).unwrap(), x, "{}", d.label);
     }
     assert!(
         ucw::forward::embed(cpu.as_ref(), &model, &[512], 20)

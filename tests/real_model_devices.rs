@@ -74,8 +74,11 @@ fn run_steps(b: &dyn Backend, dir: &std::path::Path, out: &mut Steps) -> ucw::er
 
 #[test]
 fn real_model_layer_steps_agree_on_every_device() {
-    let Ok(dir) = std::env::var("UCW_REAL_MODEL") else {
-        eprintln!("skipped: set UCW_REAL_MODEL to a SmolLM2-135M directory from get-real-data.sh");
+    let Some(dir) = common::opt_in(
+        "real_model_layer_steps_agree_on_every_device",
+        "UCW_REAL_MODEL",
+        "a SmolLM2-135M directory from get-real-data.sh",
+    ) else {
         return;
     };
     let dir = std::path::PathBuf::from(dir);

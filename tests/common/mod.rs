@@ -3,19 +3,23 @@
 //! test-backend-ops).
 //!
 //! UCW_TEST_DEVICES=cpu,vulkan,gl restricts the devices by API; default: all present.
-//! UCW_REQUIRE_DEVICES=cpu,vulkan,gl fails the test when a named API is absent, so CI can
-//! never quietly compare the CPU with itself.
+//! UCW_REQUIRE_DEVICES=cpu,vulkan,gl fails the test unless each named API is among the
+//! devices actually compared: absent, refused by the adapter probe, or filtered out by
+//! UCW_TEST_DEVICES, it is a failure (CI can never quietly compare the CPU with itself).
+//! UCW_REQUIRE_REAL_DATA=1 turns the opt-in real-model tests' skip into a failure.
 #![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
 
 use ucw::backend::Backend;
-use ucw::backend::device::Devices;
+use ucw::backend::device::{DeviceInfo, Devices, Skipped};
 use ucw::backend::gpu::GpuBackend;
 
 pub struct TestDevice {
     /// "cpu", "vulkan", "gl", ... plus the adapter index when an API has several.
     pub label: String,
+    /// The device's index in `ucw devices` order (what `--device N` takes).
+    pub index: usize,
     pub backend: Arc<dyn Backend>,
 }
 
@@ -31,25 +35,44 @@ fn discovered() -> &'static Devices {
     D.get_or_init(Devices::discover)
 }
 
-/// Indices (in `ucw devices` order) of the devices under test, after the env filters.
-fn selected_indices() -> Vec<usize> {
-    let devices = discovered();
-    let wanted = env_list("UCW_TEST_DEVICES");
-    if let Some(required) = env_list("UCW_REQUIRE_DEVICES") {
-        for api in &required {
-            assert!(
-                devices.infos.iter().any(|d| &d.api == api),
-                "UCW_REQUIRE_DEVICES names {api}, which is not present here (present: {})",
-                devices.summary()
-            );
+/// Which devices a test compares: the CPU always, then every device whose API `wanted`
+/// names (all when `None`). Every API `required` names must be among the result, whatever
+/// removed it: absent here, refused by the probe (`skipped`), or filtered out by `wanted`.
+/// Pure, so the rule itself is tested without adapters (tests/harness.rs).
+pub fn select_devices(
+    infos: &[DeviceInfo],
+    skipped: &[Skipped],
+    wanted: Option<&[String]>,
+    required: Option<&[String]>,
+) -> Result<Vec<usize>, String> {
+    let chosen: Vec<usize> =
+        infos.iter().filter(|d| d.index == 0 || wanted.is_none_or(|w| w.contains(&d.api))).map(|d| d.index).collect();
+    for api in required.unwrap_or_default() {
+        if chosen.iter().any(|&i| &infos[i].api == api) {
+            continue;
         }
+        let why = if infos.iter().any(|d| &d.api == api) {
+            format!("UCW_TEST_DEVICES={} filters it out", wanted.unwrap_or_default().join(","))
+        } else if let Some(s) = skipped.iter().find(|s| &s.api == api) {
+            format!("the adapter probe refused {} ({}): {}", s.name, s.api, s.reason)
+        } else {
+            "it is not present here".to_string()
+        };
+        let present: Vec<String> = infos.iter().map(|d| format!("{} {}", d.index, d.api)).collect();
+        return Err(format!(
+            "UCW_REQUIRE_DEVICES names {api}, which would not be compared: {why} (present: {})",
+            present.join(", ")
+        ));
     }
-    devices
-        .infos
-        .iter()
-        .filter(|d| d.index == 0 || wanted.as_ref().is_none_or(|w| w.contains(&d.api)))
-        .map(|d| d.index)
-        .collect()
+    Ok(chosen)
+}
+
+/// Indices (in `ucw devices` order) of the devices under test; panics when a required
+/// device would not be compared.
+pub fn selected_indices() -> Vec<usize> {
+    let d = discovered();
+    let (wanted, required) = (env_list("UCW_TEST_DEVICES"), env_list("UCW_REQUIRE_DEVICES"));
+    select_devices(&d.infos, &d.skipped, wanted.as_deref(), required.as_deref()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The CPU twin first, then every selected adapter. Opened once per test binary.
@@ -64,7 +87,7 @@ pub fn devices() -> &'static [TestDevice] {
                 let backend: Arc<dyn Backend> = Arc::from(
                     devices.open(i).unwrap_or_else(|e| panic!("cannot open device {i} ({}): {e}", info.name)),
                 );
-                TestDevice { label: format!("{}#{}", info.api, i), backend }
+                TestDevice { label: format!("{}#{}", info.api, i), index: i, backend }
             })
             .collect()
     })
@@ -80,32 +103,193 @@ pub fn gpu_backends() -> Vec<(String, GpuBackend)> {
         .collect()
 }
 
-/// Where two byte strings first differ, for a readable failure.
-pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
-    if a.len() != b.len() {
-        return Some(a.len().min(b.len()));
+/// An opt-in test's input named by `var` (a path to real data): `None`, with a line saying
+/// that the test was skipped and why, when it is unset; a failure instead when
+/// UCW_REQUIRE_REAL_DATA is set, so a run that promised real data cannot skip it quietly.
+pub fn opt_in(test: &str, var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var("UCW_REQUIRE_REAL_DATA").is_err(),
+                "{test}: UCW_REQUIRE_REAL_DATA is set but {var} is not ({what})"
+            );
+            eprintln!("SKIPPED {test}: {var} is not set ({what})");
+            None
+        }
     }
-    a.iter().zip(b).position(|(x, y)| x != y)
 }
 
-/// Run `body` on every device; the CPU twin's bytes are the reference.
-pub fn assert_same_bits(test: &str, body: impl Fn(&dyn Backend) -> Vec<u8>) {
+/// An element type a conformance case can report: its name and its bits as little-endian
+/// bytes (what is compared), and how to print one element.
+pub trait Elem: Copy + std::fmt::Display + std::fmt::LowerHex {
+    const NAME: &'static str;
+    const SIZE: usize;
+    fn put(self, out: &mut Vec<u8>);
+    fn get(b: &[u8]) -> Self;
+}
+
+macro_rules! elem {
+    ($($t:ty),*) => {$(
+        impl Elem for $t {
+            const NAME: &'static str = stringify!($t);
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend(self.to_le_bytes());
+            }
+            fn get(b: &[u8]) -> Self {
+                <$t>::from_le_bytes(b.try_into().unwrap())
+            }
+        }
+    )*};
+}
+elem!(u8, u16, i32, u32, i64, u64);
+
+/// One named case of a conformance body: its raw bits and how to print an element.
+pub struct Case {
+    pub name: String,
+    pub elem: &'static str,
+    pub size: usize,
+    pub bytes: Vec<u8>,
+    show: fn(&[u8]) -> String,
+}
+
+/// What a conformance body returns on one device: named cases in a fixed order. Only the
+/// bytes are compared; names and element types make a failure readable.
+#[derive(Default)]
+pub struct Outputs {
+    pub cases: Vec<Case>,
+}
+
+impl Outputs {
+    pub fn new() -> Outputs {
+        Outputs::default()
+    }
+
+    /// Append `values` to case `name` (created at the end the first time it is named).
+    pub fn add<T: Elem>(&mut self, name: impl Into<String>, values: &[T]) {
+        let name = name.into();
+        let i = match self.cases.iter().position(|c| c.name == name) {
+            Some(i) => i,
+            None => {
+                let show = |b: &[u8]| {
+                    let v = T::get(b);
+                    format!("{v} ({v:#x})")
+                };
+                self.cases.push(Case { name, elem: T::NAME, size: T::SIZE, bytes: Vec::new(), show });
+                self.cases.len() - 1
+            }
+        };
+        assert_eq!(self.cases[i].elem, T::NAME, "case {} mixes element types", self.cases[i].name);
+        for &v in values {
+            v.put(&mut self.cases[i].bytes);
+        }
+    }
+
+    /// A token-major result as two cases, "`name` exps" and "`name` mants".
+    pub fn tokens(&mut self, name: &str, y: &ucw::backend::TokenFixed) {
+        self.add(format!("{name} exps"), &y.exps);
+        self.add(format!("{name} mants"), &y.mants);
+    }
+
+    pub fn total_bytes(&self) -> usize {
+        self.cases.iter().map(|c| c.bytes.len()).sum()
+    }
+}
+
+/// Compare a device's outputs with the reference's, case by case: `Err` names the test,
+/// the case, the device, the first differing element with both values, and how many differ.
+pub fn compare_outputs(test: &str, reference: &Outputs, label: &str, got: &Outputs) -> Result<(), String> {
+    let names = |o: &Outputs| o.cases.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    if names(reference) != names(got) {
+        return Err(format!("{test}: {label} returned cases {:?}, the CPU twin {:?}", names(got), names(reference)));
+    }
+    for (r, g) in reference.cases.iter().zip(&got.cases) {
+        if r.bytes.len() != g.bytes.len() {
+            return Err(format!(
+                "{test}, case {}: {label} returned {} {} elements, the CPU twin {}",
+                r.name,
+                g.bytes.len() / g.size,
+                g.elem,
+                r.bytes.len() / r.size
+            ));
+        }
+        let rs: Vec<&[u8]> = r.bytes.chunks_exact(r.size).collect();
+        let gs: Vec<&[u8]> = g.bytes.chunks_exact(g.size).collect();
+        let differ: Vec<usize> = (0..rs.len()).filter(|&i| rs[i] != gs[i]).collect();
+        if let Some(&i) = differ.first() {
+            return Err(format!(
+                "{test}, case {}: {label} differs from the CPU twin at element {i} of {} ({}): cpu {}, {label} {} ({} elements differ)",
+                r.name,
+                rs.len(),
+                r.elem,
+                (r.show)(rs[i]),
+                (g.show)(gs[i]),
+                differ.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Run `body` on every device under test; the CPU twin's outputs are the reference.
+pub fn assert_same_bits(test: &str, body: impl Fn(&dyn Backend) -> Outputs) {
+    let devs: Vec<(&str, &dyn Backend)> = devices().iter().map(|d| (d.label.as_str(), d.backend.as_ref())).collect();
+    assert_same_bits_on(test, &devs, body);
+}
+
+/// `assert_same_bits` over the given (label, backend) pairs, the first being the reference.
+pub fn assert_same_bits_on(test: &str, devs: &[(&str, &dyn Backend)], body: impl Fn(&dyn Backend) -> Outputs) {
+    let reference = body(devs[0].1);
+    assert!(reference.total_bytes() > 0, "{test}: the body produced no output to compare");
+    let mut ran = vec![devs[0].0.to_string()];
+    for &(label, backend) in &devs[1..] {
+        let got = body(backend);
+        if let Err(e) = compare_outputs(test, &reference, label, &got) {
+            panic!("{e}");
+        }
+        ran.push(label.to_string());
+    }
+    let cases: Vec<&str> = reference.cases.iter().map(|c| c.name.as_str()).collect();
+    println!(
+        "{test}: {} bytes in {} cases ({}) identical on {}",
+        reference.total_bytes(),
+        cases.len(),
+        cases.join(", "),
+        ran.join(", ")
+    );
+}
+
+/// A setting of a GPU backend's test knobs (binding size, grid, chunk sizes: each lowered
+/// only to reach the splitting paths on small inputs) and its name for the report.
+pub type Knob = (&'static str, fn(GpuBackend) -> GpuBackend);
+
+/// The knob that changes nothing: the adapter as the product opens it.
+pub const AS_OPENED: Knob = ("as opened", |g| g);
+
+/// Run `body` on the CPU twin, then on every adapter under test once per knob setting
+/// (opened afresh for each), and require the CPU's bits every time.
+pub fn assert_same_bits_with_knobs(test: &str, knobs: &[Knob], body: impl Fn(&dyn Backend) -> Outputs) {
     let devs = devices();
     let reference = body(devs[0].backend.as_ref());
+    assert!(reference.total_bytes() > 0, "{test}: the body produced no output to compare");
     let mut ran = vec![devs[0].label.clone()];
     for d in &devs[1..] {
-        let got = body(d.backend.as_ref());
-        if let Some(at) = first_difference(&reference, &got) {
-            panic!(
-                "{test}: {} differs from the CPU twin at byte {at} (lengths {} vs {})",
-                d.label,
-                got.len(),
-                reference.len()
-            );
+        for (name, apply) in knobs {
+            let gpu = apply(discovered().open_gpu(d.index).expect("open adapter"));
+            let label = format!("{} ({name})", d.label);
+            if let Err(e) = compare_outputs(test, &reference, &label, &body(&gpu)) {
+                panic!("{e}");
+            }
+            ran.push(label);
         }
-        ran.push(d.label.clone());
     }
-    println!("{test}: {} bytes identical on {}", reference.len(), ran.join(", "));
+    println!(
+        "{test}: {} bytes in {} cases identical on {}",
+        reference.total_bytes(),
+        reference.cases.len(),
+        ran.join(", ")
+    );
 }
 
 /// Declare a conformance test: one body, run on every device, outputs compared bytewise.
@@ -115,6 +299,18 @@ macro_rules! conformance {
         #[test]
         fn $name() {
             common::assert_same_bits(stringify!($name), $body);
+        }
+    };
+}
+
+/// A conformance test whose body must also give the CPU's bits on every adapter under each
+/// knob setting (`assert_same_bits_with_knobs`).
+#[macro_export]
+macro_rules! conformance_with_knobs {
+    ($name:ident, $knobs:expr, $body:expr) => {
+        #[test]
+        fn $name() {
+            common::assert_same_bits_with_knobs(stringify!($name), $knobs, $body);
         }
     };
 }

@@ -49,15 +49,18 @@ const TOKENS_PER_BLOCK: usize = 96;
 const ROWS_PER_BLOCK: usize = 96;
 const _: () = assert!(TOKENS_PER_BLOCK.is_multiple_of(TILE) && ROWS_PER_BLOCK.is_multiple_of(TILE));
 
-/// Whether this CPU has AMX-TILE and AMX-INT8 and the kernel lets this process use the
-/// tile registers (Linux asks each process to request them). Checked once.
-/// `UCW_CPU_AMX=0` turns the kernel off (to measure or test the VNNI path on such a CPU).
+/// Whether this CPU has AMX-TILE and AMX-INT8, the kernel lets this process use the tile
+/// registers (Linux asks each process to request them; checked once), and `isa::allows` AMX
+/// (`UCW_CPU_AMX=0` or `UCW_CPU_KERNELS` below `amx` turns the kernel off, to measure or test
+/// the VNNI path on such a CPU).
 pub fn available() -> bool {
+    super::isa::allows(super::isa::Isa::Amx) && cpu_has_amx()
+}
+
+/// The CPU and kernel side of `available`, whatever the cap.
+pub fn cpu_has_amx() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
-        if std::env::var("UCW_CPU_AMX").is_ok_and(|v| v == "0") {
-            return false;
-        }
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         {
             // CPUID leaf 7: EDX bit 24 AMX-TILE, bit 25 AMX-INT8.

@@ -51,11 +51,13 @@ const _: () = assert!(TOKENS_PER_BLOCK.is_multiple_of(TOK_TILE) && ROWS_PER_BLOC
 // Accumulators and weights, and one more register for a broadcast.
 const _: () = assert!(2 * TOK_TILE * ROW_VECS + ROW_VECS < 32);
 
-/// Whether this CPU has what the kernel needs (AVX-512 F/BW/VL and VNNI).
+/// Whether this CPU has what the kernel needs (AVX-512 F/BW/VL and VNNI) and `isa::allows`
+/// AVX-512.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f")
+        super::isa::allows(super::isa::Isa::Avx512)
+            && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512vnni")

@@ -7,9 +7,9 @@
 //! number of threads (DESIGN §3 rule 6).
 
 /// `fn NAME(args) -> R { BODY }` with BODY compiled three times, with AVX-512 (F, VL, DQ,
-/// CD), with AVX2 and as is, the first this CPU has chosen at run time, so each build
-/// vectorises its loops with those features; integer results cannot depend on which build
-/// runs.
+/// CD), with AVX2 and as is, the first this CPU has (and `isa::allows`) chosen at run time,
+/// so each build vectorises its loops with those features; integer results cannot depend on
+/// which build runs.
 macro_rules! simd_dispatch {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
         $(#[$m])*
@@ -23,7 +23,8 @@ macro_rules! simd_dispatch {
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) -> $ret $body
-                if std::is_x86_feature_detected!("avx512f")
+                if $crate::backend::cpu::isa::allows($crate::backend::cpu::isa::Isa::Avx512)
+                    && std::is_x86_feature_detected!("avx512f")
                     && std::is_x86_feature_detected!("avx512vl")
                     && std::is_x86_feature_detected!("avx512dq")
                     && std::is_x86_feature_detected!("avx512cd")
@@ -31,7 +32,9 @@ macro_rules! simd_dispatch {
                     // SAFETY: the CPU has these features (checked just above).
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::is_x86_feature_detected!("avx2") {
+                if $crate::backend::cpu::isa::allows($crate::backend::cpu::isa::Isa::Avx2)
+                    && std::is_x86_feature_detected!("avx2")
+                {
                     // SAFETY: the CPU has AVX2 (checked just above).
                     return unsafe { avx2($($arg),*) };
                 }
@@ -45,6 +48,7 @@ pub mod act;
 pub mod add;
 pub mod attention;
 pub mod ingest;
+pub mod isa;
 pub mod linear;
 pub mod matmul_amx;
 pub mod matmul_blocks;

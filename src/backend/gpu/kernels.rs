@@ -88,10 +88,10 @@ impl GpuBackend {
     /// i64) are in `sb` on the device: the mantissa and exponent buffers, left there.
     fn renorm_on_device(&self, sb: &Buf, x_exps: &[i32], rb: &Buf, n: usize, bits: u32) -> Result<(Buf, Buf), Error> {
         let nt = x_exps.len();
-        let chunks = n.div_ceil(RENORM_CHUNK).max(1);
+        let chunks = n.div_ceil(self.chunks.renorm).max(1);
         let xb = self.upload_i32("renorm.xexp", x_exps);
         let top = self.upload_i32("renorm.top", &vec![i32::MIN; nt]);
-        let tp = [nt as u32, n as u32, bits, chunks as u32, 0, 0, 0, 0];
+        let tp = [nt as u32, n as u32, bits, chunks as u32, 0, self.chunks.renorm as u32, 0, 0];
         self.dispatch_split("renorm_top.wgsl", "renorm_top", &tp, 4, &[sb, &xb, rb, &top], nt * chunks)?;
         let mb = self.zeroed("renorm.mants", (nt * n * 4) as u64);
         let eb = self.zeroed("renorm.exps", (nt * 4) as u64);
@@ -103,7 +103,7 @@ impl GpuBackend {
     /// nll_max and nll_sum walk one chunk of the vocabulary (plus the chunk maxima); nll the
     /// chunks.
     fn check_nll_loops(&self, v: usize) -> Result<(), Error> {
-        self.check_loops("nll", (NLL_CHUNK + v.div_ceil(NLL_CHUNK).max(1)) as u64)
+        self.check_loops("nll", (self.chunks.nll + v.div_ceil(self.chunks.nll).max(1)) as u64)
     }
 
     /// Σ NLL of each of `targets.len()` tokens whose logits (`[tokens, v]` mantissas `lb`,
@@ -120,13 +120,13 @@ impl GpuBackend {
         lc: &crate::backend::cpu::nll::LogConsts,
     ) -> Result<Vec<i64>, Error> {
         let nt = targets.len();
-        let chunks = v.div_ceil(NLL_CHUNK).max(1);
+        let chunks = v.div_ceil(self.chunks.nll).max(1);
         let tb = self.upload_words("nll.targets", targets);
         let cmax = self.zeroed("nll.cmax", (nt * chunks * 4) as u64);
         let psum = self.zeroed("nll.psum", (nt * chunks * 8) as u64);
-        let pm = [nt as u32, v as u32, chunks as u32, 0];
+        let pm = [nt as u32, v as u32, chunks as u32, 0, self.chunks.nll as u32, 0, 0, 0];
         self.dispatch_split("nll_max.wgsl", "nll_max", &pm, 3, &[lb, &cmax], nt * chunks)?;
-        let ps = [nt as u32, v as u32, chunks as u32, ec.log2e_q30, ec.ln2_q30, 0, 0, 0];
+        let ps = [nt as u32, v as u32, chunks as u32, ec.log2e_q30, ec.ln2_q30, 0, self.chunks.nll as u32, 0];
         self.dispatch_split("nll_sum.wgsl", "nll_sum", &ps, 5, &[lb, eb, &cmax, &t.exp, &psum], nt * chunks)?;
         let params = self.uniform(&[nt as u32, v as u32, chunks as u32, 0, lc.inv_ln2_q30, lc.ln2_q28, 0, 0]);
         let o = self.zeroed("nll.out", (nt * 8) as u64);
@@ -225,15 +225,6 @@ impl GpuBackend {
         Ok(TokenFixed { tokens, width, exps, mants })
     }
 }
-
-/// Smallest number of keys per invocation of attn_max.wgsl and attn_sum.wgsl.
-const ATTN_KEYS_PER_CHUNK: usize = 64;
-
-/// Logits per invocation of nll_max.wgsl and nll_sum.wgsl (their `CHUNK`).
-const NLL_CHUNK: usize = 4096;
-
-/// Outputs per invocation of renorm_top.wgsl (its `CHUNK`).
-const RENORM_CHUNK: usize = 1024;
 
 impl GpuBackend {
     /// Dispatch `total` invocations of a kernel whose first binding is a uniform of
@@ -510,7 +501,7 @@ impl Backend for GpuBackend {
         };
         check_matmul_acts(x, w)?;
         self.check_loops("matmul", (k + w.groups_per_row()) as u64)?;
-        self.check_loops("renorm", RENORM_CHUNK as u64)?;
+        self.check_loops("renorm", self.chunks.renorm as u64)?;
         self.check_nll_loops(n)?;
         let xb = self.upload_i32("matmul.x", &x.mants);
         let sb = self.matmul_on_device(&xb, t, w, n, [&r.w, &r.we, &r.re])?;
@@ -543,8 +534,8 @@ impl Backend for GpuBackend {
 
     fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error> {
         check_renorm_args(s, x_exps, bits)?;
-        // renorm_top walks at most RENORM_CHUNK outputs per invocation; renorm none.
-        self.check_loops("renorm", RENORM_CHUNK as u64)?;
+        // renorm_top walks at most `chunks.renorm` outputs per invocation; renorm none.
+        self.check_loops("renorm", self.chunks.renorm as u64)?;
         let (t, n) = (s.tokens, s.n);
         let mut mants = vec![0i32; t * n];
         let mut exps = vec![0i32; t];
@@ -728,7 +719,7 @@ impl Backend for GpuBackend {
                 Err(bad_input!("attention: a window of {t} tokens exceeds the device binding"))
             }
         })?;
-        // Keys per chunk: at least ATTN_KEYS_PER_CHUNK, more when the partial sums of V
+        // Keys per chunk: at least `chunks.attn_keys`, more when the partial sums of V
         // ([T, heads, chunks, d] × 8 bytes) would not fit one binding. Integer maxima and
         // sums over chunks: the choice cannot change a bit.
         let per_chunk_bytes = (t * h * d * 8) as u64;
@@ -736,7 +727,7 @@ impl Backend for GpuBackend {
         if max_chunks == 0 {
             return Err(bad_input!("attention: a window of {t} tokens exceeds the device binding"));
         }
-        let kc = ATTN_KEYS_PER_CHUNK.max(t.div_ceil(max_chunks));
+        let kc = self.chunks.attn_keys.max(t.div_ceil(max_chunks));
         let chunks = t.div_ceil(kc);
         let (kc64, d64, c64) = (kc as u64, d as u64, chunks as u64);
         self.check_loops("attention (chunk maxima)", kc64 * (d64 + 2))?;

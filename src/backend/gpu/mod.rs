@@ -128,6 +128,8 @@ pub struct GpuBackend {
     max_binding: u64,
     /// Largest workgroup count per grid dimension (device limit, lowered only by tests).
     max_groups_per_dim: u32,
+    /// How much one invocation of the chunked kernels walks (lowered only by tests).
+    chunks: ChunkSizes,
     /// First uncaptured device error; checked after every submission.
     error: Arc<Mutex<Option<String>>>,
     pub mem: Arc<MemStats>,
@@ -146,6 +148,24 @@ impl Drop for GpuBackend {
             self.profile.report(&self.info.name);
         }
     }
+}
+
+/// What one invocation of a chunked kernel walks. Integer maxima and sums over chunks: no
+/// choice can change a bit, and tests lower them (`with_chunk_sizes`) to prove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSizes {
+    /// Logits per invocation of nll_max.wgsl and nll_sum.wgsl (at most 4096: nll_sum's
+    /// 64-bit chunk sum is < 2^30 · 2^12).
+    pub nll: usize,
+    /// Outputs per invocation of renorm_top.wgsl.
+    pub renorm: usize,
+    /// Fewest keys per invocation of attn_max.wgsl and attn_sum.wgsl (more when the partial
+    /// sums would not fit a binding).
+    pub attn_keys: usize,
+}
+
+impl ChunkSizes {
+    pub const DEFAULT: ChunkSizes = ChunkSizes { nll: 4096, renorm: 1024, attn_keys: 64 };
 }
 
 /// Mesa's llvmpipe (the software Vulkan and GL adapters) stops every loop of a shader
@@ -188,6 +208,7 @@ impl GpuBackend {
             pipelines: Mutex::default(),
             max_binding,
             max_groups_per_dim,
+            chunks: ChunkSizes::DEFAULT,
             loop_limit,
             error,
             mem: Arc::default(),
@@ -217,6 +238,19 @@ impl GpuBackend {
     pub fn with_work_limits(mut self, max_binding: u64, max_groups_per_dim: u32) -> Self {
         self.max_binding = max_binding.clamp(4, self.max_binding);
         self.max_groups_per_dim = max_groups_per_dim.clamp(1, self.max_groups_per_dim);
+        self
+    }
+
+    /// Lower the chunk sizes of the chunked kernels (each clamped to 1..=its default) so
+    /// tests cross many chunk boundaries on small inputs. Results must not change (DESIGN §3
+    /// rule 5).
+    pub fn with_chunk_sizes(mut self, c: ChunkSizes) -> Self {
+        let d = ChunkSizes::DEFAULT;
+        self.chunks = ChunkSizes {
+            nll: c.nll.clamp(1, d.nll),
+            renorm: c.renorm.clamp(1, d.renorm),
+            attn_keys: c.attn_keys.clamp(1, d.attn_keys),
+        };
         self
     }
 
