@@ -45,6 +45,7 @@ os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 import argparse
 import hashlib
 import json
+import math
 import shutil
 import struct
 import subprocess
@@ -117,6 +118,10 @@ class Fixture:
     seed: int
     config: dict = field(default_factory=dict)  # overrides of COMMON_CONFIG
     max_shard_size: str | None = None  # None: single model.safetensors
+    # Rewrite config.json's `rope_parameters` into the legacy (transformers 4 / hub) form:
+    # top-level `rope_theta` plus this `rope_scaling` dict.  The reference logits come from
+    # the directory reloaded from disk, so transformers itself parses the legacy form.
+    legacy_rope_scaling: dict | None = None
 
 
 FIXTURE_SPECS = [
@@ -159,7 +164,68 @@ FIXTURE_SPECS = [
         # ~350 KB of bf16 weights -> several shards.
         max_shard_size="150KB",
     ),
+    # --- scaled RoPE (issue 14).  Each scaling is chosen so that it changes the logits at
+    # the 64-token reference length (see "RoPE scaling ignored" in the README).
+    Fixture(
+        name="llama-rope-llama3-bf16",
+        model_type="llama",
+        dtype=torch.bfloat16,
+        seed=1005,
+        # Llama 3.1's keys and theta, written the way its hub config.json writes them, but
+        # original_max_position_embeddings 16 (not 8192) so the smoothing band (wavelengths
+        # 16/4 = 4 to 16/1 = 16) and the /8 region both fall on this head's frequencies.
+        config=dict(
+            tie_word_embeddings=True,
+            attention_bias=False,
+            mlp_bias=False,
+            rope_parameters=dict(
+                rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                high_freq_factor=4.0, original_max_position_embeddings=16,
+            ),
+        ),
+        legacy_rope_scaling=dict(
+            factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+            original_max_position_embeddings=16, rope_type="llama3",
+        ),
+    ),
+    Fixture(
+        name="qwen3-rope-yarn-bf16",
+        model_type="qwen3",
+        dtype=torch.bfloat16,
+        seed=1006,
+        # Qwen3's documented YaRN keys (rope_type, factor, original_max_position_embeddings)
+        # in the transformers 5 `rope_parameters` form.  theta 1e4 and original length 32
+        # (max_position_embeddings 128 = 4 x 32, as YaRN expects) put the ramp on pairs
+        # 0..3 of 16, so interpolated pairs turn by radians within 64 tokens; the attention
+        # factor is 0.1 ln 4 + 1.
+        config=dict(
+            tie_word_embeddings=False,
+            head_dim=32,
+            attention_bias=False,
+            use_sliding_window=False,
+            sliding_window=None,
+            max_position_embeddings=128,
+            rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32),
+        ),
+    ),
+    Fixture(
+        name="qwen2-rope-linear-bf16",
+        model_type="qwen2",
+        dtype=torch.bfloat16,
+        seed=1007,
+        # Legacy `{"type": "linear", "factor": 4.0}` (the pre-`rope_type` key) with a
+        # top-level rope_theta: positions divided by 4.
+        config=dict(
+            tie_word_embeddings=True,
+            use_sliding_window=False,
+            sliding_window=None,
+            rope_parameters=dict(rope_type="linear", rope_theta=1000000.0, factor=4.0),
+        ),
+        legacy_rope_scaling=dict(type="linear", factor=4.0),
+    ),
 ]
+
+# The new RoPE fixtures are also regenerated on their own (`--only`), leaving the others.
 
 # Files save_pretrained may write that we keep; anything else is deleted.
 KEEP_FILES = {
@@ -348,6 +414,14 @@ def save_model(spec: Fixture, out_dir: Path) -> None:
     if spec.max_shard_size is not None:
         kwargs["max_shard_size"] = spec.max_shard_size
     model.save_pretrained(out_dir, **kwargs)
+    if spec.legacy_rope_scaling is not None:
+        path = out_dir / "config.json"
+        cfg = json.loads(path.read_text())
+        rope = cfg.pop("rope_parameters")
+        cfg["rope_theta"] = rope["rope_theta"]
+        cfg["rope_scaling"] = spec.legacy_rope_scaling
+        # transformers' own layout (`to_json_string`): indent 2, sorted keys, final newline.
+        path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8", newline="\n")
 
 
 def load_model(model_dir: Path) -> torch.nn.Module:
@@ -455,8 +529,18 @@ def perturbation_deltas(model, tokens: torch.Tensor, ref: torch.Tensor) -> dict:
     out = model(input_ids=tokens[None, :], position_ids=torch.zeros_like(tokens)[None, :], use_cache=False)
     deltas["d_no_rope"] = (out.logits[0].float() - ref).abs().max().item()
 
-    # Wrong rope_theta: 10000 where the config says otherwise, else 1e6.
+    # RoPE scaling ignored: plain inv_freq from rope_theta and cos/sin unscaled.
     inv = inner.rotary_emb.inv_freq
+    if model.config.rope_parameters.get("rope_type", "default") != "default":
+        theta, dim = model.config.rope_parameters["rope_theta"], inv.shape[0] * 2
+        rot = inner.rotary_emb
+        saved_scaling = rot.attention_scaling
+        rot.attention_scaling = 1.0
+        plain_inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        with_swapped([(inv, plain_inv)], "d_rope_scaling_ignored")
+        rot.attention_scaling = saved_scaling
+
+    # Wrong rope_theta: 10000 where the config says otherwise, else 1e6.
     theta = model.config.rope_parameters["rope_theta"]
     wrong = 1.0e6 if theta == 10000.0 else 10000.0
     dim = inv.shape[0] * 2
@@ -553,8 +637,11 @@ def plain_forward(model_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
     n_heads, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
     eps = cfg["rms_norm_eps"]
-    rope = cfg.get("rope_parameters") or {"rope_theta": cfg.get("rope_theta")}
-    theta = rope["rope_theta"]
+    # transformers: a legacy rope_scaling wins over rope_parameters; theta from the dict,
+    # else top level.
+    rope = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
 
     def rms(x, weight):
         return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * weight
@@ -565,9 +652,9 @@ def plain_forward(model_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
 
     n = tokens.shape[0]
     pos = torch.arange(n, dtype=torch.float64)
-    inv = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    inv, scale = plain_inv_freq(rope_type, rope, theta, hd, cfg)
     ang = torch.cat([pos[:, None] * inv[None, :]] * 2, dim=-1)  # [n, hd]
-    cos, sin = ang.cos(), ang.sin()
+    cos, sin = ang.cos() * scale, ang.sin() * scale
 
     def rotate(x):  # x: [heads, n, hd]; pairs (i, i + hd/2)
         x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
@@ -599,6 +686,34 @@ def plain_forward(model_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
     return x @ head.T
 
 
+def plain_inv_freq(rope_type: str, rope: dict, theta: float, hd: int, cfg: dict) -> tuple[torch.Tensor, float]:
+    """RoPE inverse frequencies and cos/sin scale in float64, written from the papers'
+    formulas as transformers' modeling_rope_utils states them (not by calling it)."""
+    f = torch.arange(0, hd, 2, dtype=torch.float64)
+    inv = 1.0 / theta ** (f / hd)
+    if rope_type == "default":
+        return inv, 1.0
+    if rope_type == "linear":
+        return inv / rope["factor"], 1.0
+    orig = rope.get("original_max_position_embeddings", cfg["max_position_embeddings"])
+    if rope_type == "llama3":
+        factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+        wavelen = 2 * math.pi / inv
+        smooth = (orig / wavelen - low) / (high - low)
+        out = torch.where(wavelen > orig / low, inv / factor, inv)
+        medium = (wavelen >= orig / high) & (wavelen <= orig / low)
+        return torch.where(medium, (1 - smooth) * inv / factor + smooth * inv, out), 1.0
+    if rope_type == "yarn":
+        factor = rope["factor"]
+        scale = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+        dim_of = lambda rot: hd * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(theta))
+        low = max(math.floor(dim_of(rope.get("beta_fast") or 32)), 0)
+        high = min(math.ceil(dim_of(rope.get("beta_slow") or 1)), hd - 1)
+        ramp = ((torch.arange(hd // 2, dtype=torch.float64) - low) / (high - low if high != low else 0.001)).clamp(0, 1)
+        return inv / factor * ramp + inv * (1 - ramp), scale
+    raise SystemExit(f"plain_forward: rope_type {rope_type} not written out")
+
+
 def check_reference(model_dir: Path) -> float:
     with safe_open(str(model_dir / "reference.safetensors"), framework="pt") as f:
         tokens, logits = f.get_tensor("tokens"), f.get_tensor("logits")
@@ -607,6 +722,86 @@ def check_reference(model_dir: Path) -> float:
     if diff > 1e-3:
         raise SystemExit(f"{model_dir}: reference disagrees with the plain forward by {diff}")
     return diff
+
+
+# =========================================================================================
+# Step 6: RoPE inverse frequencies of every rope_type, straight from transformers
+# =========================================================================================
+ROPE_DIR_NAME = "rope"  # tests/fixtures/rope/inv_freq.json; `--only rope` writes just it
+_ROPE_BASE = dict(model_type="llama", hidden_size=64, intermediate_size=160, num_hidden_layers=1,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=512, max_position_embeddings=256)
+_LLAMA31 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=8192)
+_SHORT = [1.0, 1.0, 1.1, 1.3, 1.7, 2.5, 4.0, 6.0]
+_LONG = [1.0, 1.2, 1.9, 3.1, 5.3, 9.0, 15.0, 24.0]
+# (name, config.json overrides, evaluated length).  head_dim is 16 unless overridden.
+ROPE_CASES = [
+    ("default", dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0)), 64),
+    ("linear-legacy-type", dict(rope_theta=1e6, rope_scaling=dict(type="linear", factor=4.0)), 64),
+    ("dynamic-within-max", dict(max_position_embeddings=64,
+                                rope_parameters=dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0)), 48),
+    ("dynamic-beyond-max", dict(max_position_embeddings=32,
+                                rope_parameters=dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0)), 64),
+    ("llama3-llama3.1", dict(head_dim=128, hidden_size=512, max_position_embeddings=131072, rope_theta=500000.0,
+                             rope_scaling=_LLAMA31), 64),
+    ("llama3-short-context", dict(rope_theta=500000.0, rope_scaling=dict(_LLAMA31, original_max_position_embeddings=16)),
+     64),
+    ("llama3-top-level-original", dict(rope_theta=500000.0, original_max_position_embeddings=16,
+                                       rope_scaling=_LLAMA31), 64),
+    ("yarn-qwen3", dict(model_type="qwen3", head_dim=128, max_position_embeddings=131072,
+                        rope_parameters=dict(rope_type="yarn", rope_theta=1e6, factor=4.0,
+                                             original_max_position_embeddings=32768)), 64),
+    ("yarn-legacy-short", dict(model_type="qwen2", head_dim=32, max_position_embeddings=128, rope_theta=10000.0,
+                               rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=32)), 64),
+    ("yarn-no-truncate-betas", dict(head_dim=32, max_position_embeddings=128, rope_parameters=dict(
+        rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32, truncate=False,
+        beta_fast=16, beta_slow=2)), 64),
+    ("yarn-mscale", dict(head_dim=32, max_position_embeddings=1280, rope_parameters=dict(
+        rope_type="yarn", rope_theta=10000.0, factor=40.0, original_max_position_embeddings=32, mscale=0.707,
+        mscale_all_dim=1.0)), 64),
+    ("yarn-attention-factor-null-factor", dict(head_dim=32, max_position_embeddings=256, rope_parameters=dict(
+        rope_type="yarn", rope_theta=10000.0, factor=None, original_max_position_embeddings=32,
+        attention_factor=1.25)), 64),
+    ("longrope-short", dict(max_position_embeddings=128, rope_parameters=dict(
+        rope_type="longrope", rope_theta=10000.0, short_factor=_SHORT, long_factor=_LONG,
+        original_max_position_embeddings=32)), 32),
+    ("longrope-long", dict(max_position_embeddings=128, rope_parameters=dict(
+        rope_type="longrope", rope_theta=10000.0, short_factor=_SHORT, long_factor=_LONG,
+        original_max_position_embeddings=32)), 64),
+    ("rope-scaling-wins", dict(rope_theta=1000.0, rope_parameters=dict(rope_type="default", rope_theta=500.0),
+                               rope_scaling=dict(rope_type="linear", factor=2.0)), 64),
+]
+
+
+@torch.no_grad()
+def write_rope_reference(out_dir: Path) -> None:
+    """For each case: the config.json it is read from, the evaluated length, and what
+    transformers' rotary embedding uses for a fresh model's one forward pass over
+    positions 0..len-1 (`inv_freq` after the dynamic/longrope update, float32 values as
+    exact decimals, and `attention_scaling`)."""
+    cases = []
+    for name, overrides, seq_len in ROPE_CASES:
+        cfg = dict(_ROPE_BASE)
+        cfg.update(overrides)
+        with tempfile.TemporaryDirectory() as tmp:
+            # Read from a config.json, as a checkpoint's is (legacy keys included).
+            (Path(tmp) / "config.json").write_text(json.dumps(cfg))
+            config = transformers.AutoConfig.from_pretrained(tmp, local_files_only=True)
+        rot = AutoModelForCausalLM.from_config(config).model.rotary_emb
+        x = torch.zeros(1, seq_len, 1, dtype=torch.float32)
+        rot(x, torch.arange(seq_len)[None, :])
+        cases.append({
+            "name": name,
+            "config": cfg,
+            "seq_len": seq_len,
+            "inv_freq": [float(v) for v in rot.inv_freq.tolist()],
+            "attention_scaling": float(rot.attention_scaling),
+        })
+        print(f"  {name}: attention_scaling {float(rot.attention_scaling):.6g}, "
+              f"inv_freq[:3] {[f'{v:.6g}' for v in rot.inv_freq.tolist()[:3]]}")
+    (out_dir / "inv_freq.json").write_text(
+        json.dumps({"transformers_version": transformers.__version__, "torch_version": torch.__version__,
+                    "cases": cases}, indent=1, sort_keys=True) + "\n", encoding="utf-8", newline="\n")
 
 
 # =========================================================================================
@@ -702,6 +897,8 @@ def main() -> None:
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--tokenizer-from", type=Path, help="copy tokenizer.json (+ config) from this model directory")
+    ap.add_argument("--only", metavar="NAME[,NAME]",
+                    help="regenerate only these model fixtures (text/ and the others are left as they are)")
     args = ap.parse_args()
     if args.random_model is not None:
         write_random_model(args.random_model, args.layers, args.hidden, args.intermediate, args.heads,
@@ -715,10 +912,17 @@ def main() -> None:
 
     corpus = fetch_corpus(args.sdist)
 
+    only = set(args.only.split(",")) if args.only else None
+    known = {spec.name for spec in FIXTURE_SPECS} | {ROPE_DIR_NAME}
+    if only is not None and not only <= known:
+        raise SystemExit(f"--only: unknown fixtures {sorted(only - known)}")
     text_dir = FIXTURES / "text"
-    reset_dir(text_dir)
     sample = make_sample_text(corpus["alice29.txt"])
-    (text_dir / "sample.txt").write_text(sample, encoding="utf-8", newline="\n")
+    if only is None:
+        reset_dir(text_dir)
+        (text_dir / "sample.txt").write_text(sample, encoding="utf-8", newline="\n")
+    elif (text_dir / "sample.txt").read_text(encoding="utf-8") != sample:
+        raise SystemExit("--only: tests/fixtures/text/sample.txt is not what this script writes")
     print(f"sample.txt: {len(sample.encode())} bytes")
 
     tok = train_tokenizer(corpus)
@@ -728,16 +932,20 @@ def main() -> None:
     if tok.decode(ids) != sample:
         raise SystemExit("tokenizer does not round-trip sample.txt")
     # All ids of the sample, for tests of tokenizer integration on the whole text.
-    (text_dir / "sample.tokens.json").write_text(
-        json.dumps({"tokenizer": "tokenizer.json of any model fixture (all identical)",
-                    "add_special_tokens": False, "ids": ids}) + "\n",
-        encoding="utf-8", newline="\n")
+    tokens_json = json.dumps({"tokenizer": "tokenizer.json of any model fixture (all identical)",
+                              "add_special_tokens": False, "ids": ids}) + "\n"
+    if only is None:
+        (text_dir / "sample.tokens.json").write_text(tokens_json, encoding="utf-8", newline="\n")
+    elif (text_dir / "sample.tokens.json").read_text(encoding="utf-8") != tokens_json:
+        raise SystemExit("--only: tests/fixtures/text/sample.tokens.json is not what this script writes")
     tokens = torch.tensor(ids[:N_REF_TOKENS], dtype=torch.int64)
     print(f"sample.txt: {len(ids)} tokens; first {N_REF_TOKENS}: {tokens.tolist()}")
     print(f"  = {tok.decode(tokens.tolist())!r}")
 
-    written = [text_dir]
+    written = [text_dir] if only is None else []
     for spec in FIXTURE_SPECS:
+        if only is not None and spec.name not in only:
+            continue
         out_dir = FIXTURES / spec.name
         written.append(out_dir)
         print(f"== {spec.name} ({spec.model_type}, {spec.dtype})")
@@ -756,6 +964,13 @@ def main() -> None:
             raise SystemExit(f"{spec.name}: logits too flat (per-position std {stats['per_pos_std_min']:.3f})")
         if max(stats["attn_entropy_over_uniform"]) > 0.95:
             raise SystemExit(f"{spec.name}: attention too close to uniform")
+
+    if only is None or ROPE_DIR_NAME in only:
+        print(f"== {ROPE_DIR_NAME}: inv_freq and attention_scaling of every rope_type")
+        rope_dir = FIXTURES / ROPE_DIR_NAME
+        written.append(rope_dir)
+        reset_dir(rope_dir)
+        write_rope_reference(rope_dir)
 
     print("== files (sha256, bytes, path)")
     total = 0

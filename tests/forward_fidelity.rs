@@ -44,10 +44,16 @@ use ucw::backend::{Backend, TokenFixed};
 use ucw::forward::eval::DEFAULT_MAX_MEMORY;
 use ucw::forward::layer::{self, ACT_BITS, Consts, LOGIT_BITS, Layer, Linear, RESIDUAL_BITS};
 use ucw::forward::{EvalOptions, Score, Source, embed_rows, evaluate};
+use ucw::model::ModelConfig;
+use ucw::model::config::RopeScaling;
 
 const REL_RMS_TOL: f64 = 1.0 / 1024.0;
 const REL_MAX_TOL: f64 = 1.0 / 128.0;
 const FIXTURES: [&str; 4] = ["llama-bf16", "mistral-f16", "qwen2-f32", "qwen3-bf16-sharded"];
+
+/// The scaled-RoPE fixtures (tests/fixtures/README.md) and the rope_type each must parse to.
+const ROPE_FIXTURES: [(&str, &str); 3] =
+    [("llama-rope-llama3-bf16", "llama3"), ("qwen3-rope-yarn-bf16", "yarn"), ("qwen2-rope-linear-bf16", "linear")];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -451,4 +457,137 @@ fn transposed_copy(dir: &Path, name: &str) -> tempfile::TempDir {
         }
         true
     })
+}
+
+/// Scaled RoPE (issue 14): each fixture's config scales RoPE (llama3 in the legacy
+/// `rope_scaling` form, yarn in `rope_parameters`, linear with the legacy `type` key); the
+/// logits must meet the same tolerance as the plain fixtures, and the negative control, the
+/// scaling removed from the opened config (`RopeScaling::Default`: plain θ^(−2f/d), no
+/// attention factor), must fail it. rope_theta ×10 must fail too, as for the plain fixtures.
+///
+/// For yarn, its two parts are also controls on their own: the attention factor set to 1
+/// with the frequencies kept, and the frequencies left plain (factor 1) with the attention
+/// factor kept.
+///
+/// Measured (CPU backend; (relative RMS error, max error / max |ref|)):
+/// - llama-rope-llama3-bf16:  correct (2.20e-4, 2.82e-4); scaling removed (1.09, 1.30); rope_theta ×10 (0.138, 0.292)
+/// - qwen3-rope-yarn-bf16:    correct (2.58e-4, 4.17e-4); scaling removed (0.919, 1.19); rope_theta ×10 (0.550, 0.919);
+///   attention factor 1 (0.305, 0.538); plain frequencies with the attention factor (0.943, 1.26)
+/// - qwen2-rope-linear-bf16:  correct (2.20e-4, 7.21e-4); scaling removed (0.975, 1.43); rope_theta ×10 (0.204, 0.498)
+#[test]
+fn scaled_rope_fixtures_match_transformers_and_fail_without_their_scaling() {
+    for (f, ty) in ROPE_FIXTURES {
+        let dir = fixture(f);
+        let (tokens, want) = reference(&dir);
+        let mut src = Source::open(&dir).unwrap();
+        assert_eq!(src.config().rope_scaling.rope_type(), ty, "{f}: parsed rope_type");
+        let e = errors(&our_logits(&mut src, &tokens), &want);
+        println!("{f} ({ty}): relative RMS error {:.3e}, max error / max |ref| {:.3e}", e.0, e.1);
+        assert!(within(e), "{f}: logits outside the tolerance: {e:?}");
+
+        let mut src = Source::open(&dir).unwrap();
+        let Source::Model(m) = &mut src else { panic!("{f}: not a model directory") };
+        m.config.rope_scaling = RopeScaling::Default;
+        let e = errors(&our_logits(&mut src, &tokens), &want);
+        println!("{f}: {ty} scaling removed (plain RoPE, same rope_theta): {e:?}");
+        assert!(!within(e), "{f}: ignoring the {ty} RoPE scaling passed the tolerance: {e:?}");
+
+        let mut src = Source::open(&dir).unwrap();
+        let Source::Model(m) = &mut src else { panic!("{f}: not a model directory") };
+        m.config.rope_theta *= 10.0;
+        let e = errors(&our_logits(&mut src, &tokens), &want);
+        println!("{f}: rope_theta ×10 (scaling kept): {e:?}");
+        assert!(!within(e), "{f}: a wrong rope_theta passed the tolerance: {e:?}");
+
+        let mut src = Source::open(&dir).unwrap();
+        let Source::Model(m) = &mut src else { panic!("{f}: not a model directory") };
+        if let RopeScaling::Yarn { attention_factor, factor, .. } = m.config.rope_scaling.clone() {
+            let parts = [
+                ("attention factor 1, frequencies kept", 1.0, factor),
+                ("plain frequencies (factor 1), attention factor kept", attention_factor, 1.0),
+            ];
+            for (what, a, fac) in parts {
+                let mut src = Source::open(&dir).unwrap();
+                let Source::Model(m) = &mut src else { unreachable!() };
+                if let RopeScaling::Yarn { attention_factor, factor, .. } = &mut m.config.rope_scaling {
+                    (*attention_factor, *factor) = (a, fac);
+                }
+                let e = errors(&our_logits(&mut src, &tokens), &want);
+                println!("{f}: yarn {what}: {e:?}");
+                assert!(!within(e), "{f}: yarn with {what} passed the tolerance: {e:?}");
+            }
+        }
+    }
+}
+
+/// Every rope_type's inverse frequencies and cos/sin scale against transformers' own
+/// (tests/fixtures/rope/inv_freq.json: the rotary embedding of a fresh model after one
+/// forward pass over positions 0..seq_len−1, so `dynamic` and `longrope` are at that
+/// length), each case parsed from its config.json text by `ModelConfig::parse`. transformers
+/// computes in float32 (ours f64): the tolerance is 2^-20 relative (float32 keeps 2^-24;
+/// measured at most 3.2e-7 ≈ 2^-21.6, llama3 at head_dim 128, and 6e-8 to 9e-8 elsewhere).
+/// attention_scaling is a Python float there: 1e-12.
+#[test]
+fn rope_inv_freq_matches_transformers_for_every_rope_type() {
+    let text = std::fs::read_to_string(fixture("rope/inv_freq.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 15);
+    let mut types = std::collections::BTreeSet::new();
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let c = ModelConfig::parse(&case["config"].to_string()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let seq_len = case["seq_len"].as_u64().unwrap() as usize;
+        let (ours, scale) = ucw::backend::cpu::rope::inv_freq(c.head_dim, c.rope_theta, &c.rope_scaling, seq_len);
+        let theirs: Vec<f64> = case["inv_freq"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(ours.len(), theirs.len(), "{name}");
+        let rel = ours.iter().zip(&theirs).map(|(a, b)| ((a - b) / b).abs()).fold(0f64, f64::max);
+        let want_scale = case["attention_scaling"].as_f64().unwrap();
+        println!(
+            "{name} ({}): max relative inv_freq error {rel:.2e}, attention scaling {scale} (transformers {want_scale})",
+            c.rope_scaling.rope_type()
+        );
+        assert!(rel <= 1.0 / (1u64 << 20) as f64, "{name}: inv_freq differs from transformers by {rel:e} relative");
+        assert!((scale - want_scale).abs() <= 1e-12, "{name}: attention scaling {scale} != {want_scale}");
+        types.insert(c.rope_scaling.rope_type());
+    }
+    assert_eq!(types.len(), ucw::model::config::SUPPORTED_ROPE_TYPES.len(), "every rope_type covered: {types:?}");
+}
+
+/// `dynamic` tables are a function of the evaluated window length only: the same window
+/// evaluated with a different memory budget (different attention and matmul chunks) gives
+/// the same logits bit for bit, and a window longer than max_position_embeddings does get
+/// the scaled frequencies (its logits differ from plain RoPE's).
+#[test]
+fn dynamic_rope_depends_on_the_window_length_only() {
+    let dir = fixture("llama-bf16");
+    let (tokens, _) = reference(&dir);
+    let dynamic = |max_position_embeddings: f64| {
+        let mut src = Source::open(&dir).unwrap();
+        let Source::Model(m) = &mut src else { panic!("not a model directory") };
+        m.config.rope_scaling = RopeScaling::Dynamic { factor: 4.0, max_position_embeddings };
+        src
+    };
+    let logits_with = |src: &mut Source, max_memory: u64| {
+        let cpu = CpuBackend::new();
+        let vocab = src.config().vocab_size;
+        let mut out = vec![0f64; tokens.len() * vocab];
+        let mut sink = |_w: usize, p0: usize, l: &TokenFixed| {
+            let f = to_f64(l);
+            out[p0 * vocab..(p0 + l.tokens) * vocab].copy_from_slice(&f);
+        };
+        let opts = EvalOptions { score: Score::All, max_memory };
+        evaluate(&cpu, src, &[&tokens[..]], &opts, Some(&mut sink), &mut |_, _| {}).unwrap();
+        out
+    };
+    let big = logits_with(&mut dynamic(32.0), DEFAULT_MAX_MEMORY);
+    let small = logits_with(&mut dynamic(32.0), 1 << 20);
+    assert!(big == small, "dynamic RoPE logits depend on the memory budget (chunking)");
+    // Within max_position_embeddings dynamic is plain RoPE; beyond it, it is not.
+    let within_max = logits_with(&mut dynamic(64.0), DEFAULT_MAX_MEMORY);
+    let plain = our_logits(&mut Source::open(&dir).unwrap(), &tokens);
+    assert!(within_max == plain, "dynamic RoPE at a window within max_position_embeddings differs from plain RoPE");
+    let shift = errors(&big, &plain);
+    println!("dynamic factor 4, max 32, window 64 against plain RoPE: {shift:?}");
+    assert!(!within(shift), "dynamic scaling beyond max_position_embeddings changed nothing visible: {shift:?}");
 }

@@ -126,13 +126,17 @@ fn config_forms_old_and_new() {
     let c = ModelConfig::parse(&format!("{{{base},\"attention_bias\":true,\"mlp_bias\":true}}")).unwrap();
     assert!(c.qkv_bias && c.o_bias && c.mlp_bias);
     let bad = [
+        // Scaled RoPE types are read now (see `rope_scaling_forms`); what remains refused is
+        // there too. Missing keys of a supported type name the key.
         (
             format!("{{{base},\"rope_scaling\":{{\"rope_type\":\"llama3\",\"factor\":8.0}}}}"),
-            "unsupported rope_scaling",
+            "missing rope_scaling.low_freq_factor",
         ),
         (
-            format!("{{{base},\"rope_parameters\":{{\"rope_theta\":1e4,\"rope_type\":\"yarn\"}}}}"),
-            "unsupported rope_parameters",
+            format!(
+                "{{{base},\"rope_parameters\":{{\"rope_theta\":1e4,\"rope_type\":\"yarn\",\"original_max_position_embeddings\":64}}}}"
+            ),
+            "missing rope_parameters.factor",
         ),
         (format!("{{{base},\"num_key_value_heads\":3}}"), "not a multiple of num_key_value_heads 3"),
         (format!("{{{base},\"hidden_act\":\"gelu\"}}"), "unsupported hidden_act \"gelu\""),
@@ -151,6 +155,209 @@ fn config_forms_old_and_new() {
 }
 
 /// Copy a fixture into a temp dir to damage it.
+/// RoPE as real checkpoints configure it (issue 14): transformers' `rope_parameters` and
+/// legacy `rope_scaling` + `rope_theta`, with the defaults and precedences of transformers
+/// 5.24's `standardize_rope_params` (checked against it when the fixtures were made: see
+/// tests/fixtures/rope/inv_freq.json); everything else refused with the field named, exit 2.
+#[test]
+fn rope_scaling_forms() {
+    use ucw::model::config::RopeScaling;
+    let base = r#""model_type":"llama","hidden_size":64,"intermediate_size":160,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":512,"max_position_embeddings":256"#;
+    let parse =
+        |extra: &str| ModelConfig::parse(&format!("{{{base},{extra}}}")).unwrap_or_else(|e| panic!("{extra}: {e}"));
+    // Llama 3.1's hub form: legacy rope_scaling + top-level rope_theta.
+    let c = parse(
+        r#""rope_theta":500000.0,"rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192,"rope_type":"llama3"}"#,
+    );
+    assert_eq!(c.rope_theta, 5e5);
+    assert_eq!(
+        c.rope_scaling,
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0
+        }
+    );
+    // A top-level original_max_position_embeddings overrides the dict's; missing, it is
+    // max_position_embeddings.
+    let c = parse(
+        r#""original_max_position_embeddings":16,"rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192,"rope_type":"llama3"}"#,
+    );
+    assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { original_max_position_embeddings: 16.0, .. }));
+    let c = parse(r#""rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"rope_type":"llama3"}"#);
+    assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { original_max_position_embeddings: 256.0, .. }));
+    assert_eq!(c.rope_theta, 10000.0);
+    // Legacy "type" key; a non-empty rope_scaling wins over rope_parameters (theta then
+    // from the top level).
+    let c = parse(
+        r#""rope_theta":1000.0,"rope_parameters":{"rope_type":"default","rope_theta":500.0},"rope_scaling":{"type":"linear","factor":2.0}"#,
+    );
+    assert_eq!((c.rope_theta, c.rope_scaling), (1000.0, RopeScaling::Linear { factor: 2.0 }));
+    // ... but a null or empty one does not.
+    let c = parse(r#""rope_scaling":{},"rope_parameters":{"rope_type":"linear","rope_theta":500.0,"factor":3}"#);
+    assert_eq!((c.rope_theta, c.rope_scaling), (500.0, RopeScaling::Linear { factor: 3.0 }));
+    let c = parse(r#""rope_parameters":{"rope_type":"dynamic","rope_theta":1e4,"factor":2.0}"#);
+    assert_eq!(c.rope_scaling, RopeScaling::Dynamic { factor: 2.0, max_position_embeddings: 256.0 });
+    // yarn: transformers' defaults (beta 32/1, truncate, attention factor 0.1 ln(factor) + 1).
+    let c = parse(
+        r#""rope_parameters":{"rope_type":"yarn","rope_theta":1e6,"factor":4.0,"original_max_position_embeddings":64}"#,
+    );
+    let RopeScaling::Yarn {
+        factor,
+        original_max_position_embeddings,
+        beta_fast,
+        beta_slow,
+        truncate,
+        attention_factor,
+    } = c.rope_scaling
+    else {
+        panic!("{:?}", c.rope_scaling)
+    };
+    assert_eq!(
+        (factor, original_max_position_embeddings, beta_fast, beta_slow, truncate),
+        (4.0, 64.0, 32.0, 1.0, true)
+    );
+    assert!((attention_factor - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-15);
+    // yarn factor null: max_position_embeddings / original.
+    let c = parse(
+        r#""rope_parameters":{"rope_type":"yarn","factor":null,"original_max_position_embeddings":64,"truncate":false}"#,
+    );
+    assert!(matches!(c.rope_scaling, RopeScaling::Yarn { factor: 4.0, truncate: false, .. }), "{:?}", c.rope_scaling);
+    let c = parse(
+        r#""rope_parameters":{"rope_type":"longrope","short_factor":[1,1,1,1,1,1,1,1],"long_factor":[2,2,2,2,2,2,2,2],"original_max_position_embeddings":64}"#,
+    );
+    let RopeScaling::LongRope { original_max_position_embeddings: 64, attention_factor, .. } = c.rope_scaling else {
+        panic!("{:?}", c.rope_scaling)
+    };
+    assert!((attention_factor - (1.0 + 4f64.ln() / 64f64.ln()).sqrt()).abs() < 1e-15);
+    // partial_rotary_factor: transformers' default RoPE for these models ignores it.
+    let c = parse(r#""partial_rotary_factor":0.5,"rope_parameters":{"rope_type":"default","rope_theta":1e4}"#);
+    assert_eq!(c.rope_scaling, RopeScaling::Default);
+    let c = parse(r#""rope_parameters":{"rope_type":"linear","factor":2.0,"partial_rotary_factor":1.0}"#);
+    assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 2.0 });
+
+    let no_max = base.replace(r#","max_position_embeddings":256"#, "");
+    let bad = [
+        (
+            format!("{{{base},\"rope_parameters\":{{\"rope_type\":\"proportional\",\"rope_theta\":1e4}}}}"),
+            "unsupported rope_parameters.rope_type \"proportional\" (supported: default, linear, dynamic, llama3, yarn, longrope)",
+        ),
+        (
+            format!("{{{base},\"rope_scaling\":{{\"type\":\"su\",\"factor\":2.0}}}}"),
+            "unsupported rope_scaling.type \"su\"",
+        ),
+        // transformers builds cos/sin for int(head_dim · factor) channels and llama's
+        // `q * cos` fails on them; refused, naming the field.
+        (
+            format!(
+                "{{{base},\"rope_parameters\":{{\"rope_type\":\"linear\",\"factor\":2.0,\"partial_rotary_factor\":0.5}}}}"
+            ),
+            "unsupported rope_parameters.partial_rotary_factor 0.5 with rope_parameters.rope_type \"linear\"",
+        ),
+        (
+            format!(
+                "{{{base},\"partial_rotary_factor\":0.75,\"rope_scaling\":{{\"rope_type\":\"yarn\",\"factor\":2.0}}}}"
+            ),
+            "unsupported partial_rotary_factor 0.75 with rope_scaling.rope_type \"yarn\"",
+        ),
+        (
+            format!(
+                "{{{base},\"rope_parameters\":{{\"full_attention\":{{\"rope_type\":\"default\"}},\"sliding_attention\":{{\"rope_type\":\"default\"}}}}}}"
+            ),
+            "unsupported rope_parameters.full_attention: RoPE parameters per layer type are not implemented",
+        ),
+        (
+            format!(
+                "{{{base},\"rope_parameters\":{{\"rope_type\":\"yarn\",\"factor\":4.0,\"attention_factor\":100.0}}}}"
+            ),
+            "unsupported rope_parameters.attention_factor 100",
+        ),
+        (
+            format!(
+                "{{{base},\"rope_parameters\":{{\"rope_type\":\"longrope\",\"short_factor\":[1,1],\"long_factor\":[1,1],\"original_max_position_embeddings\":64}}}}"
+            ),
+            "rope_parameters.short_factor must be a list of 8 positive numbers",
+        ),
+        (
+            format!("{{{no_max},\"rope_parameters\":{{\"rope_type\":\"dynamic\",\"factor\":2.0}}}}"),
+            "missing \"max_position_embeddings\" (rope_parameters.rope_type \"dynamic\" scales from it)",
+        ),
+        (
+            format!(
+                "{{{no_max},\"rope_scaling\":{{\"rope_type\":\"llama3\",\"factor\":8.0,\"low_freq_factor\":1.0,\"high_freq_factor\":4.0}}}}"
+            ),
+            "missing \"max_position_embeddings\" (rope_scaling.rope_type \"llama3\" uses it as original_max_position_embeddings)",
+        ),
+        (
+            format!("{{{base},\"rope_scaling\":{{\"rope_type\":\"linear\",\"factor\":\"2\"}}}}"),
+            "rope_scaling.factor \"2\" is not a number",
+        ),
+        (
+            format!("{{{base},\"rope_scaling\":{{\"rope_type\":\"linear\",\"factor\":0}}}}"),
+            "rope_scaling.factor 0 must be positive",
+        ),
+        (
+            format!(
+                "{{{base},\"rope_scaling\":{{\"rope_type\":\"llama3\",\"factor\":8.0,\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,\"original_max_position_embeddings\":8192.5}}}}"
+            ),
+            "rope_scaling.original_max_position_embeddings 8192.5 is not a positive integer",
+        ),
+        (format!("{{{base},\"rope_scaling\":\"llama3\"}}"), "rope_scaling \"llama3\" is not an object"),
+        (
+            format!("{{{base},\"rope_parameters\":{{\"rope_type\":null}}}}"),
+            "rope_parameters.rope_type null is not a string",
+        ),
+    ];
+    for (text, want) in bad {
+        let err = ModelConfig::parse(&text).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(want), "{text}\n→ {msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        assert_eq!(err.exit_code(), 2);
+    }
+}
+
+/// The scaled-RoPE fixtures open with their scaling read (values from their config.json).
+#[test]
+fn scaled_rope_fixtures_open() {
+    use ucw::model::config::RopeScaling;
+    let m = Model::open(&fixture("llama-rope-llama3-bf16")).unwrap();
+    assert_eq!(m.config.rope_theta, 5e5);
+    assert_eq!(
+        m.config.rope_scaling,
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 16.0
+        }
+    );
+    let m = Model::open(&fixture("qwen3-rope-yarn-bf16")).unwrap();
+    assert_eq!((m.config.rope_theta, m.config.head_dim, m.config.max_position_embeddings), (1e4, 32, 128));
+    assert!(
+        matches!(
+            m.config.rope_scaling,
+            RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_position_embeddings: 32.0,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                truncate: true,
+                ..
+            }
+        ),
+        "{:?}",
+        m.config.rope_scaling
+    );
+    let m = Model::open(&fixture("qwen2-rope-linear-bf16")).unwrap();
+    assert_eq!((m.config.rope_theta, m.config.rope_scaling.clone()), (1e6, RopeScaling::Linear { factor: 4.0 }));
+    assert!(m.config.qkv_bias);
+    for f in ["llama-bf16", "mistral-f16", "qwen2-f32", "qwen3-bf16-sharded"] {
+        assert_eq!(Model::open(&fixture(f)).unwrap().config.rope_scaling, RopeScaling::Default, "{f}");
+    }
+}
+
 pub fn scratch_copy(name: &str) -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(fixture(name)).unwrap() {

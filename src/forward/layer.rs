@@ -42,7 +42,7 @@ impl Consts {
         Consts {
             rms_hidden: RmsConsts::new(c.hidden_size, c.rms_norm_eps),
             rms_head: RmsConsts::new(c.head_dim, c.rms_norm_eps),
-            rope: RopeTables::new(c.head_dim, seq_len, c.rope_theta),
+            rope: RopeTables::for_config(c, seq_len),
             attn: AttnShape::new(c.num_attention_heads, c.num_key_value_heads, c.head_dim),
             exp: ExpConsts::new(),
             log: crate::backend::cpu::nll::LogConsts::new(),
