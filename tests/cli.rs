@@ -1,6 +1,8 @@
 //! The `ucw` binary end to end: devices, hash (checked against an independent Python
 //! computation), info, and exit codes for bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -34,7 +36,7 @@ fn python() -> Option<&'static str> {
 fn hash_matches_independent_python() {
     let Some(py) = python() else {
         assert!(std::env::var("UCW_REQUIRE_PYTHON").is_err(), "UCW_REQUIRE_PYTHON set but no python3 found");
-        eprintln!("SKIPPED hash_matches_independent_python: no python3 (UCW_REQUIRE_PYTHON makes this a failure)");
+        common::report_skip("hash_matches_independent_python", "no python3 (UCW_REQUIRE_PYTHON makes this a failure)");
         return;
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ucw_digest.py");
@@ -145,8 +147,9 @@ fn adapters_that_cannot_build_pipelines_are_skipped_with_a_reason() {
             !required.split(',').any(|a| a.trim() == "gl"),
             "UCW_REQUIRE_DEVICES names gl but no Mesa GL adapter is here"
         );
-        eprintln!(
-            "SKIPPED adapters_that_cannot_build_pipelines_are_skipped_with_a_reason: no Mesa GL adapter to downgrade (UCW_REQUIRE_DEVICES naming gl makes this a failure)"
+        common::report_skip(
+            "adapters_that_cannot_build_pipelines_are_skipped_with_a_reason",
+            "no Mesa GL adapter to downgrade (UCW_REQUIRE_DEVICES naming gl makes this a failure)",
         );
         return;
     }

@@ -2,6 +2,8 @@
 //! docs/FORMAT.md alone) reconstructs fixture packs and reproduces every digest.
 //! Skipped when python3 with numpy is absent, unless UCW_REQUIRE_PYTHON is set (CI).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,7 +30,10 @@ fn python_with_numpy() -> Option<&'static str> {
 #[test]
 fn independent_decoder_reproduces_the_manifest_digests() {
     let Some(py) = python_with_numpy() else {
-        eprintln!("skipped: no python3 with numpy");
+        common::report_skip(
+            "independent_decoder_reproduces_the_manifest_digests",
+            "no python3 with numpy (UCW_REQUIRE_PYTHON makes this a failure)",
+        );
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -173,7 +178,10 @@ fn assert_mixed_with_overlays(what: &str, m: &serde_json::Value) -> BTreeSet<u64
 #[test]
 fn independent_decoder_reproduces_calibrated_packs_with_mixed_widths_and_overlays() {
     let Some(py) = python_with_numpy() else {
-        eprintln!("skipped: no python3 with numpy");
+        common::report_skip(
+            "independent_decoder_reproduces_calibrated_packs_with_mixed_widths_and_overlays",
+            "no python3 with numpy (UCW_REQUIRE_PYTHON makes this a failure)",
+        );
         return;
     };
     let t = tempfile::tempdir().unwrap();
@@ -242,7 +250,10 @@ fn digest_mismatches(v: &serde_json::Value) -> Vec<String> {
 #[test]
 fn independent_decoder_names_the_damaged_tensor() {
     let Some(py) = python_with_numpy() else {
-        eprintln!("skipped: no python3 with numpy");
+        common::report_skip(
+            "independent_decoder_names_the_damaged_tensor",
+            "no python3 with numpy (UCW_REQUIRE_PYTHON makes this a failure)",
+        );
         return;
     };
     let t = tempfile::tempdir().unwrap();

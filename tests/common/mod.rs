@@ -103,6 +103,13 @@ pub fn gpu_backends() -> Vec<(String, GpuBackend)> {
         .collect()
 }
 
+/// Say on the terminal that (part of) a test did not run, and why. Written to the stderr
+/// handle directly: libtest captures `eprintln!` of passing tests, which would hide it.
+pub fn report_skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
 /// An opt-in test's input named by `var` (a path to real data): `None`, with a line saying
 /// that the test was skipped and why, when it is unset; a failure instead when
 /// UCW_REQUIRE_REAL_DATA is set, so a run that promised real data cannot skip it quietly.
@@ -114,7 +121,7 @@ pub fn opt_in(test: &str, var: &str, what: &str) -> Option<String> {
                 std::env::var("UCW_REQUIRE_REAL_DATA").is_err(),
                 "{test}: UCW_REQUIRE_REAL_DATA is set but {var} is not ({what})"
             );
-            eprintln!("SKIPPED {test}: {var} is not set ({what})");
+            report_skip(test, &format!("{var} is not set ({what})"));
             None
         }
     }
