@@ -94,7 +94,7 @@ fn nll_rejects_bad_targets_and_splits() {
 const CHUNKED: &[(usize, usize)] = &[(10, 13_289), (9, 1_000), (4, 3_333), (2, 1)];
 // As opened: 13,289 crosses 3 NLL chunk boundaries (4096, 8192, 12288) and 12 renorm_top
 // ones; 3,333 crosses 3 renorm_top boundaries (1024, 2048, 3072).
-const _: () = assert!(13_289 / 4096 >= 3 && 3_333 / 1024 >= 3);
+const _: () = assert!(CHUNKED[0].1 / GpuChunks::DEFAULT.nll >= 3 && CHUNKED[2].1 / GpuChunks::DEFAULT.renorm >= 3);
 
 const NLL_KNOBS: &[common::Knob] = &[
     common::AS_OPENED,

@@ -290,7 +290,7 @@ fn cli_names_tensor_and_device_for_a_reconstructed_digest_mismatch() {
         let o = ucw(&["verify", d.to_str().unwrap(), "--all-devices"]);
         let text = out(&o);
         assert_eq!(o.status.code(), Some(1), "{text}");
-        let last = text.lines().filter(|l| l.starts_with("FAIL sha256:")).last().expect(&text);
+        let last = text.lines().rfind(|l| l.starts_with("FAIL sha256:")).expect(&text);
         let devices: Vec<&str> = last.rsplit_once(" on ").unwrap().1.trim_end_matches(')').split(", ").collect();
         for d in common::devices() {
             assert!(devices.contains(&d.label.as_str()), "{} not verified: {last}", d.label);

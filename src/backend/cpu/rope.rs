@@ -92,7 +92,9 @@ pub fn inv_freq(head_dim: usize, theta: f64, s: &RopeScaling, seq_len: usize) ->
                     let wavelen = 2.0 * core::f64::consts::PI / x;
                     // wavelen > low_freq_wavelen: divide by factor; < high_freq_wavelen: keep
                     let y = if wavelen > low_wavelen { x / factor } else { x };
-                    if !(wavelen < high_wavelen) && !(wavelen > low_wavelen) {
+                    // transformers' is_medium_freq: ~(wavelen < high) * ~(wavelen > low);
+                    // every wavelen here is finite, so this is the same comparison.
+                    if wavelen >= high_wavelen && wavelen <= low_wavelen {
                         let smooth = (old / wavelen - low) / (high - low);
                         (1.0 - smooth) * y / factor + smooth * y
                     } else {
