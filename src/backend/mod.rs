@@ -77,10 +77,39 @@ pub struct TokenFixed {
 
 /// Largest |activation mantissa| `matmul` accepts (18-bit signed inputs).
 pub const MATMUL_MAX_ACT: i32 = 1 << 17;
-/// Largest spread of a weight row's group exponents `matmul` accepts (see `matmul`).
+/// Largest spread of a weight row's group exponents `matmul` accepts for rows of up to
+/// `MATMUL_FULL_SPREAD_COLS` columns (see `matmul_max_spread` for wider rows).
 pub const MATMUL_MAX_SPREAD: i32 = 16;
-/// Largest number of weight groups per row `matmul` accepts.
-pub const MATMUL_MAX_GROUPS: usize = 128;
+/// Widest row that keeps the full `MATMUL_MAX_SPREAD` (2^13 columns: 128 groups of 64).
+pub const MATMUL_FULL_SPREAD_COLS: usize = 1 << 13;
+/// Widest row (inner dimension K) `matmul` accepts: 2^16 columns, spread 13.
+pub const MATMUL_MAX_COLS: usize = 1 << 16;
+
+/// Largest spread of group exponents `matmul` accepts in a weight row of `cols` columns:
+/// 16 up to 2^13 columns, then one less per doubling (15 up to 2^14, 14 up to 2^15, 13 up
+/// to 2^16), i.e. the largest S with cols · 2^(32 + S) <= 2^61.
+///
+/// The bound it keeps, for every backend: |a| <= 2^17 and |m| <= 2^15, so each product
+/// |a·m| <= 2^32; a product in a group shifted by s <= S to its row's smallest exponent is
+/// <= 2^(32+S); a row's exact sum over `cols` such products is then
+/// <= cols · 2^(32+S) <= 2^61, and strictly below it (the row's smallest group is shifted
+/// by 0). So every exact sum, and every partial sum over any subset of a row's columns
+/// (groups, slices of columns, split-K partials), stays below 2^61 in magnitude: exact in
+/// i64, and inside what `renorm` and the NLL kernels assume of `ExactSums` — the same
+/// invariant as before wide rows existed (128 groups of 64 × 2^38 × 2^16 = 2^61).
+///
+/// Why lower the spread instead of widening the accumulators: rows up to 2^13 columns
+/// (every layer of SmolLM2, Llama hidden sizes up to 8192) keep spread 16 and every bit; a
+/// wider row only loses weight bits far below its largest group (`align_row_exponents`
+/// rounds a group whose exponent lies more than S below the row's largest to 2^(emax − S)
+/// steps, i.e. a step of 2^-(S+15) of the row's largest weight instead of 2^-31 at
+/// S = 16: 2^-28 at S = 13, far below the 2^-16 relative step of the 16-bit mantissas
+/// themselves). A third accumulator word (96-bit sums) would instead slow every matmul on
+/// every backend, change `ExactSums` and every kernel that reads it.
+pub fn matmul_max_spread(cols: usize) -> i32 {
+    let doublings = cols.div_ceil(MATMUL_FULL_SPREAD_COLS).max(1).next_power_of_two().trailing_zeros() as i32;
+    MATMUL_MAX_SPREAD - doublings
+}
 
 /// Exact products of `matmul`: `sums[t*n + o] * 2^(x.exps[t] + row_exps[o])`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,9 +249,11 @@ pub trait Backend: Send + Sync {
     fn dequantize(&self, q: &QuantTensor, dtype: DType) -> Result<Vec<u8>, KernelError>;
 
     /// `y = x · wᵀ` exactly: x `[T, K]` activations, w `[N, K]` weights ingested with
-    /// 16-bit mantissas in groups whose exponents lie within `MATMUL_MAX_SPREAD` of their
-    /// row's largest (`align_row_exponents`). Bounds: |x·m| <= 2^17 · 2^15 = 2^32, a group
-    /// of <= 64 products < 2^38, shifted <= 16 < 2^54, <= 128 groups < 2^61: exact in i64.
+    /// 16-bit mantissas in groups of <= 64 whose exponents lie within
+    /// `matmul_max_spread(K)` of their row's largest (`align_row_exponents`), K <=
+    /// `MATMUL_MAX_COLS`. Bounds: |x·m| <= 2^17 · 2^15 = 2^32, a group of <= 64 products
+    /// <= 2^38, shifted <= S, over K columns: < K · 2^(32+S) <= 2^61 (16 for K <= 2^13,
+    /// 13 at K = 2^16; `matmul_max_spread`): exact in i64.
     fn matmul(&self, x: &TokenFixed, w: &GroupFixed) -> Result<ExactSums, Error>;
 
     /// `w` laid out once in this backend's own form for repeated `matmul_prepared` calls
@@ -451,17 +482,23 @@ pub(crate) fn check_matmul_acts(x: &TokenFixed, w: &GroupFixed) -> Result<(), Er
 
 /// The weights' half of `check_matmul_args` (what `prepare_matmul` checks once).
 pub(crate) fn check_matmul_weights(w: &GroupFixed) -> Result<(), Error> {
-    if w.params.mantissa_bits > 16 || w.params.group_size > 64 || w.groups_per_row() > MATMUL_MAX_GROUPS {
+    if w.params.mantissa_bits > 16 || w.params.group_size > 64 || w.cols > MATMUL_MAX_COLS {
         return Err(bad_input!(
-            "matmul: weights need <= 16-bit mantissas, groups <= 64, <= {MATMUL_MAX_GROUPS} groups"
+            "matmul: weights need <= 16-bit mantissas, groups <= 64, <= {MATMUL_MAX_COLS} columns (got {} columns)",
+            w.cols
         ));
     }
     let gpr = w.groups_per_row();
+    let spread = matmul_max_spread(w.cols);
     for r in 0..w.rows {
         let row = &w.exponents[r * gpr..(r + 1) * gpr];
         let (lo, hi) = (row.iter().min().copied().unwrap_or(0), row.iter().max().copied().unwrap_or(0));
-        if hi - lo > MATMUL_MAX_SPREAD {
-            return Err(bad_input!("matmul: weight row {r} exponent spread {} > {MATMUL_MAX_SPREAD}", hi - lo));
+        if hi - lo > spread {
+            return Err(bad_input!(
+                "matmul: weight row {r} exponent spread {} > {spread} (the most for {} columns)",
+                hi - lo,
+                w.cols
+            ));
         }
     }
     Ok(())

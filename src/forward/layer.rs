@@ -14,7 +14,7 @@ use crate::backend::cpu::linear::shr_round_any;
 use crate::backend::cpu::norm::RmsConsts;
 use crate::backend::cpu::rope::RopeTables;
 use crate::backend::{
-    Backend, ExactSums, GroupFixed, IngestParams, MATMUL_MAX_SPREAD, Prepared, TokenFixed, align_row_exponents,
+    Backend, ExactSums, GroupFixed, IngestParams, Prepared, TokenFixed, align_row_exponents, matmul_max_spread,
 };
 use crate::error::Result;
 use crate::model::ModelConfig;
@@ -102,7 +102,8 @@ impl Linear {
 }
 
 /// Ingest a `[rows, cols]` weight at the matmul format (16-bit mantissas, groups of 64,
-/// exponent spread bounded by `align_row_exponents`).
+/// exponent spread bounded by `align_row_exponents` to `matmul_max_spread(cols)`: 16 up to
+/// 8192 columns, so every narrower layer keeps its bits, one less per doubling beyond).
 pub fn load_weight(
     backend: &dyn Backend,
     src: &mut dyn Tensors,
@@ -113,7 +114,7 @@ pub fn load_weight(
     let (bytes, dtype) = src.tensor(backend, name)?;
     let p = IngestParams { group_size: WEIGHT_GROUP, mantissa_bits: WEIGHT_BITS };
     let mut w = crate::codec::ingest::ingest_tensor(backend, name, &bytes, dtype, rows, cols, p)?;
-    align_row_exponents(&mut w, MATMUL_MAX_SPREAD);
+    align_row_exponents(&mut w, matmul_max_spread(cols));
     Ok(w)
 }
 

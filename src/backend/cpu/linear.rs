@@ -9,7 +9,9 @@ pub fn row_exps(w: &GroupFixed) -> Vec<i32> {
     (0..w.rows).map(|r| w.exponents[r * gpr..(r + 1) * gpr].iter().copied().min().unwrap_or(0)).collect()
 }
 
-/// Sums for tokens `t0..` into `out` (`[tokens, n]` row-major slice).
+/// Sums for tokens `t0..` into `out` (`[tokens, n]` row-major slice). Exact in i64: a group
+/// sum is <= 64·2^32 = 2^38, shifted by <= S = `matmul_max_spread(K)`, and the row's sum
+/// over K columns < K·2^(32+S) <= 2^61 (`check_matmul_weights`), for K up to 2^16.
 pub fn matmul_rows(x: &TokenFixed, w: &GroupFixed, re: &[i32], t0: usize, out: &mut [i64]) {
     let (k, n) = (w.cols, w.rows);
     let g = w.params.group_size as usize;

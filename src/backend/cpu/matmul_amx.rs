@@ -15,10 +15,15 @@
 //!   c_2 = a >> 16 in [-2, 2].
 //! - The byte products with the same scale 2^(8(i+j)) share one i32 tile accumulator C_s,
 //!   s = i + j. Each C_s gathers at most two unsigned × unsigned byte products per column
-//!   (|.| <= 255·255) and one with c_2 (|.| <= 2·255), over K <= 8192 columns: |C_s| <=
-//!   8192·(2·65025 + 510) < 2^31. No lane wraps.
-//! - The sum Σ_s C_s·2^(8s) (|.| <= 2^17·2^31·8192 = 2^61; the top classes hold only the
-//!   small signed bytes, so every term C_s·2^(8s) stays below 2^62 too) is formed in i64.
+//!   (|.| <= 255·255) and one with c_2 (|.| <= 2·255), over a slice of at most
+//!   `MAX_COLS` = 8192 columns: |C_s| <= 8192·(2·65025 + 510) < 2^31. No lane wraps.
+//! - Wider rows (up to `MATMUL_MAX_COLS` = 2^16) run the tiles slice by slice, 8192 columns
+//!   (128 k-steps) at a time, each slice's C_s starting from zero; a slice's sum
+//!   Σ_s C_s·2^(8s) (|.| <= 2^17·2^31·8192 = 2^61; the top classes hold only the small
+//!   signed bytes, so every term C_s·2^(8s) stays below 2^62 too) is formed in i64 and the
+//!   slices' sums are added in i64. Each slice's sum and every partial total is a sum of a
+//!   subset of the reference's terms a·m·2^s, so below 2^61 (`backend::matmul_max_spread`:
+//!   K·2^(32+S) <= 2^61): no i64 overflow, and the total is the reference's sum exactly.
 //!
 //! Layout: weights are packed once (`Packed`), per tile of 16 rows and per k-step of 64
 //! columns, byte plane by byte plane, each plane one 1 KiB B tile in AMX's pair-of-four
@@ -42,8 +47,11 @@ const KSTEP: usize = 64;
 const TILE_BYTES: usize = TILE * KSTEP;
 /// Byte planes of an activation.
 const A_PLANES: usize = 3;
-/// Most columns: keeps every C_s below 2^31 (module comment).
+/// Most columns per slice of tile products: keeps every C_s below 2^31 (module comment).
+/// Wider rows are cut into slices of this many columns, combined exactly in i64.
 pub const MAX_COLS: usize = 8192;
+/// K-steps per slice.
+const SLICE_KSTEPS: usize = MAX_COLS / KSTEP;
 /// Output block of one rayon task (multiples of TILE).
 const TOKENS_PER_BLOCK: usize = 96;
 const ROWS_PER_BLOCK: usize = 96;
@@ -96,10 +104,8 @@ pub struct Packed {
 }
 
 impl Packed {
-    /// Expects `w` that passed `check_matmul_weights`, `re = linear::row_exps(w)` and
-    /// `w.cols <= MAX_COLS`.
+    /// Expects `w` that passed `check_matmul_weights` and `re = linear::row_exps(w)`.
     pub fn new(w: &GroupFixed, re: &[i32]) -> Packed {
-        assert!(w.cols <= MAX_COLS, "matmul_amx: {} columns > {MAX_COLS}", w.cols);
         let (k, g, gpr) = (w.cols, w.params.group_size as usize, w.groups_per_row());
         let ksteps = k.div_ceil(KSTEP);
         let shift = |r: usize, c: usize| (w.exponents[r * gpr + c / g] - re[r]) as u32;
@@ -202,6 +208,19 @@ simd_dispatch! {
 /// `available()`.
 pub fn matmul_packed(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
     assert!(available(), "matmul_amx without AMX");
+    packed_sums(x, w, p, true)
+}
+
+/// `matmul_packed` on any CPU: the same packing, slicing and combination, with the tile
+/// products computed by `emulate::tile` (plain Rust, the instructions' wrapping i32 lanes)
+/// instead of AMX, so tests check everything around the tile instructions everywhere.
+#[cfg(test)]
+pub fn matmul_packed_emulated(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
+    packed_sums(x, w, p, false)
+}
+
+/// `matmul_packed`'s body: the tiles on AMX where `hw`, else emulated (tests only).
+fn packed_sums(x: &TokenFixed, w: &GroupFixed, p: &Packed, hw: bool) -> Vec<i64> {
     let (tokens, n, k) = (x.tokens, w.rows, w.cols);
     if n == 0 || tokens == 0 || k == 0 {
         return vec![0i64; tokens * n];
@@ -212,21 +231,38 @@ pub fn matmul_packed(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
         let (nt, nr) = (out.len(), out[0].len());
         let mut c = Tiles([[0i32; TILE * TILE]; 6]);
         let mut sum = [0i64; TILE * TILE];
-        // SAFETY: `available()` (asserted above); the operands are whole packed tiles.
-        unsafe { amx::begin() };
+        if hw {
+            // SAFETY: `available()` (asserted by the caller); the operands are whole packed tiles.
+            unsafe { amx::begin() };
+        }
         for lr0 in (0..nr).step_by(TILE) {
             let (off, planes) = p.tiles[(r0 + lr0) / TILE];
             let b = &p.wp[off..off + p.ksteps * planes * TILE_BYTES];
             for lt0 in (0..nt).step_by(TILE) {
                 let a = &ap[(t0 + lt0) / TILE * a_tile..][..a_tile];
-                // SAFETY: as above; `a` and `b` hold `ksteps` k-steps of whole tiles.
-                unsafe { amx::tile(a, b, p.ksteps, planes, &mut c) };
-                combine(&c, A_PLANES + planes - 1, &mut sum);
+                // Slices of at most SLICE_KSTEPS k-steps (MAX_COLS columns), so no C_s lane
+                // wraps; their sums (each < 2^61) added exactly in i64.
+                sum.fill(0);
+                for ks0 in (0..p.ksteps).step_by(SLICE_KSTEPS) {
+                    let ks1 = (ks0 + SLICE_KSTEPS).min(p.ksteps);
+                    let a = &a[ks0 * A_PLANES * TILE_BYTES..ks1 * A_PLANES * TILE_BYTES];
+                    let b = &b[ks0 * planes * TILE_BYTES..ks1 * planes * TILE_BYTES];
+                    if hw {
+                        // SAFETY: as above; `a` and `b` hold `ks1 - ks0` k-steps of whole tiles.
+                        unsafe { amx::tile(a, b, ks1 - ks0, planes, &mut c) };
+                    } else {
+                        #[cfg(test)]
+                        emulate::tile(a, b, ks1 - ks0, planes, &mut c);
+                    }
+                    combine(&c, A_PLANES + planes - 1, &mut sum);
+                }
                 write_tile(out, lt0, lr0, TILE, TILE, &sum);
             }
         }
-        // SAFETY: pairs with `begin` above.
-        unsafe { amx::end() };
+        if hw {
+            // SAFETY: pairs with `begin` above.
+            unsafe { amx::end() };
+        }
         add_fixes(x, w, &p.re, &p.fixes, t0, r0, out);
     })
 }
@@ -236,13 +272,11 @@ pub fn matmul_packed(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
 struct Tiles([[i32; TILE * TILE]; 6]);
 
 simd_dispatch! {
-    /// The tile's sums Σ_s C_s·2^(8s) in i64 (`out[token·16 + row]`), over `classes` tiles.
+    /// Add one slice's sums Σ_s C_s·2^(8s) in i64 into `out[token·16 + row]`, over `classes`
+    /// tiles.
     fn combine(c: &Tiles, classes: usize, out: &mut [i64; TILE * TILE]) -> () {
         // Class by class over the whole tile: plain loops the compiler vectorises.
-        for (o, &v) in out.iter_mut().zip(&c.0[0]) {
-            *o = v as i64;
-        }
-        for (s, cs) in c.0.iter().enumerate().take(classes).skip(1) {
+        for (s, cs) in c.0.iter().enumerate().take(classes) {
             for (o, &v) in out.iter_mut().zip(cs) {
                 *o += (v as i64) << (8 * s);
             }
@@ -400,6 +434,43 @@ mod amx {
                 "tilestored [{c} + {s}*1 + 5120], tmm5",
                 c = in(reg) cp, s = in(reg) stride, options(nostack)
             );
+        }
+    }
+}
+
+/// The tile products in plain Rust, for tests on CPUs without AMX.
+#[cfg(test)]
+mod emulate {
+    use super::{A_PLANES, KSTEP, TILE, TILE_BYTES, Tiles};
+
+    /// What `amx::tile` computes: C_s[t·16 + n] = Σ over k-steps, byte planes i + j = s and
+    /// the k-step's 64 columns of A_i[t][col]·B_j[col / 4][4n + col % 4], A plane 2 and the
+    /// top B plane signed, the others unsigned, in wrapping i32 lanes as the tiles add.
+    pub fn tile(a: &[u8], b: &[u8], ksteps: usize, planes: usize, c: &mut Tiles) {
+        assert!(a.len() == ksteps * A_PLANES * TILE_BYTES && b.len() == ksteps * planes * TILE_BYTES);
+        for cs in c.0.iter_mut() {
+            cs.fill(0);
+        }
+        let byte = |v: u8, signed: bool| if signed { v as i8 as i32 } else { v as i32 };
+        for ks in 0..ksteps {
+            for i in 0..A_PLANES {
+                let ap = &a[(ks * A_PLANES + i) * TILE_BYTES..][..TILE_BYTES];
+                for j in 0..planes {
+                    let bp = &b[(ks * planes + j) * TILE_BYTES..][..TILE_BYTES];
+                    let cs = &mut c.0[i + j];
+                    for t in 0..TILE {
+                        for n in 0..TILE {
+                            let mut d = 0i32;
+                            for col in 0..KSTEP {
+                                let x = byte(ap[t * KSTEP + col], i == A_PLANES - 1);
+                                let y = byte(bp[col / 4 * KSTEP + n * 4 + col % 4], j == planes - 1);
+                                d = d.wrapping_add(x * y);
+                            }
+                            cs[t * TILE + n] = cs[t * TILE + n].wrapping_add(d);
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -6,7 +6,8 @@
 //! into lanes, is an integer of magnitude <= 2^38 < 2^53: each multiply and add is exact and
 //! a group's sum comes out as the same integer as the reference's i64 sum. From there on the
 //! arithmetic is the reference's own: the group sum goes to i64 (exactly), is shifted by the
-//! group's exponent above the row's smallest (<= 16) and summed in i64 (< 2^61, no overflow).
+//! group's exponent above the row's smallest (<= `matmul_max_spread(K)`: 16 up to K = 8192,
+//! 13 at K = 65,536) and summed in i64 (< K·2^(32+S) <= 2^61, no overflow, whatever K).
 //! Integer sums do not depend on order, so the tiling and lane layout cannot change a bit.
 //!
 //! Layout: the output is split into fixed blocks of `TOKENS_PER_BLOCK` tokens ×
@@ -379,7 +380,7 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::backend::cpu::linear::{matmul_rows, row_exps};
-    use crate::backend::{IngestParams, MATMUL_MAX_ACT, MATMUL_MAX_SPREAD};
+    use crate::backend::{IngestParams, MATMUL_MAX_ACT, MATMUL_MAX_COLS, matmul_max_spread};
 
     /// splitmix64: deterministic test data.
     struct Rng(u64);
@@ -425,10 +426,11 @@ mod tests {
             .collect()
     }
 
-    /// Weights with per-group exponents spanning exactly `MATMUL_MAX_SPREAD` in every row
-    /// (when the row has 2+ groups); `zero_groups` blanks some groups.
+    /// Weights with per-group exponents spanning exactly `matmul_max_spread(cols)` in every
+    /// row (when the row has 2+ groups); `zero_groups` blanks some groups.
     fn weights(rng: &mut Rng, rows: usize, cols: usize, g: u32, f: Fill, zero_groups: bool) -> GroupFixed {
         let params = IngestParams { group_size: g, mantissa_bits: 16 };
+        let spread = matmul_max_spread(cols);
         let gpr = cols.div_ceil(g as usize);
         let mut mantissas = fill(rng, f, 1 << 15, rows * cols);
         let mut exponents = Vec::with_capacity(rows * gpr);
@@ -437,8 +439,8 @@ mod tests {
             for gi in 0..gpr {
                 let e = match gi {
                     0 => base,
-                    1 => base + MATMUL_MAX_SPREAD,
-                    _ => base + (rng.next() % (MATMUL_MAX_SPREAD as u64 + 1)) as i32,
+                    1 => base + spread,
+                    _ => base + (rng.next() % (spread as u64 + 1)) as i32,
                 };
                 exponents.push(e);
                 if zero_groups && rng.next().is_multiple_of(3) {
@@ -477,8 +479,10 @@ mod tests {
             assert_eq!(sums, want, "vnni kernel: {what}");
         }
         use crate::backend::cpu::matmul_amx;
-        if matmul_amx::available() && w.cols <= matmul_amx::MAX_COLS {
-            let p = matmul_amx::Packed::new(w, &re);
+        let p = matmul_amx::Packed::new(w, &re);
+        // The AMX kernel's packing, slices and combination with the tiles emulated (any CPU).
+        assert_eq!(matmul_amx::matmul_packed_emulated(x, w, &p), want, "amx kernel (emulated tiles): {what}");
+        if matmul_amx::available() {
             assert_eq!(matmul_amx::matmul_packed(x, w, &p), want, "amx kernel: {what}");
         }
         for kernel in [Kernel::Portable, Kernel::Avx2, Kernel::Vnni] {
@@ -635,6 +639,81 @@ mod tests {
                 check(&TokenFixed { tokens: 17, width: k, exps: vec![0; 17], mants: vec![a; 17 * k] }, &w);
             }
             check(&acts(&mut rng, 33, k, Fill::Extreme), &w);
+        }
+    }
+
+    #[test]
+    fn matches_reference_on_wide_rows() {
+        // Inner dimensions past 8192 up to MATMUL_MAX_COLS (the AMX kernel's slices of 8192
+        // columns: one more slice at 8193, a short last slice at 14336 and 65531, eight full
+        // ones at 65536), at the widest spread each width allows: every product +2^32 with
+        // every group but the first at the top exponent (sums just below 2^61), ±2^17 against
+        // ±2^15 / -2^15, and random values. Few tokens and rows: ~10^7 products per case.
+        let mut rng = Rng(6);
+        for &(k, tokens, n) in
+            &[(8193usize, 3usize, 5usize), (14336, 17, 3), (28672, 2, 3), (65531, 2, 2), (65536, 3, 17)]
+        {
+            assert!(k <= MATMUL_MAX_COLS);
+            let spread = matmul_max_spread(k);
+            for f in [Fill::Max, Fill::Extreme, Fill::Random] {
+                let mut w = weights(&mut rng, n, k, 64, f, false);
+                let gpr = w.groups_per_row();
+                if !matches!(f, Fill::Random) {
+                    for r in 0..n {
+                        for gi in 0..gpr {
+                            w.exponents[r * gpr + gi] = if gi == 0 { -3 } else { spread - 3 };
+                        }
+                    }
+                }
+                if matches!(f, Fill::Extreme) {
+                    for (i, m) in w.mantissas.iter_mut().enumerate() {
+                        if i % 5 == 0 {
+                            *m = -(1 << 15);
+                        }
+                    }
+                }
+                crate::backend::check_matmul_weights(&w).unwrap();
+                let x = acts(&mut rng, tokens, k, f);
+                check(&x, &w);
+                if matches!(f, Fill::Max) {
+                    // The largest sums the bound allows: within a factor 2^-(S) of 2^61.
+                    let re = row_exps(&w);
+                    let top = reference(&x, &w, &re).iter().map(|v| v.unsigned_abs()).max().unwrap();
+                    assert!(top < 1 << 61 && top >= 1 << (60 - (16 - spread)), "k {k}: largest sum {top}");
+                    let neg = TokenFixed { mants: x.mants.iter().map(|m| -m).collect(), ..x };
+                    check(&neg, &w);
+                }
+            }
+        }
+        // One more than the spread is refused, as is one column beyond the limit.
+        let mut w = weights(&mut rng, 2, 16384 + 1, 64, Fill::Random, false);
+        w.exponents[1] = w.exponents[0] + matmul_max_spread(16384 + 1) + 1;
+        assert!(crate::backend::check_matmul_weights(&w).is_err());
+        let w = weights(&mut rng, 1, MATMUL_MAX_COLS + 1, 64, Fill::Random, false);
+        assert!(crate::backend::check_matmul_weights(&w).is_err());
+    }
+
+    #[test]
+    fn matches_reference_where_wide_amx_slices_are_largest() {
+        // As `matches_reference_where_amx_tile_sums_are_largest`, over eight slices of 8192
+        // columns (65536): each slice's C_s at its largest, the slices' i64 sums combined.
+        let mut rng = Rng(7);
+        let k = MATMUL_MAX_COLS;
+        let spread = matmul_max_spread(k) as usize;
+        for top in [7usize, spread] {
+            let mut w = weights(&mut rng, 17, k, 64, Fill::Random, false);
+            let gpr = w.groups_per_row();
+            for r in 0..w.rows {
+                for gi in 0..gpr {
+                    w.exponents[r * gpr + gi] = (gi % (top + 1)) as i32 - 5;
+                }
+            }
+            for (i, m) in w.mantissas.iter_mut().enumerate() {
+                *m = if i % 3 == 0 { -(1 << 15) } else { (1 << 15) - 1 };
+            }
+            for a in [MATMUL_MAX_ACT - 1, -MATMUL_MAX_ACT] {
+                check(&TokenFixed { tokens: 2, width: k, exps: vec![0; 2], mants: vec![a; 2 * k] }, &w);
+            }
         }
     }
 

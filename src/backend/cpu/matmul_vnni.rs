@@ -12,8 +12,9 @@
 //!   sum of S_lo has magnitude < 64·2^24 = 2^30; |a_hi·m| <= 2^8·2^15 = 2^23, so |S_hi| <=
 //!   2^29. Both fit i32 (`vpdpwssd` wraps, but nothing here reaches 2^31).
 //! - The group sum S_hi·2^9 + S_lo (|.| <= 2^38) is formed in i64, shifted by the group's
-//!   exponent above the row's smallest (<= 16) and summed in i64, as the reference does
-//!   (< 2^61). Corrections (a·m·2^shift, |.| <= 2^17·2^31·2^16 only for out-of-contract
+//!   exponent above the row's smallest (<= `matmul_max_spread(K)` <= 16) and summed in i64,
+//!   as the reference does (< K·2^(32+S) <= 2^61 for every K up to `MATMUL_MAX_COLS`; the
+//!   i32 lanes hold one group only, so K does not enter their bound). Corrections (a·m·2^shift, |.| <= 2^17·2^31·2^16 only for out-of-contract
 //!   weights; 2^48 for m = 2^15) are added into the same i64 sums.
 //!
 //! Integer sums do not depend on order, so the tiling cannot change a bit.

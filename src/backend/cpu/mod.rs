@@ -212,7 +212,7 @@ impl Backend for CpuBackend {
 
     fn prepare_matmul(&self, w: &GroupFixed) -> Result<Prepared, Error> {
         super::check_matmul_weights(w)?;
-        Ok(Prepared(if matmul_amx::available() && w.cols <= matmul_amx::MAX_COLS {
+        Ok(Prepared(if matmul_amx::available() {
             Some(Box::new(matmul_amx::Packed::new(w, &linear::row_exps(w))))
         } else if matmul_vnni::available() {
             Some(Box::new(matmul_vnni::Packed::new(w, &linear::row_exps(w))))
