@@ -6,7 +6,10 @@ mod common;
 
 use common::Rng;
 use ucw::backend::cpu::CpuBackend;
-use ucw::backend::{Backend, ExactSums, GroupFixed, IngestParams, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents};
+use ucw::backend::{
+    Backend, ExactSums, GroupFixed, IngestParams, MATMUL_MAX_COLS, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents,
+    matmul_max_spread,
+};
 use ucw::dtype::DType;
 
 fn activations(tokens: usize, width: usize, seed: u64) -> TokenFixed {
@@ -21,7 +24,7 @@ fn activations(tokens: usize, width: usize, seed: u64) -> TokenFixed {
 }
 
 /// Ingested bf16 weights whose groups span a wide range (some rows 2^-30 smaller in places),
-/// aligned to the matmul's exponent spread.
+/// aligned to the matmul's exponent spread for their width (`matmul_max_spread`).
 fn weights(rows: usize, cols: usize, seed: u64) -> GroupFixed {
     let mut rng = Rng(seed);
     let bits: Vec<u8> = (0..rows * cols)
@@ -34,7 +37,7 @@ fn weights(rows: usize, cols: usize, seed: u64) -> GroupFixed {
     let mut w = CpuBackend::new()
         .ingest(&bits, DType::BF16, rows, cols, IngestParams { group_size: 64, mantissa_bits: 16 })
         .unwrap();
-    align_row_exponents(&mut w, MATMUL_MAX_SPREAD);
+    align_row_exponents(&mut w, matmul_max_spread(cols));
     w
 }
 
@@ -277,3 +280,156 @@ conformance_with_knobs!(head_nll_split_same_bits_everywhere, HEAD_KNOBS, |b| {
     }
     out
 });
+
+/// Weights at the bounds of a row of `cols` columns: mantissas +2^15 and 2^15 − 1 where
+/// `same_sign`, else ±(2^15 − 1), −2^15 and +2^15 (a third each, in a pattern that varies by
+/// row); group exponents spanning exactly
+/// `matmul_max_spread(cols)` (the first group at the bottom, the rest at the top, or
+/// alternating), all in groups of 64.
+fn weights_at_bounds(rows: usize, cols: usize, same_sign: bool, seed: u64) -> GroupFixed {
+    let mut rng = Rng(seed);
+    let params = IngestParams { group_size: 64, mantissa_bits: 16 };
+    let gpr = cols.div_ceil(64);
+    let spread = matmul_max_spread(cols);
+    let mantissas = (0..rows * cols)
+        .map(|i| match (i + i / cols) % 3 {
+            _ if same_sign => (1 << 15) - (i % 2) as i32,
+            0 => 1 << 15,
+            1 => -(1 << 15),
+            _ => {
+                if rng.next_u32() & 1 == 0 {
+                    (1 << 15) - 1
+                } else {
+                    -(1 << 15) + 1
+                }
+            }
+        })
+        .collect();
+    let exponents = (0..rows * gpr)
+        .map(|i| {
+            let (r, g) = (i / gpr, i % gpr);
+            -20 + if r % 2 == 0 { if g == 0 { 0 } else { spread } } else { (g % 2) as i32 * spread }
+        })
+        .collect();
+    GroupFixed { rows, cols, params, exponents, mantissas }
+}
+
+/// Activations at ±2^17 (all one sign for `same_sign`, else mixed), one exponent per token.
+fn acts_at_bounds(tokens: usize, width: usize, same_sign: bool, seed: u64) -> TokenFixed {
+    let mut rng = Rng(seed);
+    let mants =
+        (0..tokens * width).map(|_| if same_sign || rng.next_u32() & 1 == 0 { 1 << 17 } else { -(1 << 17) }).collect();
+    TokenFixed { tokens, width, exps: (0..tokens).map(|t| t as i32 - 3).collect(), mants }
+}
+
+/// (tokens, K, rows): one past the old 8192 limit, Llama-3.1-8B's intermediate size (14,336),
+/// a short last group at 65,531, and the widest accepted row (65,536, spread 13).
+const WIDE: &[(usize, usize, usize)] = &[(2, 8193, 3), (3, 14336, 4), (2, 65531, 2), (2, 65536, 3)];
+
+// Split-K: with the default 8192-column slices (8193: two slices, the second a single
+// group; 65,536: eight), with one group per slice (1024 slices at 65,536, so the reduce pass
+// walks 1024 partials), with 65-group slices (uneven: the last slice short), and with a
+// binding that holds only a few outputs' partial sums (the product then runs in token and
+// row chunks).
+const WIDE_KNOBS: &[common::Knob] = &[
+    common::AS_OPENED,
+    ("one group per matmul slice", |g| g.with_matmul_slice(64)),
+    ("65 groups per matmul slice", |g| g.with_matmul_slice(65 * 64)),
+    ("binding of 65,536 x 4 bytes", |g| g.with_work_limits(65536 * 4, 65535)),
+];
+
+// Inner dimensions past the old limit of 128 groups up to MATMUL_MAX_COLS, at the values'
+// bounds (activations ±2^17, weights ±2^15 and −2^15, exponents at the widest spread each
+// width allows) and on ingested weights: identical on every device and split; the CPU's
+// sums equal a direct i128 sum, and at the bounds reach 2^60 (just below the 2^61 bound).
+// About 10^6 multiply-adds per device and knob.
+conformance_with_knobs!(matmul_wide_rows_same_bits_everywhere, WIDE_KNOBS, |b| {
+    let mut out = common::Outputs::new();
+    for (i, &(t, k, n)) in WIDE.iter().enumerate() {
+        for case in 0..3 {
+            let (x, w) = match case {
+                0 => (acts_at_bounds(t, k, true, 300 + i as u64), weights_at_bounds(n, k, true, 310 + i as u64)),
+                1 => (acts_at_bounds(t, k, false, 320 + i as u64), weights_at_bounds(n, k, false, 330 + i as u64)),
+                _ => (activations(t, k, 340 + i as u64), weights(n, k, 350 + i as u64)),
+            };
+            let s = b.matmul(&x, &w).unwrap();
+            if b.api() == "cpu" {
+                let gpr = w.groups_per_row();
+                let mut top = 0u64;
+                for tt in 0..t {
+                    for o in 0..n {
+                        let mut want = 0i128;
+                        for c in 0..k {
+                            let e = w.exponents[o * gpr + c / 64] - s.row_exps[o];
+                            want += (x.mants[tt * k + c] as i128 * w.mantissas[o * k + c] as i128) << e;
+                        }
+                        assert_eq!(s.sums[tt * n + o] as i128, want, "{t}x{k}x{n} case {case}: t {tt} o {o}");
+                        top = top.max(want.unsigned_abs() as u64);
+                    }
+                }
+                assert!(top < 1 << 61, "{t}x{k}x{n}: a sum beyond the bound");
+                if case == 0 {
+                    assert!(top >= 1 << 59, "{t}x{k}x{n}: the bound case is not near 2^61 ({top})");
+                }
+            }
+            add_sums(&mut out, &format!("{t}x{k}x{n} case {case}"), &s);
+            // Prepared weights (the forward pass's path) give the same sums.
+            let p = b.prepare_matmul(&w).unwrap();
+            assert_eq!(b.matmul_prepared(&x, &w, &p).unwrap(), s, "{t}x{k}x{n} case {case}: prepared differs");
+        }
+    }
+    out
+});
+
+// The lm_head's path at a wide hidden size (16,384: two slices): head_nll with the weights
+// kept on the device (fused) and not, against matmul + renorm + nll.
+conformance_with_knobs!(head_nll_wide_same_bits_everywhere, WIDE_KNOBS, |b| {
+    use ucw::backend::cpu::act::ExpConsts;
+    use ucw::backend::cpu::nll::LogConsts;
+    let (ec, lc) = (ExpConsts::new(), LogConsts::new());
+    let mut out = common::Outputs::new();
+    let (t, k, n) = (3usize, 16384usize, 70usize);
+    let mut x = activations(t, k, 360);
+    x.exps.iter_mut().for_each(|e| *e = -34 - (*e).rem_euclid(7));
+    let w = weights(n, k, 361);
+    let y: Vec<u32> = vec![0, 69, 35];
+    let s = b.matmul(&x, &w).unwrap();
+    let want = b.nll(&b.renorm(&s, &x.exps, 24).unwrap(), &y, &ec, &lc).unwrap();
+    for keep in [0, 1u64 << 30] {
+        b.allow_resident_weights(keep);
+        let p = b.prepare_matmul(&w).unwrap();
+        let got = b.head_nll(&x, &w, &p, 24, &y, &ec, &lc);
+        drop(p);
+        b.allow_resident_weights(0);
+        assert_eq!(got.unwrap(), want, "allowance {keep}: head_nll differs");
+    }
+    out.add("sums", &s.sums);
+    out.add("nll", &want);
+    out
+});
+
+#[test]
+fn matmul_rejects_rows_beyond_the_wide_bounds() {
+    // One column past MATMUL_MAX_COLS, or one more than the spread a width allows, is refused
+    // on every device with a one-line reason; the spread steps down one per doubling of K.
+    assert_eq!(
+        [8192, 8193, 16384, 16385, 32768, 32769, 65536].map(matmul_max_spread),
+        [MATMUL_MAX_SPREAD, 15, 15, 14, 14, 13, 13]
+    );
+    let x = acts_at_bounds(1, MATMUL_MAX_COLS + 1, true, 1);
+    let too_wide = weights_at_bounds(1, MATMUL_MAX_COLS + 1, false, 2);
+    for k in [8193, 65536] {
+        let mut w = weights_at_bounds(2, k, false, 3);
+        w.exponents[1] += 1; // row 0: spread S + 1
+        let xk = acts_at_bounds(1, k, false, 4);
+        for d in common::devices() {
+            let e = d.backend.matmul(&xk, &w).unwrap_err().to_string();
+            assert!(e.contains("spread") && !e.contains('\n'), "{}: {e}", d.label);
+            assert!(d.backend.prepare_matmul(&w).is_err(), "{}", d.label);
+        }
+    }
+    for d in common::devices() {
+        let e = d.backend.matmul(&x, &too_wide).unwrap_err().to_string();
+        assert!(e.contains("65536 columns"), "{}: {e}", d.label);
+    }
+}

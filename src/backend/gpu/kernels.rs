@@ -66,8 +66,10 @@ impl GpuBackend {
         rows: usize,
         wbufs: [&Buf; 3],
     ) -> Result<Buf, Error> {
-        let total = tokens * rows;
+        let outputs = tokens * rows;
         let gpr = w.groups_per_row();
+        let (slice_groups, slices) = self.matmul_slices(w);
+        let total = outputs * slices;
         let params = self.uniform(&[
             tokens as u32,
             rows as u32,
@@ -75,13 +77,30 @@ impl GpuBackend {
             w.params.group_size,
             gpr as u32,
             total as u32,
-            0,
-            0,
+            slice_groups as u32,
+            slices as u32,
         ]);
-        let ob = self.zeroed("matmul.out", total as u64 * 8);
+        // One slice: the sums themselves. Several: [outputs, slices] partial sums, each a
+        // sum over a subset of the row's products (< 2^61), added by matmul_reduce.
+        let pb = self.zeroed(if slices == 1 { "matmul.out" } else { "matmul.part" }, total as u64 * 8);
         let [wb, we, rb] = wbufs;
-        self.dispatch("matmul.wgsl", "matmul", &[&params, xb, wb, we, rb, &ob], total as u64)?;
+        self.dispatch("matmul.wgsl", "matmul", &[&params, xb, wb, we, rb, &pb], total as u64)?;
+        if slices == 1 {
+            return Ok(pb);
+        }
+        let rp = self.uniform(&[outputs as u32, slices as u32, 0, 0]);
+        let ob = self.zeroed("matmul.out", outputs as u64 * 8);
+        self.dispatch("matmul_reduce.wgsl", "matmul_reduce", &[&rp, &pb, &ob], outputs as u64)?;
         Ok(ob)
+    }
+
+    /// One matmul invocation walks a slice's columns and groups; a reduce invocation the
+    /// slices.
+    fn check_matmul_loops(&self, w: &GroupFixed) -> Result<(), Error> {
+        let (per, slices) = self.matmul_slices(w);
+        let cols = (per * w.params.group_size as usize).min(w.cols);
+        self.check_loops("matmul", (cols + per.min(w.groups_per_row())) as u64)?;
+        self.check_loops("matmul_reduce", slices as u64)
     }
 
     /// renorm_top then renorm over the `x_exps.len()` tokens whose exact sums (`[tokens, n]`
@@ -138,8 +157,9 @@ impl GpuBackend {
     /// `matmul` of checked arguments, with `w` already on the device where `resident` is
     /// given (used for every row chunk that is the whole matrix).
     fn matmul_with(&self, x: &TokenFixed, w: &GroupFixed, resident: Option<&Resident>) -> Result<ExactSums, Error> {
-        self.check_loops("matmul", (w.cols + w.groups_per_row()) as u64)?;
+        self.check_matmul_loops(w)?;
         let (t, n, k) = (x.tokens, w.rows, w.cols);
+        let slices = self.matmul_slices(w).1;
         let gpr = w.groups_per_row();
         let re = match resident {
             Some(r) => r.row_exps.clone(),
@@ -149,14 +169,23 @@ impl GpuBackend {
         if t * n == 0 {
             return Ok(ExactSums { tokens: t, n, sums, row_exps: re });
         }
-        // Split tokens and weight rows so that x, w and the 8-byte outputs fit a binding.
-        let tokens_per_chunk = self.rows_per_chunk(k, 4)?;
+        // Split tokens and weight rows so that x, w and the 8-byte outputs (per slice) fit a
+        // binding.
+        let sums_per_binding = (self.max_binding / 8) as usize / slices;
+        if sums_per_binding == 0 {
+            return Err(bad_input!(
+                "{}: the {slices} partial sums of one output exceed the device's {} byte storage binding",
+                self.info.name,
+                self.max_binding
+            ));
+        }
+        let tokens_per_chunk = self.rows_per_chunk(k, 4)?.min(sums_per_binding);
         let rows_per_chunk = self.rows_per_chunk(k, 4)?;
         let mut t0 = 0;
         while t0 < t {
             let t1 = (t0 + tokens_per_chunk).min(t);
             let xb = self.upload_i32("matmul.x", &x.mants[t0 * k..t1 * k]);
-            let out_rows = ((self.max_binding / 8) as usize / (t1 - t0)).clamp(1, rows_per_chunk);
+            let out_rows = (sums_per_binding / (t1 - t0)).clamp(1, rows_per_chunk);
             let mut o0 = 0;
             while o0 < n {
                 let o1 = (o0 + out_rows).min(n);
@@ -485,7 +514,7 @@ impl Backend for GpuBackend {
                     && r.cols == k
                     && t > 0
                     && (t * k * 4) as u64 <= self.max_binding()
-                    && (t * n * 8) as u64 <= self.max_binding()
+                    && (t * n * 8 * self.matmul_slices(w).1) as u64 <= self.max_binding()
                     && bits <= 24
                     && n <= 1 << 20
                     && targets.len() == t
@@ -500,7 +529,7 @@ impl Backend for GpuBackend {
             return self.renorm_nll(&s, &x.exps, bits, targets, ec, lc);
         };
         check_matmul_acts(x, w)?;
-        self.check_loops("matmul", (k + w.groups_per_row()) as u64)?;
+        self.check_matmul_loops(w)?;
         self.check_loops("renorm", self.chunks.renorm as u64)?;
         self.check_nll_loops(n)?;
         let xb = self.upload_i32("matmul.x", &x.mants);

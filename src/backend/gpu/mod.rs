@@ -130,6 +130,9 @@ pub struct GpuBackend {
     max_groups_per_dim: u32,
     /// How much one invocation of the chunked kernels walks (lowered only by tests).
     chunks: ChunkSizes,
+    /// Most weight columns one matmul invocation walks (split-K beyond; lowered only by
+    /// tests, `with_matmul_slice`).
+    matmul_slice_cols: usize,
     /// First uncaptured device error; checked after every submission.
     error: Arc<Mutex<Option<String>>>,
     pub mem: Arc<MemStats>,
@@ -167,6 +170,12 @@ pub struct ChunkSizes {
 impl ChunkSizes {
     pub const DEFAULT: ChunkSizes = ChunkSizes { nll: 4096, renorm: 1024, attn_keys: 64 };
 }
+
+/// Most weight columns one invocation of matmul.wgsl walks: rows of up to 8192 columns (every
+/// layer up to Llama's 8192 hidden size) run in one slice, as they always did; wider rows are
+/// split into slices of whole groups (split-K) added exactly by matmul_reduce.wgsl. 8192
+/// columns and their 128 groups are 8320 loop iterations, far inside llvmpipe's 65,535.
+pub const MATMUL_SLICE_COLS: usize = 8192;
 
 /// Mesa's llvmpipe (the software Vulkan and GL adapters) stops every loop of a shader
 /// invocation once the invocation has run this many loop iterations in all (gallivm
@@ -209,6 +218,7 @@ impl GpuBackend {
             max_binding,
             max_groups_per_dim,
             chunks: ChunkSizes::DEFAULT,
+            matmul_slice_cols: MATMUL_SLICE_COLS,
             loop_limit,
             error,
             mem: Arc::default(),
@@ -252,6 +262,21 @@ impl GpuBackend {
             attn_keys: c.attn_keys.clamp(1, d.attn_keys),
         };
         self
+    }
+
+    /// Lower the weight columns one matmul invocation walks (clamped to
+    /// 1..=`MATMUL_SLICE_COLS`; at least one whole group is walked) so tests cross many split-K
+    /// slices on small inputs. Results must not change (DESIGN §3 rule 5).
+    pub fn with_matmul_slice(mut self, cols: usize) -> Self {
+        self.matmul_slice_cols = cols.clamp(1, MATMUL_SLICE_COLS);
+        self
+    }
+
+    /// Split-K of a matmul by `w`: (groups per slice, slices).
+    pub(crate) fn matmul_slices(&self, w: &crate::backend::GroupFixed) -> (usize, usize) {
+        let g = (w.params.group_size as usize).max(1);
+        let per = (self.matmul_slice_cols / g).max(1);
+        (per, w.groups_per_row().div_ceil(per).max(1))
     }
 
     pub fn max_binding(&self) -> u64 {

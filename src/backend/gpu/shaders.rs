@@ -27,6 +27,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("quantize.wgsl"),
     shader!("dequantize.wgsl"),
     shader!("matmul.wgsl"),
+    shader!("matmul_reduce.wgsl"),
     shader!("renorm.wgsl"),
     shader!("renorm_top.wgsl"),
     shader!("rmsnorm.wgsl"),
