@@ -86,7 +86,8 @@ fn wide_intermediate_model_evaluates_and_compresses_with_the_same_bits_everywher
     let mut reference: Option<(String, serde_json::Value, serde_json::Value)> = None;
     for d in common::devices() {
         let dev = d.index.to_string();
-        let e = json(&ucw(&["eval", m, "--text", text, "--seq-len", "16", "--windows", "2", "--device", &dev, "--json"]));
+        let e =
+            json(&ucw(&["eval", m, "--text", text, "--seq-len", "16", "--windows", "2", "--device", &dev, "--json"]));
         let pack = t.path().join(format!("pack{}", d.index));
         let c = json(&ucw(&[
             "compress",
