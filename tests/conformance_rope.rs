@@ -30,6 +30,13 @@ conformance!(rope_same_bits_everywhere, |b| {
         for bits in [12, 16, 20] {
             out.tokens(&format!("{n}x{w} head {d} theta {theta} bits {bits}"), &b.rope(&x, &pos, &t, bits).unwrap());
         }
+        // Scaled types' tables (yarn, longrope): cos and sin times an attention factor, up
+        // to the largest the config accepts (16: |cos|, |sin| up to 2^24, products 2^41).
+        for scale in [1.3465735902799727, 16.0] {
+            let inv: Vec<f64> = (0..d / 2).map(|f| libm::pow(theta, -((2 * f) as f64) / d as f64) / 3.0).collect();
+            let t = RopeTables::from_inv_freq(d, 256, &inv, scale);
+            out.tokens(&format!("{n}x{w} head {d} scaled tables x{scale}"), &b.rope(&x, &pos, &t, 20).unwrap());
+        }
     }
     out
 });
