@@ -118,6 +118,19 @@ fn kernel_digests() -> Vec<(String, String)> {
     };
     let r = ucw::forward::evaluate(&b, &mut src, &windows, &opts, None, &mut |_, _| {}).unwrap();
     out.push(("forward pass qwen3 2x48".into(), digest_i64(&r.window_nll_q30)));
+    // A row wider than 8192 columns (issue 14 item 2: AMX's second and third slices, spread
+    // 14, the largest this width allows), plain and prepared: 6·10^6 products.
+    let (t, k, n) = (17usize, 20000usize, 17usize);
+    let x = acts(&mut rng, t, k, 14);
+    let mut w = weights(&mut rng, n, k);
+    let spread = ucw::backend::matmul_max_spread(k);
+    w.exponents.iter_mut().enumerate().for_each(|(i, e)| *e = -20 + (i % (spread as usize + 1)) as i32);
+    let want = reference(&x, &w);
+    let s = b.matmul(&x, &w).unwrap();
+    assert_eq!(s.sums, want, "matmul {t}x{k}x{n} differs from the reference loop ({:?})", isa::in_use());
+    let p = b.prepare_matmul(&w).unwrap();
+    assert_eq!(b.matmul_prepared(&x, &w, &p).unwrap().sums, want, "matmul_prepared {t}x{k}x{n} ({:?})", isa::in_use());
+    out.push((format!("matmul {t}x{k}x{n}"), digest_i64(&s.sums)));
     out
 }
 

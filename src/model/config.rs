@@ -151,15 +151,31 @@ impl ModelConfig {
             return Err(bad_input!("rms_norm_eps {rms_norm_eps} must be positive"));
         }
         let attention_bias = raw.attention_bias.unwrap_or(false);
+        let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
+        let vocab_size = need(raw.vocab_size, "vocab_size")?;
+        // Sizes the kernels accept (issue 14 item 2): a model beyond one gets a one-line
+        // refusal naming the field here, before any weight is read.
+        let k_max = crate::backend::MATMUL_MAX_COLS;
+        for (field, v, max, what) in [
+            ("hidden_size", hidden_size, k_max, "matmul inner dimension and RMSNorm width"),
+            ("intermediate_size", intermediate_size, k_max, "matmul inner dimension of down_proj"),
+            ("num_attention_heads * head_dim", num_attention_heads * head_dim, k_max, "o_proj's inner dimension"),
+            ("head_dim", head_dim, 256, "attention head size"),
+            ("vocab_size", vocab_size, 1 << 20, "NLL vocabulary"),
+        ] {
+            if v > max {
+                return Err(bad_input!("{field} {v} exceeds the supported {max} ({what})"));
+            }
+        }
         Ok(ModelConfig {
             arch,
             hidden_size,
-            intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
+            intermediate_size,
             num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            vocab_size: need(raw.vocab_size, "vocab_size")?,
+            vocab_size,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
             rope_theta,
             rope_scaling,
