@@ -89,11 +89,11 @@ fn attention_twin_is_within_its_bound_of_f64() {
 const ATTN_KNOBS: &[common::Knob] = &[
     common::AS_OPENED,
     ("5 keys per chunk, grid 2", |g| {
-        g.with_chunk_sizes(ucw::backend::gpu::ChunkSizes { nll: 4096, renorm: 1024, attn_keys: 5 })
+        g.with_chunk_sizes(ucw::backend::gpu::ChunkSizes { attn_keys: 5, ..ucw::backend::gpu::ChunkSizes::DEFAULT })
             .with_work_limits(u64::MAX, 2)
     }),
     ("binding of 4 chunks' partial sums", |g| {
-        g.with_chunk_sizes(ucw::backend::gpu::ChunkSizes { nll: 4096, renorm: 1024, attn_keys: 5 })
+        g.with_chunk_sizes(ucw::backend::gpu::ChunkSizes { attn_keys: 5, ..ucw::backend::gpu::ChunkSizes::DEFAULT })
             .with_work_limits(4 * 221 * 64 * 8 + 8, 65535)
     }),
 ];

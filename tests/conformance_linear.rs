@@ -6,6 +6,7 @@ mod common;
 
 use common::Rng;
 use ucw::backend::cpu::CpuBackend;
+use ucw::backend::gpu::ChunkSizes;
 use ucw::backend::{
     Backend, ExactSums, GroupFixed, IngestParams, MATMUL_MAX_COLS, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents,
     matmul_max_spread,
@@ -249,7 +250,7 @@ const HEAD_KNOBS: &[common::Knob] = &[
     // 300 outputs: nll chunks of 73 (boundaries 73, 146, 219, 292), renorm_top chunks of 97
     // (97, 194, 291).
     ("nll chunk 73, renorm chunk 97", |g| {
-        g.with_chunk_sizes(ucw::backend::gpu::ChunkSizes { nll: 73, renorm: 97, attn_keys: 64 })
+        g.with_chunk_sizes(ChunkSizes { nll: 73, renorm: 97, ..ChunkSizes::DEFAULT })
     }),
     // The 76,800 bytes of weights (300 x 64 i32) fit and are kept; 100 tokens' i64 sums
     // (240,000 bytes) do not, so the steps run one by one: the matmul in row slices of 96
@@ -333,8 +334,8 @@ const WIDE: &[(usize, usize, usize)] = &[(2, 8193, 3), (3, 14336, 4), (2, 65531,
 // row chunks).
 const WIDE_KNOBS: &[common::Knob] = &[
     common::AS_OPENED,
-    ("one group per matmul slice", |g| g.with_matmul_slice(64)),
-    ("65 groups per matmul slice", |g| g.with_matmul_slice(65 * 64)),
+    ("one group per matmul slice", |g| g.with_chunk_sizes(ChunkSizes { matmul_cols: 64, ..ChunkSizes::DEFAULT })),
+    ("65 groups per matmul slice", |g| g.with_chunk_sizes(ChunkSizes { matmul_cols: 65 * 64, ..ChunkSizes::DEFAULT })),
     ("binding of 65,536 x 4 bytes", |g| g.with_work_limits(65536 * 4, 65535)),
 ];
 

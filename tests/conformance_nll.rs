@@ -99,11 +99,13 @@ const _: () = assert!(CHUNKED[0].1 / GpuChunks::DEFAULT.nll >= 3 && CHUNKED[2].1
 const NLL_KNOBS: &[common::Knob] = &[
     common::AS_OPENED,
     // 1,000 logits in chunks of 307: boundaries at 307, 614 and 921; 13,289 in 44 chunks.
-    ("nll chunk 307, renorm chunk 211", |g| g.with_chunk_sizes(GpuChunks { nll: 307, renorm: 211, attn_keys: 64 })),
+    ("nll chunk 307, renorm chunk 211", |g| {
+        g.with_chunk_sizes(GpuChunks { nll: 307, renorm: 211, ..GpuChunks::DEFAULT })
+    }),
     // Chunks of 7 logits: 9 x 143 = 1287 nll_max invocations over a grid of 2 x 2
     // workgroups (256 invocations) split into 6 dispatches.
     ("nll chunk 7, renorm chunk 5, grid 2", |g| {
-        g.with_chunk_sizes(GpuChunks { nll: 7, renorm: 5, attn_keys: 64 }).with_work_limits(u64::MAX, 2)
+        g.with_chunk_sizes(GpuChunks { nll: 7, renorm: 5, ..GpuChunks::DEFAULT }).with_work_limits(u64::MAX, 2)
     }),
     // A binding of 3 tokens of 13,289 i32 logits (and 1 token of i64 sums): 10 tokens in
     // chunks of 3 (boundaries after tokens 3, 6 and 9) for nll, of 1 for renorm.

@@ -130,9 +130,6 @@ pub struct GpuBackend {
     max_groups_per_dim: u32,
     /// How much one invocation of the chunked kernels walks (lowered only by tests).
     chunks: ChunkSizes,
-    /// Most weight columns one matmul invocation walks (split-K beyond; lowered only by
-    /// tests, `with_matmul_slice`).
-    matmul_slice_cols: usize,
     /// First uncaptured device error; checked after every submission.
     error: Arc<Mutex<Option<String>>>,
     pub mem: Arc<MemStats>,
@@ -165,10 +162,14 @@ pub struct ChunkSizes {
     /// Fewest keys per invocation of attn_max.wgsl and attn_sum.wgsl (more when the partial
     /// sums would not fit a binding).
     pub attn_keys: usize,
+    /// Most weight columns one invocation of matmul.wgsl walks (`MATMUL_SLICE_COLS`; at
+    /// least one whole group), split-K beyond.
+    pub matmul_cols: usize,
 }
 
 impl ChunkSizes {
-    pub const DEFAULT: ChunkSizes = ChunkSizes { nll: 4096, renorm: 1024, attn_keys: 64 };
+    pub const DEFAULT: ChunkSizes =
+        ChunkSizes { nll: 4096, renorm: 1024, attn_keys: 64, matmul_cols: MATMUL_SLICE_COLS };
 }
 
 /// Most weight columns one invocation of matmul.wgsl walks: rows of up to 8192 columns (every
@@ -218,7 +219,6 @@ impl GpuBackend {
             max_binding,
             max_groups_per_dim,
             chunks: ChunkSizes::DEFAULT,
-            matmul_slice_cols: MATMUL_SLICE_COLS,
             loop_limit,
             error,
             mem: Arc::default(),
@@ -260,22 +260,15 @@ impl GpuBackend {
             nll: c.nll.clamp(1, d.nll),
             renorm: c.renorm.clamp(1, d.renorm),
             attn_keys: c.attn_keys.clamp(1, d.attn_keys),
+            matmul_cols: c.matmul_cols.clamp(1, d.matmul_cols),
         };
-        self
-    }
-
-    /// Lower the weight columns one matmul invocation walks (clamped to
-    /// 1..=`MATMUL_SLICE_COLS`; at least one whole group is walked) so tests cross many split-K
-    /// slices on small inputs. Results must not change (DESIGN §3 rule 5).
-    pub fn with_matmul_slice(mut self, cols: usize) -> Self {
-        self.matmul_slice_cols = cols.clamp(1, MATMUL_SLICE_COLS);
         self
     }
 
     /// Split-K of a matmul by `w`: (groups per slice, slices).
     pub(crate) fn matmul_slices(&self, w: &crate::backend::GroupFixed) -> (usize, usize) {
         let g = (w.params.group_size as usize).max(1);
-        let per = (self.matmul_slice_cols / g).max(1);
+        let per = (self.chunks.matmul_cols / g).max(1);
         (per, w.groups_per_row().div_ceil(per).max(1))
     }
 
