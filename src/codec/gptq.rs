@@ -24,41 +24,53 @@ const ROWS_PER_TASK: usize = 64;
 /// while its tile is in cache, instead of one pass over the whole matrix per column.
 const BLOCK: usize = 64;
 
-/// Cholesky factor L (lower, row-major) of `a` (n × n, symmetric); None if not positive
-/// definite. Every element (i, j) receives its updates a_ij −= l_ik·l_jk in ascending k and
-/// then its division (or square root), exactly as the textbook right-looking algorithm:
-/// the blocking only changes when, not in which order, each element is updated, so the
-/// bits are those of `tests::cholesky_ref`.
-fn cholesky(a: Vec<f64>, n: usize) -> Option<Vec<f64>> {
-    cholesky_blocked(a, n, BLOCK)
+/// Offset of row i in a packed lower triangle, row-major (row i holds columns 0..=i).
+fn row_offset(i: usize) -> usize {
+    i * (i + 1) / 2
 }
 
-fn cholesky_blocked(a: Vec<f64>, n: usize, block: usize) -> Option<Vec<f64>> {
-    let mut l = a;
+/// The rows of a packed lower triangle (row-major), as separate mutable slices.
+fn packed_rows(l: &mut [f64], n: usize) -> Vec<&mut [f64]> {
+    let mut rows = Vec::with_capacity(n);
+    let mut rest = l;
+    for i in 0..n {
+        let (r, b) = std::mem::take(&mut rest).split_at_mut(i + 1);
+        rows.push(r);
+        rest = b;
+    }
+    rows
+}
+
+/// Cholesky factor L of a symmetric matrix given as its packed lower triangle (row-major,
+/// row i at `row_offset(i)`), in place; false if not positive definite. Every element
+/// (i, j) receives its updates a_ij −= l_ik·l_jk in ascending k and then its division (or
+/// square root), exactly as the textbook right-looking algorithm: the blocking only changes
+/// when, not in which order, each element is updated, so the bits are those of
+/// `tests::cholesky_ref`. Working memory beyond the triangle: one panel, 8·BLOCK·n bytes.
+fn cholesky_packed(l: &mut [f64], n: usize, block: usize) -> bool {
+    let mut rows = packed_rows(l, n);
     let mut k0 = 0;
     while k0 < n {
         let k1 = (k0 + block).min(n);
         // Panel: columns k0..k1 are finished one by one; each step also updates the later
         // panel columns of every row below it.
         for k in k0..k1 {
-            let d = l[k * n + k];
+            let d = rows[k][k];
             if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-                return None;
+                return false;
             }
             let d = d.sqrt();
-            l[k * n + k] = d;
-            for i in k + 1..n {
-                l[i * n + k] /= d;
-            }
-            let col: Vec<f64> = (k + 1..k1).map(|j| l[j * n + k]).collect();
-            l[(k + 1) * n..].par_chunks_mut(n).for_each(|row| {
+            rows[k][k] = d;
+            // l_jk of the later panel rows (the same division each row makes below).
+            let col: Vec<f64> = (k + 1..k1).map(|j| rows[j][k] / d).collect();
+            rows[k + 1..].par_iter_mut().with_min_len(64).enumerate().for_each(|(ii, row)| {
+                let i = k + 1 + ii;
+                row[k] /= d;
                 let lik = row[k];
-                // Every panel column j in k+1..k1; for a row i inside the panel this also
-                // writes entries right of its diagonal (j > i), which nothing reads and
-                // which are zeroed at the end.
-                for (jj, &ljk) in col.iter().enumerate() {
-                    let j = k + 1 + jj;
-                    row[j] -= lik * ljk;
+                // Panel columns j in k+1..k1 that row i has (j ≤ i).
+                let jmax = (k1 - 1).min(i);
+                for (r, &ljk) in row[k + 1..=jmax.max(k)].iter_mut().zip(&col) {
+                    *r -= lik * ljk;
                 }
             });
         }
@@ -68,10 +80,10 @@ fn cholesky_blocked(a: Vec<f64>, n: usize, block: usize) -> Option<Vec<f64>> {
             let mut panel_t = vec![0f64; w * n]; // panel_t[k − k0][j] = l_jk
             for j in k1..n {
                 for k in k0..k1 {
-                    panel_t[(k - k0) * n + j] = l[j * n + k];
+                    panel_t[(k - k0) * n + j] = rows[j][k];
                 }
             }
-            l[k1 * n..].par_chunks_mut(n).enumerate().for_each(|(ii, row)| {
+            rows[k1..].par_iter_mut().enumerate().for_each(|(ii, row)| {
                 let i = k1 + ii;
                 for k in k0..k1 {
                     let lik = row[k];
@@ -84,40 +96,40 @@ fn cholesky_blocked(a: Vec<f64>, n: usize, block: usize) -> Option<Vec<f64>> {
         }
         k0 = k1;
     }
-    for i in 0..n {
-        for j in i + 1..n {
-            l[i * n + j] = 0.0;
-        }
-    }
-    Some(l)
+    true
 }
 
-/// X = L⁻¹ for lower-triangular L: row i of X is (e_i − Σ_{k<i} L_ik X_k) / L_ii, every
-/// element's sum over ascending k (terms with L_ik = 0 skipped). Rows go in blocks: the
-/// contributions of all finished rows reach a block's rows in one pass that reads each
-/// finished row once per task, then the block's rows are finished in order.
-fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
-    lower_inverse_blocked(l, n, BLOCK)
-}
-
-fn lower_inverse_blocked(l: &[f64], n: usize, block: usize) -> Vec<f64> {
-    let mut x = vec![0f64; n * n];
+/// X = L⁻¹ in place for lower-triangular L, packed as in `cholesky_packed`: row i of X is
+/// (e_i − Σ_{k<i} L_ik X_k) / L_ii, every element's sum over ascending k (terms with
+/// L_ik = 0 skipped). Row i of X needs only row i of L and the finished rows k < i of X, so
+/// it replaces row i of L. Rows go in blocks: the block's rows of L are copied out, the
+/// contributions of all finished rows reach them in one pass that reads each finished row
+/// once per task, then the block's rows are finished in order and written back. Working
+/// memory beyond the triangle: 16·BLOCK·n bytes.
+fn lower_inverse_packed(l: &mut [f64], n: usize, block: usize) {
     let mut i0 = 0;
     while i0 < n {
         let i1 = (i0 + block).min(n);
-        let mut rows = vec![0f64; (i1 - i0) * n];
+        let b = i1 - i0;
+        // The block's rows of L (width i1; row i has columns 0..=i).
+        let mut lrows = vec![0f64; b * i1];
         for i in i0..i1 {
-            rows[(i - i0) * n + i] = 1.0;
+            lrows[(i - i0) * i1..(i - i0) * i1 + i + 1].copy_from_slice(&l[row_offset(i)..row_offset(i) + i + 1]);
+        }
+        let mut rows = vec![0f64; b * i1];
+        for i in i0..i1 {
+            rows[(i - i0) * i1 + i] = 1.0;
         }
         // Finished rows k < i0, ascending, into every row of the block (rows in parallel
         // groups; inside a group k is the outer loop so X_k is read once per group).
-        let xs = &x;
-        rows.par_chunks_mut(n * 8).enumerate().for_each(|(g, grp)| {
-            let first = i0 + g * 8;
+        let xs = &l[..row_offset(i0)];
+        let lr = &lrows;
+        rows.par_chunks_mut(i1 * 8).enumerate().for_each(|(g, grp)| {
+            let first = g * 8;
             for k in 0..i0 {
-                let xk = &xs[k * n..k * n + k + 1];
-                for (r, row) in grp.chunks_mut(n).enumerate() {
-                    let lik = l[(first + r) * n + k];
+                let xk = &xs[row_offset(k)..row_offset(k) + k + 1];
+                for (r, row) in grp.chunks_mut(i1).enumerate() {
+                    let lik = lr[(first + r) * i1 + k];
                     if lik != 0.0 {
                         for (v, &xv) in row[..=k].iter_mut().zip(xk) {
                             *v -= lik * xv;
@@ -126,79 +138,103 @@ fn lower_inverse_blocked(l: &[f64], n: usize, block: usize) -> Vec<f64> {
                 }
             }
         });
-        // Then the block's own rows in order.
+        // Then the block's own rows in order, each written back over its row of L.
         for i in i0..i1 {
-            let (done, rest) = rows.split_at_mut((i - i0) * n);
-            let row = &mut rest[..n];
+            let r = i - i0;
+            let row = &mut rows[r * i1..(r + 1) * i1];
             for k in i0..i {
-                let lik = l[i * n + k];
+                let lik = lrows[r * i1 + k];
                 if lik != 0.0 {
-                    let xk = &x[k * n..k * n + k + 1];
+                    let xk = &l[row_offset(k)..row_offset(k) + k + 1];
                     for (v, &xv) in row[..=k].iter_mut().zip(xk) {
                         *v -= lik * xv;
                     }
                 }
             }
-            let _ = done;
-            let d = l[i * n + i];
-            for j in 0..=i {
-                x[i * n + j] = row[j] / d;
+            let d = lrows[r * i1 + i];
+            for (o, &v) in l[row_offset(i)..row_offset(i) + i + 1].iter_mut().zip(row.iter()) {
+                *o = v / d;
             }
         }
         i0 = i1;
     }
-    x
 }
 
 /// U, upper triangular with H⁻¹ = UᵀU (what GPTQ's update needs), for H = `hp(i, j)`
 /// (n × n) + λI: one Cholesky factorisation of H with its index order reversed
-/// (P H P = L Lᵀ gives U = P L⁻¹ P) and one triangular inverse, no full inverse; three n×n
-/// buffers at most (the reversed matrix becomes L in place, then X = L⁻¹, reversed in place).
-fn inverse_upper_factor(hp: impl Fn(usize, usize) -> f64, lambda: f64, n: usize) -> Option<Vec<f64>> {
-    let mut rev = vec![0f64; n * n];
-    for i in 0..n {
-        for j in 0..n {
+/// (P H P = L Lᵀ gives U = P L⁻¹ P) and one triangular inverse, no full inverse. One packed
+/// triangle (8·n(n+1)/2 bytes) throughout: the reversed matrix becomes L in place, then
+/// X = L⁻¹ in place; reversing the packed array of X (row-major lower) gives U packed
+/// row-major upper (row a at `upper_offset(n, a)`, columns a..n).
+fn inverse_upper_factor(hp: impl Fn(usize, usize) -> f64 + Sync, lambda: f64, n: usize) -> Option<Vec<f64>> {
+    let mut rev = vec![0f64; row_offset(n)];
+    packed_rows(&mut rev, n).into_par_iter().enumerate().for_each(|(i, row)| {
+        for (j, o) in row.iter_mut().enumerate() {
             let v = hp(n - 1 - i, n - 1 - j);
-            rev[i * n + j] = if i == j { v + lambda } else { v };
+            *o = if i == j { v + lambda } else { v };
         }
+    });
+    if !cholesky_packed(&mut rev, n, BLOCK) {
+        return None;
     }
-    let l = cholesky(rev, n)?;
-    let mut x = lower_inverse(&l, n);
-    drop(l);
-    // Reverse both indices in place: (i, j) ↔ (n−1−i, n−1−j).
-    x.reverse();
-    Some(x)
+    lower_inverse_packed(&mut rev, n, BLOCK);
+    rev.reverse();
+    Some(rev)
 }
 
-/// Column order: descending diag(H), ties by index.
+/// Offset of row a of a packed upper triangle (row-major, row a holds columns a..n).
+fn upper_offset(n: usize, a: usize) -> usize {
+    a * (2 * n - a + 1) / 2
+}
+
+/// Column order: descending diag(H), ties by index (`h` full, row-major).
 pub fn act_order(h: &[f64], n: usize) -> Vec<usize> {
-    let mut perm: Vec<usize> = (0..n).collect();
-    perm.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]).then(a.cmp(&b)));
+    let d: Vec<f64> = (0..n).map(|j| h[j * n + j]).collect();
+    act_order_diag(&d)
+}
+
+/// Column order from diag(H): descending, ties by index.
+pub fn act_order_diag(d: &[f64]) -> Vec<usize> {
+    let mut perm: Vec<usize> = (0..d.len()).collect();
+    perm.sort_by(|&a, &b| d[b].total_cmp(&d[a]).then(a.cmp(&b)));
     perm
 }
 
 /// What error feedback needs from one statistic H, computed once per linear input and
 /// shared by the linears that read it (q, k, v; gate, up) and by every bit width tried.
+/// Memory: U packed, 8·n(n+1)/2 bytes (plus the n-entry order); while it is made, H (as
+/// given) and that one triangle.
 pub struct Feedback {
     n: usize,
     /// Column order (act-order).
     perm: Vec<usize>,
-    /// U with H_damped⁻¹ = UᵀU, in act order.
+    /// U with H_damped⁻¹ = UᵀU, in act order, packed upper (`upper_offset`).
     u: Vec<f64>,
 }
 
 impl Feedback {
-    /// From H (`n × n`, symmetric PSD, any positive scale); None when H carries no signal.
+    /// From H (`n × n` row-major, symmetric PSD, any positive scale); None when H carries
+    /// no signal.
     pub fn new(h: &[f64], n: usize) -> Option<Feedback> {
+        let d: Vec<f64> = (0..n).map(|j| h[j * n + j]).collect();
+        Feedback::with(&d, |a, b| h[a * n + b], n)
+    }
+
+    /// From H as a packed triangle (the same values give the same bits as `new`).
+    pub fn from_packed(h: &super::gram::SymPacked) -> Option<Feedback> {
+        Feedback::with(&h.diag(), |a, b| h.get(a, b), h.n)
+    }
+
+    fn with(d: &[f64], h: impl Fn(usize, usize) -> f64 + Sync, n: usize) -> Option<Feedback> {
         let mut trace = 0.0;
-        for j in 0..n {
-            trace += h[j * n + j];
+        for &v in d {
+            trace += v;
         }
         if trace.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return None;
         }
-        let perm = act_order(h, n);
-        let hp = |a: usize, b: usize| h[perm[a] * n + perm[b]];
+        let perm = act_order_diag(d);
+        let hp = |a: usize, b: usize| h(perm[a], perm[b]);
         // Damping: λ = 1% of the mean diagonal; a matrix that still fails (rounding on a
         // nearly singular H) gets ten times more, a fixed sequence, so the result is the
         // same everywhere.
@@ -240,8 +276,9 @@ impl Feedback {
                     wp.extend(perm.iter().map(|&p| w[(r0 + r) * n + p]));
                 }
                 for (a, &col) in perm.iter().enumerate() {
-                    let urow = &u[a * n..(a + 1) * n];
-                    let d = urow[a];
+                    // Row a of U from its diagonal on: U_aa, U_a,a+1, …
+                    let urow = &u[upper_offset(n, a)..upper_offset(n, a) + n - a];
+                    let d = urow[0];
                     for r in 0..nr {
                         let gi = (r0 + r) * gpr + col / g;
                         let (m, e) = step(scales[gi], base_exp);
@@ -254,7 +291,7 @@ impl Feedback {
                         if err != 0.0 {
                             loss[r] += err * err;
                             let wr = &mut wp[r * n + a + 1..(r + 1) * n];
-                            for (wv, &uv) in wr.iter_mut().zip(&urow[a + 1..]) {
+                            for (wv, &uv) in wr.iter_mut().zip(&urow[1..]) {
                                 *wv -= err * uv;
                             }
                         }
@@ -370,31 +407,43 @@ mod tests {
         x
     }
 
+    fn pack_lower(a: &[f64], n: usize) -> Vec<f64> {
+        (0..n).flat_map(|i| (0..=i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j]).collect()
+    }
+
     #[test]
     fn blocked_factorisations_equal_the_textbook_ones_bit_for_bit() {
-        for (n, block) in [(37, 8), (64, 64), (100, 16), (130, 64), (5, 3)] {
+        for (n, block) in [(37, 8), (64, 64), (100, 16), (130, 64), (5, 3), (70, 1)] {
             let mut h = spd(n, n as u64);
             for i in 0..n {
                 h[i * n + i] += 0.5; // the generator's matrix is singular for even n
             }
             let want = cholesky_ref(&h, n).unwrap();
-            let got = cholesky_blocked(h.clone(), n, block).unwrap();
-            assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "cholesky n={n} block={block}");
-            let wi = lower_inverse_ref(&want, n);
-            let gi = lower_inverse_blocked(&want, n, block);
-            assert!(wi.iter().zip(&gi).all(|(a, b)| a.to_bits() == b.to_bits()), "inverse n={n} block={block}");
+            let mut got = pack_lower(&h, n);
+            assert!(cholesky_packed(&mut got, n, block));
+            let wp = pack_lower(&want, n);
+            assert!(wp.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "cholesky n={n} block={block}");
+            let wi = pack_lower(&lower_inverse_ref(&want, n), n);
+            lower_inverse_packed(&mut got, n, block);
+            assert!(wi.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "inverse n={n} block={block}");
         }
         // Not positive definite: refused by both.
         let mut h = spd(20, 1);
         h[5 * 20 + 5] = -1.0;
-        assert!(cholesky_ref(&h, 20).is_none() && cholesky_blocked(h, 20, 8).is_none());
+        assert!(cholesky_ref(&h, 20).is_none() && !cholesky_packed(&mut pack_lower(&h, 20), 20, 8));
     }
 
     #[test]
     fn inverse_upper_factor_gives_the_inverse() {
         let n = 23;
         let h = spd(n, 3);
-        let u = inverse_upper_factor(|i, j| h[i * n + j], 0.0, n).unwrap();
+        let up = inverse_upper_factor(|i, j| h[i * n + j], 0.0, n).unwrap();
+        let mut u = vec![0f64; n * n];
+        for a in 0..n {
+            for b in a..n {
+                u[a * n + b] = up[upper_offset(n, a) + b - a];
+            }
+        }
         // U upper triangular, and H · UᵀU = I.
         for i in 0..n {
             for j in 0..i {

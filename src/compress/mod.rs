@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::codec::CODEC_VERSION;
 use crate::codec::gptq;
+use crate::codec::gram::SymPacked;
 use crate::codec::lowrank::{self, LayerItem, Metric};
 use crate::codec::quant::{MAX_IMPORTANCE, MAX_RANK, QuantParams, QuantTensor, quantize_tensor, step};
 use crate::digest::{sha256_hex, weights_digest};
@@ -72,9 +73,10 @@ pub struct Progress<'a> {
 
 /// One linear input's calibration statistic in the forms the codec uses.
 struct TapMetric {
-    /// H (f64, row-major) where the full matrix is kept.
-    full: Option<Vec<f64>>,
-    /// Error feedback's factorisation of H (with `full`).
+    /// H (f64, packed triangle: 8·n(n+1)/2 bytes) where the full matrix is kept.
+    packed: Option<SymPacked>,
+    /// Error feedback's factorisation of H (with `packed`; dropped once the codes are
+    /// chosen).
     feedback: Option<gptq::Feedback>,
     diag: Vec<f64>,
     /// diag(H) scaled for the scale search.
@@ -359,22 +361,25 @@ pub fn compress(
             }
             None => None,
         };
-        let metrics: BTreeMap<Tap, TapMetric> = stats.as_ref().map_or_else(BTreeMap::new, |s| {
+        // Each statistic is consumed as it is converted (its i64 triangle becomes the f64
+        // one in place); memory per input in codec/gram.rs and codec/gptq.rs.
+        let mut metrics: BTreeMap<Tap, TapMetric> = stats.map_or_else(BTreeMap::new, |s| {
             s.grams
-                .iter()
-                .map(|(&t, g)| {
-                    let full = g.to_f64_full();
+                .into_iter()
+                .map(|(t, g)| {
+                    let diag = g.to_f64_diag();
+                    let importance = g.importance(MAX_IMPORTANCE);
+                    let packed = g.into_f64_packed();
                     let m = TapMetric {
-                        feedback: full.as_ref().and_then(|h| gptq::Feedback::new(h, g.cols)),
-                        full,
-                        diag: g.to_f64_diag(),
-                        importance: g.importance(MAX_IMPORTANCE),
+                        feedback: packed.as_ref().and_then(gptq::Feedback::from_packed),
+                        packed,
+                        diag,
+                        importance,
                     };
                     (t, m)
                 })
                 .collect()
         });
-        drop(stats);
         times.calibrate += t0.elapsed().as_secs_f64();
         let metric_of = |name: &str| Tap::of_linear(name).and_then(|t| metrics.get(&t));
 
@@ -428,6 +433,10 @@ pub fn compress(
                     .collect(),
             );
         }
+        // U is not needed past this point.
+        for m in metrics.values_mut() {
+            m.feedback = None;
+        }
         let choice: Vec<usize> = match mixed_target {
             Some((bits, weights)) => {
                 let n: u64 = linears.iter().map(|t| (t.shape[0] * t.shape[1]) as u64).sum();
@@ -444,6 +453,12 @@ pub fn compress(
         // Overlays: a common rank, or (auto) this layer's share of the budget spent where it
         // lowers the error most. Residuals live for this layer only.
         if opts.rank != Rank::Fixed(0) {
+            // The overlay fit reads H as a full row-major matrix (8·n² bytes); each packed
+            // triangle is dropped as its full matrix is made.
+            let fulls: BTreeMap<Tap, Vec<f64>> =
+                metrics.iter_mut().filter_map(|(&t, m)| m.packed.take().map(|p| (t, p.to_full()))).collect();
+            let metric_of = |name: &str| Tap::of_linear(name).and_then(|t| metrics.get(&t));
+            let full_of = |name: &str| Tap::of_linear(name).and_then(|t| fulls.get(&t));
             let residuals: Vec<Vec<f64>> = sources.iter().zip(&quantized).map(|(w, q)| residual(w, q)).collect();
             let items: Vec<LayerItem> = linears
                 .iter()
@@ -454,10 +469,10 @@ pub fn compress(
                     rows: q.rows,
                     cols: q.cols,
                     base_exp: q.base_exp,
-                    metric: match metric_of(&t.name) {
-                        Some(TapMetric { full: Some(h), .. }) => Metric::Full(h),
-                        Some(TapMetric { full: None, diag, .. }) => Metric::Diagonal(diag),
-                        None => Metric::Identity,
+                    metric: match (full_of(&t.name), metric_of(&t.name)) {
+                        (Some(h), _) => Metric::Full(h),
+                        (None, Some(TapMetric { diag, .. })) => Metric::Diagonal(diag),
+                        (None, None) => Metric::Identity,
                     },
                 })
                 .collect();
