@@ -302,12 +302,8 @@ impl Gram {
         // Lower triangle, one task per block of columns; each task's slice of the triangle
         // is the contiguous column-major range of its columns.
         match &mut self.tri {
-            Tri::I64(a) => {
-                column_blocks(a, c).into_par_iter().for_each(|(j0, out)| add_block(out, &xs, c, t, j0, s))
-            }
-            Tri::I128(a) => {
-                column_blocks(a, c).into_par_iter().for_each(|(j0, out)| add_block(out, &xs, c, t, j0, s))
-            }
+            Tri::I64(a) => column_blocks(a, c).into_par_iter().for_each(|(j0, out)| add_block(out, &xs, c, t, j0, s)),
+            Tri::I128(a) => column_blocks(a, c).into_par_iter().for_each(|(j0, out)| add_block(out, &xs, c, t, j0, s)),
             Tri::Diagonal => {}
         }
         Ok(())
