@@ -32,11 +32,12 @@
 //!   the windows' largest exponents for the hottest input: e.g. 2^18 tokens with Δ ≤ 3.
 //!
 //! Memory (bytes; n = `cols`, N = n(n+1)/2 entries of the triangle, T = window tokens):
-//! - accumulation: 8·N (i64 triangle) + 16·n (diagonal) + 8·T·n (one window on its grid)
-//!   + 8·64·n per parallel task (one block of the window's product); 16·N after a widening
+//! - accumulation: 8·N (i64 triangle) + 16·n (diagonal) + 8·T·n (one window on its grid),
+//!   plus 8·64·n per parallel task (one block of the window's product); 16·N after a widening
 //!   and 24·N during it (both triangles for one copy);
 //! - `into_f64_packed`: converts in place from i64 (8·N, no second copy); from i128 the f64
 //!   triangle is a new buffer (peak 24·N).
+//!
 //! n = 14,336 (Llama-3.1-8B down_proj): N = 102.8 M, 0.82 GB; n = 32,768: N = 536.9 M,
 //! 4.3 GB (8.6 GB if widened). Error feedback's own working set is in `codec/gptq.rs`.
 
