@@ -536,6 +536,39 @@ fn self_consistent_manifest_edits_of_checkable_fields_fail() {
                 .find(|l| l.starts_with(&format!("FAIL  file {MANIFEST_FILE}: ")) && l.contains(&want))
                 .unwrap_or_else(|| panic!("pack {name}: {what}: no manifest line with `{want}`\n{text}"));
             println!("pack {name}, {what}: {line}");
+            // The commands that read a pack refuse it before reading anything else (exit 1,
+            // naming the manifest), as they refuse a damaged file.
+            let ds = d.to_str().unwrap();
+            let x = t.path().join(format!("x{cases}"));
+            let text = root().join("tests/fixtures/text/sample.txt");
+            for args in [
+                vec!["info", ds],
+                vec!["export", ds, "-o", x.to_str().unwrap()],
+                vec![
+                    "eval",
+                    ds,
+                    "--text",
+                    text.to_str().unwrap(),
+                    "--seq-len",
+                    "16",
+                    "--windows",
+                    "1",
+                    "--device",
+                    "cpu",
+                ],
+            ] {
+                let o = ucw(&args);
+                let text = out(&o);
+                assert_eq!(o.status.code(), Some(1), "pack {name}: {what}: ucw {}\n{text}", args[0]);
+                // They name the first problem; verify lists them all (checked above).
+                let refused = format!("file {MANIFEST_FILE}");
+                assert!(
+                    text.contains(&refused) && text.contains("run `ucw verify`"),
+                    "pack {name}: {what}: ucw {}\n{text}",
+                    args[0]
+                );
+            }
+            assert!(!x.exists(), "pack {name}: {what}: export wrote a directory");
             cases += 1;
         }
     }

@@ -151,9 +151,10 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).expect("JSON of a plain value"));
 }
 
-/// Commands that read a pack refuse one whose files fail their checks (DESIGN §6).
+/// Commands that read a pack refuse one whose files, or whose manifest's claims about
+/// them, fail their checks (DESIGN §6).
 pub(crate) fn check_pack_files(pack: &crate::pack::Pack) -> Result<()> {
-    let problems = pack.check_files()?;
+    let problems = pack.check()?;
     if let Some(p) = problems.first() {
         return Err(crate::error::Error::verify_fail(format!(
             "{}: file {}: {} ({} problem(s); run `ucw verify`)",

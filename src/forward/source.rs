@@ -24,7 +24,7 @@ impl Source {
     pub fn open(dir: &Path) -> Result<Source> {
         if dir.join(crate::pack::MANIFEST_FILE).is_file() {
             let pack = Pack::open(dir)?;
-            let problems = pack.check_files()?;
+            let problems = pack.check()?;
             if let Some(p) = problems.first() {
                 return Err(crate::error::Error::verify_fail(format!(
                     "{}: pack file {} fails its check: {} ({} problem(s); run `ucw verify`)",

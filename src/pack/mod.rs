@@ -59,6 +59,21 @@ impl Pack {
         sha256_hex(&self.manifest_bytes)
     }
 
+    /// Everything that can be checked without rebuilding a tensor: `check_files`, then what
+    /// the manifest claims about the pack's own content (`verify::manifest_problems`, read
+    /// only from files that passed), reported against the manifest. Every command that
+    /// reads a pack refuses one with a problem (DESIGN §6); `verify` reports them all.
+    pub fn check(&self) -> Result<Vec<FileProblem>> {
+        let mut problems = self.check_files()?;
+        let bad: std::collections::BTreeSet<String> = problems.iter().map(|p| p.file.clone()).collect();
+        problems.extend(
+            verify::manifest_problems(self, &bad)
+                .into_iter()
+                .map(|problem| FileProblem { file: MANIFEST_FILE.into(), problem }),
+        );
+        Ok(problems)
+    }
+
     /// Size and SHA-256 of every listed file, and no file missing or extra. Runs before any
     /// file is parsed.
     pub fn check_files(&self) -> Result<Vec<FileProblem>> {

@@ -54,13 +54,9 @@ pub fn verify(pack: &Pack, backends: &[(String, &dyn Backend)], expect: Option<&
         Some(d) => Some(super::manifest::normalize_digest(d)? == pack_digest),
         None => None,
     };
-    let mut files = pack.check_files()?;
+    // (A manifest problem puts the manifest in `bad_files`; no tensor lives in it.)
+    let files = pack.check()?;
     let bad_files: BTreeSet<String> = files.iter().map(|p| p.file.clone()).collect();
-    files.extend(
-        manifest_problems(pack, &bad_files)
-            .into_iter()
-            .map(|problem| FileProblem { file: MANIFEST_FILE.into(), problem }),
-    );
     let m = &pack.manifest;
     let digests: Vec<_> = m.tensors.iter().map(|t| t.digest()).collect();
     let weights_digest_ok = weights_digest(&digests) == m.weights_digest;
@@ -126,7 +122,7 @@ fn opt(v: Option<u32>) -> String {
     v.map_or("none".into(), |v| v.to_string())
 }
 
-fn manifest_problems(pack: &Pack, bad_files: &BTreeSet<String>) -> Vec<String> {
+pub(crate) fn manifest_problems(pack: &Pack, bad_files: &BTreeSet<String>) -> Vec<String> {
     let m = &pack.manifest;
     let params = &m.codec.parameters;
     let mut p = Vec::new();
