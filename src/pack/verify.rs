@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{COPIED_FILES, FileProblem, Kind, MANIFEST_FILE, OpenFiles, Pack, layer};
+use super::{COPIED_FILES, FileProblem, Kind, OpenFiles, Pack, layer};
 use crate::backend::Backend;
 use crate::codec::CODEC_VERSION;
 use crate::codec::quant::MAX_RANK;
