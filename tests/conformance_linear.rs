@@ -129,19 +129,27 @@ fn matmul_twin_matches_i128() {
     for (i, &(t, k, n)) in SHAPES.iter().enumerate() {
         let x = activations(t, k, 50 + i as u64);
         let w = weights(n, k, 60 + i as u64);
-        let s = cpu.matmul(&x, &w).unwrap();
-        let gpr = w.groups_per_row();
-        for tt in 0..t {
-            for o in 0..n {
-                let mut want = 0i128;
-                for c in 0..k {
-                    let e = w.exponents[o * gpr + c / 64] - s.row_exps[o];
-                    want += (x.mants[tt * k + c] as i128 * w.mantissas[o * k + c] as i128) << e;
-                }
-                assert_eq!(s.sums[tt * n + o] as i128, want, "t {tt} o {o}");
+        assert_sums_are_i128_sums(&x, &w, &cpu.matmul(&x, &w).unwrap(), &format!("{t}x{k}x{n}"));
+    }
+}
+
+/// Every sum of `s` against a direct i128 sum over all K products, shifted per element (no
+/// grouping, no 64-bit arithmetic); returns the largest |sum|.
+fn assert_sums_are_i128_sums(x: &TokenFixed, w: &GroupFixed, s: &ExactSums, what: &str) -> u64 {
+    let (t, k, n, gpr) = (x.tokens, w.cols, w.rows, w.groups_per_row());
+    let mut top = 0u64;
+    for tt in 0..t {
+        for o in 0..n {
+            let mut want = 0i128;
+            for c in 0..k {
+                let e = w.exponents[o * gpr + c / 64] - s.row_exps[o];
+                want += (x.mants[tt * k + c] as i128 * w.mantissas[o * k + c] as i128) << e;
             }
+            assert_eq!(s.sums[tt * n + o] as i128, want, "{what}: t {tt} o {o}");
+            top = top.max(want.unsigned_abs() as u64);
         }
     }
+    top
 }
 
 /// Renormalisation against its definition, in i128: nearest (ties to even) multiple of the
@@ -355,19 +363,7 @@ conformance_with_knobs!(matmul_wide_rows_same_bits_everywhere, WIDE_KNOBS, |b| {
             };
             let s = b.matmul(&x, &w).unwrap();
             if b.api() == "cpu" {
-                let gpr = w.groups_per_row();
-                let mut top = 0u64;
-                for tt in 0..t {
-                    for o in 0..n {
-                        let mut want = 0i128;
-                        for c in 0..k {
-                            let e = w.exponents[o * gpr + c / 64] - s.row_exps[o];
-                            want += (x.mants[tt * k + c] as i128 * w.mantissas[o * k + c] as i128) << e;
-                        }
-                        assert_eq!(s.sums[tt * n + o] as i128, want, "{t}x{k}x{n} case {case}: t {tt} o {o}");
-                        top = top.max(want.unsigned_abs() as u64);
-                    }
-                }
+                let top = assert_sums_are_i128_sums(&x, &w, &s, &format!("{t}x{k}x{n} case {case}"));
                 assert!(top < 1 << 61, "{t}x{k}x{n}: a sum beyond the bound");
                 if case == 0 {
                     assert!(top >= 1 << 59, "{t}x{k}x{n}: the bound case is not near 2^61 ({top})");
