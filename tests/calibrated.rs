@@ -309,60 +309,18 @@ fn bad_calibration_input_is_a_clear_error_or_a_stated_reduction() {
 /// A synthetic llama model big enough that calibrated compression takes a few seconds:
 /// random bf16 weights from a fixed generator, the fixture's tokenizer.
 fn synthetic_model(dir: &Path, layers: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (h, ff, heads, kv, hd, vocab) = (256usize, 704usize, 4usize, 2usize, 64usize, 512usize);
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("llama-bf16").join("config.json")).unwrap()).unwrap();
-    cfg["hidden_size"] = h.into();
-    cfg["intermediate_size"] = ff.into();
-    cfg["num_attention_heads"] = heads.into();
-    cfg["num_key_value_heads"] = kv.into();
-    cfg["head_dim"] = hd.into();
-    cfg["num_hidden_layers"] = layers.into();
-    cfg["max_position_embeddings"] = 1024.into();
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-    std::fs::copy(fixture("llama-bf16").join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut bf16 = |n: usize, scale: f32, one: bool| -> Vec<u8> {
-        (0..n)
-            .flat_map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-                let x = if one { 1.0 + 0.1 * u } else { scale * u };
-                half::bf16::from_f32(x).to_bits().to_le_bytes()
-            })
-            .collect()
-    };
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![
-        ("model.embed_tokens.weight".into(), vec![vocab, h], bf16(vocab * h, 1.0, false)),
-        ("model.norm.weight".into(), vec![h], bf16(h, 0.0, true)),
-    ];
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        for (n, r, c) in [
-            ("self_attn.q_proj", heads * hd, h),
-            ("self_attn.k_proj", kv * hd, h),
-            ("self_attn.v_proj", kv * hd, h),
-            ("self_attn.o_proj", h, heads * hd),
-            ("mlp.gate_proj", ff, h),
-            ("mlp.up_proj", ff, h),
-            ("mlp.down_proj", h, ff),
-        ] {
-            tensors.push((format!("{p}.{n}.weight"), vec![r, c], bf16(r * c, 0.12, false)));
-        }
-        for n in ["input_layernorm", "post_attention_layernorm"] {
-            tensors.push((format!("{p}.{n}.weight"), vec![h], bf16(h, 0.0, true)));
-        }
+    common::SyntheticLlama {
+        hidden: 256,
+        intermediate: 704,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        layers,
+        max_positions: Some(1024),
+        seed: 0x2545_f491_4f6c_dd1d,
+        scale: |_| 0.12,
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b).unwrap())
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    .write(dir);
 }
 
 fn staging_dirs(parent: &Path) -> Vec<String> {

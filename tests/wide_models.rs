@@ -26,54 +26,18 @@ fn json(o: &Output) -> serde_json::Value {
 /// embeddings) with intermediate size `ff`: random bf16 weights from a fixed generator, the
 /// llama fixture's tokenizer.
 fn wide_model(dir: &Path, ff: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    let fixture = root().join("tests/fixtures/llama-bf16");
-    let (h, heads, kv, hd, vocab) = (64usize, 4usize, 2usize, 16usize, 512usize);
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture.join("config.json")).unwrap()).unwrap();
-    cfg["intermediate_size"] = ff.into();
-    cfg["num_hidden_layers"] = 1.into();
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-    std::fs::copy(fixture.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut bf16 = |n: usize, scale: f32, one: bool| -> Vec<u8> {
-        (0..n)
-            .flat_map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-                let x = if one { 1.0 + 0.1 * u } else { scale * u };
-                half::bf16::from_f32(x).to_bits().to_le_bytes()
-            })
-            .collect()
-    };
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![
-        ("model.embed_tokens.weight".into(), vec![vocab, h], bf16(vocab * h, 1.0, false)),
-        ("model.norm.weight".into(), vec![h], bf16(h, 0.0, true)),
-    ];
-    let p = "model.layers.0";
-    for (n, r, c, scale) in [
-        ("self_attn.q_proj", heads * hd, h, 0.25),
-        ("self_attn.k_proj", kv * hd, h, 0.25),
-        ("self_attn.v_proj", kv * hd, h, 0.25),
-        ("self_attn.o_proj", h, heads * hd, 0.25),
-        ("mlp.gate_proj", ff, h, 0.25),
-        ("mlp.up_proj", ff, h, 0.25),
-        ("mlp.down_proj", h, ff, 0.03),
-    ] {
-        tensors.push((format!("{p}.{n}.weight"), vec![r, c], bf16(r * c, scale, false)));
+    common::SyntheticLlama {
+        hidden: 64,
+        intermediate: ff,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+        layers: 1,
+        max_positions: None,
+        seed: 0x9e37_79b9_7f4a_7c15,
+        scale: |n| if n == "mlp.down_proj" { 0.03 } else { 0.25 },
     }
-    for n in ["input_layernorm", "post_attention_layernorm"] {
-        tensors.push((format!("{p}.{n}.weight"), vec![h], bf16(h, 0.0, true)));
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b).unwrap())
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    .write(dir);
 }
 
 #[test]

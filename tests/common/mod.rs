@@ -380,3 +380,84 @@ pub fn check_devices_and_budgets(
     }
     ran
 }
+
+/// A random llama for tests that need other shapes than the fixtures': the llama-bf16
+/// fixture's config (vocabulary 512, tied embeddings) with these sizes, its tokenizer, and
+/// bf16 weights drawn from a fixed xorshift generator (uniform, half-width `scale(linear)`
+/// for each linear, 1 ± 0.05 for the norms).
+pub struct SyntheticLlama {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub layers: usize,
+    /// `max_position_embeddings`, where the fixture's 256 is too few.
+    pub max_positions: Option<usize>,
+    pub seed: u64,
+    /// The scale of a linear's weights from its name ("mlp.down_proj", ...).
+    pub scale: fn(&str) -> f32,
+}
+
+impl SyntheticLlama {
+    pub fn write(&self, dir: &std::path::Path) {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-bf16");
+        let (h, ff, heads, kv, hd, vocab) =
+            (self.hidden, self.intermediate, self.heads, self.kv_heads, self.head_dim, 512);
+        std::fs::create_dir_all(dir).unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture.join("config.json")).unwrap()).unwrap();
+        cfg["hidden_size"] = h.into();
+        cfg["intermediate_size"] = ff.into();
+        cfg["num_attention_heads"] = heads.into();
+        cfg["num_key_value_heads"] = kv.into();
+        cfg["head_dim"] = hd.into();
+        cfg["num_hidden_layers"] = self.layers.into();
+        if let Some(m) = self.max_positions {
+            cfg["max_position_embeddings"] = m.into();
+        }
+        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        std::fs::copy(fixture.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+        let mut state = self.seed;
+        let mut bf16 = |n: usize, scale: f32, one: bool| -> Vec<u8> {
+            (0..n)
+                .flat_map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                    let x = if one { 1.0 + 0.1 * u } else { scale * u };
+                    half::bf16::from_f32(x).to_bits().to_le_bytes()
+                })
+                .collect()
+        };
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![
+            ("model.embed_tokens.weight".into(), vec![vocab, h], bf16(vocab * h, 1.0, false)),
+            ("model.norm.weight".into(), vec![h], bf16(h, 0.0, true)),
+        ];
+        for l in 0..self.layers {
+            let p = format!("model.layers.{l}");
+            for (n, r, c) in [
+                ("self_attn.q_proj", heads * hd, h),
+                ("self_attn.k_proj", kv * hd, h),
+                ("self_attn.v_proj", kv * hd, h),
+                ("self_attn.o_proj", h, heads * hd),
+                ("mlp.gate_proj", ff, h),
+                ("mlp.up_proj", ff, h),
+                ("mlp.down_proj", h, ff),
+            ] {
+                tensors.push((format!("{p}.{n}.weight"), vec![r, c], bf16(r * c, (self.scale)(n), false)));
+            }
+            for n in ["input_layernorm", "post_attention_layernorm"] {
+                tensors.push((format!("{p}.{n}.weight"), vec![h], bf16(h, 0.0, true)));
+            }
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+            .iter()
+            .map(|(n, s, b)| {
+                (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b).unwrap())
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    }
+}
