@@ -239,26 +239,7 @@ fn flipped_bits_in_the_manifest_never_pass() {
     let t = tempfile::tempdir().unwrap();
     let (_t1, plain) = compressed("mistral-f16");
     let calibrated = t.path().join("calibrated");
-    let sample = fixture("text").join("sample.txt");
-    let o = ucw(&[
-        "compress",
-        fixture("qwen3-bf16-sharded").to_str().unwrap(),
-        "-o",
-        calibrated.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--calib",
-        sample.to_str().unwrap(),
-        "--calib-windows",
-        "4",
-        "--calib-seq-len",
-        "64",
-        "--calib-skip",
-        "16",
-        "--rank",
-        "4",
-    ]);
-    assert!(o.status.success(), "{}", err(&o));
+    common::compress_calibrated("qwen3-bf16-sharded", &calibrated, &["--rank", "4"]);
     let mut rng = Rng(77);
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
     for pack in [&plain, &calibrated] {

@@ -43,31 +43,12 @@ fn packs() -> &'static [(String, PathBuf)] {
     static P: OnceLock<(tempfile::TempDir, Vec<(String, PathBuf)>)> = OnceLock::new();
     &P.get_or_init(|| {
         let t = tempfile::tempdir().unwrap();
-        let sample = root().join("tests/fixtures/text/sample.txt");
         let mut v = Vec::new();
         for (name, fixture, extra) in
             [("A", "qwen3-bf16-sharded", ["--rank", "4"]), ("B", "mistral-f16", ["--target-bpw", "6"])]
         {
             let dir = t.path().join(name);
-            let mut args = vec![
-                "compress",
-                root().join("tests/fixtures").join(fixture).to_str().unwrap().to_string().leak(),
-                "-o",
-                dir.to_str().unwrap().to_string().leak(),
-                "--device",
-                "cpu",
-                "--calib",
-                sample.to_str().unwrap().to_string().leak(),
-                "--calib-windows",
-                "4",
-                "--calib-seq-len",
-                "64",
-                "--calib-skip",
-                "16",
-            ];
-            args.extend(extra);
-            let o = ucw(&args);
-            assert!(o.status.success(), "{}", out(&o));
+            common::compress_calibrated(fixture, &dir, &extra);
             let m = Pack::open(&dir).unwrap().manifest;
             let q: Vec<_> = m.tensors.iter().filter(|t| t.kind == Kind::Quantized).collect();
             let widths: std::collections::BTreeSet<_> = q.iter().map(|t| t.bits.unwrap()).collect();

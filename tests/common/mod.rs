@@ -461,3 +461,27 @@ impl SyntheticLlama {
         safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
     }
 }
+
+/// `ucw compress FIXTURE -o OUT` on the CPU, calibrated on tests/fixtures/text/sample.txt
+/// with the golden settings (4 windows of 64 tokens from token 16), plus `extra` options;
+/// fails the test when the command fails.
+pub fn compress_calibrated(fixture: &str, out: &std::path::Path, extra: &[&str]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (src, sample) = (root.join("tests/fixtures").join(fixture), root.join("tests/fixtures/text/sample.txt"));
+    let mut args = vec!["compress", src.to_str().unwrap(), "-o", out.to_str().unwrap(), "--device", "cpu"];
+    args.extend(["--calib", sample.to_str().unwrap(), "--calib-windows", "4", "--calib-seq-len", "64"]);
+    args.extend(["--calib-skip", "16"]);
+    args.extend(extra);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ucw"))
+        .args(&args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ucw {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
