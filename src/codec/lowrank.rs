@@ -14,8 +14,18 @@
 //! V is refitted to the quantized U and quantized the same way per rank row. The overlay is
 //! kept only if it lowers tr(E H Eᵀ), E the error, which for a low-rank correction needs
 //! only r×R and r×r products: 2 tr(U·(VH)Rᵀ) > tr(UᵀU·V H Vᵀ).
+//!
+//! The matrix products (`product`) keep each element's sum exactly as the plain dot product
+//! `s = 0.0; for j ascending { s += a_j * b_j }` computes it, but advance a register tile of
+//! independent elements together so the work vectorises (an AVX2 build where the CPU has
+//! it, same bits); the tests hold them to the plain dot products bit for bit.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
 
 use super::quant::{OVERLAY_EXP_RANGE, Overlay};
 
@@ -31,95 +41,323 @@ pub enum Metric<'a> {
 
 impl Metric<'_> {
     /// X·H for X `[n × cols]` (fixed order: ascending inner index).
-    fn right_apply(&self, x: &[f64], n: usize, cols: usize) -> Vec<f64> {
+    fn right_apply(&self, kern: Kernel, x: &[f64], n: usize, cols: usize) -> Vec<f64> {
         match self {
             Metric::Identity => x.to_vec(),
             Metric::Diagonal(h) => x.iter().enumerate().map(|(i, v)| v * h[i % cols]).collect(),
-            Metric::Full(h) => {
-                // out_ij = Σ_l x_il h_lj, l ascending for every element: the loop over l is
-                // outside so that each step updates a whole row of independent sums (which
-                // vectorise) instead of one dot product at a time; the additions into each
-                // element happen in the same order either way. Rows in parallel.
-                let mut out = vec![0.0; n * cols];
-                out.par_chunks_mut(cols).enumerate().for_each(|(i, orow)| {
-                    for l in 0..cols {
-                        let xv = x[i * cols + l];
-                        for (o, &hv) in orow.iter_mut().zip(&h[l * cols..(l + 1) * cols]) {
-                            *o += xv * hv;
-                        }
-                    }
-                });
-                out
+            // out_ij = Σ_l x_il h_lj, l ascending for every element (`product`).
+            Metric::Full(h) => mul_wide(kern, x, cols, h, cols, n, cols, cols),
+        }
+    }
+}
+
+/// Which build of the product kernel runs: portable Rust, or AVX2 intrinsics (AVX2 alone,
+/// never FMA) whose every lane performs the same IEEE multiply and add, in the same order,
+/// as the portable build: the bits are identical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest build this CPU runs (capped by `UCW_CPU_KERNELS`, `backend::cpu::isa`).
+    fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if crate::backend::cpu::isa::allows(crate::backend::cpu::isa::Isa::Avx2) && is_x86_feature_detected!("avx2") {
+            return Kernel::Avx2;
+        }
+        Kernel::Portable
+    }
+}
+
+/// One argument list for the product kernel: out[m×n] (row stride `ldo`) += A·B for A[m×l]
+/// (row stride `lda`) and B[l×n] (row stride `ldb`).
+#[derive(Clone, Copy)]
+struct Dims {
+    ldo: usize,
+    lda: usize,
+    ldb: usize,
+    m: usize,
+    n: usize,
+    l: usize,
+}
+
+/// out_ik += a_i0 b_0k, then += a_i1 b_1k, … for l ascending, each step a separate
+/// multiply and add: started from out = 0.0 this is exactly the scalar dot product
+/// `s = 0.0; for l { s += a_il * b_lk }` of every element. Only which independent elements
+/// advance together changes: a tile of MR×NR of them stays in registers while l runs (the
+/// inner loop over the NR columns vectorises, and each loaded piece of a row of B serves MR
+/// rows). Callers may split l into consecutive blocks: between calls the partial sums wait
+/// in `out`, which changes nothing.
+fn product(kern: Kernel, out: &mut [f64], a: &[f64], b: &[f64], d: Dims) {
+    match kern {
+        Kernel::Portable => product_body(out, a, b, d),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Kernel::Avx2` is only chosen (by `Kernel::detect`, or by the tests after
+        // the same check) when the CPU has AVX2.
+        Kernel::Avx2 => unsafe { avx2::product_body(out, a, b, d) },
+    }
+}
+
+fn product_body(out: &mut [f64], a: &[f64], b: &[f64], d: Dims) {
+    // Four rows at a time; the one to three rows left get wider tiles, so that about as
+    // many sums are in flight.
+    let m4 = d.m - d.m % 4;
+    panels::<4, 4>(out, a, b, d, 0..m4);
+    match d.m - m4 {
+        3 => panels::<3, 4>(out, a, b, d, m4..d.m),
+        2 => panels::<2, 8>(out, a, b, d, m4..d.m),
+        1 => panels::<1, 16>(out, a, b, d, m4..d.m),
+        _ => {}
+    }
+}
+
+/// The rows `rows` (MR at a time) of out, all n columns: tiles NB wide, then 4, then 1.
+/// Column panels outside, rows inside: a panel of B stays in L1 while the row groups pass.
+#[inline(always)]
+fn panels<const MR: usize, const NB: usize>(out: &mut [f64], a: &[f64], b: &[f64], d: Dims, rows: Range<usize>) {
+    let mut run = |k: usize, f: fn(&mut [f64], &[f64], &[f64], Dims)| {
+        for i in rows.clone().step_by(MR) {
+            f(&mut out[i * d.ldo + k..], &a[i * d.lda..], &b[k..], d);
+        }
+    };
+    let mut k = 0;
+    while k + NB <= d.n {
+        run(k, tile::<MR, NB>);
+        k += NB;
+    }
+    while k + 4 <= d.n {
+        run(k, tile::<MR, 4>);
+        k += 4;
+    }
+    while k < d.n {
+        run(k, tile::<MR, 1>);
+        k += 1;
+    }
+}
+
+/// out[i, k] for i < MR, k < NR (out, a, b start at the tile's first row and column).
+#[inline(always)]
+fn tile<const MR: usize, const NR: usize>(out: &mut [f64], a: &[f64], b: &[f64], d: Dims) {
+    let mut acc = [[0.0f64; NR]; MR];
+    for (i, row) in acc.iter_mut().enumerate() {
+        row.copy_from_slice(&out[i * d.ldo..i * d.ldo + NR]);
+    }
+    let arows: [&[f64]; MR] = std::array::from_fn(|i| &a[i * d.lda..i * d.lda + d.l]);
+    for l in 0..d.l {
+        let bl: &[f64; NR] = b[l * d.ldb..l * d.ldb + NR].try_into().expect("tile row");
+        for (row, ar) in acc.iter_mut().zip(&arows) {
+            let av = ar[l];
+            for (s, &bv) in row.iter_mut().zip(bl) {
+                *s += av * bv;
             }
         }
     }
+    for (i, row) in acc.iter().enumerate() {
+        out[i * d.ldo..i * d.ldo + NR].copy_from_slice(row);
+    }
+}
+
+/// The AVX2 build of `product_body`: the same order of tiles, with each tile's columns held
+/// as 4-lane vectors (`vmulpd` then `vaddpd`: per lane the IEEE multiply and add of the
+/// scalar code, two roundings; FMA is not enabled). Columns left after the last full vector
+/// take the portable scalar tile.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Dims, tile};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn product_body(out: &mut [f64], a: &[f64], b: &[f64], d: Dims) {
+        let m4 = d.m - d.m % 4;
+        panels::<4, 2>(out, a, b, d, 0..m4);
+        match d.m - m4 {
+            3 => panels::<3, 2>(out, a, b, d, m4..d.m),
+            2 => panels::<2, 4>(out, a, b, d, m4..d.m),
+            1 => panels::<1, 8>(out, a, b, d, m4..d.m),
+            _ => {}
+        }
+    }
+
+    /// `super::panels` with tiles of NV vectors, then of one, then scalar columns.
+    #[target_feature(enable = "avx2")]
+    fn panels<const MR: usize, const NV: usize>(out: &mut [f64], a: &[f64], b: &[f64], d: Dims, rows: Range<usize>) {
+        let mut k = 0;
+        while k + 4 * NV <= d.n {
+            for i in rows.clone().step_by(MR) {
+                vtile::<MR, NV>(&mut out[i * d.ldo + k..], &a[i * d.lda..], &b[k..], d);
+            }
+            k += 4 * NV;
+        }
+        while k + 4 <= d.n {
+            for i in rows.clone().step_by(MR) {
+                vtile::<MR, 1>(&mut out[i * d.ldo + k..], &a[i * d.lda..], &b[k..], d);
+            }
+            k += 4;
+        }
+        while k < d.n {
+            for i in rows.clone().step_by(MR) {
+                tile::<MR, 1>(&mut out[i * d.ldo + k..], &a[i * d.lda..], &b[k..], d);
+            }
+            k += 1;
+        }
+    }
+
+    /// `super::tile` with NR = 4·NV columns as vectors.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn vtile<const MR: usize, const NV: usize>(out: &mut [f64], a: &[f64], b: &[f64], d: Dims) {
+        if d.l == 0 {
+            return;
+        }
+        // Every access below is within these bounds.
+        assert!((MR - 1) * d.ldo + 4 * NV <= out.len(), "product tile: out");
+        assert!((MR - 1) * d.lda + d.l <= a.len(), "product tile: a");
+        assert!((d.l - 1) * d.ldb + 4 * NV <= b.len(), "product tile: b");
+        let (op, ap, bp) = (out.as_mut_ptr(), a.as_ptr(), b.as_ptr());
+        // SAFETY: the offsets are those `super::tile` indexes, in bounds by the asserts above.
+        unsafe {
+            let mut acc = [[_mm256_setzero_pd(); NV]; MR];
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, s) in row.iter_mut().enumerate() {
+                    *s = _mm256_loadu_pd(op.add(i * d.ldo + 4 * v));
+                }
+            }
+            let mut bv = [_mm256_setzero_pd(); NV];
+            for l in 0..d.l {
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = _mm256_loadu_pd(bp.add(l * d.ldb + 4 * v));
+                }
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_pd(*ap.add(i * d.lda + l));
+                    for (s, &x) in row.iter_mut().zip(&bv) {
+                        *s = _mm256_add_pd(*s, _mm256_mul_pd(av, x));
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (v, &s) in row.iter().enumerate() {
+                    _mm256_storeu_pd(op.add(i * d.ldo + 4 * v), s);
+                }
+            }
+        }
+    }
+}
+
+/// A hint to bring `x` towards the cache before it is read (no effect on any result).
+#[inline(always)]
+fn prefetch(x: &[f64]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in x.chunks(8) {
+        // SAFETY: a prefetch only hints the cache; the address is that of a live slice.
+        unsafe { _mm_prefetch::<{ _MM_HINT_T0 }>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
 }
 
 /// Rows per parallel task (fixed partition).
 const ROWS_PER_TASK: usize = 32;
 
-/// Y[R×r] = A[R×C] · Bᵀ, B[r×C]: Y_ik = Σ_j A_ij B_kj, j ascending.
-fn mul_abt(a: &[f64], b: &[f64], rows: usize, cols: usize, r: usize) -> Vec<f64> {
-    let mut y = vec![0.0; rows * r];
-    y.par_chunks_mut(ROWS_PER_TASK * r).enumerate().for_each(|(t, chunk)| {
-        for (li, yrow) in chunk.chunks_mut(r).enumerate() {
-            let arow = &a[(t * ROWS_PER_TASK + li) * cols..][..cols];
-            for (k, yk) in yrow.iter_mut().enumerate() {
-                let brow = &b[k * cols..][..cols];
-                let mut s = 0.0;
-                for j in 0..cols {
-                    s += arow[j] * brow[j];
-                }
-                *yk = s;
+/// Y[R×r] = A[R×C] · Bᵀ, B[r×C]: Y_ik = Σ_j A_ij B_kj, j ascending (from 0.0, one multiply
+/// and one add per step). Bᵀ is laid out once, its columns padded to a multiple of 4 with
+/// zeros (whose sums are dropped), so that each step of j updates a row of independent sums.
+/// Rows of Y in parallel; within a task j runs in blocks of KC_ABT, for which the rows of A
+/// pass four at a time (each piece of A is read from memory once and stays in L1 while the
+/// tiles cross Bᵀ's block, which stays in L2).
+fn mul_abt(kern: Kernel, a: &[f64], b: &[f64], rows: usize, cols: usize, r: usize) -> Vec<f64> {
+    const KC_ABT: usize = 512;
+    let rp = r.next_multiple_of(4);
+    let mut bt = vec![0.0; cols * rp];
+    for k in 0..r {
+        for (j, &v) in b[k * cols..(k + 1) * cols].iter().enumerate() {
+            bt[j * rp + k] = v;
+        }
+    }
+    let mut y = vec![0.0; rows * rp];
+    y.par_chunks_mut(ROWS_PER_TASK * rp).enumerate().for_each(|(t, chunk)| {
+        let m = chunk.len() / rp;
+        let a = &a[t * ROWS_PER_TASK * cols..];
+        for l0 in (0..cols).step_by(KC_ABT) {
+            let lc = KC_ABT.min(cols - l0);
+            for i in (0..m).step_by(4) {
+                let d = Dims { ldo: rp, lda: cols, ldb: rp, m: (m - i).min(4), n: rp, l: lc };
+                product(kern, &mut chunk[i * rp..], &a[i * cols + l0..], &bt[l0 * rp..], d);
             }
         }
     });
-    y
+    if rp == r {
+        return y;
+    }
+    y.chunks(rp).flat_map(|row| &row[..r]).copied().collect()
 }
 
-/// Z[r×C] = Uᵀ[r×R] · A[R×C]: Z_kj = Σ_i U_ik A_ij, i ascending. Split by column blocks.
-fn mul_uta(u: &[f64], a: &[f64], rows: usize, cols: usize, r: usize) -> Vec<f64> {
-    const COLS_PER_TASK: usize = 64;
-    let blocks: Vec<Vec<f64>> = (0..cols.div_ceil(COLS_PER_TASK))
+/// out[m×n] = A[m×l] · B[l×n] (row strides `lda`, `ldb`) for small m and large n:
+/// out_ij = Σ_t A_it B_tj, t ascending (from 0.0). Split by blocks of columns. Each task
+/// copies its block of A and B, KC_WIDE inner indices at a time, into contiguous buffers (B
+/// by panels of 8 columns) before the product: B's rows are far apart (often a power-of-two
+/// stride, whose lines share a few cache sets), and each panel line serves every row group.
+#[allow(clippy::too_many_arguments)]
+fn mul_wide(kern: Kernel, a: &[f64], lda: usize, b: &[f64], ldb: usize, m: usize, n: usize, l: usize) -> Vec<f64> {
+    const COLS_PER_TASK: usize = 256;
+    const PANEL: usize = 8;
+    const KC_WIDE: usize = 16;
+    let blocks: Vec<Vec<f64>> = (0..n.div_ceil(COLS_PER_TASK))
         .into_par_iter()
-        .map(|b| {
-            let (j0, j1) = (b * COLS_PER_TASK, ((b + 1) * COLS_PER_TASK).min(cols));
-            let mut z = vec![0.0; r * (j1 - j0)];
-            for i in 0..rows {
-                let arow = &a[i * cols + j0..i * cols + j1];
-                for k in 0..r {
-                    let uik = u[i * r + k];
-                    let zk = &mut z[k * (j1 - j0)..(k + 1) * (j1 - j0)];
-                    for (zz, &x) in zk.iter_mut().zip(arow) {
-                        *zz += uik * x;
+        .map(|bi| {
+            let (j0, j1) = (bi * COLS_PER_TASK, ((bi + 1) * COLS_PER_TASK).min(n));
+            let w = j1 - j0;
+            let mut z = vec![0.0; m * w];
+            let mut apack = vec![0.0; m * KC_WIDE];
+            let mut bpack = vec![0.0; KC_WIDE * w];
+            for l0 in (0..l).step_by(KC_WIDE) {
+                let lc = KC_WIDE.min(l - l0);
+                for i in 0..m {
+                    apack[i * lc..(i + 1) * lc].copy_from_slice(&a[i * lda + l0..i * lda + l0 + lc]);
+                }
+                for k in (0..w).step_by(PANEL) {
+                    let pw = PANEL.min(w - k);
+                    let panel = &mut bpack[k * lc..(k + pw) * lc];
+                    for (t, prow) in panel.chunks_exact_mut(pw).enumerate() {
+                        let src = (l0 + t) * ldb + j0 + k;
+                        prow.copy_from_slice(&b[src..src + pw]);
+                        if l0 + KC_WIDE + t < l {
+                            prefetch(&b[src + KC_WIDE * ldb..][..pw]);
+                        }
                     }
+                    let d = Dims { ldo: w, lda: lc, ldb: pw, m, n: pw, l: lc };
+                    product(kern, &mut z[k..], &apack, panel, d);
                 }
             }
             z
         })
         .collect();
-    let mut z = vec![0.0; r * cols];
-    for (b, block) in blocks.iter().enumerate() {
-        let j0 = b * COLS_PER_TASK;
-        let w = block.len() / r.max(1);
-        for k in 0..r {
-            z[k * cols + j0..k * cols + j0 + w].copy_from_slice(&block[k * w..(k + 1) * w]);
+    let mut z = vec![0.0; m * n];
+    for (bi, block) in blocks.iter().enumerate() {
+        let j0 = bi * COLS_PER_TASK;
+        let w = block.len() / m.max(1);
+        for k in 0..m {
+            z[k * n + j0..k * n + j0 + w].copy_from_slice(&block[k * w..(k + 1) * w]);
         }
     }
     z
 }
 
-/// G[r×r] = X Xᵀ for X[r×n] (rows of X as vectors).
-fn gram_rows(x: &[f64], r: usize, n: usize) -> Vec<f64> {
-    let mut g = vec![0.0; r * r];
+/// Z[r×C] = Uᵀ[r×R] · A[R×C]: Z_kj = Σ_i U_ik A_ij, i ascending.
+fn mul_uta(kern: Kernel, u: &[f64], a: &[f64], rows: usize, cols: usize, r: usize) -> Vec<f64> {
+    mul_wide(kern, &transpose(u, rows, r), rows, a, cols, r, cols, rows)
+}
+
+/// G[r×r] = X Xᵀ for X[r×n] (rows of X as vectors): G_kl = Σ_j X_kj X_lj, j ascending, for
+/// k ≥ l (the product as written for the lower triangle), mirrored to the upper.
+fn gram_rows(kern: Kernel, x: &[f64], r: usize, n: usize) -> Vec<f64> {
+    let mut g = mul_abt(kern, x, x, r, n, r);
     for k in 0..r {
-        for l in 0..=k {
-            let mut s = 0.0;
-            for j in 0..n {
-                s += x[k * n + j] * x[l * n + j];
-            }
-            g[k * r + l] = s;
-            g[l * r + k] = s;
+        for l in 0..k {
+            g[l * r + k] = g[k * r + l];
         }
     }
     g
@@ -127,8 +365,8 @@ fn gram_rows(x: &[f64], r: usize, n: usize) -> Vec<f64> {
 
 /// G[r×r] = XᵀX for X[n×r] (columns of X as vectors): the same sums, in the same order,
 /// as `gram_rows` of the transpose.
-fn gram_cols(x: &[f64], r: usize, n: usize) -> Vec<f64> {
-    gram_rows(&transpose(x, n, r), r, n)
+fn gram_cols(kern: Kernel, x: &[f64], r: usize, n: usize) -> Vec<f64> {
+    gram_rows(kern, &transpose(x, n, r), r, n)
 }
 
 /// Cholesky factor L (lower) of G + λI with λ = 1e-10 · (trace / r + tiny); None if not SPD.
@@ -233,6 +471,21 @@ pub fn fit_scored(
     rounds: usize,
     metric: Metric,
 ) -> Option<(Overlay, f64)> {
+    fit_scored_with(Kernel::detect(), residual, rows, cols, r, base_exp, rounds, metric)
+}
+
+/// `fit_scored` with the product kernel build chosen by the caller (the tests run each).
+#[allow(clippy::too_many_arguments)]
+fn fit_scored_with(
+    kern: Kernel,
+    residual: &[f64],
+    rows: usize,
+    cols: usize,
+    r: usize,
+    base_exp: i32,
+    rounds: usize,
+    metric: Metric,
+) -> Option<(Overlay, f64)> {
     if r == 0 || rows == 0 || cols == 0 {
         return None;
     }
@@ -279,30 +532,33 @@ pub fn fit_scored(
         Some(v)
     };
     for _ in 0..rounds {
-        let vh = metric.right_apply(&v, r, cols);
-        u = mul_abt(residual, &vh, rows, cols, r);
-        solve_rows(&mul_abt(&v, &vh, r, cols, r), &mut u)?;
-        v = solve_cols(&gram_cols(&u, r, rows), &mul_uta(&u, residual, rows, cols, r))?;
+        let vh = metric.right_apply(kern, &v, r, cols);
+        u = mul_abt(kern, residual, &vh, rows, cols, r);
+        solve_rows(&mul_abt(kern, &v, &vh, r, cols, r), &mut u)?;
+        v = solve_cols(&gram_cols(kern, &u, r, rows), &mul_uta(kern, &u, residual, rows, cols, r))?;
     }
     // Quantize U, refit V to the quantized U, quantize V.
     let (uq, mu, eu, udeq) = quantize_rows(&u, rows, r);
-    let v = solve_cols(&gram_cols(&udeq, r, rows), &mul_uta(&udeq, residual, rows, cols, r))?;
+    let v = solve_cols(&gram_cols(kern, &udeq, r, rows), &mul_uta(kern, &udeq, residual, rows, cols, r))?;
     let (vq, mv, ev, vdeq) = quantize_rows(&v, r, cols);
     let exp = eu + ev;
     if !OVERLAY_EXP_RANGE.contains(&(exp - base_exp)) {
         return None;
     }
     // Keep the overlay only if it lowers tr(E H Eᵀ): 2 tr(U (VH)Rᵀ) > tr(UᵀU · V H Vᵀ).
-    let vh = metric.right_apply(&vdeq, r, cols);
-    let vhr = mul_abt(&vh, residual, r, cols, rows); // [r × rows]
+    // R (VH)ᵀ [rows × r]: (R (VH)ᵀ)_ik = Σ_j R_ij (VH)_kj, the same sum as (VH) Rᵀ's element
+    // ki with each product's factors swapped, which changes no bit of a product (at most a
+    // NaN's payload, and a NaN gain refuses the overlay either way).
+    let vh = metric.right_apply(kern, &vdeq, r, cols);
+    let rvh = mul_abt(kern, residual, &vh, rows, cols, r);
     let mut gain = 0.0;
     for i in 0..rows {
         for k in 0..r {
-            gain += udeq[i * r + k] * vhr[k * rows + i];
+            gain += udeq[i * r + k] * rvh[i * r + k];
         }
     }
-    let uu = gram_cols(&udeq, r, rows);
-    let vhv = mul_abt(&vdeq, &vh, r, cols, r);
+    let uu = gram_cols(kern, &udeq, r, rows);
+    let vhv = mul_abt(kern, &vdeq, &vh, r, cols, r);
     let mut cost = 0.0;
     for k in 0..r * r {
         cost += uu[k] * vhv[k];
@@ -374,4 +630,377 @@ pub fn allocate_layer(items: &[LayerItem], budget_bits: i128, rounds: usize) -> 
         chosen[t] = next[t].take().expect("candidate fitted above");
     }
     chosen.into_iter().map(|c| c.map(|(o, _)| o)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The products above against the plain scalar dot products they replaced (kept here
+    //! verbatim as references), bit for bit, on every kernel build this CPU runs; and the
+    //! whole fit against the previous `fit_scored` built on those references.
+
+    use super::*;
+
+    fn kernels() -> Vec<Kernel> {
+        #[allow(unused_mut)]
+        let mut k = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            k.push(Kernel::Avx2);
+        }
+        k
+    }
+
+    // ---- references: the implementations before the tiled product, unchanged ----
+
+    fn right_apply_reference(metric: &Metric, x: &[f64], n: usize, cols: usize) -> Vec<f64> {
+        match metric {
+            Metric::Identity => x.to_vec(),
+            Metric::Diagonal(h) => x.iter().enumerate().map(|(i, v)| v * h[i % cols]).collect(),
+            Metric::Full(h) => {
+                let mut out = vec![0.0; n * cols];
+                out.par_chunks_mut(cols).enumerate().for_each(|(i, orow)| {
+                    for l in 0..cols {
+                        let xv = x[i * cols + l];
+                        for (o, &hv) in orow.iter_mut().zip(&h[l * cols..(l + 1) * cols]) {
+                            *o += xv * hv;
+                        }
+                    }
+                });
+                out
+            }
+        }
+    }
+
+    fn mul_abt_reference(a: &[f64], b: &[f64], rows: usize, cols: usize, r: usize) -> Vec<f64> {
+        let mut y = vec![0.0; rows * r];
+        y.par_chunks_mut(ROWS_PER_TASK * r).enumerate().for_each(|(t, chunk)| {
+            for (li, yrow) in chunk.chunks_mut(r).enumerate() {
+                let arow = &a[(t * ROWS_PER_TASK + li) * cols..][..cols];
+                for (k, yk) in yrow.iter_mut().enumerate() {
+                    let brow = &b[k * cols..][..cols];
+                    let mut s = 0.0;
+                    for j in 0..cols {
+                        s += arow[j] * brow[j];
+                    }
+                    *yk = s;
+                }
+            }
+        });
+        y
+    }
+
+    fn mul_uta_reference(u: &[f64], a: &[f64], rows: usize, cols: usize, r: usize) -> Vec<f64> {
+        const COLS_PER_TASK: usize = 64;
+        let blocks: Vec<Vec<f64>> = (0..cols.div_ceil(COLS_PER_TASK))
+            .into_par_iter()
+            .map(|b| {
+                let (j0, j1) = (b * COLS_PER_TASK, ((b + 1) * COLS_PER_TASK).min(cols));
+                let mut z = vec![0.0; r * (j1 - j0)];
+                for i in 0..rows {
+                    let arow = &a[i * cols + j0..i * cols + j1];
+                    for k in 0..r {
+                        let uik = u[i * r + k];
+                        let zk = &mut z[k * (j1 - j0)..(k + 1) * (j1 - j0)];
+                        for (zz, &x) in zk.iter_mut().zip(arow) {
+                            *zz += uik * x;
+                        }
+                    }
+                }
+                z
+            })
+            .collect();
+        let mut z = vec![0.0; r * cols];
+        for (b, block) in blocks.iter().enumerate() {
+            let j0 = b * COLS_PER_TASK;
+            let w = block.len() / r.max(1);
+            for k in 0..r {
+                z[k * cols + j0..k * cols + j0 + w].copy_from_slice(&block[k * w..(k + 1) * w]);
+            }
+        }
+        z
+    }
+
+    fn gram_rows_reference(x: &[f64], r: usize, n: usize) -> Vec<f64> {
+        let mut g = vec![0.0; r * r];
+        for k in 0..r {
+            for l in 0..=k {
+                let mut s = 0.0;
+                for j in 0..n {
+                    s += x[k * n + j] * x[l * n + j];
+                }
+                g[k * r + l] = s;
+                g[l * r + k] = s;
+            }
+        }
+        g
+    }
+
+    fn gram_cols_reference(x: &[f64], r: usize, n: usize) -> Vec<f64> {
+        gram_rows_reference(&transpose(x, n, r), r, n)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fit_scored_reference(
+        residual: &[f64],
+        rows: usize,
+        cols: usize,
+        r: usize,
+        base_exp: i32,
+        rounds: usize,
+        metric: Metric,
+    ) -> Option<(Overlay, f64)> {
+        if r == 0 || rows == 0 || cols == 0 {
+            return None;
+        }
+        let bad_len = match metric {
+            Metric::Identity => false,
+            Metric::Diagonal(h) => h.len() != cols,
+            Metric::Full(h) => h.len() != cols * cols,
+        };
+        if bad_len {
+            return None;
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut v: Vec<f64> = (0..r * cols)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if state >> 63 == 1 { 1.0 } else { -1.0 }
+            })
+            .collect();
+        let mut u = vec![0.0; rows * r];
+        let solve_rows = |g: &[f64], x: &mut [f64]| -> Option<()> {
+            let l = cholesky(g, r)?;
+            for row in x.chunks_mut(r) {
+                chol_solve(&l, r, row);
+            }
+            Some(())
+        };
+        let solve_cols = |g: &[f64], z: &[f64]| -> Option<Vec<f64>> {
+            let l = cholesky(g, r)?;
+            let mut v = vec![0.0; r * cols];
+            let mut col = vec![0.0; r];
+            for j in 0..cols {
+                for k in 0..r {
+                    col[k] = z[k * cols + j];
+                }
+                chol_solve(&l, r, &mut col);
+                for k in 0..r {
+                    v[k * cols + j] = col[k];
+                }
+            }
+            Some(v)
+        };
+        for _ in 0..rounds {
+            let vh = right_apply_reference(&metric, &v, r, cols);
+            u = mul_abt_reference(residual, &vh, rows, cols, r);
+            solve_rows(&mul_abt_reference(&v, &vh, r, cols, r), &mut u)?;
+            v = solve_cols(&gram_cols_reference(&u, r, rows), &mul_uta_reference(&u, residual, rows, cols, r))?;
+        }
+        let (uq, mu, eu, udeq) = quantize_rows(&u, rows, r);
+        let v = solve_cols(&gram_cols_reference(&udeq, r, rows), &mul_uta_reference(&udeq, residual, rows, cols, r))?;
+        let (vq, mv, ev, vdeq) = quantize_rows(&v, r, cols);
+        let exp = eu + ev;
+        if !OVERLAY_EXP_RANGE.contains(&(exp - base_exp)) {
+            return None;
+        }
+        let vh = right_apply_reference(&metric, &vdeq, r, cols);
+        let vhr = mul_abt_reference(&vh, residual, r, cols, rows);
+        let mut gain = 0.0;
+        for i in 0..rows {
+            for k in 0..r {
+                gain += udeq[i * r + k] * vhr[k * rows + i];
+            }
+        }
+        let uu = gram_cols_reference(&udeq, r, rows);
+        let vhv = mul_abt_reference(&vdeq, &vh, r, cols, r);
+        let mut cost = 0.0;
+        for k in 0..r * r {
+            cost += uu[k] * vhv[k];
+        }
+        (2.0 * gain > cost).then_some((Overlay { rank: r, exp, u: uq, mu, v: vq, mv }, 2.0 * gain - cost))
+    }
+
+    // ---- inputs ----
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // splitmix64
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        /// In [-1, 1).
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        }
+        /// Awkward values: zeros, -0.0, tiny (products underflow into subnormals or to zero),
+        /// huge (no overflow in the sums), and ordinary values over many binades.
+        fn awkward(&mut self) -> f64 {
+            let x = self.unit();
+            match self.next() % 20 {
+                0 | 1 => 0.0,
+                2 => -0.0,
+                3 => x * 1e-160,
+                4 => x * 1e-310,
+                5 => x * 1e100,
+                _ => x * libm::ldexp(1.0, (self.next() % 41) as i32 - 20),
+            }
+        }
+        fn vec(&mut self, n: usize) -> Vec<f64> {
+            (0..n).map(|_| self.awkward()).collect()
+        }
+    }
+
+    fn assert_bits(got: &[f64], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "{what}: element {i}: {g:e} vs reference {w:e}");
+        }
+    }
+
+    #[test]
+    fn mul_abt_matches_reference_bits() {
+        let mut rng = Rng(1);
+        for rows in [1, 3, 4, 5, 33, 37, 70] {
+            for cols in [1, 2, 7, 255, 256, 257, 600] {
+                for r in [1, 2, 3, 4, 5, 8, 9, 17, 33, 64] {
+                    let a = rng.vec(rows * cols);
+                    let mut b = rng.vec(r * cols);
+                    // A rank row of -0.0 products only: 0.0 + (-0.0) must stay +0.0.
+                    b[..cols].fill(-0.0);
+                    let want = mul_abt_reference(&a, &b, rows, cols, r);
+                    for kern in kernels() {
+                        let got = mul_abt(kern, &a, &b, rows, cols, r);
+                        assert_bits(&got, &want, &format!("mul_abt {kern:?} {rows}x{cols} r {r}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mul_uta_matches_reference_bits() {
+        let mut rng = Rng(2);
+        for rows in [1, 2, 7, 255, 257, 520] {
+            for cols in [1, 3, 8, 63, 64, 65, 130, 200] {
+                for r in [1, 2, 3, 4, 5, 8, 17, 64] {
+                    let u = rng.vec(rows * r);
+                    let a = rng.vec(rows * cols);
+                    let want = mul_uta_reference(&u, &a, rows, cols, r);
+                    for kern in kernels() {
+                        let got = mul_uta(kern, &u, &a, rows, cols, r);
+                        assert_bits(&got, &want, &format!("mul_uta {kern:?} {rows}x{cols} r {r}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn right_apply_matches_reference_bits() {
+        let mut rng = Rng(3);
+        for n in [1, 2, 3, 4, 5, 9, 17, 64] {
+            for cols in [1, 2, 5, 63, 64, 65, 257, 300] {
+                let x = rng.vec(n * cols);
+                let h = rng.vec(cols * cols);
+                for (name, metric) in
+                    [("I", Metric::Identity), ("diag", Metric::Diagonal(&h[..cols])), ("H", Metric::Full(&h))]
+                {
+                    let want = right_apply_reference(&metric, &x, n, cols);
+                    for kern in kernels() {
+                        let got = metric.right_apply(kern, &x, n, cols);
+                        assert_bits(&got, &want, &format!("right_apply {kern:?} {name} {n}x{cols}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gram_matches_reference_bits() {
+        let mut rng = Rng(4);
+        for n in [1, 2, 7, 255, 257, 600] {
+            for r in [1, 2, 3, 4, 5, 8, 17, 33, 64] {
+                let x = rng.vec(n * r);
+                for kern in kernels() {
+                    let what = format!("{kern:?} n {n} r {r}");
+                    assert_bits(
+                        &gram_rows(kern, &x, r, n),
+                        &gram_rows_reference(&x, r, n),
+                        &format!("gram_rows {what}"),
+                    );
+                    assert_bits(
+                        &gram_cols(kern, &x, r, n),
+                        &gram_cols_reference(&x, r, n),
+                        &format!("gram_cols {what}"),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fit_matches_reference_bits() {
+        let mut rng = Rng(5);
+        let mut kept = 0;
+        let mut cases = 0;
+        for (rows, cols) in [(37, 1), (37, 29), (70, 300), (100, 65), (3, 257)] {
+            // Low-rank structure plus noise (an ordinary residual), a few exact zeros.
+            let rank = 5;
+            let p: Vec<f64> = (0..rows * rank).map(|_| rng.unit()).collect();
+            let q: Vec<f64> = (0..rank * cols).map(|_| rng.unit()).collect();
+            let residual: Vec<f64> = (0..rows * cols)
+                .map(|t| {
+                    let (i, j) = (t / cols, t % cols);
+                    let s: f64 = (0..rank).map(|k| p[i * rank + k] * q[k * cols + j]).sum();
+                    if rng.next().is_multiple_of(50) { 0.0 } else { 1e-3 * (s + 0.1 * rng.unit()) }
+                })
+                .collect();
+            let diag: Vec<f64> = (0..cols).map(|_| 0.5 + rng.unit().abs()).collect();
+            // H = XᵀX / n for random X: symmetric positive (semi-)definite.
+            let n = cols + 7;
+            let x: Vec<f64> = (0..n * cols).map(|_| rng.unit()).collect();
+            let mut full = vec![0.0; cols * cols];
+            for a in 0..cols {
+                for b in 0..cols {
+                    let mut s = 0.0;
+                    for t in 0..n {
+                        s += x[t * cols + a] * x[t * cols + b];
+                    }
+                    full[a * cols + b] = s / n as f64;
+                }
+            }
+            for (name, metric) in
+                [("I", Metric::Identity), ("diag", Metric::Diagonal(&diag)), ("H", Metric::Full(&full))]
+            {
+                for r in [1, 3, 8, 17] {
+                    for rounds in [1, 4] {
+                        let want = fit_scored_reference(&residual, rows, cols, r, -40, rounds, metric);
+                        for kern in kernels() {
+                            let got = fit_scored_with(kern, &residual, rows, cols, r, -40, rounds, metric);
+                            let what = format!("fit {kern:?} {name} {rows}x{cols} r {r} rounds {rounds}");
+                            match (&got, &want) {
+                                (None, None) => {}
+                                (Some((go, gs)), Some((wo, ws))) => {
+                                    assert_eq!(go, wo, "{what}: overlay");
+                                    assert_eq!(gs.to_bits(), ws.to_bits(), "{what}: score {gs:e} vs {ws:e}");
+                                }
+                                _ => panic!("{what}: kept {} vs reference {}", got.is_some(), want.is_some()),
+                            }
+                        }
+                        cases += 1;
+                        kept += usize::from(want.is_some());
+                    }
+                }
+            }
+        }
+        // The comparison must be about real overlays, not only refusals.
+        assert!(kept * 2 > cases, "only {kept} of {cases} fits kept an overlay");
+    }
 }
