@@ -257,54 +257,176 @@ impl Feedback {
     pub fn refine(&self, q: &mut QuantTensor, w: &[f64]) -> f64 {
         let n = self.n;
         assert_eq!(q.cols, n, "statistic width");
-        let (perm, u) = (&self.perm, &self.u);
-        let qmax = (1i32 << q.params.bits) - 1;
-        let g = q.params.group_size as usize;
-        let gpr = q.groups_per_row();
-        let (scales, zeros, base_exp) = (&q.scales, &q.zeros, q.base_exp);
-        let losses: Vec<Vec<f64>> = q
-            .codes
-            .par_chunks_mut(ROWS_PER_TASK * n)
-            .enumerate()
-            .map(|(blk, codes)| {
-                let r0 = blk * ROWS_PER_TASK;
-                let nr = codes.len() / n;
-                let mut loss = vec![0f64; nr];
-                // This block's rows in act order.
-                let mut wp: Vec<f64> = Vec::with_capacity(nr * n);
-                for r in 0..nr {
-                    wp.extend(perm.iter().map(|&p| w[(r0 + r) * n + p]));
-                }
-                for (a, &col) in perm.iter().enumerate() {
-                    // Row a of U from its diagonal on: U_aa, U_a,a+1, …
-                    let urow = &u[upper_offset(n, a)..upper_offset(n, a) + n - a];
-                    let d = urow[0];
-                    for r in 0..nr {
-                        let gi = (r0 + r) * gpr + col / g;
-                        let (m, e) = step(scales[gi], base_exp);
-                        let z = zeros[gi] as i32;
-                        let x = wp[r * n + a];
-                        let code = ((libm::ldexp(x, -e) / m as f64).round_ties_even() as i64 + z as i64)
-                            .clamp(0, qmax as i64) as i32;
-                        codes[r * n + col] = code as u8;
-                        let err = (x - libm::ldexp((m as i64 * (code - z) as i64) as f64, e)) / d;
-                        if err != 0.0 {
-                            loss[r] += err * err;
-                            let wr = &mut wp[r * n + a + 1..(r + 1) * n];
-                            for (wv, &uv) in wr.iter_mut().zip(&urow[1..]) {
-                                *wv -= err * uv;
-                            }
-                        }
-                    }
-                }
-                loss
-            })
-            .collect();
+        let tail = tail_kernel();
+        let losses: Vec<Vec<f64>> = {
+            // Field by field: the codes are borrowed mutably beside them.
+            let fixed = Fixed {
+                scales: &q.scales,
+                zeros: &q.zeros,
+                base_exp: q.base_exp,
+                qmax: (1i32 << q.params.bits) - 1,
+                g: q.params.group_size as usize,
+                gpr: q.groups_per_row(),
+            };
+            q.codes
+                .par_chunks_mut(ROWS_PER_TASK * n)
+                .enumerate()
+                .map(|(blk, codes)| self.refine_rows(&fixed, blk * ROWS_PER_TASK, codes, w, tail))
+                .collect()
+        };
         let mut total = 0.0;
         for l in losses.iter().flatten() {
             total += l;
         }
         total
+    }
+
+    /// One task's rows (`codes` holds rows r0.. of the tensor): the columns in act order, in
+    /// blocks of `FEEDBACK_BLOCK` ("lazy batch" GPTQ). Inside a block each column is rounded
+    /// and its error applied to the block's later columns at once; the block's errors reach
+    /// the columns after it in one pass (`tail`). Every element still receives its updates
+    /// one step at a time in ascending step order, so the codes and the loss are those of
+    /// the unblocked loop (`tests::refine_unblocked`) bit for bit, with one exception that
+    /// changes neither: the tail also applies steps whose error is ±0, which can only flip
+    /// the sign of a zero weight, and a ±0 weight rounds to the zero point with error ±0.
+    fn refine_rows(&self, q: &Fixed, r0: usize, codes: &mut [u8], w: &[f64], tail: TailKernel) -> Vec<f64> {
+        let n = self.n;
+        let (perm, u) = (&self.perm, &self.u);
+        let nr = codes.len() / n;
+        let mut loss = vec![0f64; nr];
+        // This block's rows in act order.
+        let mut wp: Vec<f64> = Vec::with_capacity(nr * n);
+        for r in 0..nr {
+            wp.extend(perm.iter().map(|&p| w[(r0 + r) * n + p]));
+        }
+        let mut errs = vec![0f64; nr * FEEDBACK_BLOCK];
+        let mut a0 = 0;
+        while a0 < n {
+            let a1 = (a0 + FEEDBACK_BLOCK).min(n);
+            for (a, &col) in perm.iter().enumerate().take(a1).skip(a0) {
+                // Row a of U from its diagonal to the block's end: U_aa, U_a,a+1, …
+                let urow = &u[upper_offset(n, a)..upper_offset(n, a) + a1 - a];
+                let d = urow[0];
+                for r in 0..nr {
+                    let gi = (r0 + r) * q.gpr + col / q.g;
+                    let (m, e) = step(q.scales[gi], q.base_exp);
+                    let z = q.zeros[gi] as i32;
+                    let x = wp[r * n + a];
+                    let code = ((libm::ldexp(x, -e) / m as f64).round_ties_even() as i64 + z as i64)
+                        .clamp(0, q.qmax as i64) as i32;
+                    codes[r * n + col] = code as u8;
+                    let err = (x - libm::ldexp((m as i64 * (code - z) as i64) as f64, e)) / d;
+                    errs[r * FEEDBACK_BLOCK + a - a0] = err;
+                    if err != 0.0 {
+                        loss[r] += err * err;
+                        let wr = &mut wp[r * n + a + 1..r * n + a1];
+                        for (wv, &uv) in wr.iter_mut().zip(&urow[1..]) {
+                            *wv -= err * uv;
+                        }
+                    }
+                }
+            }
+            if a1 < n {
+                // U_aj = u[uoff[a − a0] + j] for the block's rows a.
+                let uoff: Vec<usize> = (a0..a1).map(|a| upper_offset(n, a) - a).collect();
+                tail(&mut wp, n, nr, &errs, &uoff, u, a1);
+            }
+            a0 = a1;
+        }
+        loss
+    }
+}
+
+/// Columns per lazy-update block of the error feedback.
+const FEEDBACK_BLOCK: usize = 32;
+
+/// What the feedback reads of a quantized tensor besides its codes.
+struct Fixed<'a> {
+    scales: &'a [u8],
+    zeros: &'a [u8],
+    base_exp: i32,
+    qmax: i32,
+    g: usize,
+    gpr: usize,
+}
+
+/// `wp[r, j] −= errs[r, k] · U[a0 + k, j]` for every row r < nr, column j in a1..n and the
+/// block's steps k in ascending order: each element's operations are those of the
+/// unblocked loop, in its order (separate multiply and subtract, as everywhere in rule 6).
+type TailKernel = fn(&mut [f64], usize, usize, &[f64], &[usize], &[f64], usize);
+
+fn tail_kernel() -> TailKernel {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        return tail_avx2;
+    }
+    tail_portable
+}
+
+fn tail_portable(wp: &mut [f64], n: usize, nr: usize, errs: &[f64], uoff: &[usize], u: &[f64], a1: usize) {
+    tail_body(wp, n, nr, errs, uoff, u, a1)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn tail_avx2(wp: &mut [f64], n: usize, nr: usize, errs: &[f64], uoff: &[usize], u: &[f64], a1: usize) {
+    #[target_feature(enable = "avx2")]
+    unsafe fn run(wp: &mut [f64], n: usize, nr: usize, errs: &[f64], uoff: &[usize], u: &[f64], a1: usize) {
+        tail_body(wp, n, nr, errs, uoff, u, a1)
+    }
+    // SAFETY: only selected by `tail_kernel` when the CPU has AVX2 (no FMA is enabled, so
+    // the multiply and subtract stay two roundings, as on every other path).
+    unsafe { run(wp, n, nr, errs, uoff, u, a1) }
+}
+
+/// A tile of TILE_ROWS rows × TILE_COLS columns stays in registers over the block's steps:
+/// each weight is loaded and stored once per block instead of once per step.
+#[inline(always)]
+fn tail_body(wp: &mut [f64], n: usize, nr: usize, errs: &[f64], uoff: &[usize], u: &[f64], a1: usize) {
+    const TILE_ROWS: usize = 4;
+    const TILE_COLS: usize = 8;
+    let bw = uoff.len();
+    let fb = FEEDBACK_BLOCK;
+    let mut j = a1;
+    while j + TILE_COLS <= n {
+        let mut r = 0;
+        while r + TILE_ROWS <= nr {
+            let mut acc = [[0f64; TILE_COLS]; TILE_ROWS];
+            for (i, a) in acc.iter_mut().enumerate() {
+                a.copy_from_slice(&wp[(r + i) * n + j..(r + i) * n + j + TILE_COLS]);
+            }
+            for (k, &o) in uoff.iter().enumerate() {
+                let uk: &[f64; TILE_COLS] = u[o + j..o + j + TILE_COLS].try_into().expect("tile");
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let ev = errs[(r + i) * fb + k];
+                    for (x, &uv) in a.iter_mut().zip(uk) {
+                        *x -= ev * uv;
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                wp[(r + i) * n + j..(r + i) * n + j + TILE_COLS].copy_from_slice(a);
+            }
+            r += TILE_ROWS;
+        }
+        for r in r..nr {
+            tail_scalar(&mut wp[r * n..(r + 1) * n], &errs[r * fb..r * fb + bw], uoff, u, j, j + TILE_COLS);
+        }
+        j += TILE_COLS;
+    }
+    if j < n {
+        for r in 0..nr {
+            tail_scalar(&mut wp[r * n..(r + 1) * n], &errs[r * fb..r * fb + bw], uoff, u, j, n);
+        }
+    }
+}
+
+/// One row's columns j0..j1 of the tail, step by step.
+#[inline(always)]
+fn tail_scalar(row: &mut [f64], errs: &[f64], uoff: &[usize], u: &[f64], j0: usize, j1: usize) {
+    for (&ev, &o) in errs.iter().zip(uoff) {
+        for (x, &uv) in row[j0..j1].iter_mut().zip(&u[o + j0..o + j1]) {
+            *x -= ev * uv;
+        }
     }
 }
 
@@ -337,6 +459,7 @@ pub fn weighted_error(q: &QuantTensor, w: &[f64], h: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::quant::QuantParams;
 
     fn spd(n: usize, seed: u64) -> Vec<f64> {
         // H = X Xᵀ / m + diag, X with correlated columns.
@@ -431,6 +554,92 @@ mod tests {
         let mut h = spd(20, 1);
         h[5 * 20 + 5] = -1.0;
         assert!(cholesky_ref(&h, 20).is_none() && !cholesky_packed(&mut pack_lower(&h, 20), 20, 8));
+    }
+
+    /// The unblocked error feedback (one update of every later column per step), which the
+    /// blocked `refine` must equal bit for bit: codes and loss.
+    fn refine_unblocked(f: &Feedback, q: &mut QuantTensor, w: &[f64]) -> f64 {
+        let n = f.n;
+        let (perm, u) = (&f.perm, &f.u);
+        let qmax = (1i32 << q.params.bits) - 1;
+        let g = q.params.group_size as usize;
+        let gpr = q.groups_per_row();
+        let mut total = 0.0;
+        for r in 0..q.rows {
+            let mut loss = 0.0;
+            let mut wp: Vec<f64> = perm.iter().map(|&p| w[r * n + p]).collect();
+            for (a, &col) in perm.iter().enumerate() {
+                let urow = &u[upper_offset(n, a)..upper_offset(n, a) + n - a];
+                let gi = r * gpr + col / g;
+                let (m, e) = step(q.scales[gi], q.base_exp);
+                let z = q.zeros[gi] as i32;
+                let x = wp[a];
+                let code =
+                    ((libm::ldexp(x, -e) / m as f64).round_ties_even() as i64 + z as i64).clamp(0, qmax as i64) as i32;
+                q.codes[r * n + col] = code as u8;
+                let err = (x - libm::ldexp((m as i64 * (code - z) as i64) as f64, e)) / urow[0];
+                if err != 0.0 {
+                    loss += err * err;
+                    for (wv, &uv) in wp[a + 1..].iter_mut().zip(&urow[1..]) {
+                        *wv -= err * uv;
+                    }
+                }
+            }
+            total += loss;
+        }
+        total
+    }
+
+    #[test]
+    fn blocked_feedback_equals_the_unblocked_loop_bit_for_bit() {
+        // Widths around the block (32) and tile (8) sizes, rows around the task (64) and
+        // tile (4) sizes; weights partly on the grid (zero errors) and partly clamped.
+        let mut seed = 0x5eed_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (rows, n, bits) in [(1, 1, 4), (3, 7, 2), (5, 33, 5), (67, 40, 4), (130, 71, 3), (9, 100, 8), (64, 64, 6)] {
+            let mut h = spd(n, n as u64 + 7);
+            for i in 0..n {
+                h[i * n + i] += 0.25;
+            }
+            let f = Feedback::new(&h, n).unwrap();
+            let params = QuantParams { bits, group_size: 16 };
+            let gpr = n.div_ceil(16);
+            let base_exp = -12;
+            let scales: Vec<u8> = (0..rows * gpr).map(|_| (next() % 64) as u8).collect();
+            let zeros: Vec<u8> = (0..rows * gpr).map(|_| (next() % (1 << bits)) as u8).collect();
+            let w: Vec<f64> = (0..rows * n)
+                .map(|i| {
+                    let gi = (i / n) * gpr + (i % n) / 16;
+                    let (m, e) = step(scales[gi], base_exp);
+                    let v = next();
+                    let code = (v % (1 << (bits + 1))) as i64 - zeros[gi] as i64;
+                    let on_grid = libm::ldexp((m as i64 * code) as f64, e);
+                    // Every third weight exactly on a grid point (possibly beyond the codes).
+                    if v % 3 == 0 { on_grid } else { on_grid + libm::ldexp(((v >> 20) % 4096) as f64 - 2048.0, e - 9) }
+                })
+                .collect();
+            let blank =
+                QuantTensor { rows, cols: n, params, base_exp, codes: vec![0; rows * n], scales, zeros, overlay: None };
+            let (mut want, mut got) = (blank.clone(), blank);
+            let lw = refine_unblocked(&f, &mut want, &w);
+            let lg = f.refine(&mut got, &w);
+            assert_eq!(want.codes, got.codes, "codes rows={rows} n={n} bits={bits}");
+            assert_eq!(lw.to_bits(), lg.to_bits(), "loss rows={rows} n={n} bits={bits}: {lw} vs {lg}");
+            // The portable tail gives the same bits as the one this CPU selects.
+            let mut wp: Vec<f64> = (0..rows * n).map(|i| w[i] * 0.5).collect();
+            let errs: Vec<f64> = (0..rows * FEEDBACK_BLOCK).map(|i| (i % 5) as f64 - 2.0).collect();
+            let bw = FEEDBACK_BLOCK.min(n);
+            let uoff: Vec<usize> = (0..bw).map(|a| upper_offset(n, a) - a).collect();
+            let mut wp2 = wp.clone();
+            tail_portable(&mut wp, n, rows, &errs, &uoff, &f.u, bw);
+            tail_kernel()(&mut wp2, n, rows, &errs, &uoff, &f.u, bw);
+            assert!(wp.iter().zip(&wp2).all(|(a, b)| a.to_bits() == b.to_bits()), "tail variants n={n}");
+        }
     }
 
     #[test]
