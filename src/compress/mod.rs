@@ -83,6 +83,10 @@ struct TapMetric {
     importance: Vec<u32>,
 }
 
+/// Widest input whose statistic the overlay fit reads as a full matrix (2 GiB at 16,384);
+/// wider ones are read packed. Either gives the same bits: memory only.
+const FULL_METRIC_MAX_COLS: usize = 16384;
+
 /// Seconds spent per phase (reported, never part of the pack).
 #[derive(Debug, Clone, Default)]
 pub struct PhaseTimes {
@@ -413,16 +417,19 @@ pub fn compress(
 
         progress(Progress { done: l, layers, phase: "fit" });
         let t0 = Instant::now();
-        let sources: Vec<Vec<f64>> = linears
-            .iter()
-            .map(|t| source_f64(model.tensor(&t.name).bytes, model.dtype_of(&t.name), t.shape[0] * t.shape[1]))
-            .collect();
+        // The exact source weights as f64 (8 bytes per weight), made for one linear at a
+        // time where needed: holding a whole layer's would add 8 bytes per weight to the
+        // peak (6.9 GB on a Llama-3.1-70B layer).
+        let source_of = |t: &crate::model::arch::ExpectedTensor| {
+            source_f64(model.tensor(&t.name).bytes, model.dtype_of(&t.name), t.shape[0] * t.shape[1])
+        };
         // Error feedback under the full statistic: codes re-chosen, scales kept; its loss
         // (output squared error under H) prices each width.
         // Inputs with only the diagonal kept (wider than FULL_GRAM_MAX_COLS) are priced by
         // the diag(H)-weighted error of their nearest-rounded codes.
         let mut losses: Vec<Vec<f64>> = Vec::with_capacity(linears.len());
-        for ((t, per), w) in linears.iter().zip(candidates.iter_mut()).zip(&sources) {
+        for (t, per) in linears.iter().zip(candidates.iter_mut()) {
+            let w = &source_of(t);
             losses.push(
                 per.iter_mut()
                     .map(|q| match metric_of(&t.name) {
@@ -453,13 +460,19 @@ pub fn compress(
         // Overlays: a common rank, or (auto) this layer's share of the budget spent where it
         // lowers the error most. Residuals live for this layer only.
         if opts.rank != Rank::Fixed(0) {
-            // The overlay fit reads H as a full row-major matrix (8·n² bytes); each packed
-            // triangle is dropped as its full matrix is made.
-            let fulls: BTreeMap<Tap, Vec<f64>> =
-                metrics.iter_mut().filter_map(|(&t, m)| m.packed.take().map(|p| (t, p.to_full()))).collect();
+            // The overlay fit reads H as a full row-major matrix (8·n² bytes, its fastest
+            // products) up to FULL_METRIC_MAX_COLS inputs, each packed triangle dropped as
+            // its full matrix is made; wider inputs keep the packed triangle (half the
+            // memory; the same bits, `Metric::Packed`).
+            let fulls: BTreeMap<Tap, Vec<f64>> = metrics
+                .iter_mut()
+                .filter(|(_, m)| m.packed.as_ref().is_some_and(|p| p.n <= FULL_METRIC_MAX_COLS))
+                .filter_map(|(&t, m)| m.packed.take().map(|p| (t, p.to_full())))
+                .collect();
             let metric_of = |name: &str| Tap::of_linear(name).and_then(|t| metrics.get(&t));
             let full_of = |name: &str| Tap::of_linear(name).and_then(|t| fulls.get(&t));
-            let residuals: Vec<Vec<f64>> = sources.iter().zip(&quantized).map(|(w, q)| residual(w, q)).collect();
+            let residuals: Vec<Vec<f64>> =
+                linears.iter().zip(&quantized).map(|(t, q)| residual(&source_of(t), q)).collect();
             let items: Vec<LayerItem> = linears
                 .iter()
                 .zip(&quantized)
@@ -471,6 +484,7 @@ pub fn compress(
                     base_exp: q.base_exp,
                     metric: match (full_of(&t.name), metric_of(&t.name)) {
                         (Some(h), _) => Metric::Full(h),
+                        (None, Some(TapMetric { packed: Some(p), .. })) => Metric::Packed(p),
                         (None, Some(TapMetric { diag, .. })) => Metric::Diagonal(diag),
                         (None, None) => Metric::Identity,
                     },
@@ -494,12 +508,14 @@ pub fn compress(
                 q.overlay = o;
             }
         }
-        drop(sources);
         times.fit += t0.elapsed().as_secs_f64();
 
         progress(Progress { done: l, layers, phase: "write" });
         let t0 = Instant::now();
-        let keep = calib.as_ref().is_some_and(|c| c.provenance.propagate == calib::Propagate::Compressed);
+        // The compressed layer's outputs feed the next layer's statistics; after the last
+        // layer nothing reads them, so that forward pass is skipped.
+        let keep =
+            l + 1 < layers && calib.as_ref().is_some_and(|c| c.provenance.propagate == calib::Propagate::Compressed);
         let mut patches: BTreeMap<String, (Vec<u8>, DType)> = BTreeMap::new();
         for (t, q) in linears.iter().zip(&quantized) {
             let (rows, cols) = (t.shape[0], t.shape[1]);
