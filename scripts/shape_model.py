@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write a model directory with a real model's exact shapes and seeded random bf16 weights.
 
-    python3 scripts/shape_model.py SRC_DIR OUT_DIR [--seed N]
+    python3 scripts/shape_model.py SRC_DIR OUT_DIR [--seed N] [--std S]
 
 SRC_DIR needs only config.json and tokenizer.json (they are copied). Why: a device machine
 that cannot take the real weights (no network, small transfers) can still run the same
@@ -51,11 +51,16 @@ def tensors(cfg):
         yield "lm_head.weight", (vocab, h), "normal"
 
 
+CHUNK = 1 << 24  # values drawn and converted at a time: bounds memory for 70B-size tensors
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("src")
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=20261204)
+    ap.add_argument("--std", type=float, default=None,
+                    help="standard deviation of the random matrices (default: config's initializer_range, else 0.02)")
     a = ap.parse_args()
     with open(os.path.join(a.src, "config.json")) as f:
         cfg = json.load(f)
@@ -66,26 +71,35 @@ def main():
         shutil.copyfile(os.path.join(a.src, name), os.path.join(a.out, name))
 
     rng = np.random.Generator(np.random.PCG64(a.seed))
-    std = cfg.get("initializer_range", 0.02)
-    header, blobs, offset = {}, [], 0
+    std = a.std if a.std is not None else cfg.get("initializer_range", 0.02)
+    # The header first (offsets follow from the shapes), then each tensor drawn and written
+    # in chunks: the generator's stream is the same as one draw per tensor, and memory stays
+    # a few chunks whatever the model's size.
+    header, offset, plan = {}, 0, []
     for name, shape, kind in tensors(cfg):
         n = int(np.prod(shape))
-        x = rng.standard_normal(n, dtype=np.float32) * np.float32(std) if kind == "normal" else np.ones(n, np.float32)
-        b = bf16_bytes(x)
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + 2 * n]}
+        plan.append((n, kind))
+        offset += 2 * n
     header["__metadata__"] = {"format": "pt", "ucw_shape_model_seed": str(a.seed)}
+    if a.std is not None:
+        header["__metadata__"]["ucw_shape_model_std"] = repr(a.std)
     hj = json.dumps(header, separators=(",", ":")).encode()
     hj += b" " * (-len(hj) % 8)
     tmp = os.path.join(a.out, "model.safetensors.tmp")
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(hj)))
         f.write(hj)
-        for b in blobs:
-            f.write(b)
+        for n, kind in plan:
+            for start in range(0, n, CHUNK):
+                m = min(CHUNK, n - start)
+                if kind == "normal":
+                    x = rng.standard_normal(m, dtype=np.float32) * np.float32(std)
+                else:
+                    x = np.ones(m, np.float32)
+                f.write(bf16_bytes(x))
     os.replace(tmp, os.path.join(a.out, "model.safetensors"))
-    print(f"{a.out}: {offset} bytes of weights, seed {a.seed}")
+    print(f"{a.out}: {offset} bytes of weights, seed {a.seed}, std {std}")
 
 
 if __name__ == "__main__":
