@@ -189,7 +189,7 @@ fn composed_logits(src: &mut Source, tokens: &[u32], final_norm: bool) -> (Vec<f
     let mut mean_squares = Vec::new();
     for l in 0..c.num_hidden_layers {
         mean_squares.push(min_mean_square(&h));
-        let layer = Layer::load(&b, &mut *src, l).unwrap();
+        let layer = Layer::load(&b, &mut *src, l, u64::MAX).unwrap();
         let chunk = layer.chunk(DEFAULT_MAX_MEMORY).unwrap();
         h = layer.forward(&b, &h, &consts, chunk).unwrap();
     }

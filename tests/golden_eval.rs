@@ -21,8 +21,10 @@ use ucw::forward::{EvalOptions, FORWARD_VERSION, Score, Source, evaluate};
 const FIXTURES: &[&str] = &["llama-bf16", "mistral-f16", "qwen2-f32", "qwen3-bf16-sharded"];
 const SEQ_LEN: usize = 64;
 const WINDOWS: usize = 4;
-/// Default budget, and one small enough to split every product into chunks of a few tokens.
-const BUDGETS: [u64; 2] = [1 << 30, 256 << 10];
+/// Default budget, one small enough to split every product into chunks of a few tokens, and
+/// one below the lm_head's and the MLP's weights, which slices them by rows
+/// (`Linear::new_within`).
+const BUDGETS: [u64; 3] = [1 << 30, 256 << 10, 40 << 10];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()

@@ -28,7 +28,7 @@ fn run_steps(b: &dyn Backend, dir: &std::path::Path, out: &mut Steps) -> ucw::er
     let emb = emb.into_owned();
     let x = ucw::forward::embed_rows(b, "e", &emb, dt, c.vocab_size, c.hidden_size, ids, RESIDUAL_BITS)?;
     let k = Consts::new(&c, 32);
-    let l = Layer::load(b, &mut src, 0)?;
+    let l = Layer::load(b, &mut src, 0, u64::MAX)?;
     out.push(("embed", x.clone()));
     let a = b.rms_norm(&x, &l.input_norm, &k.rms_hidden, ACT_BITS)?;
     out.push(("rms_norm", a.clone()));

@@ -176,6 +176,8 @@ pub fn read_windows(model: &Model, spec: &CalibSpec) -> Result<(Vec<Vec<u32>>, P
 /// The four statistics of one layer.
 pub struct LayerStats {
     pub grams: BTreeMap<Tap, Gram>,
+    /// Seconds spent adding windows to the statistics (inside the forward pass).
+    pub accumulate_seconds: f64,
 }
 
 impl Calibration {
@@ -223,7 +225,7 @@ impl Calibration {
     pub fn layer_stats(&mut self, backend: &dyn Backend, model: &Model, l: usize) -> Result<LayerStats> {
         let no_patches = BTreeMap::new();
         let mut src = Patched { model, patches: &no_patches };
-        let layer = Layer::load(backend, &mut src, l)?;
+        let layer = Layer::load(backend, &mut src, l, self.max_memory)?;
         let chunk = self.chunk(&layer)?;
         let c = &model.config;
         let widths = [
@@ -234,16 +236,20 @@ impl Calibration {
         ];
         let mut grams: BTreeMap<Tap, Gram> = widths.iter().map(|&(t, w)| (t, Gram::new(w))).collect();
         let teacher = self.provenance.propagate == Propagate::Teacher;
+        let mut accumulate_seconds = 0.0;
         for h in self.hidden.iter_mut() {
             let out = layer.forward_tapped(backend, h, &self.consts, chunk, &mut |tap, x| {
+                let t0 = std::time::Instant::now();
                 let g = grams.get_mut(&tap).expect("every tap has a statistic");
-                g.add_window(x, &format!("model.layers.{l} {tap:?} input"))
+                let r = g.add_window(x, &format!("model.layers.{l} {tap:?} input"));
+                accumulate_seconds += t0.elapsed().as_secs_f64();
+                r
             })?;
             if teacher {
                 *h = out;
             }
         }
-        Ok(LayerStats { grams })
+        Ok(LayerStats { grams, accumulate_seconds })
     }
 
     /// With `Propagate::Compressed`: move the hidden states through layer `l` as compressed
@@ -259,7 +265,7 @@ impl Calibration {
             return Ok(());
         }
         let mut src = Patched { model, patches };
-        let layer = Layer::load(backend, &mut src, l)?;
+        let layer = Layer::load(backend, &mut src, l, self.max_memory)?;
         let chunk = self.chunk(&layer)?;
         for h in self.hidden.iter_mut() {
             *h = layer.forward(backend, h, &self.consts, chunk)?;

@@ -148,7 +148,7 @@ pub fn chunk_tokens(budget: u64, k: usize, n: usize, weight_bytes: u64) -> Resul
 
 /// Device bytes per token of a product with `k` inputs and `n` outputs: inputs (4k), exact
 /// sums (8n) and outputs (4n).
-fn per_token_bytes(k: usize, n: usize) -> u64 {
+pub(crate) fn per_token_bytes(k: usize, n: usize) -> u64 {
     (4 * k + 12 * n + 8) as u64
 }
 
@@ -201,7 +201,7 @@ pub fn evaluate(
     let layers = c.num_hidden_layers;
     progress(0, layers + 1);
     for l in 0..layers {
-        let layer = Layer::load(backend, src, l)?;
+        let layer = Layer::load(backend, src, l, call_budget())?;
         let chunk = layer.chunk(call_budget())?;
         each_window(&mut hidden, backend.concurrent_windows(), |_, h| {
             *h = layer.forward(backend, h, &consts, chunk)?;
@@ -215,7 +215,7 @@ pub fn evaluate(
     let head_name = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
     let head_w = layer::load_weight(backend, src, head_name, c.vocab_size, c.hidden_size)?;
     resident.allow(opts.max_memory.saturating_sub(least(&[(c.vocab_size, c.hidden_size)])));
-    let head = layer::Linear::new(backend, head_name.to_string(), head_w, None)?;
+    let head = layer::Linear::new_within(backend, head_name.to_string(), head_w, None, call_budget())?;
     let chunk = head.chunk(call_budget())?;
     let scored = opts.score.positions(seq_len);
     // With a sink every position's logits are produced (the last one predicts nothing).

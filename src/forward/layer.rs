@@ -57,32 +57,116 @@ pub struct Bias {
 }
 
 /// A linear layer ready for `matmul`.
+/// One slice of a linear's weight rows, with its backend layout (`Backend::prepare_matmul`)
+/// built with it: both private, so that the two cannot part.
+struct Part {
+    w: GroupFixed,
+    prepared: Prepared,
+}
+
 pub struct Linear {
     pub name: String,
-    w: GroupFixed,
-    /// `w` in the backend's layout (`Backend::prepare_matmul`), built with it: `w` is
-    /// private so that the two cannot part.
-    prepared: Prepared,
+    rows: usize,
+    cols: usize,
+    /// The weight's rows in slices: one, unless the whole weight beside one token would not
+    /// fit a call's budget (`new_within`; e.g. a 128k-vocabulary lm_head, 2.1 GB at hidden
+    /// 4096, under the default 1 GiB). Each output row's exact sum involves its weight row
+    /// only, so the slices' sums side by side are the whole product's: slicing changes no bit.
+    parts: Vec<Part>,
     pub bias: Option<Bias>,
+}
+
+/// Bytes of weights at the forward pass's format: mantissas and one exponent per group.
+fn weight_bytes(w: &GroupFixed) -> u64 {
+    (w.mantissas.len() * 4 + w.exponents.len() * 4) as u64
 }
 
 impl Linear {
     pub fn new(backend: &dyn Backend, name: String, w: GroupFixed, bias: Option<Bias>) -> Result<Linear> {
-        let prepared = backend.prepare_matmul(&w).map_err(|e| bad_input!("{name}: {e}"))?;
-        Ok(Linear { name, w, prepared, bias })
+        Linear::new_within(backend, name, w, bias, u64::MAX)
     }
 
+    /// A linear whose calls fit `budget` bytes: the weight whole when it fits beside one
+    /// token's buffers, else in slices of rows of at most half the budget each (the other
+    /// half for the tokens of a chunk).
+    pub fn new_within(
+        backend: &dyn Backend,
+        name: String,
+        w: GroupFixed,
+        bias: Option<Bias>,
+        budget: u64,
+    ) -> Result<Linear> {
+        let (rows, cols) = (w.rows, w.cols);
+        let per_token = super::eval::per_token_bytes(cols, rows);
+        let whole = weight_bytes(&w);
+        let slice_rows = if whole.saturating_add(per_token) <= budget || rows == 0 {
+            rows.max(1)
+        } else {
+            let row_bytes = (whole / rows as u64).max(1);
+            ((budget / 2 / row_bytes) as usize).clamp(1, rows)
+        };
+        let mut parts = Vec::with_capacity(rows.div_ceil(slice_rows).max(1));
+        if slice_rows >= rows {
+            let prepared = backend.prepare_matmul(&w).map_err(|e| bad_input!("{name}: {e}"))?;
+            parts.push(Part { w, prepared });
+        } else {
+            let gpr = w.exponents.len() / rows;
+            for r0 in (0..rows).step_by(slice_rows) {
+                let r1 = (r0 + slice_rows).min(rows);
+                let part = GroupFixed {
+                    rows: r1 - r0,
+                    cols,
+                    params: w.params,
+                    exponents: w.exponents[r0 * gpr..r1 * gpr].to_vec(),
+                    mantissas: w.mantissas[r0 * cols..r1 * cols].to_vec(),
+                };
+                let prepared = backend.prepare_matmul(&part).map_err(|e| bad_input!("{name}: {e}"))?;
+                parts.push(Part { w: part, prepared });
+            }
+        }
+        Ok(Linear { name, rows, cols, parts, bias })
+    }
+
+    /// Output width (the weight's rows).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes of the ingested weight, all slices.
     pub fn bytes(&self) -> u64 {
-        (self.w.mantissas.len() * 4 + self.w.exponents.len() * 4) as u64
+        self.parts.iter().map(|p| weight_bytes(&p.w)).sum()
     }
 
-    /// The exact sums `x · wᵀ` (bias not added), one matrix product.
+    /// Bytes of the largest slice: what one call holds.
+    fn call_bytes(&self) -> u64 {
+        self.parts.iter().map(|p| weight_bytes(&p.w)).max().unwrap_or(0)
+    }
+
+    /// The exact sums `x · wᵀ` (bias not added): one matrix product per slice, their sums
+    /// placed side by side per token.
     pub fn sums(&self, b: &dyn Backend, x: &TokenFixed) -> Result<ExactSums> {
-        b.matmul_prepared(x, &self.w, &self.prepared).map_err(|e| bad_input!("{}: {e}", self.name))
+        let part_sums =
+            |p: &Part| b.matmul_prepared(x, &p.w, &p.prepared).map_err(|e| bad_input!("{}: {e}", self.name));
+        if let [p] = self.parts.as_slice() {
+            return part_sums(p);
+        }
+        let mut out =
+            ExactSums { tokens: x.tokens, n: self.rows, sums: vec![0; x.tokens * self.rows], row_exps: Vec::new() };
+        let mut r0 = 0;
+        for p in &self.parts {
+            let s = part_sums(p)?;
+            for t in 0..x.tokens {
+                out.sums[t * self.rows + r0..t * self.rows + r0 + s.n].copy_from_slice(&s.sums[t * s.n..(t + 1) * s.n]);
+            }
+            out.row_exps.extend_from_slice(&s.row_exps);
+            r0 += s.n;
+        }
+        Ok(out)
     }
 
     /// Each token's NLL (Q30) of `targets` under the logits `x · wᵀ` at `bits`
-    /// (`Backend::head_nll`: the lm_head without keeping its logits).
+    /// (`Backend::head_nll`: the lm_head without keeping its logits; a sliced weight gives
+    /// the backend the slices' sums side by side, `Backend::renorm_nll`, the same values).
     pub fn nll(
         &self,
         b: &dyn Backend,
@@ -92,12 +176,16 @@ impl Linear {
         ec: &ExpConsts,
         lc: &crate::backend::cpu::nll::LogConsts,
     ) -> Result<Vec<i64>> {
-        b.head_nll(x, &self.w, &self.prepared, bits, targets, ec, lc).map_err(|e| bad_input!("{}: {e}", self.name))
+        let r = match self.parts.as_slice() {
+            [p] => b.head_nll(x, &p.w, &p.prepared, bits, targets, ec, lc),
+            _ => b.renorm_nll(&self.sums(b, x)?, &x.exps, bits, targets, ec, lc),
+        };
+        r.map_err(|e| bad_input!("{}: {e}", self.name))
     }
 
     /// Token chunk of this linear's products within `budget` bytes (`eval::chunk_tokens`).
     pub fn chunk(&self, budget: u64) -> Result<usize> {
-        super::eval::chunk_tokens(budget, self.w.cols, self.w.rows, self.bytes())
+        super::eval::chunk_tokens(budget, self.cols, self.rows, self.call_bytes())
     }
 }
 
@@ -131,6 +219,7 @@ fn load_linear(
     prefix: &str,
     (rows, cols): (usize, usize),
     biased: bool,
+    budget: u64,
 ) -> Result<Linear> {
     let name = format!("{prefix}.weight");
     let w = load_weight(backend, src, &name, rows, cols)?;
@@ -140,7 +229,7 @@ fn load_linear(
     } else {
         None
     };
-    Linear::new(backend, name, w, bias)
+    Linear::new_within(backend, name, w, bias, budget)
 }
 
 /// Norm weights: one group, 16-bit mantissas (`rms_norm`'s contract).
@@ -192,7 +281,8 @@ pub struct Layer {
 }
 
 impl Layer {
-    pub fn load(backend: &dyn Backend, src: &mut dyn Tensors, l: usize) -> Result<Layer> {
+    /// Layer `l`, each linear sliced where it would not fit a call of `budget` bytes.
+    pub fn load(backend: &dyn Backend, src: &mut dyn Tensors, l: usize, budget: u64) -> Result<Layer> {
         let c = src.config().clone();
         let h = c.hidden_size;
         let [q, k, v, o, gate, up, down] = Self::linear_shapes(&c);
@@ -209,14 +299,14 @@ impl Layer {
         Ok(Layer {
             input_norm: load_norm(backend, src, &format!("{p}.input_layernorm.weight"), h)?,
             post_norm: load_norm(backend, src, &format!("{p}.post_attention_layernorm.weight"), h)?,
-            q: load_linear(backend, src, &format!("{a}.q_proj"), q, c.qkv_bias)?,
-            k: load_linear(backend, src, &format!("{a}.k_proj"), k, c.qkv_bias)?,
-            v: load_linear(backend, src, &format!("{a}.v_proj"), v, c.qkv_bias)?,
-            o: load_linear(backend, src, &format!("{a}.o_proj"), o, c.o_bias)?,
+            q: load_linear(backend, src, &format!("{a}.q_proj"), q, c.qkv_bias, budget)?,
+            k: load_linear(backend, src, &format!("{a}.k_proj"), k, c.qkv_bias, budget)?,
+            v: load_linear(backend, src, &format!("{a}.v_proj"), v, c.qkv_bias, budget)?,
+            o: load_linear(backend, src, &format!("{a}.o_proj"), o, c.o_bias, budget)?,
             qk_norm,
-            gate: load_linear(backend, src, &format!("{p}.mlp.gate_proj"), gate, c.mlp_bias)?,
-            up: load_linear(backend, src, &format!("{p}.mlp.up_proj"), up, c.mlp_bias)?,
-            down: load_linear(backend, src, &format!("{p}.mlp.down_proj"), down, c.mlp_bias)?,
+            gate: load_linear(backend, src, &format!("{p}.mlp.gate_proj"), gate, c.mlp_bias, budget)?,
+            up: load_linear(backend, src, &format!("{p}.mlp.up_proj"), up, c.mlp_bias, budget)?,
+            down: load_linear(backend, src, &format!("{p}.mlp.down_proj"), down, c.mlp_bias, budget)?,
         })
     }
 
@@ -303,7 +393,7 @@ pub fn slice_tokens(x: &TokenFixed, t0: usize, t1: usize) -> TokenFixed {
 /// the add). Tokens go through in chunks of `chunk` (a per-token computation: the chunking
 /// cannot change a bit, it only bounds the buffers).
 pub fn linear(b: &dyn Backend, x: &TokenFixed, l: &Linear, bits: u32, chunk: usize) -> Result<TokenFixed> {
-    let n = l.w.rows;
+    let n = l.rows;
     let mut out = TokenFixed { tokens: x.tokens, width: n, exps: Vec::new(), mants: Vec::new() };
     let mut t0 = 0;
     while t0 < x.tokens {
