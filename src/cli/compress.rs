@@ -181,9 +181,13 @@ pub fn run(a: &CompressArgs) -> Result<()> {
         })
     });
     let p = &s.phases;
+    // The first six partition the run; the `calibrate_*` and `fit_*` entries are parts of
+    // `calibrate` and `fit`.
     let phases = serde_json::json!({
         "hash": p.hash, "calibrate": p.calibrate, "quantize": p.quantize,
         "fit": p.fit, "write": p.write, "propagate": p.propagate,
+        "calibrate_accumulate": p.calibrate_accumulate, "calibrate_factorize": p.calibrate_factorize,
+        "fit_feedback": p.fit_feedback,
     });
     if common.json {
         print_json(&serde_json::json!({
@@ -243,8 +247,17 @@ pub fn run(a: &CompressArgs) -> Result<()> {
     };
     println!("code widths:     {} ({how})", widths.join(", "));
     println!(
-        "time:            {:.2} s (hash {:.1}, calibrate {:.1}, quantize {:.1}, fit {:.1}, write {:.1}, propagate {:.1})",
-        s.seconds, p.hash, p.calibrate, p.quantize, p.fit, p.write, p.propagate
+        "time:            {:.2} s (hash {:.1}, calibrate {:.1} [accumulate {:.1}, factorize {:.1}], quantize {:.1}, fit {:.1} [feedback {:.1}], write {:.1}, propagate {:.1})",
+        s.seconds,
+        p.hash,
+        p.calibrate,
+        p.calibrate_accumulate,
+        p.calibrate_factorize,
+        p.quantize,
+        p.fit,
+        p.fit_feedback,
+        p.write,
+        p.propagate
     );
     println!("device:          {}", backend.describe());
     Ok(())

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use crate::backend::Backend;
 use crate::codec::CODEC_VERSION;
 use crate::codec::gptq;
@@ -91,12 +93,19 @@ const FULL_METRIC_MAX_COLS: usize = 16384;
 #[derive(Debug, Clone, Default)]
 pub struct PhaseTimes {
     pub hash: f64,
-    /// Teacher forward pass with the statistics gathered inside it.
+    /// Teacher forward pass with the statistics gathered inside it, and their conversion
+    /// for error feedback (the two parts below are included).
     pub calibrate: f64,
+    /// Part of `calibrate`: adding the windows to the exact statistics.
+    pub calibrate_accumulate: f64,
+    /// Part of `calibrate`: statistics to f64, Cholesky and triangular inverse.
+    pub calibrate_factorize: f64,
     /// Scale search.
     pub quantize: f64,
     /// Error feedback (GPTQ) and overlay fit.
     pub fit: f64,
+    /// Part of `fit`: error feedback for every candidate width.
+    pub fit_feedback: f64,
     /// Reconstruction, digests, layer files.
     pub write: f64,
     /// Hidden states through the compressed layer (`--calib-propagate compressed`).
@@ -212,6 +221,7 @@ fn base_bytes(rows: usize, cols: usize, p: QuantParams) -> u64 {
 /// The source weights as exact f64 (bf16, f16 and f32 all convert exactly).
 pub fn source_f64(src: &[u8], dtype: DType, n: usize) -> Vec<f64> {
     (0..n)
+        .into_par_iter()
         .map(|i| match dtype.decode(dtype.load_bits(src, i)) {
             Decoded::Finite { neg, sig, exp } => libm::ldexp(if neg { -(sig as f64) } else { sig as f64 }, exp),
             _ => 0.0,
@@ -232,7 +242,7 @@ fn diag_weighted_error(q: &QuantTensor, w: &[f64], d: &[f64]) -> f64 {
 fn residual(w: &[f64], q: &QuantTensor) -> Vec<f64> {
     let gpr = q.groups_per_row();
     let g = q.params.group_size as usize;
-    w.iter()
+    w.par_iter()
         .enumerate()
         .map(|(i, &w)| {
             let gi = (i / q.cols) * gpr + (i % q.cols) / g;
@@ -361,10 +371,13 @@ pub fn compress(
         let stats = match calib.as_mut() {
             Some(c) => {
                 progress(Progress { done: l, layers, phase: "calibration forward" });
-                Some(c.layer_stats(backend, &model, l)?)
+                let s = c.layer_stats(backend, &model, l)?;
+                times.calibrate_accumulate += s.accumulate_seconds;
+                Some(s)
             }
             None => None,
         };
+        let t1 = Instant::now();
         // Each statistic is consumed as it is converted (its i64 triangle becomes the f64
         // one in place); memory per input in codec/gram.rs and codec/gptq.rs.
         let mut metrics: BTreeMap<Tap, TapMetric> = stats.map_or_else(BTreeMap::new, |s| {
@@ -384,6 +397,7 @@ pub fn compress(
                 })
                 .collect()
         });
+        times.calibrate_factorize += t1.elapsed().as_secs_f64();
         times.calibrate += t0.elapsed().as_secs_f64();
         let metric_of = |name: &str| Tap::of_linear(name).and_then(|t| metrics.get(&t));
 
@@ -427,6 +441,7 @@ pub fn compress(
         // (output squared error under H) prices each width.
         // Inputs with only the diagonal kept (wider than FULL_GRAM_MAX_COLS) are priced by
         // the diag(H)-weighted error of their nearest-rounded codes.
+        let t1 = Instant::now();
         let mut losses: Vec<Vec<f64>> = Vec::with_capacity(linears.len());
         for (t, per) in linears.iter().zip(candidates.iter_mut()) {
             let w = &source_of(t);
@@ -440,6 +455,7 @@ pub fn compress(
                     .collect(),
             );
         }
+        times.fit_feedback += t1.elapsed().as_secs_f64();
         // U is not needed past this point.
         for m in metrics.values_mut() {
             m.feedback = None;
