@@ -20,9 +20,11 @@ const DAMP: f64 = 0.01;
 /// Rows per parallel task (fixed partition).
 const ROWS_PER_TASK: usize = 64;
 
-/// Columns (Cholesky) or rows (inverse) per block: a block's updates reach each element
-/// while its tile is in cache, instead of one pass over the whole matrix per column.
+/// Columns per block of the Cholesky factorisation: a block's updates reach each element
+/// while it is in registers, instead of one pass over the whole matrix per column.
 const BLOCK: usize = 64;
+/// Rows per block of the triangular inverse (each block reads all finished rows of X once).
+const INV_BLOCK: usize = 128;
 
 /// Offset of row i in a packed lower triangle, row-major (row i holds columns 0..=i).
 fn row_offset(i: usize) -> usize {
@@ -41,72 +43,239 @@ fn packed_rows(l: &mut [f64], n: usize) -> Vec<&mut [f64]> {
     rows
 }
 
+/// Register tile of the blocked updates: TR rows × TC columns of the output stay in
+/// registers over a run of steps, loaded and stored once per run instead of once per step.
+const TR: usize = 4;
+const TC: usize = 8;
+/// Cholesky trailing update: rows per parallel task (fixed partition), and column tiles per
+/// cache chunk (the chunk's slice of the packed panel, 8·TC·BLOCK·CHOL_COL_TILES = 64 KiB,
+/// is read from L2 by every row tile of the task).
+const CHOL_ROWS_PER_TASK: usize = 32;
+const CHOL_COL_TILES: usize = 16;
+/// Inverse: columns per parallel task (a strip of the block's rows; a multiple of TC), and
+/// finished rows per cache chunk (the chunk's part of the strip's columns of X is packed,
+/// 8·INV_COLS·INV_K_CHUNK = 128 KiB, and read from L2 by every row tile of the block).
+const INV_COLS: usize = 128;
+const INV_K_CHUNK: usize = 128;
+/// Inverse: rows per sub-block of a row block (its earlier sub-blocks reach it in tiles).
+const INV_SUB: usize = 32;
+
+/// Cholesky trailing update of one task's rows (`rows` are rows k1 + first.. of the matrix):
+/// every element (i, j), k1 ≤ j ≤ i, receives a_ij −= l_ik · l_jk for k in k0..k1 ascending.
+/// `pk` holds l_jk by column tile: pk[((j − k1)/TC · (k1 − k0) + k − k0) · TC + (j − k1) % TC].
+type CholKernel = fn(&mut [&mut [f64]], usize, usize, usize, &[f64]);
+/// The inverse's work on one strip of a row block (see `inv_strip_body`).
+type InvKernel = fn(&mut [f64], usize, usize, usize, &[f64], &[f64]);
+
+/// The hot loops, compiled twice: for baseline x86-64 (or any target) and with AVX2 (never
+/// FMA: every multiply and subtract stays its own rounding, so both give the same bits).
+#[derive(Clone, Copy)]
+struct Kernels {
+    chol: CholKernel,
+    inv: InvKernel,
+}
+
+impl Kernels {
+    const PORTABLE: Kernels = Kernels { chol: chol_trailing_portable, inv: inv_strip_portable };
+
+    fn detect() -> Kernels {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            return Kernels { chol: chol_trailing_avx2, inv: inv_strip_avx2 };
+        }
+        Kernels::PORTABLE
+    }
+}
+
+fn chol_trailing_portable(rows: &mut [&mut [f64]], first: usize, k0: usize, k1: usize, pk: &[f64]) {
+    chol_trailing_body(rows, first, k0, k1, pk)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn chol_trailing_avx2(rows: &mut [&mut [f64]], first: usize, k0: usize, k1: usize, pk: &[f64]) {
+    #[target_feature(enable = "avx2")]
+    unsafe fn run(rows: &mut [&mut [f64]], first: usize, k0: usize, k1: usize, pk: &[f64]) {
+        chol_trailing_body(rows, first, k0, k1, pk)
+    }
+    // SAFETY: only selected by `Kernels::detect` when the CPU has AVX2 (no FMA is enabled).
+    unsafe { run(rows, first, k0, k1, pk) }
+}
+
+fn inv_strip_portable(strip: &mut [f64], c0: usize, i0: usize, i1: usize, lrows: &[f64], xs: &[f64]) {
+    inv_strip_body(strip, c0, i0, i1, lrows, xs)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn inv_strip_avx2(strip: &mut [f64], c0: usize, i0: usize, i1: usize, lrows: &[f64], xs: &[f64]) {
+    #[target_feature(enable = "avx2")]
+    unsafe fn run(strip: &mut [f64], c0: usize, i0: usize, i1: usize, lrows: &[f64], xs: &[f64]) {
+        inv_strip_body(strip, c0, i0, i1, lrows, xs)
+    }
+    // SAFETY: only selected by `Kernels::detect` when the CPU has AVX2 (no FMA is enabled).
+    unsafe { run(strip, c0, i0, i1, lrows, xs) }
+}
+
 /// Cholesky factor L of a symmetric matrix given as its packed lower triangle (row-major,
 /// row i at `row_offset(i)`), in place; false if not positive definite. Every element
 /// (i, j) receives its updates a_ij −= l_ik·l_jk in ascending k and then its division (or
-/// square root), exactly as the textbook right-looking algorithm: the blocking only changes
-/// when, not in which order, each element is updated, so the bits are those of
-/// `tests::cholesky_ref`. Working memory beyond the triangle: one panel, 8·BLOCK·n bytes.
+/// square root), exactly as the textbook right-looking algorithm: the blocking and the
+/// register tiles only change when, not in which order, each element is updated, so the
+/// bits are those of `tests::cholesky_ref`. Working memory beyond the triangle: one packed
+/// panel, 8·BLOCK·(n + TC) bytes, and the block's diagonal, 8·BLOCK² bytes.
 fn cholesky_packed(l: &mut [f64], n: usize, block: usize) -> bool {
+    cholesky_with(l, n, block, Kernels::detect())
+}
+
+fn cholesky_with(l: &mut [f64], n: usize, block: usize, kern: Kernels) -> bool {
     let mut rows = packed_rows(l, n);
     let mut k0 = 0;
     while k0 < n {
         let k1 = (k0 + block).min(n);
-        // Panel: columns k0..k1 are finished one by one; each step also updates the later
-        // panel columns of every row below it.
-        for k in k0..k1 {
-            let d = rows[k][k];
-            if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+        let w = k1 - k0;
+        // Diagonal block, row by row: row i takes each step k < i of the block in order (its
+        // division by d_k, then the update of its columns k+1..=i), then its square root.
+        let mut d = vec![0f64; w];
+        let mut lt = vec![0f64; w * w]; // lt[(k − k0)·w + j − k0] = l_jk for k < j in the block
+        for i in k0..k1 {
+            let row = &mut *rows[i];
+            for k in k0..i {
+                let lik = row[k] / d[k - k0];
+                row[k] = lik;
+                lt[(k - k0) * w + i - k0] = lik;
+                let lk = &lt[(k - k0) * w + k + 1 - k0..(k - k0) * w + i - k0];
+                for (x, &v) in row[k + 1..i].iter_mut().zip(lk) {
+                    *x -= lik * v;
+                }
+                row[i] -= lik * lik;
+            }
+            let p = row[i];
+            if p.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                 return false;
             }
-            let d = d.sqrt();
-            rows[k][k] = d;
-            // l_jk of the later panel rows (the same division each row makes below).
-            let col: Vec<f64> = (k + 1..k1).map(|j| rows[j][k] / d).collect();
-            rows[k + 1..].par_iter_mut().with_min_len(64).enumerate().for_each(|(ii, row)| {
-                let i = k + 1 + ii;
-                row[k] /= d;
-                let lik = row[k];
-                // Panel columns j in k+1..k1 that row i has (j ≤ i).
-                let jmax = (k1 - 1).min(i);
-                for (r, &ljk) in row[k + 1..=jmax.max(k)].iter_mut().zip(&col) {
-                    *r -= lik * ljk;
-                }
-            });
+            d[i - k0] = p.sqrt();
+            row[i] = d[i - k0];
         }
-        // Trailing matrix: columns j ≥ k1, rows i ≥ j, the block's k in ascending order.
         if k1 < n {
-            let w = k1 - k0;
-            let mut panel_t = vec![0f64; w * n]; // panel_t[k − k0][j] = l_jk
-            for j in k1..n {
-                for k in k0..k1 {
-                    panel_t[(k - k0) * n + j] = rows[j][k];
-                }
-            }
-            rows[k1..].par_iter_mut().enumerate().for_each(|(ii, row)| {
-                let i = k1 + ii;
-                for k in k0..k1 {
-                    let lik = row[k];
-                    let p = &panel_t[(k - k0) * n..(k - k0 + 1) * n];
-                    for (r, &v) in row[k1..=i].iter_mut().zip(&p[k1..=i]) {
-                        *r -= lik * v;
+            // Panel: every row below the block takes the block's steps in order (division,
+            // then the update of its later panel columns); rows are independent.
+            let (d, lt) = (&d, &lt);
+            rows[k1..].par_iter_mut().with_min_len(64).for_each(|row| {
+                let p = &mut row[k0..k1];
+                for kk in 0..w {
+                    let lik = p[kk] / d[kk];
+                    p[kk] = lik;
+                    for (x, &v) in p[kk + 1..].iter_mut().zip(&lt[kk * w + kk + 1..(kk + 1) * w]) {
+                        *x -= lik * v;
                     }
                 }
             });
+            // Trailing matrix: columns j ≥ k1, rows i ≥ j, the block's k in ascending order.
+            let nt = (n - k1).div_ceil(TC);
+            let mut pk = vec![0f64; nt * w * TC];
+            let rs = &rows;
+            pk.par_chunks_mut(w * TC).enumerate().for_each(|(t, tile)| {
+                for c in 0..TC.min(n - k1 - t * TC) {
+                    for (kk, &v) in rs[k1 + t * TC + c][k0..k1].iter().enumerate() {
+                        tile[kk * TC + c] = v;
+                    }
+                }
+            });
+            rows[k1..]
+                .par_chunks_mut(CHOL_ROWS_PER_TASK)
+                .enumerate()
+                .for_each(|(g, chunk)| (kern.chol)(chunk, g * CHOL_ROWS_PER_TASK, k0, k1, &pk));
         }
         k0 = k1;
     }
     true
 }
 
+/// `CholKernel`: row tiles of TR rows against whole column tiles left of their diagonal,
+/// in registers; the rest (columns near the diagonal, the last rows) element by element.
+#[inline(always)]
+fn chol_trailing_body(rows: &mut [&mut [f64]], first: usize, k0: usize, k1: usize, pk: &[f64]) {
+    let w = k1 - k0;
+    let nr = rows.len();
+    let full = nr / TR * TR;
+    // The row tile at q (rows first + q.. relative to k1) has whole column tiles t < tiles(q).
+    let tiles = |q: usize| (first + q + 1) / TC;
+    let nt = if full > 0 { tiles(full - TR) } else { 0 };
+    for tc0 in (0..nt).step_by(CHOL_COL_TILES) {
+        for q in (0..full).step_by(TR) {
+            for t in tc0..tiles(q).min(tc0 + CHOL_COL_TILES) {
+                let c = k1 + t * TC;
+                let mut acc = [[0f64; TC]; TR];
+                for (i, a) in acc.iter_mut().enumerate() {
+                    a.copy_from_slice(&rows[q + i][c..c + TC]);
+                }
+                let a: [&[f64]; TR] = std::array::from_fn(|i| &rows[q + i][k0..k1]);
+                tile_sub::<false>(&mut acc, &a, pk[t * w * TC..(t + 1) * w * TC].chunks_exact(TC));
+                for (i, a) in acc.iter().enumerate() {
+                    rows[q + i][c..c + TC].copy_from_slice(a);
+                }
+            }
+        }
+    }
+    for (r, row) in rows.iter_mut().enumerate() {
+        let from = if r < full { tiles(r / TR * TR) * TC } else { 0 };
+        let (a, out) = row.split_at_mut(k1);
+        for (kk, &lik) in a[k0..].iter().enumerate() {
+            for (j, x) in (from..).zip(&mut out[from..]) {
+                *x -= lik * pk[((j / TC) * w + kk) * TC + j % TC];
+            }
+        }
+    }
+}
+
+/// acc[i][c] −= a[i][k] · b_k[c] for the steps k in order (`b` yields b_0, b_1, …; as many
+/// steps as both `b` and the a[i] have); with SKIP, the terms with a[i][k] = 0 are skipped
+/// (as the inverse does). The rows are named one by one so that the tile stays in
+/// registers (TR = 4).
+#[inline(always)]
+fn tile_sub<'b, const SKIP: bool>(acc: &mut [[f64; TC]; TR], a: &[&[f64]; TR], b: impl Iterator<Item = &'b [f64]>) {
+    let [mut x0, mut x1, mut x2, mut x3] = *acc;
+    let [a0, a1, a2, a3] = *a;
+    for (((bk, &v0), &v1), (&v2, &v3)) in b.zip(a0).zip(a1).zip(a2.iter().zip(a3)) {
+        let bk: &[f64; TC] = bk[..TC].try_into().expect("tile");
+        if !SKIP || v0 != 0.0 {
+            row_sub(&mut x0, v0, bk);
+        }
+        if !SKIP || v1 != 0.0 {
+            row_sub(&mut x1, v1, bk);
+        }
+        if !SKIP || v2 != 0.0 {
+            row_sub(&mut x2, v2, bk);
+        }
+        if !SKIP || v3 != 0.0 {
+            row_sub(&mut x3, v3, bk);
+        }
+    }
+    *acc = [x0, x1, x2, x3];
+}
+
+/// x[c] −= a · b[c]: a separate multiply and subtract per element.
+#[inline(always)]
+fn row_sub(x: &mut [f64; TC], a: f64, b: &[f64; TC]) {
+    for (y, &v) in x.iter_mut().zip(b) {
+        *y -= a * v;
+    }
+}
+
 /// X = L⁻¹ in place for lower-triangular L, packed as in `cholesky_packed`: row i of X is
 /// (e_i − Σ_{k<i} L_ik X_k) / L_ii, every element's sum over ascending k (terms with
 /// L_ik = 0 skipped). Row i of X needs only row i of L and the finished rows k < i of X, so
-/// it replaces row i of L. Rows go in blocks: the block's rows of L are copied out, the
-/// contributions of all finished rows reach them in one pass that reads each finished row
-/// once per task, then the block's rows are finished in order and written back. Working
-/// memory beyond the triangle: 16·BLOCK·n bytes.
+/// it replaces row i of L. Rows go in blocks: the block's rows of L are copied out, and the
+/// block's rows of X are made in strips of INV_COLS columns, in parallel (columns of X are
+/// independent): first the contributions of all finished rows, in register tiles, then the
+/// block's own rows in order (`inv_strip_body`); then the strips are written back. The
+/// blocking and the tiles only change when, not in which order, each element gets its
+/// terms, so the bits are those of `tests::lower_inverse_ref`. Working memory beyond the
+/// triangle: 8·block·(2n + INV_COLS) bytes, and 8·INV_COLS·INV_K_CHUNK = 128 KiB per thread.
 fn lower_inverse_packed(l: &mut [f64], n: usize, block: usize) {
+    lower_inverse_with(l, n, block, Kernels::detect())
+}
+
+fn lower_inverse_with(l: &mut [f64], n: usize, block: usize, kern: Kernels) {
     let mut i0 = 0;
     while i0 < n {
         let i1 = (i0 + block).min(n);
@@ -116,47 +285,172 @@ fn lower_inverse_packed(l: &mut [f64], n: usize, block: usize) {
         for i in i0..i1 {
             lrows[(i - i0) * i1..(i - i0) * i1 + i + 1].copy_from_slice(&l[row_offset(i)..row_offset(i) + i + 1]);
         }
-        let mut rows = vec![0f64; b * i1];
-        for i in i0..i1 {
-            rows[(i - i0) * i1 + i] = 1.0;
-        }
-        // Finished rows k < i0, ascending, into every row of the block (rows in parallel
-        // groups; inside a group k is the outer loop so X_k is read once per group).
-        let xs = &l[..row_offset(i0)];
-        let lr = &lrows;
-        rows.par_chunks_mut(i1 * 8).enumerate().for_each(|(g, grp)| {
-            let first = g * 8;
-            for k in 0..i0 {
-                let xk = &xs[row_offset(k)..row_offset(k) + k + 1];
-                for (r, row) in grp.chunks_mut(i1).enumerate() {
-                    let lik = lr[(first + r) * i1 + k];
-                    if lik != 0.0 {
-                        for (v, &xv) in row[..=k].iter_mut().zip(xk) {
-                            *v -= lik * xv;
-                        }
-                    }
-                }
-            }
-        });
-        // Then the block's own rows in order, each written back over its row of L.
+        // Strip s: columns s·INV_COLS.. of the block's rows, b × INV_COLS row-major.
+        let mut strips = vec![0f64; i1.div_ceil(INV_COLS) * b * INV_COLS];
+        let (xs, lr) = (&l[..row_offset(i0)], &lrows);
+        strips
+            .par_chunks_mut(b * INV_COLS)
+            .enumerate()
+            .for_each(|(s, strip)| (kern.inv)(strip, s * INV_COLS, i0, i1, lr, xs));
         for i in i0..i1 {
             let r = i - i0;
-            let row = &mut rows[r * i1..(r + 1) * i1];
-            for k in i0..i {
-                let lik = lrows[r * i1 + k];
-                if lik != 0.0 {
-                    let xk = &l[row_offset(k)..row_offset(k) + k + 1];
-                    for (v, &xv) in row[..=k].iter_mut().zip(xk) {
-                        *v -= lik * xv;
-                    }
+            for (s, strip) in strips.chunks(b * INV_COLS).enumerate() {
+                let c0 = s * INV_COLS;
+                if c0 > i {
+                    break;
                 }
-            }
-            let d = lrows[r * i1 + i];
-            for (o, &v) in l[row_offset(i)..row_offset(i) + i + 1].iter_mut().zip(row.iter()) {
-                *o = v / d;
+                let c1 = (c0 + INV_COLS).min(i + 1);
+                l[row_offset(i) + c0..row_offset(i) + c1].copy_from_slice(&strip[r * INV_COLS..r * INV_COLS + c1 - c0]);
             }
         }
         i0 = i1;
+    }
+}
+
+/// `InvKernel`: the block i0..i1's rows of X in columns c0..c0+INV_COLS (below i1), into
+/// `strip` (zeros on entry; b × INV_COLS row-major). `lrows`: the block's rows of L (width
+/// i1); `xs`: the finished rows of X, packed. Every element gets its terms in ascending k:
+/// finished rows k < i0 first (row tiles against whole column tiles in registers, k in
+/// chunks; the rest element by element), then the block's rows (in sub-blocks, the earlier
+/// ones in register tiles where all their terms count), then its division by L_ii.
+#[inline(always)]
+fn inv_strip_body(strip: &mut [f64], c0: usize, i0: usize, i1: usize, lrows: &[f64], xs: &[f64]) {
+    let b = i1 - i0;
+    let sw = INV_COLS;
+    let cend = (c0 + sw).min(i1);
+    for r in 0..b {
+        if (c0..cend).contains(&(i0 + r)) {
+            strip[r * sw + i0 + r - c0] = 1.0;
+        }
+    }
+    // Finished rows k < i0 reach columns j < i0 (X_kj = 0 for j > k, so k ≥ j ≥ c0).
+    let pend = cend.min(i0);
+    if c0 < pend {
+        let full = b / TR * TR;
+        let tend = c0 + (pend - c0) / TC * TC;
+        // The chunk's rows of X in the whole column tiles, packed by tile (as the Cholesky
+        // panel): xp[((j − c0)/TC · INV_K_CHUNK + k − kc0) · TC + (j − c0) % TC] = X_kj.
+        let mut xp = vec![0f64; (tend - c0) * INV_K_CHUNK];
+        let mut kc0 = c0;
+        while kc0 < i0 {
+            let kc1 = (kc0 + INV_K_CHUNK).min(i0);
+            for (t, tile) in xp.chunks_exact_mut(INV_K_CHUNK * TC).enumerate() {
+                let j = c0 + t * TC;
+                for k in kc0.max(j + TC - 1)..kc1 {
+                    tile[(k - kc0) * TC..(k - kc0 + 1) * TC]
+                        .copy_from_slice(&xs[row_offset(k) + j..row_offset(k) + j + TC]);
+                }
+            }
+            for q in (0..full).step_by(TR) {
+                let lr: [&[f64]; TR] = std::array::from_fn(|i| &lrows[(q + i) * i1 + kc0..(q + i) * i1 + kc1]);
+                let dense = lr.iter().all(|s| s.iter().all(|&v| v != 0.0));
+                for j in (c0..tend).step_by(TC) {
+                    if kc1 <= j {
+                        break;
+                    }
+                    let mut acc = [[0f64; TC]; TR];
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        a.copy_from_slice(&strip[(q + i) * sw + j - c0..(q + i) * sw + j - c0 + TC]);
+                    }
+                    // k in j..j+TC−1 reach only the tile's columns ≤ k.
+                    let kb = (j + TC - 1).clamp(kc0, kc1);
+                    for k in kc0.max(j)..kb {
+                        let xk = &xs[row_offset(k) + j..row_offset(k) + k + 1];
+                        for (x, l) in acc.iter_mut().zip(&lr) {
+                            let lik = l[k - kc0];
+                            if lik != 0.0 {
+                                for (y, &xv) in x.iter_mut().zip(xk) {
+                                    *y -= lik * xv;
+                                }
+                            }
+                        }
+                    }
+                    let a: [&[f64]; TR] = std::array::from_fn(|i| &lr[i][kb - kc0..]);
+                    let t = (j - c0) / TC;
+                    let xt = &xp[(t * INV_K_CHUNK + kb - kc0) * TC..(t * INV_K_CHUNK + kc1 - kc0) * TC];
+                    if dense {
+                        tile_sub::<false>(&mut acc, &a, xt.chunks_exact(TC));
+                    } else {
+                        tile_sub::<true>(&mut acc, &a, xt.chunks_exact(TC));
+                    }
+                    for (i, a) in acc.iter().enumerate() {
+                        strip[(q + i) * sw + j - c0..(q + i) * sw + j - c0 + TC].copy_from_slice(a);
+                    }
+                }
+            }
+            kc0 = kc1;
+        }
+        // The rest: the last rows (all columns), the columns past the whole tiles.
+        for r in 0..b {
+            let ja = if r < full { tend } else { c0 };
+            if ja >= pend {
+                continue;
+            }
+            let out = &mut strip[r * sw..(r + 1) * sw];
+            let lrow = &lrows[r * i1..r * i1 + i0];
+            for (k, &lik) in (ja..).zip(&lrow[ja..]) {
+                if lik != 0.0 {
+                    let hi = pend.min(k + 1);
+                    let xk = &xs[row_offset(k) + ja..row_offset(k) + hi];
+                    for (y, &xv) in out[ja - c0..hi - c0].iter_mut().zip(xk) {
+                        *y -= lik * xv;
+                    }
+                }
+            }
+        }
+    }
+    // The block's own rows, in sub-blocks of INV_SUB rows: the rows of earlier sub-blocks
+    // reach the whole column tiles left of the block (columns j < i0, which every k ≥ i0
+    // reaches) in register tiles; the rest of the terms row by row, in order, each row then
+    // divided by L_ii.
+    let tw = (cend.min(i0).max(c0) - c0) / TC * TC; // tiled columns c0..c0 + tw
+    for sb0 in (0..b).step_by(INV_SUB) {
+        let sb1 = (sb0 + INV_SUB).min(b);
+        let full = sb0 + (sb1 - sb0) / TR * TR;
+        if sb0 > 0 && tw > 0 {
+            let (done, cur) = strip.split_at_mut(sb0 * sw);
+            for q in (sb0..full).step_by(TR) {
+                let lr: [&[f64]; TR] = std::array::from_fn(|i| &lrows[(q + i) * i1 + i0..(q + i) * i1 + i0 + sb0]);
+                let dense = lr.iter().all(|s| s.iter().all(|&v| v != 0.0));
+                for j in (0..tw).step_by(TC) {
+                    let mut acc = [[0f64; TC]; TR];
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        a.copy_from_slice(&cur[(q - sb0 + i) * sw + j..(q - sb0 + i) * sw + j + TC]);
+                    }
+                    if dense {
+                        tile_sub::<false>(&mut acc, &lr, done[j..].chunks(sw));
+                    } else {
+                        tile_sub::<true>(&mut acc, &lr, done[j..].chunks(sw));
+                    }
+                    for (i, a) in acc.iter().enumerate() {
+                        cur[(q - sb0 + i) * sw + j..(q - sb0 + i) * sw + j + TC].copy_from_slice(a);
+                    }
+                }
+            }
+        }
+        for r in sb0..sb1 {
+            let i = i0 + r;
+            // Columns below `tiled` already have the terms of k < i0 + sb0.
+            let tiled = if r < full { tw } else { 0 };
+            let (done, cur) = strip.split_at_mut(r * sw);
+            let cur = &mut cur[..sw];
+            let lrow = &lrows[r * i1..r * i1 + i + 1];
+            for k in i0..i {
+                let lik = lrow[k];
+                let lo = if k < i0 + sb0 { tiled } else { 0 };
+                let hi = (cend.min(k + 1)).saturating_sub(c0);
+                if lik != 0.0 && lo < hi {
+                    let xk = &done[(k - i0) * sw + lo..(k - i0) * sw + hi];
+                    for (y, &xv) in cur[lo..hi].iter_mut().zip(xk) {
+                        *y -= lik * xv;
+                    }
+                }
+            }
+            let d = lrow[i];
+            for y in cur[..cend.min(i + 1).saturating_sub(c0)].iter_mut() {
+                *y /= d;
+            }
+        }
     }
 }
 
@@ -177,7 +471,7 @@ fn inverse_upper_factor(hp: impl Fn(usize, usize) -> f64 + Sync, lambda: f64, n:
     if !cholesky_packed(&mut rev, n, BLOCK) {
         return None;
     }
-    lower_inverse_packed(&mut rev, n, BLOCK);
+    lower_inverse_packed(&mut rev, n, INV_BLOCK);
     rev.reverse();
     Some(rev)
 }
@@ -534,26 +828,81 @@ mod tests {
         (0..n).flat_map(|i| (0..=i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j]).collect()
     }
 
+    fn same_bits(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
     #[test]
     fn blocked_factorisations_equal_the_textbook_ones_bit_for_bit() {
-        for (n, block) in [(37, 8), (64, 64), (100, 16), (130, 64), (5, 3), (70, 1)] {
+        // Sizes around and between the blocks (64, 128), tile (4 × 8), task (32 rows, 128
+        // columns), cache-chunk (128 columns, 128 rows) and sub-block (32) sizes, with both
+        // kernel variants.
+        let small = [(37, 8), (64, 64), (100, 16), (130, 64), (5, 3), (70, 1), (1, 64)];
+        let cases = small.into_iter().chain([(300, 64), (517, 64), (283, 40), (517, 128)]);
+        for (n, block) in cases {
             let mut h = spd(n, n as u64);
             for i in 0..n {
                 h[i * n + i] += 0.5; // the generator's matrix is singular for even n
             }
             let want = cholesky_ref(&h, n).unwrap();
-            let mut got = pack_lower(&h, n);
-            assert!(cholesky_packed(&mut got, n, block));
             let wp = pack_lower(&want, n);
-            assert!(wp.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "cholesky n={n} block={block}");
             let wi = pack_lower(&lower_inverse_ref(&want, n), n);
-            lower_inverse_packed(&mut got, n, block);
-            assert!(wi.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "inverse n={n} block={block}");
+            for kern in [Kernels::PORTABLE, Kernels::detect()] {
+                let mut got = pack_lower(&h, n);
+                assert!(cholesky_with(&mut got, n, block, kern));
+                assert!(same_bits(&wp, &got), "cholesky n={n} block={block}");
+                lower_inverse_with(&mut got, n, block, kern);
+                assert!(same_bits(&wi, &got), "inverse n={n} block={block}");
+            }
         }
         // Not positive definite: refused by both.
         let mut h = spd(20, 1);
         h[5 * 20 + 5] = -1.0;
         assert!(cholesky_ref(&h, 20).is_none() && !cholesky_packed(&mut pack_lower(&h, 20), 20, 8));
+    }
+
+    #[test]
+    fn blocked_inverse_skips_the_same_zero_terms() {
+        // A lower triangle with many +0 and −0 entries (whole tiles dense, others not) and,
+        // in the second case, rows of X that overflow to ±inf, where a skipped 0 · inf
+        // would otherwise make NaN: every term is skipped or applied exactly as in the
+        // textbook loop.
+        let mut seed = 0x1234_5678_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (n, block, huge) in [(300, 64, false), (211, 64, true), (97, 16, true), (300, 128, true)] {
+            let mut l = vec![0f64; n * n];
+            for i in 0..n {
+                for j in 0..i {
+                    let v = next();
+                    // Rows in stretches: some all nonzero, some with a third zeros.
+                    l[i * n + j] = match (i / 8 % 3 == 0, v % 3) {
+                        (false, 0) => 0.0,
+                        (false, 1) if v % 2 == 0 => -0.0,
+                        _ => ((v >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.1,
+                    };
+                }
+                l[i * n + i] = 1.0 + (next() % 7) as f64 / 8.0;
+            }
+            if huge {
+                for i in [5, 6, 40] {
+                    l[i * n + i] = 1e-300;
+                }
+            }
+            let want = pack_lower(&lower_inverse_ref(&l, n), n);
+            if huge {
+                assert!(want.iter().any(|v| v.is_infinite()) && want.iter().any(|v| v.is_nan()));
+            }
+            for kern in [Kernels::PORTABLE, Kernels::detect()] {
+                let mut got = pack_lower(&l, n);
+                lower_inverse_with(&mut got, n, block, kern);
+                assert!(same_bits(&want, &got), "inverse n={n} block={block} huge={huge}");
+            }
+        }
     }
 
     /// The unblocked error feedback (one update of every later column per step), which the
