@@ -110,19 +110,28 @@ impl Linear {
             let prepared = backend.prepare_matmul(&w).map_err(|e| bad_input!("{name}: {e}"))?;
             parts.push(Part { w, prepared });
         } else {
+            // Slices cut from the end, each tail moved out and the rest shrunk in place
+            // (large allocations shrink without a copy), so the peak is the weight plus one
+            // slice, not two weights.
             let gpr = w.exponents.len() / rows;
-            for r0 in (0..rows).step_by(slice_rows) {
-                let r1 = (r0 + slice_rows).min(rows);
+            let (params, mut mants, mut exps) = (w.params, w.mantissas, w.exponents);
+            let mut r1 = rows;
+            while r1 > 0 {
+                let r0 = (r1 - 1) / slice_rows * slice_rows;
                 let part = GroupFixed {
                     rows: r1 - r0,
                     cols,
-                    params: w.params,
-                    exponents: w.exponents[r0 * gpr..r1 * gpr].to_vec(),
-                    mantissas: w.mantissas[r0 * cols..r1 * cols].to_vec(),
+                    params,
+                    exponents: exps.split_off(r0 * gpr),
+                    mantissas: mants.split_off(r0 * cols),
                 };
+                mants.shrink_to_fit();
+                exps.shrink_to_fit();
                 let prepared = backend.prepare_matmul(&part).map_err(|e| bad_input!("{name}: {e}"))?;
                 parts.push(Part { w: part, prepared });
+                r1 = r0;
             }
+            parts.reverse();
         }
         Ok(Linear { name, rows, cols, parts, bias })
     }
