@@ -15,5 +15,7 @@ pub mod dtype;
 pub mod forward;
 pub mod model;
 pub mod pack;
+#[cfg(test)]
+mod test_rng;
 
 pub use error::{Error, Result};

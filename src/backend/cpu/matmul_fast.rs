@@ -382,16 +382,9 @@ mod tests {
     use crate::backend::cpu::linear::{matmul_rows, row_exps};
     use crate::backend::{IngestParams, MATMUL_MAX_ACT, MATMUL_MAX_COLS, matmul_max_spread};
 
-    /// splitmix64: deterministic test data.
-    struct Rng(u64);
+    use crate::test_rng::SplitMix64 as Rng;
+
     impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
         /// Uniform in -lim..=lim.
         fn sym(&mut self, lim: i64) -> i32 {
             ((self.next() % (2 * lim as u64 + 1)) as i64 - lim) as i32

@@ -428,17 +428,9 @@ mod tests {
 
     // ---- Comparisons. ----
 
-    /// splitmix64, fixed seeds: the same cases on every run.
-    struct Rng(u64);
+    use crate::test_rng::SplitMix64 as Rng;
 
     impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
         /// Uniform in lo..=hi.
         fn range(&mut self, lo: i64, hi: i64) -> i64 {
             lo + (self.next() % (hi - lo + 1) as u64) as i64
