@@ -86,72 +86,6 @@ impl SymPacked {
         (0..self.n).map(|j| self.data[self.offset(j)]).collect()
     }
 
-    /// X·H for X `[r × n]` row-major, each output element summed over ascending l from
-    /// +0.0 exactly as the row-major loop `out_ij += x_il · h_lj` (l = 0, 1, …) does, so the
-    /// result is bit for bit that of H made full (`tests::right_apply_full`), without the
-    /// 8·n² bytes of the full matrix. The terms l < j of element j come from the packed
-    /// columns l (row l of H beyond its diagonal: axpys, in ascending l), the terms l ≥ j
-    /// from column j itself (a dot product with every row of X at once). One task per block
-    /// of output columns; each element is computed by one task.
-    pub fn right_apply(&self, x: &[f64], r: usize) -> Vec<f64> {
-        const BLOCK: usize = 128;
-        let n = self.n;
-        assert_eq!(x.len(), r * n, "right_apply: X is not r × n");
-        // Xᵀ [n × r]: the dot products run over l with all r rows side by side.
-        let mut xt = vec![0f64; n * r];
-        for i in 0..r {
-            for l in 0..n {
-                xt[l * r + i] = x[i * n + l];
-            }
-        }
-        let blocks: Vec<Vec<f64>> = (0..n.div_ceil(BLOCK))
-            .into_par_iter()
-            .map(|b| {
-                let (j0, j1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
-                let w = j1 - j0;
-                let mut acc = vec![0f64; r * w]; // acc[i·w + j − j0]
-                // l < j: H_lj = column l at j − l, for j in max(j0, l+1)..j1.
-                for l in 0..j1 - 1 {
-                    let js = j0.max(l + 1);
-                    let c = self.offset(l);
-                    let seg = &self.data[c + js - l..c + j1 - l];
-                    for i in 0..r {
-                        let xv = x[i * n + l];
-                        for (o, &h) in acc[i * w + js - j0..(i + 1) * w].iter_mut().zip(seg) {
-                            *o += xv * h;
-                        }
-                    }
-                }
-                // l ≥ j: H_lj = column j at l − j.
-                let mut s = vec![0f64; r];
-                for j in j0..j1 {
-                    for i in 0..r {
-                        s[i] = acc[i * w + j - j0];
-                    }
-                    let c = self.offset(j);
-                    for (l, &h) in (j..n).zip(&self.data[c..c + n - j]) {
-                        for (sv, &xv) in s.iter_mut().zip(&xt[l * r..(l + 1) * r]) {
-                            *sv += xv * h;
-                        }
-                    }
-                    for i in 0..r {
-                        acc[i * w + j - j0] = s[i];
-                    }
-                }
-                acc
-            })
-            .collect();
-        let mut out = vec![0f64; r * n];
-        for (b, acc) in blocks.iter().enumerate() {
-            let j0 = b * BLOCK;
-            let w = acc.len() / r.max(1);
-            for i in 0..r {
-                out[i * n + j0..i * n + j0 + w].copy_from_slice(&acc[i * w..(i + 1) * w]);
-            }
-        }
-        out
-    }
-
     /// The full `n × n` matrix, row-major (8·n² bytes).
     pub fn to_full(&self) -> Vec<f64> {
         let n = self.n;
@@ -569,44 +503,6 @@ mod tests {
         assert_eq!(g.diag_exact(), (0..c).map(|i| g.entry_exact(i, i)).collect::<Vec<_>>());
         let p = g.clone().into_f64_packed().unwrap();
         assert_eq!(p.to_full(), g.to_f64_full().unwrap());
-    }
-
-    /// X·H with H full and row-major, the loop `Metric::Full` runs in codec/lowrank.rs.
-    fn right_apply_full(h: &[f64], x: &[f64], r: usize, n: usize) -> Vec<f64> {
-        let mut out = vec![0.0; r * n];
-        for i in 0..r {
-            for l in 0..n {
-                let xv = x[i * n + l];
-                for j in 0..n {
-                    out[i * n + j] += xv * h[l * n + j];
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn packed_right_apply_equals_the_full_matrix_product_bit_for_bit() {
-        let mut s = 0x1234_5678_9abc_def1_u64;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * libm::ldexp(1.0, (s % 40) as i32 - 20)
-        };
-        for (n, r) in [(1, 1), (5, 3), (127, 2), (128, 1), (129, 4), (300, 17), (257, 32)] {
-            let mut data = vec![0f64; n * (n + 1) / 2];
-            for v in data.iter_mut() {
-                *v = next();
-            }
-            data[0] = -0.0;
-            let p = SymPacked { n, data };
-            let mut x: Vec<f64> = (0..r * n).map(|_| next()).collect();
-            x[0] = 0.0;
-            let want = right_apply_full(&p.to_full(), &x, r, n);
-            let got = p.right_apply(&x, r);
-            assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "n={n} r={r}");
-        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
 
+use super::gram::SymPacked;
 use super::quant::{OVERLAY_EXP_RANGE, Overlay};
 
 /// The metric H over the input channels (symmetric positive semi-definite).
@@ -38,9 +39,9 @@ pub enum Metric<'a> {
     /// H, `[cols × cols]` row-major
     Full(&'a [f64]),
     /// H as its packed lower triangle: the same products as `Full` bit for bit
-    /// (`SymPacked::right_apply`) in half the memory (Llama-3.1-70B's down_proj: 3.3 GB
+    /// (`packed_right_apply`) in half the memory (Llama-3.1-70B's down_proj: 3.3 GB
     /// instead of 6.6 GB).
-    Packed(&'a super::gram::SymPacked),
+    Packed(&'a SymPacked),
 }
 
 impl Metric<'_> {
@@ -51,7 +52,7 @@ impl Metric<'_> {
             Metric::Diagonal(h) => x.iter().enumerate().map(|(i, v)| v * h[i % cols]).collect(),
             // out_ij = Σ_l x_il h_lj, l ascending for every element (`product`).
             Metric::Full(h) => mul_wide(kern, x, cols, h, cols, n, cols, cols),
-            Metric::Packed(h) => h.right_apply(x, n),
+            Metric::Packed(h) => packed_right_apply(h, x, n),
         }
     }
 }
@@ -340,15 +341,79 @@ fn mul_wide(kern: Kernel, a: &[f64], lda: usize, b: &[f64], ldb: usize, m: usize
             z
         })
         .collect();
+    join_column_blocks(&blocks, m, n, COLS_PER_TASK)
+}
+
+/// The `[m × n]` row-major matrix whose columns `b·block..` are `blocks[b]` (`[m × w]`
+/// row-major each): the per-task column blocks of a product put back together.
+fn join_column_blocks(blocks: &[Vec<f64>], m: usize, n: usize, block: usize) -> Vec<f64> {
     let mut z = vec![0.0; m * n];
-    for (bi, block) in blocks.iter().enumerate() {
-        let j0 = bi * COLS_PER_TASK;
-        let w = block.len() / m.max(1);
+    for (bi, part) in blocks.iter().enumerate() {
+        let j0 = bi * block;
+        let w = part.len() / m.max(1);
         for k in 0..m {
-            z[k * n + j0..k * n + j0 + w].copy_from_slice(&block[k * w..(k + 1) * w]);
+            z[k * n + j0..k * n + j0 + w].copy_from_slice(&part[k * w..(k + 1) * w]);
         }
     }
     z
+}
+
+/// X·H for X `[r × n]` row-major, each output element summed over ascending l from
+/// +0.0 exactly as the row-major loop `out_ij += x_il · h_lj` (l = 0, 1, …) does, so the
+/// result is bit for bit that of H made full (`tests::packed_right_apply_equals_the_full_product_bit_for_bit`), without the
+/// 8·n² bytes of the full matrix. The terms l < j of element j come from the packed
+/// columns l (row l of H beyond its diagonal: axpys, in ascending l), the terms l ≥ j
+/// from column j itself (a dot product with every row of X at once). One task per block
+/// of output columns; each element is computed by one task.
+fn packed_right_apply(h: &SymPacked, x: &[f64], r: usize) -> Vec<f64> {
+    const BLOCK: usize = 128;
+    let n = h.n;
+    assert_eq!(x.len(), r * n, "right_apply: X is not r × n");
+    // Xᵀ [n × r]: the dot products run over l with all r rows side by side.
+    let mut xt = vec![0f64; n * r];
+    for i in 0..r {
+        for l in 0..n {
+            xt[l * r + i] = x[i * n + l];
+        }
+    }
+    let blocks: Vec<Vec<f64>> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|b| {
+            let (j0, j1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+            let w = j1 - j0;
+            let mut acc = vec![0f64; r * w]; // acc[i·w + j − j0]
+            // l < j: H_lj = column l at j − l, for j in max(j0, l+1)..j1.
+            for l in 0..j1 - 1 {
+                let js = j0.max(l + 1);
+                let c = h.offset(l);
+                let seg = &h.data[c + js - l..c + j1 - l];
+                for i in 0..r {
+                    let xv = x[i * n + l];
+                    for (o, &h) in acc[i * w + js - j0..(i + 1) * w].iter_mut().zip(seg) {
+                        *o += xv * h;
+                    }
+                }
+            }
+            // l ≥ j: H_lj = column j at l − j.
+            let mut s = vec![0f64; r];
+            for j in j0..j1 {
+                for i in 0..r {
+                    s[i] = acc[i * w + j - j0];
+                }
+                let c = h.offset(j);
+                for (l, &h) in (j..n).zip(&h.data[c..c + n - j]) {
+                    for (sv, &xv) in s.iter_mut().zip(&xt[l * r..(l + 1) * r]) {
+                        *sv += xv * h;
+                    }
+                }
+                for i in 0..r {
+                    acc[i * w + j - j0] = s[i];
+                }
+            }
+            acc
+        })
+        .collect();
+    join_column_blocks(&blocks, r, n, BLOCK)
 }
 
 /// Z[r×C] = Uᵀ[r×R] · A[R×C]: Z_kj = Σ_i U_ik A_ij, i ascending.
@@ -832,17 +897,9 @@ mod tests {
 
     // ---- inputs ----
 
-    struct Rng(u64);
+    use crate::test_rng::SplitMix64 as Rng;
 
     impl Rng {
-        fn next(&mut self) -> u64 {
-            // splitmix64
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
         /// In [-1, 1).
         fn unit(&mut self) -> f64 {
             (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
@@ -931,6 +988,21 @@ mod tests {
     }
 
     #[test]
+    fn packed_right_apply_equals_the_full_product_bit_for_bit() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for (n, r) in [(1, 1), (5, 3), (127, 2), (128, 1), (129, 4), (300, 17), (257, 32)] {
+            let mut data = rng.vec(n * (n + 1) / 2);
+            data[0] = -0.0;
+            let p = SymPacked { n, data };
+            let mut x = rng.vec(r * n);
+            x[0] = 0.0;
+            let full = p.to_full();
+            let want = right_apply_reference(&Metric::Full(&full), &x, r, n);
+            assert_bits(&packed_right_apply(&p, &x, r), &want, &format!("packed n={n} r={r}"));
+        }
+    }
+
+    #[test]
     fn gram_matches_reference_bits() {
         let mut rng = Rng(4);
         for n in [1, 2, 7, 255, 257, 600] {
@@ -986,7 +1058,7 @@ mod tests {
             }
             // The packed triangle of the same H (column-major lower), fitted through
             // `Metric::Packed`, must give the reference's full-matrix bits.
-            let packed = super::super::gram::SymPacked {
+            let packed = SymPacked {
                 n: cols,
                 data: (0..cols).flat_map(|j| (j..cols).map(move |i| (i, j))).map(|(i, j)| full[i * cols + j]).collect(),
             };
