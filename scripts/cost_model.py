@@ -29,20 +29,23 @@ are printed so a reader can see how far they agree).
 import argparse
 import json
 
+from shape_model import tensors
+
 FULL_MAX = 32768
 WIDTHS = 3
 
 
+TAP = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "o_proj": "o", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "down"}
+
+
 def shapes(cfg):
-    d = cfg["hidden_size"]
-    f = cfg["intermediate_size"]
-    heads = cfg["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads", heads)
-    hd = cfg.get("head_dim") or d // heads
-    q, k = heads * hd, kv * hd
-    # (rows, input width) of each linear, and the tap each reads.
-    linears = [(q, d, "attn"), (k, d, "attn"), (k, d, "attn"), (d, q, "o"), (f, d, "mlp"), (f, d, "mlp"), (d, f, "down")]
-    taps = {"attn": d, "o": q, "mlp": d, "down": f}
+    """(rows, input width, tap) of each linear of a layer, the taps' widths, q's width and
+    the layer count, from the tensor list shape_model.py writes."""
+    linears = [(shape[0], shape[1], TAP[name.split(".")[-2]])
+               for name, shape, _ in tensors(cfg)
+               if name.startswith("model.layers.0.") and name.split(".")[-2] in TAP]
+    taps = {t: n for _, n, t in linears}
+    q = next(r for r, _, t in linears if t == "attn")
     return linears, taps, q, cfg["num_hidden_layers"]
 
 
