@@ -3,11 +3,13 @@
 //! any ingest must do). Adapters are benchmarked too with UCW_BENCH_GPU=1 (software
 //! adapters are slow). Report the ratio ingest/baseline, not absolute times.
 //!
-//! The exact matmul (512 tokens through SmolLM2's 576→1536 and 1536→576 shapes) runs the
-//! scalar reference `linear::matmul_rows` (parallel over tokens, as the CPU backend did
-//! before) beside every kernel this CPU can run (`matmul_fast::Kernel`: the f64 path's
-//! portable and AVX2 kernels, the AVX-512 VNNI one) and `matmul_fast::matmul` (what the
-//! backend runs: the best of them); criterion's "elem/s" there is multiply-adds per second.
+//! The exact matmul (512 tokens through SmolLM2's 576→1536 and 1536→576 shapes, and
+//! Llama-3.1-8B's down_proj inputs, 14,336 wide, into 256 rows: many passes over long rows)
+//! runs the scalar reference `linear::matmul_rows` (parallel over tokens, as the CPU backend
+//! did before) beside every kernel this CPU can run (`matmul_fast::Kernel`: the f64 path's
+//! portable and AVX2 kernels, the AVX2 and AVX-512 VNNI integer ones) and
+//! `matmul_fast::matmul` (what the backend runs: the best of them); criterion's "elem/s"
+//! there is multiply-adds per second.
 //!
 //!     cargo bench --bench kernels
 
@@ -107,7 +109,7 @@ fn activations(tokens: usize, width: usize) -> TokenFixed {
 fn bench_matmul(c: &mut Criterion) {
     const TOKENS: usize = 512;
     let cpu = CpuBackend::new();
-    for (k, n) in [(576, 1536), (1536, 576)] {
+    for (k, n) in [(576, 1536), (1536, 576), (14336, 256)] {
         let mut w: GroupFixed = cpu.ingest(&bf16_weights(n, k), DType::BF16, n, k, DEFAULT_INGEST).unwrap();
         align_row_exponents(&mut w, MATMUL_MAX_SPREAD);
         let x = activations(TOKENS, k);
@@ -122,7 +124,7 @@ fn bench_matmul(c: &mut Criterion) {
         };
         assert_eq!(matmul_fast::matmul(&x, &w, &re), reference(), "the fast path must give the same bits");
         g.bench_function("scalar_reference", |b| b.iter(|| black_box(reference())));
-        for kernel in [Kernel::Portable, Kernel::Avx2, Kernel::Vnni] {
+        for kernel in [Kernel::Portable, Kernel::Avx2F64, Kernel::Avx2, Kernel::Vnni] {
             if !kernel.available() {
                 continue; // it would time the fallback
             }

@@ -20,9 +20,11 @@
 //! run time), else the same arithmetic in plain Rust. A single token (decoding) takes the
 //! reference loop itself.
 //!
-//! Where the CPU has AVX-512 VNNI (with F, BW and VL), `matmul` runs `matmul_vnni` instead:
-//! exact integer dot products at about 2.5x the AVX2 kernel (`Kernel` picks, or lets tests
-//! and benches force, one kernel).
+//! Where the CPU has AVX2, `matmul` runs `matmul_avx2` instead (exact i16-pair integer dot
+//! products, `vpmaddwd`), and where it has AVX-512 VNNI (with F, BW and VL), `matmul_vnni`
+//! (the same with `vpdpwssd`, about 2.5x the f64 AVX2 kernel). `Kernel` picks, or lets tests
+//! and benches force, one kernel; the f64 kernels remain for CPUs without AVX2 (portable)
+//! and as a second, independent implementation every test compares.
 
 use rayon::prelude::*;
 
@@ -65,6 +67,8 @@ pub enum Kernel {
     /// f64 lanes in plain Rust (any CPU).
     Portable,
     /// f64 lanes with AVX2 + FMA.
+    Avx2F64,
+    /// i16 pairs into i32 lanes with AVX2 (`matmul_avx2`).
     Avx2,
     /// i16 pairs into i32 lanes with AVX-512 VNNI (`matmul_vnni`).
     Vnni,
@@ -75,12 +79,13 @@ impl Kernel {
     pub fn available(self) -> bool {
         match self {
             Kernel::Portable => true,
-            Kernel::Avx2 => simd_available(),
+            Kernel::Avx2F64 => simd_available(),
+            Kernel::Avx2 => super::matmul_avx2::available(),
             Kernel::Vnni => super::matmul_vnni::available(),
         }
     }
 
-    /// The fastest kernel this CPU can run: VNNI, else AVX2, else portable.
+    /// The fastest kernel this CPU can run: VNNI, else AVX2 (integer), else portable.
     pub fn best() -> Kernel {
         [Kernel::Vnni, Kernel::Avx2].into_iter().find(|k| k.available()).unwrap_or(Kernel::Portable)
     }
@@ -100,10 +105,15 @@ pub fn simd_available() -> bool {
 
 /// `matmul` with the kernel chosen by the caller (tests and benches), for any number of
 /// tokens; a kernel this CPU cannot run (`Kernel::available`) falls back to the next one
-/// (VNNI, then AVX2, then portable).
+/// (VNNI, then AVX2 integer, then AVX2 f64, then portable).
 pub fn matmul_with(x: &TokenFixed, w: &GroupFixed, re: &[i32], kernel: Kernel) -> Vec<i64> {
     if kernel == Kernel::Vnni
         && let Some(sums) = super::matmul_vnni::matmul(x, w, re)
+    {
+        return sums;
+    }
+    if matches!(kernel, Kernel::Vnni | Kernel::Avx2)
+        && let Some(sums) = super::matmul_avx2::matmul(x, w, re)
     {
         return sums;
     }
@@ -478,7 +488,7 @@ mod tests {
         if matmul_amx::available() {
             assert_eq!(matmul_amx::matmul_packed(x, w, &p), want, "amx kernel: {what}");
         }
-        for kernel in [Kernel::Portable, Kernel::Avx2, Kernel::Vnni] {
+        for kernel in [Kernel::Portable, Kernel::Avx2F64, Kernel::Avx2, Kernel::Vnni] {
             assert_eq!(matmul_with(x, w, &re, kernel), want, "matmul_with({kernel:?}): {what}");
         }
         assert_eq!(matmul(x, w, &re), want, "matmul: {what}");
@@ -491,6 +501,8 @@ mod tests {
         assert!(best.available());
         if crate::backend::cpu::matmul_vnni::available() {
             assert_eq!(best, Kernel::Vnni);
+        } else if crate::backend::cpu::matmul_avx2::available() {
+            assert_eq!(best, Kernel::Avx2);
         } else {
             assert!(
                 crate::backend::cpu::matmul_vnni::matmul(

@@ -19,21 +19,18 @@
 //!
 //! Integer sums do not depend on order, so the tiling cannot change a bit.
 //!
-//! Layout: weights are packed once per call into row tiles of `ROW_TILE` rows (lanes =
-//! rows): for each column pair, `ROW_TILE` i32 words each holding a row's two i16 weights.
+//! Layout (`matmul_pairs`, shared with the AVX2 kernel): weights are packed once into row
+//! tiles of `ROW_TILE` rows (lanes = rows): for each column pair, `ROW_TILE` i32 words each holding a row's two i16 weights.
 //! Activations are packed once per call into tiles of `TOK_TILE` tokens: for each pair, the
 //! tile's a_hi pairs then its a_lo pairs (each broadcast to every lane). Groups are padded
 //! with zero columns to whole pairs (a zero adds nothing). The output is split into fixed
 //! blocks of `TOKENS_PER_BLOCK` × `ROWS_PER_BLOCK` (one rayon task each, independent of the
 //! thread count, never overlapping).
 
-use rayon::prelude::*;
-
 use super::matmul_blocks::{add_fixes, blocked_sums, write_tile};
+use super::matmul_pairs::{PairRows, PairShape as Shape, pack_acts, pack_rows};
 use crate::backend::{GroupFixed, TokenFixed};
 
-/// Bits of an activation's low part a_lo (unsigned).
-const LO_BITS: u32 = 9;
 /// Tokens per micro-kernel tile.
 const TOK_TILE: usize = 6;
 /// i32 lanes per vector (`__m512i`: the 256-bit form of the same kernel, 8 lanes, measured
@@ -98,8 +95,8 @@ impl Packed {
     /// Expects `w` that passed `check_matmul_weights` and `re = linear::row_exps(w)`.
     pub fn new(w: &GroupFixed, re: &[i32]) -> Packed {
         let s = Shape::new(w);
-        let (wp, fixes) = pack_weights(w, s);
-        Packed { rows: w.rows, cols: w.cols, s, wp, fixes, shifts: pack_shifts(w, re, s), re: re.to_vec() }
+        let PairRows { wp, fixes, shifts } = pack_rows(w, re, s, 0..w.rows, ROW_TILE);
+        Packed { rows: w.rows, cols: w.cols, s, wp, fixes, shifts, re: re.to_vec() }
     }
 
     /// Whether this was packed from weights of `w`'s shape (a cheap guard; the contract is
@@ -120,104 +117,6 @@ pub fn matmul_packed(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Option<Vec<i
     None
 }
 
-/// Column layout of the packed operands: groups of `g` columns padded to `pg` pairs.
-#[derive(Clone, Copy)]
-struct Shape {
-    k: usize,
-    g: usize,
-    gpr: usize,
-    /// Pairs per (padded) group.
-    pg: usize,
-    /// Pairs per (padded) row, `gpr * pg`.
-    pairs: usize,
-}
-
-impl Shape {
-    fn new(w: &GroupFixed) -> Shape {
-        let (k, g, gpr) = (w.cols, w.params.group_size as usize, w.groups_per_row());
-        let pg = g.div_ceil(2);
-        Shape { k, g, gpr, pg, pairs: gpr * pg }
-    }
-}
-
-/// Two i16 values as one i32 word (`lo` in the low half, as `vpdpwssd` pairs them).
-#[inline]
-fn pair(lo: i32, hi: i32) -> i32 {
-    (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32
-}
-
-/// Weights as i16 pairs, `[row tiles][pairs][ROW_TILE]` (zero rows pad the last tile), and the
-/// (row, column) of every weight outside i16, stored as 0 (its product is added in i64).
-fn pack_weights(w: &GroupFixed, s: Shape) -> (Vec<i32>, Vec<(usize, usize)>) {
-    let tiles = w.rows.div_ceil(ROW_TILE);
-    let mut out = vec![0i32; tiles * s.pairs * ROW_TILE];
-    let fixes = out
-        .par_chunks_mut((s.pairs * ROW_TILE).max(1)) // no columns: nothing to pack
-        .enumerate()
-        .flat_map_iter(|(q, dst)| {
-            let mut fixes = Vec::new();
-            for lane in 0..ROW_TILE.min(w.rows.saturating_sub(q * ROW_TILE)) {
-                let r = q * ROW_TILE + lane;
-                let row = &w.mantissas[r * s.k..(r + 1) * s.k];
-                let mut fit = |c: usize| match i16::try_from(row[c]) {
-                    Ok(v) => v as i32,
-                    Err(_) => {
-                        fixes.push((r, c));
-                        0
-                    }
-                };
-                for gi in 0..s.gpr {
-                    let (c0, c1) = (gi * s.g, ((gi + 1) * s.g).min(s.k));
-                    for (j, c) in (c0..c1).step_by(2).enumerate() {
-                        let lo = fit(c);
-                        let hi = if c + 1 < c1 { fit(c + 1) } else { 0 };
-                        dst[(gi * s.pg + j) * ROW_TILE + lane] = pair(lo, hi);
-                    }
-                }
-            }
-            fixes
-        })
-        .collect();
-    (out, fixes)
-}
-
-/// Activations as `[token tiles][pairs][hi TOK_TILE, lo TOK_TILE]` i16 pairs (zero tokens pad
-/// the last tile): a = hi·2^LO_BITS + lo, lo in [0, 2^LO_BITS), |hi| <= 2^(17 - LO_BITS).
-fn pack_acts(x: &TokenFixed, s: Shape) -> Vec<i32> {
-    let tiles = x.tokens.div_ceil(TOK_TILE);
-    let mut out = vec![0i32; tiles * s.pairs * 2 * TOK_TILE];
-    let mask = (1 << LO_BITS) - 1;
-    out.par_chunks_mut(s.pairs * 2 * TOK_TILE).enumerate().for_each(|(tt, dst)| {
-        for lt in 0..TOK_TILE.min(x.tokens - tt * TOK_TILE) {
-            let a = &x.mants[(tt * TOK_TILE + lt) * s.k..][..s.k];
-            for gi in 0..s.gpr {
-                let (c0, c1) = (gi * s.g, ((gi + 1) * s.g).min(s.k));
-                for (j, c) in (c0..c1).step_by(2).enumerate() {
-                    let (a0, a1) = (a[c], if c + 1 < c1 { a[c + 1] } else { 0 });
-                    let at = (gi * s.pg + j) * 2 * TOK_TILE + lt;
-                    dst[at] = pair(a0 >> LO_BITS, a1 >> LO_BITS);
-                    dst[at + TOK_TILE] = pair(a0 & mask, a1 & mask);
-                }
-            }
-        }
-    });
-    out
-}
-
-/// `[row tiles][gpr][ROW_TILE]`: each group's exponent above its row's smallest (0..=16);
-/// padding rows get 0.
-fn pack_shifts(w: &GroupFixed, re: &[i32], s: Shape) -> Vec<i64> {
-    let mut out = vec![0i64; w.rows.div_ceil(ROW_TILE) * s.gpr * ROW_TILE];
-    for r in 0..w.rows {
-        for gi in 0..s.gpr {
-            let sh = w.exponents[r * s.gpr + gi] - re[r];
-            debug_assert!((0..=crate::backend::MATMUL_MAX_SPREAD).contains(&sh));
-            out[((r / ROW_TILE) * s.gpr + gi) * ROW_TILE + r % ROW_TILE] = sh as i64;
-        }
-    }
-    out
-}
-
 #[cfg(target_arch = "x86_64")]
 fn blocked(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
     let (tokens, n) = (x.tokens, w.rows);
@@ -226,7 +125,7 @@ fn blocked(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
         return vec![0i64; tokens * n]; // no rows, no tokens, or no columns: every sum is empty
     }
     let (wp, shifts) = (&p.wp, &p.shifts);
-    let ap = pack_acts(x, s);
+    let ap = pack_acts(x, s, TOK_TILE);
     let (a_tile, w_tile, s_tile) = (s.pairs * 2 * TOK_TILE, s.pairs * ROW_TILE, s.gpr * ROW_TILE);
     blocked_sums(tokens, n, TOKENS_PER_BLOCK, ROWS_PER_BLOCK, |t0, r0, out| {
         let (nt, nr) = (out.len(), out[0].len());
@@ -248,7 +147,8 @@ fn blocked(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{LANES, LO_BITS, ROW_TILE, ROW_VECS, Shape, TOK_TILE};
+    use super::super::matmul_pairs::LO_BITS;
+    use super::{LANES, ROW_TILE, ROW_VECS, Shape, TOK_TILE};
     use std::arch::x86_64::*;
 
     /// One tile's sums: `acc[t·ROW_TILE + r]` = Σ over all groups of (group sum << shift)
