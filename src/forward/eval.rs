@@ -126,7 +126,7 @@ impl Drop for ResidentAllowance<'_> {
 /// Token chunk of one matrix product: up to this many tokens, or more while the chunk's exact
 /// sums stay within `MAX_CHUNK_SUMS_BYTES`.
 pub const MAX_CHUNK: usize = 64;
-pub const MAX_CHUNK_SUMS_BYTES: usize = 32 << 20;
+pub const MAX_CHUNK_SUMS_BYTES: usize = 128 << 20;
 
 /// Token chunk for a product with `k` inputs, `n` outputs and `weight_bytes` of weights,
 /// within `budget` bytes: per token the inputs (4k), exact sums (8n) and outputs (4n).
@@ -139,9 +139,14 @@ pub fn chunk_tokens(budget: u64, k: usize, n: usize, weight_bytes: u64) -> Resul
         ));
     }
     // Narrow products take whole windows (fewer, larger calls); wide ones (a vocabulary) stop
-    // near 64 tokens, beyond which a bigger chunk buys no speed, only host memory (the exact
-    // sums of a 1024-token window over a 49k vocabulary are 400 MB; measured on SmolLM2:
-    // chunks of 64 and 256 tokens run the lm_head equally fast, peak RSS 0.65 vs 0.95 GB).
+    // at 128 MB of exact sums (the sums of a 1024-token window over a 49k vocabulary are
+    // 400 MB). Each call reads the whole weight and the AVX2 kernel packs it again, so a
+    // 128k-vocabulary lm_head (2.1 GB) wants more tokens per call than the 64 that 32 MB
+    // gave: on the 8B shape 128 MB (130 tokens) ran `ucw eval` 10% faster with the same
+    // peak RSS, 256 MB no faster (BENCHMARKS.md). The price is host memory at small
+    // vocabularies (SmolLM2's 49k: 341 tokens; 12 bytes of sums and logits per token and
+    // output make that 0.15 GB more than at 85; on SmolLM2, with the f64 kernel, chunks
+    // of 64 and 256 tokens ran equally fast). Chunks never change a bit (module comment).
     let cap = MAX_CHUNK.max(MAX_CHUNK_SUMS_BYTES / (8 * n).max(1));
     Ok(((free / per_token) as usize).clamp(1, cap))
 }
