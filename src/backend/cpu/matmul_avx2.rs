@@ -25,16 +25,18 @@
 //! Integer sums do not depend on order, so the tiling and the column passes cannot change a
 //! bit.
 //!
-//! Layout (`matmul_pairs`, as `matmul_vnni`'s but packed per block instead of once per weight matrix, so that the
-//! kernel keeps no copy of the weights: the f64 kernel it replaces widened per block too):
-//! the output is split into fixed blocks of `TOKENS_PER_BLOCK` tokens × `ROWS_PER_BLOCK`
-//! rows (one rayon task each, independent of the thread count, never overlapping). The
-//! activations are packed once per call into tiles of `TOK_TILE` tokens (for each column
-//! pair, the tile's a_hi pairs then its a_lo pairs, each broadcast to every lane), each
-//! block's weight rows into tiles of `ROW_TILE` rows (for each pair, `ROW_TILE` i32 words,
-//! a row's two i16 weights each). Groups are padded with zero columns to whole pairs (a zero
-//! adds nothing). A block runs in passes of whole groups (about `PAIRS_PER_PASS` pairs) so
-//! that a token tile's share of a pass stays in L1 while the block's row tiles stream past.
+//! Layout (`matmul_pairs`, as `matmul_vnni`'s but packed per block instead of once per
+//! weight matrix, so that the kernel keeps no copy of the weights, as the f64 kernel it
+//! replaces widened per block; the price, repacking on every call, is measured in
+//! BENCHMARKS.md): the output is split into fixed blocks of `TOKENS_PER_BLOCK` tokens ×
+//! `ROWS_PER_BLOCK` rows (one rayon task each, independent of the thread count, never
+//! overlapping). The activations are packed once per call into tiles of `TOK_TILE` tokens
+//! (for each column pair, the tile's a_hi pairs then its a_lo pairs, each broadcast to
+//! every lane), each block's weight rows into tiles of `ROW_TILE` rows (for each pair,
+//! `ROW_TILE` i32 words, a row's two i16 weights each). Groups are padded with zero columns
+//! to whole pairs (a zero adds nothing). A block runs in passes of whole groups (about
+//! `PAIRS_PER_PASS` pairs) so that a token tile's share of a pass stays in L1 while the
+//! block's row tiles stream past.
 
 use super::matmul_blocks::{add_fixes, blocked_sums};
 use super::matmul_pairs::{PairRows, PairShape, pack_acts, pack_rows};

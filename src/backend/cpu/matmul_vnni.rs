@@ -20,8 +20,8 @@
 //! Integer sums do not depend on order, so the tiling cannot change a bit.
 //!
 //! Layout (`matmul_pairs`, shared with the AVX2 kernel): weights are packed once into row
-//! tiles of `ROW_TILE` rows (lanes = rows): for each column pair, `ROW_TILE` i32 words each holding a row's two i16 weights.
-//! Activations are packed once per call into tiles of `TOK_TILE` tokens: for each pair, the
+//! tiles of `ROW_TILE` rows (lanes = rows): for each column pair, `ROW_TILE` i32 words each
+//! holding a row's two i16 weights. Activations are packed once per call into tiles of `TOK_TILE` tokens: for each pair, the
 //! tile's a_hi pairs then its a_lo pairs (each broadcast to every lane). Groups are padded
 //! with zero columns to whole pairs (a zero adds nothing). The output is split into fixed
 //! blocks of `TOKENS_PER_BLOCK` × `ROWS_PER_BLOCK` (one rayon task each, independent of the
