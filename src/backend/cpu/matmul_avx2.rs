@@ -38,7 +38,7 @@
 //! `PAIRS_PER_PASS` pairs) so that a token tile's share of a pass stays in L1 while the
 //! block's row tiles stream past.
 
-use super::matmul_blocks::{add_fixes, blocked_sums};
+use super::matmul_blocks::{add_fixes, blocked_sums, write_tile};
 use super::matmul_pairs::{PairRows, PairShape, pack_acts, pack_rows};
 use crate::backend::{GroupFixed, TokenFixed};
 
@@ -121,12 +121,8 @@ fn blocked(x: &TokenFixed, w: &GroupFixed, re: &[i32]) -> Vec<i64> {
                 }
             }
         }
-        for (lt, dst) in out.iter_mut().enumerate() {
-            let (tt, t) = (lt / TOK_TILE, lt % TOK_TILE);
-            for (lr, d) in dst.iter_mut().enumerate() {
-                let (rt, r) = (lr / ROW_TILE, lr % ROW_TILE);
-                d.write(acc[(tt * rt_n + rt) * TOK_TILE * ROW_TILE + t * ROW_TILE + r]);
-            }
+        for (i, tile) in acc.chunks_exact(TOK_TILE * ROW_TILE).enumerate() {
+            write_tile(out, i / rt_n * TOK_TILE, i % rt_n * ROW_TILE, TOK_TILE, ROW_TILE, tile);
         }
         // Weights outside i16 (rare): a·m·2^shift, exactly, into the same i64 sums.
         add_fixes(x, w, re, &fixes, t0, r0, out);
