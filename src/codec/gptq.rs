@@ -867,13 +867,8 @@ mod tests {
         // in the second case, rows of X that overflow to ±inf, where a skipped 0 · inf
         // would otherwise make NaN: every term is skipped or applied exactly as in the
         // textbook loop.
-        let mut seed = 0x1234_5678_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::test_rng::XorShift64(0x1234_5678_u64);
+        let mut next = move || rng.next();
         for (n, block, huge) in [(300, 64, false), (211, 64, true), (97, 16, true), (300, 128, true)] {
             let mut l = vec![0f64; n * n];
             for i in 0..n {
@@ -943,13 +938,8 @@ mod tests {
     fn blocked_feedback_equals_the_unblocked_loop_bit_for_bit() {
         // Widths around the block (32) and tile (8) sizes, rows around the task (64) and
         // tile (4) sizes; weights partly on the grid (zero errors) and partly clamped.
-        let mut seed = 0x5eed_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::test_rng::XorShift64(0x5eed_u64);
+        let mut next = move || rng.next();
         for (rows, n, bits) in [(1, 1, 4), (3, 7, 2), (5, 33, 5), (67, 40, 4), (130, 71, 3), (9, 100, 8), (64, 64, 6)] {
             let mut h = spd(n, n as u64 + 7);
             for i in 0..n {

@@ -441,13 +441,8 @@ mod tests {
     #[test]
     fn blocked_attention_equals_the_reference() {
         let ec = ExpConsts::new();
-        let mut state = 0x2545f4914f6cdd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = crate::test_rng::XorShift64(0x2545f4914f6cdd1du64);
+        let mut next = move || rng.next();
         let full = |r: u64| ((r >> 32) as i32 >> (14 + (r % 5) as u32)).clamp(-(1 << 17), 1 << 17);
         let cases: [(usize, usize, usize, usize, i32, i32); 4] =
             [(150, 4, 2, 32, -14, 40), (70, 3, 1, 64, -12, 6), (9, 2, 2, 8, 20, 3), (130, 2, 1, 16, -30, 1)];
@@ -494,13 +489,8 @@ mod tests {
         for x in 0..=(32u32 << 20) {
             assert_eq!(exp_neg_q30_lane(x, &ec), exp_neg_q30(x, &ec), "x = {x}");
         }
-        let mut state = 0x9e3779b97f4a7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = crate::test_rng::XorShift64(0x9e3779b97f4a7c15u64);
+        let mut next = move || rng.next();
         // sigmoid at every mantissa bit length, sign and shift (both shift branches, the cap).
         for sh in -40..=45 {
             for b in 0..=17u32 {
