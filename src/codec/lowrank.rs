@@ -386,13 +386,13 @@ fn packed_right_apply(kern: Kernel, h: &SymPacked, x: &[f64], r: usize) -> Vec<f
                 let l1 = (l0 + ROWS).min(n);
                 for l in l0..l1 {
                     let row = &mut panel[(l - l0) * w..(l - l0 + 1) * w];
+                    // Column l of the triangle: row l of H beyond its diagonal.
+                    let cl = h.offset(l);
                     if l < j0 {
-                        // Row l beyond its diagonal: column l of the triangle, contiguous.
-                        let c = h.offset(l);
-                        row.copy_from_slice(&h.data[c + j0 - l..c + j1 - l]);
+                        row.copy_from_slice(&h.data[cl + j0 - l..cl + j1 - l]);
                     } else {
                         for (j, (v, &c)) in (j0..j1).zip(row.iter_mut().zip(&offs)) {
-                            *v = if l >= j { h.data[c + l - j] } else { h.data[h.offset(l) + j - l] };
+                            *v = if l >= j { h.data[c + l - j] } else { h.data[cl + j - l] };
                         }
                     }
                 }
