@@ -9,7 +9,10 @@
 //! did before) beside every kernel this CPU can run (`matmul_fast::Kernel`: the f64 path's
 //! portable and AVX2 kernels, the AVX2 and AVX-512 VNNI integer ones) and
 //! `matmul_fast::matmul` (what the backend runs: the best of them); criterion's "elem/s"
-//! there is multiply-adds per second.
+//! there is multiply-adds per second; "prepared" is the backend with the weights packed once
+//! (`prepare_matmul`, the forward pass's path). The error feedback of 256 rows over 4096
+//! inputs (`gptq::Feedback::refine`, calibrated compression's largest f64 phase) is timed
+//! in updates per second.
 //!
 //!     cargo bench --bench kernels
 
@@ -137,9 +140,59 @@ fn bench_matmul(c: &mut Criterion) {
             g.bench_function(name, |b| b.iter(|| black_box(matmul_fast::matmul_with(&x, &w, &re, kernel))));
         }
         g.bench_function("fast", |b| b.iter(|| black_box(matmul_fast::matmul(&x, &w, &re))));
+        // The forward pass's path: weights packed once (`prepare_matmul`), not per call.
+        let p = cpu.prepare_matmul(w.clone()).unwrap();
+        assert_eq!(cpu.matmul_prepared(&x, &p).unwrap().sums, reference(), "prepared must give the same bits");
+        g.bench_function("prepared", |b| b.iter(|| black_box(cpu.matmul_prepared(&x, &p).unwrap())));
         g.finish();
     }
 }
 
-criterion_group!(benches, bench, bench_matmul);
+/// Error feedback (`gptq::Feedback::refine`) of 256 rows over 4096 inputs: criterion's
+/// "elem/s" counts the n²/2 multiply-subtract updates per row that dominate it.
+fn bench_feedback(c: &mut Criterion) {
+    use ucw::codec::gptq::Feedback;
+    use ucw::codec::quant::{QuantParams, QuantTensor};
+    const ROWS_FB: usize = 256;
+    const N: usize = 4096;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // A symmetric, diagonally dominant (so positive definite) H with a spread of diagonals.
+    let mut h = vec![0f64; N * N];
+    for i in 0..N {
+        for j in 0..i {
+            let v = ((next() % 2001) as f64 - 1000.0) / 1000.0;
+            h[i * N + j] = v;
+            h[j * N + i] = v;
+        }
+        h[i * N + i] = N as f64 * (1.0 + (next() % 8) as f64);
+    }
+    let f = Feedback::new(&h, N).expect("positive definite");
+    drop(h);
+    let params = QuantParams { bits: 5, group_size: 64 };
+    let gpr = N / 64;
+    let q = QuantTensor {
+        rows: ROWS_FB,
+        cols: N,
+        params,
+        base_exp: -12,
+        codes: vec![0; ROWS_FB * N],
+        scales: (0..ROWS_FB * gpr).map(|_| 20 + (next() % 8) as u8).collect(),
+        zeros: vec![16; ROWS_FB * gpr],
+        overlay: None,
+    };
+    let w: Vec<f64> = (0..ROWS_FB * N).map(|_| ((next() % 4001) as f64 - 2000.0) * 1e-5).collect();
+    let mut g = c.benchmark_group(format!("feedback_{ROWS_FB}x{N}"));
+    g.throughput(Throughput::Elements((ROWS_FB * N * N / 2) as u64));
+    g.sample_size(10);
+    g.bench_function("refine", |b| b.iter(|| black_box(f.refine(&mut q.clone(), &w))));
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_matmul, bench_feedback);
 criterion_main!(benches);

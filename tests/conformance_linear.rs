@@ -68,10 +68,10 @@ conformance!(matmul_prepared_same_bits_everywhere, |b| {
         let x = activations(t, k, 10 + i as u64);
         let mut w = weights(n, k, 20 + i as u64);
         w.mantissas[k.min(5)] = 1 << 15;
-        let p = b.prepare_matmul(&w).unwrap();
-        let first = b.matmul_prepared(&x, &w, &p).unwrap();
+        let p = b.prepare_matmul(w.clone()).unwrap();
+        let first = b.matmul_prepared(&x, &p).unwrap();
         assert_eq!(first, b.matmul(&x, &w).unwrap(), "shape {t}x{k}x{n}: prepared differs from matmul");
-        assert_eq!(first, b.matmul_prepared(&x, &w, &p).unwrap(), "shape {t}x{k}x{n}: second use differs");
+        assert_eq!(first, b.matmul_prepared(&x, &p).unwrap(), "shape {t}x{k}x{n}: second use differs");
         add_sums(&mut out, &format!("{t}x{k}x{n}"), &first);
     }
     out
@@ -95,13 +95,13 @@ conformance!(head_nll_same_bits_everywhere, |b| {
         let want = b.nll(&b.renorm(&s, &x.exps, 24).unwrap(), &y, &ec, &lc).unwrap();
         for keep in [0, 1u64 << 30] {
             b.allow_resident_weights(keep);
-            let p = b.prepare_matmul(&w).unwrap();
-            let got = b.head_nll(&x, &w, &p, 24, &y, &ec, &lc);
+            let p = b.prepare_matmul(w.clone()).unwrap();
+            let got = b.head_nll(&x, &p, 24, &y, &ec, &lc);
             b.allow_resident_weights(0);
             assert_eq!(got.unwrap(), want, "{t}x{k}x{n}, allowance {keep}: head_nll differs");
             let mut big = x.clone();
             big.exps.iter_mut().for_each(|e| *e = 40);
-            assert!(b.head_nll(&big, &w, &p, 24, &y, &ec, &lc).is_err(), "{t}x{k}x{n}: exponents beyond 8 accepted");
+            assert!(b.head_nll(&big, &p, 24, &y, &ec, &lc).is_err(), "{t}x{k}x{n}: exponents beyond 8 accepted");
         }
         out.add(format!("{t}x{k}x{n} nll"), &want);
     }
@@ -205,9 +205,9 @@ fn matmul_splits_over_small_bindings() {
         assert_eq!(small.matmul(&x, &w).unwrap(), want, "{label}");
         assert_eq!(small.renorm(&want, &x.exps, 18).unwrap(), want_y, "{label}");
         // Weights too large for one binding are not kept on the device: uploaded per call.
-        let p = small.prepare_matmul(&w).unwrap();
-        assert!(p.0.is_none(), "{label}: weights beyond a binding were kept");
-        assert_eq!(small.matmul_prepared(&x, &w, &p).unwrap(), want, "{label}");
+        let p = small.prepare_matmul(w.clone()).unwrap();
+        assert!(!p.has_form(), "{label}: weights beyond a binding were kept");
+        assert_eq!(small.matmul_prepared(&x, &p).unwrap(), want, "{label}");
         println!("split matmul/renorm identical on {label}");
     }
     // Weights within one binding stay on the device, and products whose outputs need
@@ -221,14 +221,14 @@ fn matmul_splits_over_small_bindings() {
         // (150 + 50, uploaded slices) and the 10-token chunk all 200 (the device copy).
         let gpu = gpu.with_work_limits(200 * 300 * 4, 65535);
         // Nothing is kept without an allowance, nor beyond it.
-        assert!(gpu.prepare_matmul(&w2).unwrap().0.is_none(), "{label}: kept without an allowance");
+        assert!(!gpu.prepare_matmul(w2.clone()).unwrap().has_form(), "{label}: kept without an allowance");
         gpu.allow_resident_weights(200 * 300 * 4);
-        assert!(gpu.prepare_matmul(&w2).unwrap().0.is_none(), "{label}: kept beyond the allowance");
+        assert!(!gpu.prepare_matmul(w2.clone()).unwrap().has_form(), "{label}: kept beyond the allowance");
         gpu.allow_resident_weights(1 << 30);
-        let p = gpu.prepare_matmul(&w2).unwrap();
-        assert!(p.0.is_some(), "{label}: weights within a binding were not kept");
-        assert_eq!(gpu.matmul_prepared(&x, &w2, &p).unwrap(), want2, "{label}: whole matrix resident");
-        assert_eq!(gpu.matmul_prepared(&many, &w2, &p).unwrap(), want_many, "{label}: row chunks and resident");
+        let p = gpu.prepare_matmul(w2.clone()).unwrap();
+        assert!(p.has_form(), "{label}: weights within a binding were not kept");
+        assert_eq!(gpu.matmul_prepared(&x, &p).unwrap(), want2, "{label}: whole matrix resident");
+        assert_eq!(gpu.matmul_prepared(&many, &p).unwrap(), want_many, "{label}: row chunks and resident");
         println!("resident matmul identical on {label}");
     }
 }
@@ -281,8 +281,8 @@ conformance_with_knobs!(head_nll_split_same_bits_everywhere, HEAD_KNOBS, |b| {
         let mut rng = Rng(200 + i as u64);
         let y: Vec<u32> = (0..t).map(|_| rng.below(n as u64) as u32).collect();
         b.allow_resident_weights(1 << 30);
-        let p = b.prepare_matmul(&w).unwrap();
-        let got = b.head_nll(&x, &w, &p, 24, &y, &ec, &lc).unwrap();
+        let p = b.prepare_matmul(w.clone()).unwrap();
+        let got = b.head_nll(&x, &p, 24, &y, &ec, &lc).unwrap();
         drop(p);
         b.allow_resident_weights(0);
         out.add(format!("{t}x{k}x{n} head_nll"), &got);
@@ -371,8 +371,8 @@ conformance_with_knobs!(matmul_wide_rows_same_bits_everywhere, WIDE_KNOBS, |b| {
             }
             add_sums(&mut out, &format!("{t}x{k}x{n} case {case}"), &s);
             // Prepared weights (the forward pass's path) give the same sums.
-            let p = b.prepare_matmul(&w).unwrap();
-            assert_eq!(b.matmul_prepared(&x, &w, &p).unwrap(), s, "{t}x{k}x{n} case {case}: prepared differs");
+            let p = b.prepare_matmul(w.clone()).unwrap();
+            assert_eq!(b.matmul_prepared(&x, &p).unwrap(), s, "{t}x{k}x{n} case {case}: prepared differs");
         }
     }
     out
@@ -394,8 +394,8 @@ conformance_with_knobs!(head_nll_wide_same_bits_everywhere, WIDE_KNOBS, |b| {
     let want = b.nll(&b.renorm(&s, &x.exps, 24).unwrap(), &y, &ec, &lc).unwrap();
     for keep in [0, 1u64 << 30] {
         b.allow_resident_weights(keep);
-        let p = b.prepare_matmul(&w).unwrap();
-        let got = b.head_nll(&x, &w, &p, 24, &y, &ec, &lc);
+        let p = b.prepare_matmul(w.clone()).unwrap();
+        let got = b.head_nll(&x, &p, 24, &y, &ec, &lc);
         drop(p);
         b.allow_resident_weights(0);
         assert_eq!(got.unwrap(), want, "allowance {keep}: head_nll differs");
@@ -422,7 +422,7 @@ fn matmul_rejects_rows_beyond_the_wide_bounds() {
         for d in common::devices() {
             let e = d.backend.matmul(&xk, &w).unwrap_err().to_string();
             assert!(e.contains("spread") && !e.contains('\n'), "{}: {e}", d.label);
-            assert!(d.backend.prepare_matmul(&w).is_err(), "{}", d.label);
+            assert!(d.backend.prepare_matmul(w.clone()).is_err(), "{}", d.label);
         }
     }
     for d in common::devices() {

@@ -67,15 +67,16 @@ fn kernel_digests() -> Vec<(String, String)> {
     let (ec, lc) = (ExpConsts::new(), LogConsts::new());
     let mut out = Vec::new();
     let mut rng = Rng(2026);
-    // Shapes: partial tiles and blocks of every kernel, K up to 2 AMX k-steps + a remainder.
-    for &(t, k, n) in &[(7usize, 300usize, 37usize), (40, 130, 100), (2, 64, 3), (150, 1000, 20)] {
+    // Shapes: partial tiles and blocks of every kernel, K up to 2 AMX k-steps + a remainder,
+    // and one token (decoding: the reference loop, or the packed weights where prepared).
+    for &(t, k, n) in &[(7usize, 300usize, 37usize), (40, 130, 100), (2, 64, 3), (150, 1000, 20), (1, 300, 40)] {
         let x = acts(&mut rng, t, k, 14);
         let w = weights(&mut rng, n, k);
         let want = reference(&x, &w);
         let s = b.matmul(&x, &w).unwrap();
         assert_eq!(s.sums, want, "matmul {t}x{k}x{n} differs from the reference loop ({:?})", isa::in_use());
-        let p = b.prepare_matmul(&w).unwrap();
-        let sp = b.matmul_prepared(&x, &w, &p).unwrap();
+        let p = b.prepare_matmul(w.clone()).unwrap();
+        let sp = b.matmul_prepared(&x, &p).unwrap();
         assert_eq!(sp.sums, want, "matmul_prepared {t}x{k}x{n} differs from the reference loop ({:?})", isa::in_use());
         out.push((format!("matmul {t}x{k}x{n}"), digest_i64(&s.sums)));
         for bits in [16, 24] {
@@ -86,7 +87,7 @@ fn kernel_digests() -> Vec<(String, String)> {
         let sh = b.matmul(&xh, &w).unwrap();
         let y: Vec<u32> = (0..t).map(|_| rng.below(n as u64) as u32).collect();
         let nll = b.renorm_nll(&sh, &xh.exps, 24, &y, &ec, &lc).unwrap();
-        assert_eq!(nll, b.head_nll(&xh, &w, &p, 24, &y, &ec, &lc).unwrap(), "head_nll {t}x{k}x{n}");
+        assert_eq!(nll, b.head_nll(&xh, &p, 24, &y, &ec, &lc).unwrap(), "head_nll {t}x{k}x{n}");
         out.push((format!("renorm_nll {t}x{k}x{n}"), digest_i64(&nll)));
         let l = b.renorm(&sh, &xh.exps, 24).unwrap();
         out.push((format!("nll {t}x{k}x{n}"), digest_i64(&b.nll(&l, &y, &ec, &lc).unwrap())));
@@ -128,8 +129,8 @@ fn kernel_digests() -> Vec<(String, String)> {
     let want = reference(&x, &w);
     let s = b.matmul(&x, &w).unwrap();
     assert_eq!(s.sums, want, "matmul {t}x{k}x{n} differs from the reference loop ({:?})", isa::in_use());
-    let p = b.prepare_matmul(&w).unwrap();
-    assert_eq!(b.matmul_prepared(&x, &w, &p).unwrap().sums, want, "matmul_prepared {t}x{k}x{n} ({:?})", isa::in_use());
+    let p = b.prepare_matmul(w.clone()).unwrap();
+    assert_eq!(b.matmul_prepared(&x, &p).unwrap().sums, want, "matmul_prepared {t}x{k}x{n} ({:?})", isa::in_use());
     out.push((format!("matmul {t}x{k}x{n}"), digest_i64(&s.sums)));
     out
 }

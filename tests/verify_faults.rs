@@ -131,8 +131,11 @@ impl Backend for Flipping {
     fn matmul(&self, x: &TokenFixed, w: &GroupFixed) -> Result<ExactSums, Error> {
         self.inner.matmul(x, w)
     }
-    fn prepare_matmul(&self, w: &GroupFixed) -> Result<Prepared, Error> {
+    fn prepare_matmul(&self, w: GroupFixed) -> Result<Prepared, Error> {
         self.inner.prepare_matmul(w)
+    }
+    fn prepared_bytes(&self, w: &GroupFixed) -> u64 {
+        self.inner.prepared_bytes(w)
     }
     fn allow_resident_weights(&self, bytes: u64) {
         self.inner.allow_resident_weights(bytes)
@@ -140,8 +143,8 @@ impl Backend for Flipping {
     fn resident_weight_bytes(&self) -> u64 {
         self.inner.resident_weight_bytes()
     }
-    fn matmul_prepared(&self, x: &TokenFixed, w: &GroupFixed, p: &Prepared) -> Result<ExactSums, Error> {
-        self.inner.matmul_prepared(x, w, p)
+    fn matmul_prepared(&self, x: &TokenFixed, p: &Prepared) -> Result<ExactSums, Error> {
+        self.inner.matmul_prepared(x, p)
     }
     fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error> {
         self.inner.renorm(s, x_exps, bits)
@@ -175,14 +178,13 @@ impl Backend for Flipping {
     fn head_nll(
         &self,
         x: &TokenFixed,
-        w: &GroupFixed,
         p: &Prepared,
         bits: u32,
         targets: &[u32],
         ec: &ExpConsts,
         lc: &LogConsts,
     ) -> Result<Vec<i64>, Error> {
-        self.inner.head_nll(x, w, p, bits, targets, ec, lc)
+        self.inner.head_nll(x, p, bits, targets, ec, lc)
     }
     fn attention(
         &self,

@@ -44,9 +44,75 @@ impl IngestParams {
     }
 }
 
-/// Weights in a backend's own layout (`Backend::prepare_matmul`), opaque to callers; `None`
-/// where the backend keeps none.
-pub struct Prepared(pub Option<Box<dyn std::any::Any + Send + Sync>>);
+/// A weight matrix ready for repeated products (`Backend::prepare_matmul`): the backend's
+/// own layout of it, if any, and the ingested weights unless that layout replaces them (the
+/// CPU's packed i16 pairs hold every weight, so the i32 mantissas, twice their size, are
+/// dropped). Owning both keeps them together: a layout cannot outlive or miss its weights.
+pub struct Prepared {
+    rows: usize,
+    cols: usize,
+    weights: Option<GroupFixed>,
+    form: Option<Box<dyn std::any::Any + Send + Sync>>,
+    form_bytes: u64,
+}
+
+impl Prepared {
+    /// The weights as they are, no layout of the backend's own.
+    pub fn plain(w: GroupFixed) -> Prepared {
+        Prepared { rows: w.rows, cols: w.cols, weights: Some(w), form: None, form_bytes: 0 }
+    }
+
+    /// `w` beside the backend's layout of it (`form_bytes` of host memory).
+    pub fn with_form(w: GroupFixed, form: Box<dyn std::any::Any + Send + Sync>, form_bytes: u64) -> Prepared {
+        Prepared { rows: w.rows, cols: w.cols, weights: Some(w), form: Some(form), form_bytes }
+    }
+
+    /// A `rows × cols` weight held only in the backend's layout, which must give every
+    /// product `matmul` would.
+    pub fn form_only(
+        rows: usize,
+        cols: usize,
+        form: Box<dyn std::any::Any + Send + Sync>,
+        form_bytes: u64,
+    ) -> Prepared {
+        Prepared { rows, cols, weights: None, form: Some(form), form_bytes }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The ingested weights, where kept.
+    pub fn weights(&self) -> Option<&GroupFixed> {
+        self.weights.as_ref()
+    }
+
+    /// The backend's layout, if it is a `T`.
+    pub fn form<T: 'static>(&self) -> Option<&T> {
+        self.form.as_ref().and_then(|f| f.downcast_ref::<T>())
+    }
+
+    /// Whether the backend keeps a layout of its own (on a GPU: the weights on the device).
+    pub fn has_form(&self) -> bool {
+        self.form.is_some()
+    }
+
+    /// Host bytes held: the ingested weights (mantissas and group exponents, 4 bytes each)
+    /// where kept, plus the layout's host bytes (device memory is counted by
+    /// `Backend::resident_weight_bytes`).
+    pub fn bytes(&self) -> u64 {
+        self.weights.as_ref().map_or(0, ingested_bytes) + self.form_bytes
+    }
+}
+
+/// Bytes of ingested weights: mantissas and group exponents, 4 bytes each.
+pub fn ingested_bytes(w: &GroupFixed) -> u64 {
+    ((w.mantissas.len() + w.exponents.len()) * 4) as u64
+}
 
 /// A `[rows, cols]` tensor as `mantissas[r*cols + c] * 2^exponents[r*groups_per_row + g]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,10 +324,17 @@ pub trait Backend: Send + Sync {
 
     /// `w` laid out once in this backend's own form for repeated `matmul_prepared` calls
     /// (the forward pass multiplies every window by the same layer). Checks `w` as `matmul`
-    /// does. The result belongs to this `w`: it must not outlive a change of it.
-    fn prepare_matmul(&self, w: &GroupFixed) -> Result<Prepared, Error> {
-        check_matmul_weights(w)?;
-        Ok(Prepared(None))
+    /// does, and takes it: the backend keeps whichever form it multiplies.
+    fn prepare_matmul(&self, w: GroupFixed) -> Result<Prepared, Error> {
+        check_matmul_weights(&w)?;
+        Ok(Prepared::plain(w))
+    }
+
+    /// An upper bound of the host bytes `prepare_matmul(w)` will hold (`Prepared::bytes`),
+    /// for callers that size slices of a weight to a budget before preparing them. The
+    /// default: the ingested weights as they are.
+    fn prepared_bytes(&self, w: &GroupFixed) -> u64 {
+        ingested_bytes(w)
     }
 
     /// Let `prepare_matmul` keep up to `bytes` of weights on the device (0, the default:
@@ -276,10 +349,9 @@ pub trait Backend: Send + Sync {
         0
     }
 
-    /// `matmul` with weights from `prepare_matmul(w)`: the same sums, bit for bit.
-    fn matmul_prepared(&self, x: &TokenFixed, w: &GroupFixed, p: &Prepared) -> Result<ExactSums, Error> {
-        let _ = p;
-        self.matmul(x, w)
+    /// `matmul(x, w)` with `p = prepare_matmul(w)`: the same sums, bit for bit.
+    fn matmul_prepared(&self, x: &TokenFixed, p: &Prepared) -> Result<ExactSums, Error> {
+        self.matmul(x, p.weights().ok_or_else(|| bad_input!("matmul: weights prepared by another backend"))?)
     }
 
     /// Round exact sums to one exponent per token and `bits`-bit mantissas
@@ -352,14 +424,13 @@ pub trait Backend: Send + Sync {
     fn head_nll(
         &self,
         x: &TokenFixed,
-        w: &GroupFixed,
         p: &Prepared,
         bits: u32,
         targets: &[u32],
         ec: &cpu::act::ExpConsts,
         lc: &cpu::nll::LogConsts,
     ) -> Result<Vec<i64>, Error> {
-        let s = self.matmul_prepared(x, w, p)?;
+        let s = self.matmul_prepared(x, p)?;
         self.renorm_nll(&s, &x.exps, bits, targets, ec, lc)
     }
 
@@ -459,19 +530,18 @@ fn max_abs(m: &[i32]) -> u32 {
 }
 
 pub(crate) fn check_matmul_args(x: &TokenFixed, w: &GroupFixed) -> Result<(), Error> {
-    check_matmul_acts(x, w)?;
+    check_matmul_acts(x, w.rows, w.cols)?;
     check_matmul_weights(w)
 }
 
-/// The activations' half of `check_matmul_args` (what every `matmul_prepared` call checks).
-pub(crate) fn check_matmul_acts(x: &TokenFixed, w: &GroupFixed) -> Result<(), Error> {
-    if x.width != w.cols || x.mants.len() != x.tokens * x.width || x.exps.len() != x.tokens {
+/// The activations' half of `check_matmul_args` against `rows × cols` weights (what every
+/// `matmul_prepared` call checks).
+pub(crate) fn check_matmul_acts(x: &TokenFixed, rows: usize, cols: usize) -> Result<(), Error> {
+    if x.width != cols || x.mants.len() != x.tokens * x.width || x.exps.len() != x.tokens {
         return Err(bad_input!(
-            "matmul: activations [{}, {}] do not match weights [{}, {}]",
+            "matmul: activations [{}, {}] do not match weights [{rows}, {cols}]",
             x.tokens,
             x.width,
-            w.rows,
-            w.cols
         ));
     }
     if max_abs(&x.mants) > MATMUL_MAX_ACT as u32 {

@@ -140,10 +140,11 @@ pub fn chunk_tokens(budget: u64, k: usize, n: usize, weight_bytes: u64) -> Resul
     }
     // Narrow products take whole windows (fewer, larger calls); wide ones (a vocabulary) stop
     // at 128 MB of exact sums (the sums of a 1024-token window over a 49k vocabulary are
-    // 400 MB). Each call reads the whole weight and the AVX2 kernel packs it again, so a
-    // 128k-vocabulary lm_head (2.1 GB) wants more tokens per call than the 64 that 32 MB
-    // gave: on the 8B shape 128 MB (130 tokens) ran `ucw eval` 10% faster with the same
-    // peak RSS, 256 MB no faster (BENCHMARKS.md). The price is host memory at small
+    // 400 MB). Each call streams the whole weight from memory (1.1 GB for a 128k-vocabulary
+    // lm_head at hidden 4096, packed once by `prepare_matmul`), so it wants more tokens per
+    // call than the 64 that 32 MB gave: on the 8B shape 128 MB (130 tokens) ran `ucw eval`
+    // 10% faster with the same peak RSS, 256 MB no faster (BENCHMARKS.md; measured when
+    // the AVX2 kernel still packed the weights on every call). The price is host memory at small
     // vocabularies (SmolLM2's 49k: 341 tokens; 12 bytes of sums and logits per token and
     // output make that 0.15 GB more than at 85; on SmolLM2, with the f64 kernel, chunks
     // of 64 and 256 tokens ran equally fast). Chunks never change a bit (module comment).

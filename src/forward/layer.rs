@@ -57,28 +57,17 @@ pub struct Bias {
 }
 
 /// A linear layer ready for `matmul`.
-/// One slice of a linear's weight rows, with its backend layout (`Backend::prepare_matmul`)
-/// built with it: both private, so that the two cannot part.
-struct Part {
-    w: GroupFixed,
-    prepared: Prepared,
-}
-
 pub struct Linear {
     pub name: String,
     rows: usize,
     cols: usize,
-    /// The weight's rows in slices: one, unless the whole weight beside one token would not
-    /// fit a call's budget (`new_within`; e.g. a 128k-vocabulary lm_head, 2.1 GB at hidden
-    /// 4096, under the default 1 GiB). Each output row's exact sum involves its weight row
-    /// only, so the slices' sums side by side are the whole product's: slicing changes no bit.
-    parts: Vec<Part>,
+    /// The weight's rows in slices, each in the backend's form (`Backend::prepare_matmul`):
+    /// one, unless the whole weight beside one token would not fit a call's budget
+    /// (`new_within`; e.g. a 128k-vocabulary lm_head, 2.1 GB at hidden 4096, under the
+    /// default 1 GiB). Each output row's exact sum involves its weight row only, so the
+    /// slices' sums side by side are the whole product's: slicing changes no bit.
+    parts: Vec<Prepared>,
     pub bias: Option<Bias>,
-}
-
-/// Bytes of weights at the forward pass's format: mantissas and one exponent per group.
-fn weight_bytes(w: &GroupFixed) -> u64 {
-    (w.mantissas.len() * 4 + w.exponents.len() * 4) as u64
 }
 
 impl Linear {
@@ -98,7 +87,9 @@ impl Linear {
     ) -> Result<Linear> {
         let (rows, cols) = (w.rows, w.cols);
         let per_token = super::eval::per_token_bytes(cols, rows);
-        let whole = weight_bytes(&w);
+        // What the backend will hold for the whole weight (at most; the AVX2 packing is
+        // about half of this bound).
+        let whole = backend.prepared_bytes(&w);
         let slice_rows = if whole.saturating_add(per_token) <= budget || rows == 0 {
             rows.max(1)
         } else {
@@ -107,8 +98,7 @@ impl Linear {
         };
         let mut parts = Vec::with_capacity(rows.div_ceil(slice_rows).max(1));
         if slice_rows >= rows {
-            let prepared = backend.prepare_matmul(&w).map_err(|e| bad_input!("{name}: {e}"))?;
-            parts.push(Part { w, prepared });
+            parts.push(backend.prepare_matmul(w).map_err(|e| bad_input!("{name}: {e}"))?);
         } else {
             // Slices cut from the end, each tail moved out and the rest shrunk in place
             // (large allocations shrink without a copy), so the peak is the weight plus one
@@ -127,8 +117,7 @@ impl Linear {
                 };
                 mants.shrink_to_fit();
                 exps.shrink_to_fit();
-                let prepared = backend.prepare_matmul(&part).map_err(|e| bad_input!("{name}: {e}"))?;
-                parts.push(Part { w: part, prepared });
+                parts.push(backend.prepare_matmul(part).map_err(|e| bad_input!("{name}: {e}"))?);
                 r1 = r0;
             }
             parts.reverse();
@@ -141,21 +130,20 @@ impl Linear {
         self.rows
     }
 
-    /// Bytes of the ingested weight, all slices.
+    /// Host bytes of the weight as the backend holds it, all slices.
     pub fn bytes(&self) -> u64 {
-        self.parts.iter().map(|p| weight_bytes(&p.w)).sum()
+        self.parts.iter().map(Prepared::bytes).sum()
     }
 
     /// Bytes of the largest slice: what one call holds.
     fn call_bytes(&self) -> u64 {
-        self.parts.iter().map(|p| weight_bytes(&p.w)).max().unwrap_or(0)
+        self.parts.iter().map(Prepared::bytes).max().unwrap_or(0)
     }
 
     /// The exact sums `x · wᵀ` (bias not added): one matrix product per slice, their sums
     /// placed side by side per token.
     pub fn sums(&self, b: &dyn Backend, x: &TokenFixed) -> Result<ExactSums> {
-        let part_sums =
-            |p: &Part| b.matmul_prepared(x, &p.w, &p.prepared).map_err(|e| bad_input!("{}: {e}", self.name));
+        let part_sums = |p: &Prepared| b.matmul_prepared(x, p).map_err(|e| bad_input!("{}: {e}", self.name));
         if let [p] = self.parts.as_slice() {
             return part_sums(p);
         }
@@ -186,7 +174,7 @@ impl Linear {
         lc: &crate::backend::cpu::nll::LogConsts,
     ) -> Result<Vec<i64>> {
         let r = match self.parts.as_slice() {
-            [p] => b.head_nll(x, &p.w, &p.prepared, bits, targets, ec, lc),
+            [p] => b.head_nll(x, p, bits, targets, ec, lc),
             _ => b.renorm_nll(&self.sums(b, x)?, &x.exps, bits, targets, ec, lc),
         };
         r.map_err(|e| bad_input!("{}: {e}", self.name))

@@ -36,7 +36,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::matmul_blocks::{add_fixes, blocked_sums, write_tile};
+use super::matmul_blocks::{add_fixes, blocked_sums, fix_value, write_tile};
 use crate::backend::{GroupFixed, TokenFixed};
 
 /// Tokens (A tile rows) and weight rows (C tile columns) per tile.
@@ -104,6 +104,11 @@ pub struct Packed {
 }
 
 impl Packed {
+    /// Host bytes held.
+    pub fn bytes(&self) -> u64 {
+        (self.wp.len() + self.tiles.len() * 16 + self.fixes.len() * 16 + self.re.len() * 4) as u64
+    }
+
     /// Expects `w` that passed `check_matmul_weights` and `re = linear::row_exps(w)`.
     pub fn new(w: &GroupFixed, re: &[i32]) -> Packed {
         let (k, g, gpr) = (w.cols, w.params.group_size as usize, w.groups_per_row());
@@ -263,7 +268,7 @@ fn packed_sums(x: &TokenFixed, w: &GroupFixed, p: &Packed, hw: bool) -> Vec<i64>
             // SAFETY: pairs with `begin` above.
             unsafe { amx::end() };
         }
-        add_fixes(x, w, &p.re, &p.fixes, t0, r0, out);
+        add_fixes(x, &p.fixes, |i| fix_value(w, &p.re, p.fixes[i]), t0, r0, out);
     })
 }
 

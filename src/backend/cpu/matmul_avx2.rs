@@ -25,20 +25,22 @@
 //! Integer sums do not depend on order, so the tiling and the column passes cannot change a
 //! bit.
 //!
-//! Layout (`matmul_pairs`, as `matmul_vnni`'s but packed per block instead of once per
-//! weight matrix, so that the kernel keeps no copy of the weights, as the f64 kernel it
-//! replaces widened per block; the price, repacking on every call, is measured in
-//! BENCHMARKS.md): the output is split into fixed blocks of `TOKENS_PER_BLOCK` tokens ×
-//! `ROWS_PER_BLOCK` rows (one rayon task each, independent of the thread count, never
-//! overlapping). The activations are packed once per call into tiles of `TOK_TILE` tokens
-//! (for each column pair, the tile's a_hi pairs then its a_lo pairs, each broadcast to
-//! every lane), each block's weight rows into tiles of `ROW_TILE` rows (for each pair,
-//! `ROW_TILE` i32 words, a row's two i16 weights each). Groups are padded with zero columns
-//! to whole pairs (a zero adds nothing). A block runs in passes of whole groups (about
-//! `PAIRS_PER_PASS` pairs) so that a token tile's share of a pass stays in L1 while the
-//! block's row tiles stream past.
+//! Layout (`matmul_pairs`, as `matmul_vnni`'s): the weights are packed either once per
+//! matrix (`Packed`, kept by `CpuBackend::prepare_matmul` in place of the ingested weights,
+//! for the forward pass's repeated products) or block by block on each call (`matmul`: no
+//! copy of the whole weight, for one-off products). The output is split into fixed blocks
+//! of `TOKENS_PER_BLOCK` tokens × `ROWS_PER_BLOCK` rows (one rayon task each, independent
+//! of the thread count, never overlapping). The activations are packed once per call into
+//! tiles of `TOK_TILE` tokens (for each column pair, the tile's a_hi pairs then its a_lo
+//! pairs, each broadcast to every lane), the weight rows into tiles of `ROW_TILE` rows (for
+//! each pair, `ROW_TILE` i32 words, a row's two i16 weights each). Groups are padded with
+//! zero columns to whole pairs (a zero adds nothing). A block runs in passes of whole
+//! groups (about `PAIRS_PER_PASS` pairs) so that a token tile's share of a pass stays in L1
+//! while the block's row tiles stream past.
 
-use super::matmul_blocks::{add_fixes, blocked_sums, write_tile};
+use std::borrow::Cow;
+
+use super::matmul_blocks::{add_fixes, blocked_sums, fix_value, write_tile};
 use super::matmul_pairs::{PairRows, PairShape, pack_acts, pack_rows};
 use crate::backend::{GroupFixed, TokenFixed};
 
@@ -80,20 +82,115 @@ pub fn available() -> bool {
 
 /// Exact sums `[x.tokens, w.rows]` (row-major), identical to `linear::matmul_rows` over all
 /// tokens, or None when the CPU lacks AVX2 (`available()`). Expects arguments that passed
-/// `check_matmul_args` and `re = linear::row_exps(w)`.
+/// `check_matmul_args` and `re = linear::row_exps(w)`. Packs each block of weight rows as it
+/// goes (no copy of the whole weight); `Packed` packs once for many calls.
 pub fn matmul(x: &TokenFixed, w: &GroupFixed, re: &[i32]) -> Option<Vec<i64>> {
     #[cfg(target_arch = "x86_64")]
     if available() {
-        return Some(blocked(x, w, re));
+        let s = PairShape::new(w);
+        return Some(blocked(x, s, w.rows, |r0, nr| {
+            let PairRows { wp, fixes, shifts } = pack_rows(w, re, s, r0..r0 + nr, ROW_TILE);
+            let values = fixes.iter().map(|&f| fix_value(w, re, f)).collect::<Vec<_>>();
+            BlockRows {
+                wp: Cow::Owned(wp),
+                shifts: Cow::Owned(shifts),
+                fixes: Cow::Owned(fixes),
+                values: Cow::Owned(values),
+            }
+        }));
     }
     let _ = (x, w, re);
     None
 }
 
+/// A weight matrix packed once for the kernel (`CpuBackend::prepare_matmul`): every weight
+/// as i16 pairs, the rare ones outside i16 as exact corrections with their values, and each
+/// group's shift above its row's smallest exponent. That is all the products read, so it
+/// replaces the ingested weights (2 bytes per weight and 8 per group, against 4 and 4):
+/// the forward pass multiplies every window and every lm_head chunk by the same weights,
+/// and packing them on each call cost about a third of `ucw eval`'s time (BENCHMARKS.md).
+pub struct Packed {
+    s: PairShape,
+    rows: usize,
+    /// `pack_rows` of all rows: `[row tiles][pairs][ROW_TILE]`, `[row tiles][gpr][ROW_TILE]`.
+    wp: Vec<i32>,
+    shifts: Vec<i64>,
+    fixes: Vec<(usize, usize)>,
+    /// m·2^shift of each fix (`matmul_blocks::fix_value`).
+    values: Vec<i64>,
+    /// `linear::row_exps(w)`
+    pub re: Vec<i32>,
+}
+
+impl Packed {
+    /// Expects `w` that passed `check_matmul_weights` and `re = linear::row_exps(w)`; None
+    /// where the CPU lacks AVX2 (the kernel could not use it).
+    pub fn new(w: &GroupFixed, re: &[i32]) -> Option<Packed> {
+        if !available() {
+            return None;
+        }
+        let s = PairShape::new(w);
+        let PairRows { wp, fixes, shifts } = pack_rows(w, re, s, 0..w.rows, ROW_TILE);
+        let values = fixes.iter().map(|&f| fix_value(w, re, f)).collect();
+        Some(Packed { s, rows: w.rows, wp, shifts, fixes, values, re: re.to_vec() })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.s.k
+    }
+
+    /// Host bytes held.
+    pub fn bytes(&self) -> u64 {
+        (self.wp.len() * 4 + self.shifts.len() * 8 + self.fixes.len() * 24 + self.re.len() * 4) as u64
+    }
+}
+
+/// `matmul` of `x` (`check_matmul_acts` passed) with weights packed beforehand, for any
+/// number of tokens (one token takes a tile of two, half of it zeros: still far faster than
+/// the reference loop, which `matmul` uses for one token because packing would cost more).
+pub fn matmul_packed(x: &TokenFixed, p: &Packed) -> Vec<i64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (w_tile, s_tile) = (p.s.pairs * ROW_TILE, p.s.gpr * ROW_TILE);
+        blocked(x, p.s, p.rows, |r0, nr| {
+            // Blocks start at a whole row tile (ROWS_PER_BLOCK is a multiple of ROW_TILE).
+            let (q0, q1) = (r0 / ROW_TILE, (r0 + nr).div_ceil(ROW_TILE));
+            BlockRows {
+                wp: Cow::Borrowed(&p.wp[q0 * w_tile..q1 * w_tile]),
+                shifts: Cow::Borrowed(&p.shifts[q0 * s_tile..q1 * s_tile]),
+                fixes: Cow::Borrowed(&p.fixes),
+                values: Cow::Borrowed(&p.values),
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("Packed::new gives None off x86_64: {}", p.rows)
+}
+
+/// One block's packed weight rows: row tiles counted from the block's first row, and the
+/// out-of-i16 corrections (`add_fixes` picks the block's own).
 #[cfg(target_arch = "x86_64")]
-fn blocked(x: &TokenFixed, w: &GroupFixed, re: &[i32]) -> Vec<i64> {
-    let (tokens, n) = (x.tokens, w.rows);
-    let s = PairShape::new(w);
+struct BlockRows<'a> {
+    wp: Cow<'a, [i32]>,
+    shifts: Cow<'a, [i64]>,
+    fixes: Cow<'a, [(usize, usize)]>,
+    values: Cow<'a, [i64]>,
+}
+
+/// The `[x.tokens, n]` sums, with `block_rows(r0, nr)` giving the packed rows
+/// `r0..r0 + nr` of each block.
+#[cfg(target_arch = "x86_64")]
+fn blocked<'a>(
+    x: &TokenFixed,
+    s: PairShape,
+    n: usize,
+    block_rows: impl Fn(usize, usize) -> BlockRows<'a> + Sync,
+) -> Vec<i64> {
+    let tokens = x.tokens;
     if n == 0 || tokens == 0 || s.pairs == 0 {
         return vec![0i64; tokens * n]; // no rows, no tokens, or no columns: every sum is empty
     }
@@ -104,7 +201,7 @@ fn blocked(x: &TokenFixed, w: &GroupFixed, re: &[i32]) -> Vec<i64> {
     let groups_per_pass = s.gpr.div_ceil(passes).max(1);
     blocked_sums(tokens, n, TOKENS_PER_BLOCK, ROWS_PER_BLOCK, |t0, r0, out| {
         let (nt, nr) = (out.len(), out[0].len());
-        let PairRows { wp, fixes, shifts } = pack_rows(w, re, s, r0..r0 + nr, ROW_TILE);
+        let BlockRows { wp, shifts, fixes, values } = block_rows(r0, nr);
         let (tt_n, rt_n) = (nt.div_ceil(TOK_TILE), nr.div_ceil(ROW_TILE));
         // The block's sums, tile by tile: `acc[(tt·rt_n + rt)·TOK_TILE·ROW_TILE + t·ROW_TILE + r]`.
         let mut acc = vec![0i64; tt_n * rt_n * TOK_TILE * ROW_TILE];
@@ -125,7 +222,7 @@ fn blocked(x: &TokenFixed, w: &GroupFixed, re: &[i32]) -> Vec<i64> {
             write_tile(out, i / rt_n * TOK_TILE, i % rt_n * ROW_TILE, TOK_TILE, ROW_TILE, tile);
         }
         // Weights outside i16 (rare): a·m·2^shift, exactly, into the same i64 sums.
-        add_fixes(x, w, re, &fixes, t0, r0, out);
+        add_fixes(x, &fixes, |i| values[i], t0, r0, out);
     })
 }
 

@@ -63,29 +63,35 @@ pub fn write_tile(
     }
 }
 
-/// Add a·m·2^shift exactly into the block's sums for each weight listed in `fixes` (sorted
-/// (row, column) pairs of weights stored as 0 because they do not fit i16) whose row lies
-/// in the block starting at token `t0`, row `r0`. `re = linear::row_exps(w)`.
+/// Add a·v exactly into the block's sums for each weight listed in `fixes` (sorted (row,
+/// column) pairs of weights stored as 0 because they do not fit i16) whose row lies in the
+/// block starting at token `t0`, row `r0`; `v = value(i)` is fix i's m·2^shift (its mantissa
+/// times 2 to its group's exponent above the row's smallest).
 pub fn add_fixes(
     x: &TokenFixed,
-    w: &GroupFixed,
-    re: &[i32],
     fixes: &[(usize, usize)],
+    value: impl Fn(usize) -> i64,
     t0: usize,
     r0: usize,
     out: &mut [&mut [MaybeUninit<i64>]],
 ) {
-    let (k, g, gpr) = (w.cols, w.params.group_size as usize, w.groups_per_row());
+    let k = x.width;
     let nr = out.first().map_or(0, |o| o.len());
     let start = fixes.partition_point(|&(r, _)| r < r0);
-    for &(r, c) in fixes[start..].iter().take_while(|&&(r, _)| r < r0 + nr) {
-        let sh = w.exponents[r * gpr + c / g] - re[r];
-        let m = w.mantissas[r * k + c] as i64;
+    for (i, &(r, c)) in fixes.iter().enumerate().skip(start).take_while(|&(_, &(r, _))| r < r0 + nr) {
+        let v = value(i);
         for (lt, dst) in out.iter_mut().enumerate() {
             let a = x.mants[(t0 + lt) * k + c] as i64;
             // SAFETY: the caller wrote the whole block before.
-            let v = unsafe { dst[r - r0].assume_init() };
-            dst[r - r0].write(v.wrapping_add((a * m) << sh));
+            let s = unsafe { dst[r - r0].assume_init() };
+            dst[r - r0].write(s.wrapping_add(a * v));
         }
     }
+}
+
+/// `add_fixes`' value of a fix read from the ingested weights: m·2^(group exponent − the
+/// row's smallest, `re[row]`).
+pub fn fix_value(w: &GroupFixed, re: &[i32], (r, c): (usize, usize)) -> i64 {
+    let (k, g, gpr) = (w.cols, w.params.group_size as usize, w.groups_per_row());
+    (w.mantissas[r * k + c] as i64) << (w.exponents[r * gpr + c / g] - re[r])
 }

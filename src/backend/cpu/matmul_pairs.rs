@@ -65,8 +65,9 @@ pub struct PairRows {
 
 /// Rows `rows` of `w` (row tiles counted from `rows.start`), `re = linear::row_exps(w)`.
 /// Each tile is written in its own order (pairs outer, lanes inner: sequential writes,
-/// `row_tile` sequential reads), since the AVX2 kernel packs every block of rows again for
-/// each call and a lane-by-lane fill touched a new cache line per weight.
+/// `row_tile` sequential reads), since the AVX2 kernel's one-off products (`matmul`, without
+/// `prepare_matmul`) pack every block of rows again for each call and a lane-by-lane fill
+/// touched a new cache line per weight.
 pub fn pack_rows(w: &GroupFixed, re: &[i32], s: PairShape, rows: Range<usize>, row_tile: usize) -> PairRows {
     let tiles = rows.len().div_ceil(row_tile);
     let mut wp = vec![0i32; tiles * s.pairs * row_tile];

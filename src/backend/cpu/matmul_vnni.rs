@@ -27,7 +27,7 @@
 //! blocks of `TOKENS_PER_BLOCK` × `ROWS_PER_BLOCK` (one rayon task each, independent of the
 //! thread count, never overlapping).
 
-use super::matmul_blocks::{add_fixes, blocked_sums, write_tile};
+use super::matmul_blocks::{add_fixes, blocked_sums, fix_value, write_tile};
 use super::matmul_pairs::{PairRows, PairShape as Shape, pack_acts, pack_rows};
 use crate::backend::{GroupFixed, TokenFixed};
 
@@ -99,6 +99,11 @@ impl Packed {
         Packed { rows: w.rows, cols: w.cols, s, wp, fixes, shifts, re: re.to_vec() }
     }
 
+    /// Host bytes held.
+    pub fn bytes(&self) -> u64 {
+        (self.wp.len() * 4 + self.shifts.len() * 8 + self.fixes.len() * 16 + self.re.len() * 4) as u64
+    }
+
     /// Whether this was packed from weights of `w`'s shape (a cheap guard; the contract is
     /// that it was packed from `w` itself).
     pub fn fits(&self, w: &GroupFixed) -> bool {
@@ -141,7 +146,7 @@ fn blocked(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
             }
         }
         // Weights outside i16 (rare): a·m·2^shift, exactly, into the same i64 sums.
-        add_fixes(x, w, &p.re, &p.fixes, t0, r0, out);
+        add_fixes(x, &p.fixes, |i| fix_value(w, &p.re, p.fixes[i]), t0, r0, out);
     })
 }
 

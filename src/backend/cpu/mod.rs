@@ -212,36 +212,63 @@ impl Backend for CpuBackend {
         Ok(ExactSums { tokens: x.tokens, n: w.rows, sums, row_exps: re })
     }
 
-    fn prepare_matmul(&self, w: &GroupFixed) -> Result<Prepared, Error> {
-        super::check_matmul_weights(w)?;
-        Ok(Prepared(if matmul_amx::available() {
-            Some(Box::new(matmul_amx::Packed::new(w, &linear::row_exps(w))))
-        } else if matmul_vnni::available() {
-            Some(Box::new(matmul_vnni::Packed::new(w, &linear::row_exps(w))))
-        } else {
-            None
-        }))
+    fn prepare_matmul(&self, w: GroupFixed) -> Result<Prepared, Error> {
+        super::check_matmul_weights(&w)?;
+        let re = linear::row_exps(&w);
+        // AMX and VNNI keep the ingested weights beside their layout (their products read
+        // them for the fixes, and one token takes the reference loop); AVX2's layout holds
+        // everything, so it replaces them.
+        if matmul_amx::available() {
+            let p = matmul_amx::Packed::new(&w, &re);
+            let bytes = p.bytes();
+            return Ok(Prepared::with_form(w, Box::new(p), bytes));
+        }
+        if matmul_vnni::available() {
+            let p = matmul_vnni::Packed::new(&w, &re);
+            let bytes = p.bytes();
+            return Ok(Prepared::with_form(w, Box::new(p), bytes));
+        }
+        match matmul_avx2::Packed::new(&w, &re) {
+            Some(p) => {
+                let (rows, cols, bytes) = (p.rows(), p.cols(), p.bytes());
+                drop(w);
+                Ok(Prepared::form_only(rows, cols, Box::new(p), bytes))
+            }
+            None => Ok(Prepared::plain(w)),
+        }
     }
 
-    fn matmul_prepared(&self, x: &TokenFixed, w: &GroupFixed, p: &Prepared) -> Result<ExactSums, Error> {
-        if let Some(packed) = p.0.as_ref().and_then(|b| b.downcast_ref::<matmul_amx::Packed>())
-            && packed.fits(w)
-            && x.tokens > 1
-        {
-            super::check_matmul_acts(x, w)?;
-            let sums = matmul_amx::matmul_packed(x, w, packed);
-            return Ok(ExactSums { tokens: x.tokens, n: w.rows, sums, row_exps: packed.re.clone() });
+    fn prepared_bytes(&self, w: &GroupFixed) -> u64 {
+        // AMX and VNNI keep the ingested weights and a packing no larger than them (AMX: 3
+        // or 4 bytes per weight; VNNI: 2 per weight, 8 per group); the AVX2 packing alone
+        // is about half the ingested size, bounded by it (`matmul_avx2::Packed::bytes`).
+        let ingested = crate::backend::ingested_bytes(w);
+        if matmul_amx::available() || matmul_vnni::available() { 2 * ingested } else { ingested }
+    }
+
+    fn matmul_prepared(&self, x: &TokenFixed, p: &Prepared) -> Result<ExactSums, Error> {
+        super::check_matmul_acts(x, p.rows(), p.cols())?;
+        let done =
+            |sums: Vec<i64>, re: &[i32]| ExactSums { tokens: x.tokens, n: p.rows(), sums, row_exps: re.to_vec() };
+        if let Some(packed) = p.form::<matmul_avx2::Packed>() {
+            return Ok(done(matmul_avx2::matmul_packed(x, packed), &packed.re));
         }
-        let packed = p.0.as_ref().and_then(|b| b.downcast_ref::<matmul_vnni::Packed>());
-        match packed {
-            // One token takes the reference loop (as `matmul` does).
-            Some(packed) if packed.fits(w) && x.tokens > 1 => {
-                super::check_matmul_acts(x, w)?;
-                let sums = matmul_vnni::matmul_packed(x, w, packed).expect("packed only where VNNI is available");
-                Ok(ExactSums { tokens: x.tokens, n: w.rows, sums, row_exps: packed.re.clone() })
+        let w = p.weights().ok_or_else(|| bad_input!("matmul: weights prepared by another backend"))?;
+        // One token takes the reference loop (as `matmul` does).
+        if x.tokens > 1 {
+            if let Some(packed) = p.form::<matmul_amx::Packed>()
+                && packed.fits(w)
+            {
+                return Ok(done(matmul_amx::matmul_packed(x, w, packed), &packed.re));
             }
-            _ => self.matmul(x, w),
+            if let Some(packed) = p.form::<matmul_vnni::Packed>()
+                && packed.fits(w)
+                && let Some(sums) = matmul_vnni::matmul_packed(x, w, packed)
+            {
+                return Ok(done(sums, &packed.re));
+            }
         }
+        self.matmul(x, w)
     }
 
     fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error> {

@@ -465,24 +465,25 @@ impl Backend for GpuBackend {
         self.matmul_with(x, w, None)
     }
 
-    fn prepare_matmul(&self, w: &GroupFixed) -> Result<Prepared, Error> {
-        check_matmul_weights(w)?;
+    fn prepare_matmul(&self, w: GroupFixed) -> Result<Prepared, Error> {
+        check_matmul_weights(&w)?;
         // Kept on the device when the whole matrix fits one binding (every SmolLM2 linear
         // and its lm_head do) and the caller's allowance: the forward pass multiplies every
         // window, and every lm_head chunk, by the same weights, which were otherwise
-        // uploaded again each time.
+        // uploaded again each time. The host keeps its copy either way (products beyond the
+        // device's bindings, and the CPU's checks, read it).
         let bytes = ((w.mantissas.len() + w.exponents.len() + w.rows) * 4) as u64;
         let limit = self.resident_limit.load(Ordering::Relaxed);
         if (w.rows * w.cols * 4) as u64 > self.max_binding() || w.rows * w.cols == 0 {
-            return Ok(Prepared(None));
+            return Ok(Prepared::plain(w));
         }
         // Reserve the bytes, or give them back when over the allowance.
         if self.resident.fetch_add(bytes, Ordering::Relaxed) + bytes > limit {
             self.resident.fetch_sub(bytes, Ordering::Relaxed);
-            return Ok(Prepared(None));
+            return Ok(Prepared::plain(w));
         }
-        let re = crate::backend::cpu::linear::row_exps(w);
-        Ok(Prepared(Some(Box::new(Resident {
+        let re = crate::backend::cpu::linear::row_exps(&w);
+        let resident = Resident {
             w: self.upload_i32("matmul.w", &w.mantissas),
             we: self.upload_i32("matmul.wexp", &w.exponents),
             re: self.upload_i32("matmul.rexp", &re),
@@ -491,21 +492,23 @@ impl Backend for GpuBackend {
             row_exps: re,
             bytes,
             count: self.resident.clone(),
-        }))))
+        };
+        // Device bytes: counted by `resident_weight_bytes`, not as host bytes.
+        Ok(Prepared::with_form(w, Box::new(resident), 0))
     }
 
     fn head_nll(
         &self,
         x: &TokenFixed,
-        w: &GroupFixed,
         p: &Prepared,
         bits: u32,
         targets: &[u32],
         ec: &crate::backend::cpu::act::ExpConsts,
         lc: &crate::backend::cpu::nll::LogConsts,
     ) -> Result<Vec<i64>, Error> {
+        let w = p.weights().ok_or_else(|| bad_input!("matmul: weights prepared by another backend"))?;
         let (t, n, k) = (x.tokens, w.rows, w.cols);
-        let fused = match p.0.as_ref().and_then(|b| b.downcast_ref::<Resident>()) {
+        let fused = match p.form::<Resident>() {
             // On the device from end to end when the weights are kept there, every binding
             // holds the whole chunk (x, the i64 sums, the logits) and the arguments are
             // inside nll's contract; otherwise the steps one by one, which report errors.
@@ -525,10 +528,10 @@ impl Backend for GpuBackend {
             _ => None,
         };
         let Some(r) = fused else {
-            let s = self.matmul_prepared(x, w, p)?;
+            let s = self.matmul_prepared(x, p)?;
             return self.renorm_nll(&s, &x.exps, bits, targets, ec, lc);
         };
-        check_matmul_acts(x, w)?;
+        check_matmul_acts(x, n, k)?;
         self.check_matmul_loops(w)?;
         self.check_loops("renorm", self.chunks.renorm as u64)?;
         self.check_nll_loops(n)?;
@@ -551,10 +554,11 @@ impl Backend for GpuBackend {
         self.resident.load(Ordering::Relaxed)
     }
 
-    fn matmul_prepared(&self, x: &TokenFixed, w: &GroupFixed, p: &Prepared) -> Result<ExactSums, Error> {
-        match p.0.as_ref().and_then(|b| b.downcast_ref::<Resident>()) {
+    fn matmul_prepared(&self, x: &TokenFixed, p: &Prepared) -> Result<ExactSums, Error> {
+        let w = p.weights().ok_or_else(|| bad_input!("matmul: weights prepared by another backend"))?;
+        match p.form::<Resident>() {
             Some(r) if r.rows == w.rows && r.cols == w.cols => {
-                check_matmul_acts(x, w)?;
+                check_matmul_acts(x, w.rows, w.cols)?;
                 self.matmul_with(x, w, Some(r))
             }
             _ => self.matmul(x, w),
