@@ -49,8 +49,9 @@ use crate::error::Result;
 
 /// Largest input width that keeps the full matrix (Llama-3.1-70B's down_proj, 28,672, fits;
 /// 405B's 53,248 does not); wider inputs keep the diagonal only (a documented reduction,
-/// DESIGN §4). Fixed, not derived from a memory budget, so the pack cannot depend on
-/// `--max-memory`.
+/// DESIGN §4; its quality cost, measured by forcing SmolLM2-135M's down_proj to the
+/// diagonal, is in docs/ARCHITECTURE.md). Fixed, not derived from a memory budget, so the
+/// pack cannot depend on `--max-memory`.
 pub const FULL_GRAM_MAX_COLS: usize = 32768;
 /// Largest window (tokens) one exact product may cover.
 pub const MAX_WINDOW_TOKENS: usize = 1 << 14;
