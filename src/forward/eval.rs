@@ -158,8 +158,9 @@ pub(crate) fn per_token_bytes(k: usize, n: usize) -> u64 {
     (4 * k + 12 * n + 8) as u64
 }
 
-/// The least budget `chunk_tokens` accepts for an `n × k` linear at the forward pass's
-/// weight format (`Linear::bytes`: mantissas and one exponent per group): one token.
+/// The least budget `chunk_tokens` accepts for an `n × k` linear whose weights are held as
+/// ingested (mantissas and one exponent per group, 4 bytes each: what a GPU backend keeps
+/// on the host, whose device allowance this sizes): one token.
 pub fn least_call_bytes(k: usize, n: usize) -> u64 {
     let gpr = k.div_ceil(super::layer::WEIGHT_GROUP as usize);
     ((n * k + n * gpr) * 4) as u64 + per_token_bytes(k, n)
