@@ -41,7 +41,7 @@
 use std::borrow::Cow;
 
 use super::matmul_blocks::{add_fixes, blocked_sums, fix_value, write_tile};
-use super::matmul_pairs::{PairRows, PairShape, pack_acts, pack_rows};
+use super::matmul_pairs::{PackedRows, PairRows, PairShape, pack_acts, pack_rows};
 use crate::backend::{GroupFixed, TokenFixed};
 
 /// Tokens per micro-kernel tile. Measured (benches/kernels.rs, 512 tokens, this file's
@@ -109,43 +109,31 @@ pub fn matmul(x: &TokenFixed, w: &GroupFixed, re: &[i32]) -> Option<Vec<i64>> {
 /// replaces the ingested weights (2 bytes per weight and 8 per group, against 4 and 4):
 /// the forward pass multiplies every window and every lm_head chunk by the same weights,
 /// and packing them on each call cost about a third of `ucw eval`'s time (BENCHMARKS.md).
-pub struct Packed {
-    s: PairShape,
-    rows: usize,
-    /// `pack_rows` of all rows: `[row tiles][pairs][ROW_TILE]`, `[row tiles][gpr][ROW_TILE]`.
-    wp: Vec<i32>,
-    shifts: Vec<i64>,
-    fixes: Vec<(usize, usize)>,
-    /// m·2^shift of each fix (`matmul_blocks::fix_value`).
-    values: Vec<i64>,
-    /// `linear::row_exps(w)`
-    pub re: Vec<i32>,
-}
+pub struct Packed(PackedRows);
 
 impl Packed {
     /// Expects `w` that passed `check_matmul_weights` and `re = linear::row_exps(w)`; None
     /// where the CPU lacks AVX2 (the kernel could not use it).
     pub fn new(w: &GroupFixed, re: &[i32]) -> Option<Packed> {
-        if !available() {
-            return None;
-        }
-        let s = PairShape::new(w);
-        let PairRows { wp, fixes, shifts } = pack_rows(w, re, s, 0..w.rows, ROW_TILE);
-        let values = fixes.iter().map(|&f| fix_value(w, re, f)).collect();
-        Some(Packed { s, rows: w.rows, wp, shifts, fixes, values, re: re.to_vec() })
+        available().then(|| Packed(PackedRows::new(w, re, ROW_TILE)))
     }
 
     pub fn rows(&self) -> usize {
-        self.rows
+        self.0.rows
     }
 
     pub fn cols(&self) -> usize {
-        self.s.k
+        self.0.cols()
     }
 
     /// Host bytes held.
     pub fn bytes(&self) -> u64 {
-        (self.wp.len() * 4 + self.shifts.len() * 8 + self.fixes.len() * 24 + self.re.len() * 4) as u64
+        self.0.bytes()
+    }
+
+    /// `linear::row_exps` of the weights.
+    pub fn row_exps(&self) -> &[i32] {
+        &self.0.re
     }
 }
 
@@ -155,20 +143,19 @@ impl Packed {
 pub fn matmul_packed(x: &TokenFixed, p: &Packed) -> Vec<i64> {
     #[cfg(target_arch = "x86_64")]
     {
-        let (w_tile, s_tile) = (p.s.pairs * ROW_TILE, p.s.gpr * ROW_TILE);
+        let p = &p.0;
         blocked(x, p.s, p.rows, |r0, nr| {
-            // Blocks start at a whole row tile (ROWS_PER_BLOCK is a multiple of ROW_TILE).
-            let (q0, q1) = (r0 / ROW_TILE, (r0 + nr).div_ceil(ROW_TILE));
+            let (wp, shifts) = p.tiles(r0, nr);
             BlockRows {
-                wp: Cow::Borrowed(&p.wp[q0 * w_tile..q1 * w_tile]),
-                shifts: Cow::Borrowed(&p.shifts[q0 * s_tile..q1 * s_tile]),
+                wp: Cow::Borrowed(wp),
+                shifts: Cow::Borrowed(shifts),
                 fixes: Cow::Borrowed(&p.fixes),
                 values: Cow::Borrowed(&p.values),
             }
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("Packed::new gives None off x86_64: {}", p.rows)
+    unreachable!("Packed::new gives None off x86_64: {}", p.0.rows)
 }
 
 /// One block's packed weight rows: row tiles counted from the block's first row, and the

@@ -114,6 +114,59 @@ pub fn pack_rows(w: &GroupFixed, re: &[i32], s: PairShape, rows: Range<usize>, r
     PairRows { wp, fixes, shifts }
 }
 
+/// A whole weight matrix packed once for a kernel with `row_tile` lanes of rows (`pack_rows`
+/// of every row), with what its products read besides: each correction's value
+/// (`matmul_blocks::fix_value`) and the row exponents. The AVX2 and VNNI kernels each wrap
+/// one, with their own row tile.
+pub struct PackedRows {
+    pub s: PairShape,
+    pub rows: usize,
+    pub row_tile: usize,
+    /// `[row tiles][pairs][row_tile]`
+    pub wp: Vec<i32>,
+    /// `[row tiles][gpr][row_tile]`
+    pub shifts: Vec<i64>,
+    pub fixes: Vec<(usize, usize)>,
+    /// m·2^shift of each fix.
+    pub values: Vec<i64>,
+    /// `linear::row_exps(w)`
+    pub re: Vec<i32>,
+}
+
+impl PackedRows {
+    /// Expects `w` that passed `check_matmul_weights` and `re = linear::row_exps(w)`.
+    pub fn new(w: &GroupFixed, re: &[i32], row_tile: usize) -> PackedRows {
+        let s = PairShape::new(w);
+        let PairRows { wp, fixes, shifts } = pack_rows(w, re, s, 0..w.rows, row_tile);
+        let values = fixes.iter().map(|&f| super::matmul_blocks::fix_value(w, re, f)).collect();
+        PackedRows { s, rows: w.rows, row_tile, wp, shifts, fixes, values, re: re.to_vec() }
+    }
+
+    pub fn cols(&self) -> usize {
+        self.s.k
+    }
+
+    /// Host bytes held.
+    pub fn bytes(&self) -> u64 {
+        (self.wp.len() * 4 + self.shifts.len() * 8 + self.fixes.len() * 24 + self.re.len() * 4) as u64
+    }
+
+    /// Whether this was packed from weights of `w`'s shape (a cheap guard; the contract is
+    /// that it was packed from `w` itself).
+    pub fn fits(&self, w: &GroupFixed) -> bool {
+        self.rows == w.rows && self.s.k == w.cols && self.s.g == w.params.group_size as usize
+    }
+
+    /// The packed weights and shifts of rows `r0..r0 + nr`, tiles counted from `r0` (a
+    /// multiple of `row_tile`: blocks start at a whole tile).
+    pub fn tiles(&self, r0: usize, nr: usize) -> (&[i32], &[i64]) {
+        debug_assert!(r0.is_multiple_of(self.row_tile));
+        let (q0, q1) = (r0 / self.row_tile, (r0 + nr).div_ceil(self.row_tile));
+        let (w_tile, s_tile) = (self.s.pairs * self.row_tile, self.s.gpr * self.row_tile);
+        (&self.wp[q0 * w_tile..q1 * w_tile], &self.shifts[q0 * s_tile..q1 * s_tile])
+    }
+}
+
 /// Activations as `[token tiles][pairs][hi tok_tile, lo tok_tile]` i16 pairs (zero tokens pad
 /// the last tile).
 pub fn pack_acts(x: &TokenFixed, s: PairShape, tok_tile: usize) -> Vec<i32> {

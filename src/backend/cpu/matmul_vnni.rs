@@ -27,8 +27,8 @@
 //! blocks of `TOKENS_PER_BLOCK` × `ROWS_PER_BLOCK` (one rayon task each, independent of the
 //! thread count, never overlapping).
 
-use super::matmul_blocks::{add_fixes, blocked_sums, fix_value, write_tile};
-use super::matmul_pairs::{PairRows, PairShape as Shape, pack_acts, pack_rows};
+use super::matmul_blocks::{add_fixes, blocked_sums, write_tile};
+use super::matmul_pairs::{PackedRows, PairShape as Shape, pack_acts};
 use crate::backend::{GroupFixed, TokenFixed};
 
 /// Tokens per micro-kernel tile.
@@ -80,34 +80,27 @@ pub fn matmul(x: &TokenFixed, w: &GroupFixed, re: &[i32]) -> Option<Vec<i64>> {
 
 /// A weight matrix packed for the kernel (i16 pairs, out-of-i16 corrections, group shifts),
 /// kept by `CpuBackend::prepare_matmul` so that repeated products pack it once.
-pub struct Packed {
-    rows: usize,
-    cols: usize,
-    s: Shape,
-    wp: Vec<i32>,
-    fixes: Vec<(usize, usize)>,
-    shifts: Vec<i64>,
-    /// `linear::row_exps(w)`
-    pub re: Vec<i32>,
-}
+pub struct Packed(PackedRows);
 
 impl Packed {
     /// Expects `w` that passed `check_matmul_weights` and `re = linear::row_exps(w)`.
     pub fn new(w: &GroupFixed, re: &[i32]) -> Packed {
-        let s = Shape::new(w);
-        let PairRows { wp, fixes, shifts } = pack_rows(w, re, s, 0..w.rows, ROW_TILE);
-        Packed { rows: w.rows, cols: w.cols, s, wp, fixes, shifts, re: re.to_vec() }
+        Packed(PackedRows::new(w, re, ROW_TILE))
     }
 
     /// Host bytes held.
     pub fn bytes(&self) -> u64 {
-        (self.wp.len() * 4 + self.shifts.len() * 8 + self.fixes.len() * 16 + self.re.len() * 4) as u64
+        self.0.bytes()
     }
 
-    /// Whether this was packed from weights of `w`'s shape (a cheap guard; the contract is
-    /// that it was packed from `w` itself).
+    /// Whether this was packed from weights of `w`'s shape (`PackedRows::fits`).
     pub fn fits(&self, w: &GroupFixed) -> bool {
-        self.rows == w.rows && self.cols == w.cols && self.s.g == w.params.group_size as usize
+        self.0.fits(w)
+    }
+
+    /// `linear::row_exps` of the weights.
+    pub fn row_exps(&self) -> &[i32] {
+        &self.0.re
     }
 }
 
@@ -125,6 +118,7 @@ pub fn matmul_packed(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Option<Vec<i
 #[cfg(target_arch = "x86_64")]
 fn blocked(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
     let (tokens, n) = (x.tokens, w.rows);
+    let p = &p.0;
     let s = p.s;
     if n == 0 || tokens == 0 || s.pairs == 0 {
         return vec![0i64; tokens * n]; // no rows, no tokens, or no columns: every sum is empty
@@ -146,7 +140,7 @@ fn blocked(x: &TokenFixed, w: &GroupFixed, p: &Packed) -> Vec<i64> {
             }
         }
         // Weights outside i16 (rare): a·m·2^shift, exactly, into the same i64 sums.
-        add_fixes(x, &p.fixes, |i| fix_value(w, &p.re, p.fixes[i]), t0, r0, out);
+        add_fixes(x, &p.fixes, |i| p.values[i], t0, r0, out);
     })
 }
 

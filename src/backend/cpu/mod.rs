@@ -251,7 +251,7 @@ impl Backend for CpuBackend {
         let done =
             |sums: Vec<i64>, re: &[i32]| ExactSums { tokens: x.tokens, n: p.rows(), sums, row_exps: re.to_vec() };
         if let Some(packed) = p.form::<matmul_avx2::Packed>() {
-            return Ok(done(matmul_avx2::matmul_packed(x, packed), &packed.re));
+            return Ok(done(matmul_avx2::matmul_packed(x, packed), packed.row_exps()));
         }
         let w = p.weights().ok_or_else(|| bad_input!("matmul: weights prepared by another backend"))?;
         // One token takes the reference loop (as `matmul` does).
@@ -265,7 +265,7 @@ impl Backend for CpuBackend {
                 && packed.fits(w)
                 && let Some(sums) = matmul_vnni::matmul_packed(x, w, packed)
             {
-                return Ok(done(sums, &packed.re));
+                return Ok(done(sums, packed.row_exps()));
             }
         }
         self.matmul(x, w)
