@@ -137,10 +137,34 @@ fn pack_with_baseline_and_on_another_device() {
     assert!(ratio != 1.0 && (ratio - 1.0).abs() < 0.1, "ratio {ratio}");
     let manifest = std::fs::read(pack.join("ucw-manifest.json")).unwrap();
     assert_eq!(r["pack_digest"], ucw::digest::sha256_hex(&manifest));
-    // The baseline's figures equal a plain evaluation of the model.
+    // The baseline's figures equal a plain evaluation of the model, and the pack's its own.
     let base = json(&ucw(&eval_args(&m, &t)));
     assert_eq!(r["baseline"]["ppl_bits"], base["ppl_bits"]);
     assert_eq!(r["baseline"]["nll_q30"], base["nll_q30"]);
+    assert_eq!(r["nll_q30"], json(&ucw(&eval_args(&p, &t)))["nll_q30"]);
+    // Divergence of the pack from its source: small, positive, most top tokens kept, and
+    // the figures consistent with each other.
+    let d = &r["divergence"];
+    let n = r["predictions"].as_u64().unwrap();
+    assert_eq!(d["predictions"].as_u64(), Some(n));
+    let mean = d["kld_mean"].as_f64().unwrap();
+    assert!(mean > 0.0 && mean < 0.5, "mean KL {mean}");
+    assert_eq!(mean, d["kld_total_q30"].as_i64().unwrap() as f64 / (1u64 << 30) as f64 / n as f64);
+    let (med, p99, max) =
+        (d["kld_median"].as_f64().unwrap(), d["kld_p99"].as_f64().unwrap(), d["kld_max"].as_f64().unwrap());
+    assert!(med <= p99 && p99 <= max && mean <= max, "median {med} p99 {p99} max {max}");
+    let agree = d["top1_agree"].as_u64().unwrap();
+    assert!(agree > n / 2 && agree < n, "top-1 agreement {agree} of {n}");
+    assert_eq!(d["top1_fraction"].as_f64().unwrap(), agree as f64 / n as f64);
+
+    // A model against itself: every divergence exactly 0, every top token the same.
+    let mut a = eval_args(&m, &t);
+    a.extend(["--baseline", &m]);
+    let s = json(&ucw(&a));
+    assert_eq!(s["divergence"]["kld_total_q30"], 0);
+    assert_eq!(s["divergence"]["kld_max"], 0.0);
+    assert_eq!(s["divergence"]["top1_agree"].as_u64(), Some(n));
+    assert_eq!(s["ppl_ratio"], 1.0);
 
     // Every other device under test gives the same bits (the harness's selection, so a
     // required device that is missing or filtered out fails here too).
@@ -148,9 +172,11 @@ fn pack_with_baseline_and_on_another_device() {
         let idx = i.to_string();
         let mut a = eval_args(&p, &t);
         a[9] = &idx;
+        a.extend(["--baseline", &m]);
         let r2 = json(&ucw(&a));
         assert_eq!(r2["nll_q30"], r["nll_q30"], "device {i}");
         assert_eq!(r2["ppl_bits"], r["ppl_bits"], "device {i}");
+        assert_eq!(r2["divergence"], r["divergence"], "device {i}");
         println!("eval of the pack: same bits on device {i}");
     }
 

@@ -2,11 +2,12 @@
 //! memory budgets: the NLL total (Q30 integer), the perplexity's f64 bits and a digest of
 //! the logits of the first window, at pinned tiny settings on the committed text
 //! (tests/fixtures/text/sample.txt). Also one pack (llama-bf16 at the golden pack
-//! settings), so the evaluated reconstruction is covered too.
+//! settings), so the evaluated reconstruction is covered too, and that pack against its
+//! source with `evaluate_pair` (KL divergence and top-1 agreement of every prediction).
 //!
 //! A changed value means the forward pass changed: regenerate only together with a
 //! FORWARD_VERSION bump, with `UCW_BLESS_GOLDEN=1 cargo test --test golden_eval` (it
-//! refuses to overwrite different values under the same version).
+//! refuses to change or drop a value under the same version; new entries may be added).
 
 mod common;
 
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use ucw::backend::{Backend, TokenFixed};
 use ucw::forward::text::tokenize_file;
-use ucw::forward::{EvalOptions, FORWARD_VERSION, Score, Source, evaluate};
+use ucw::forward::{EvalOptions, FORWARD_VERSION, Score, Source, evaluate, evaluate_pair};
 
 const FIXTURES: &[&str] = &["llama-bf16", "mistral-f16", "qwen2-f32", "qwen3-bf16-sharded"];
 const SEQ_LEN: usize = 64;
@@ -70,6 +71,29 @@ fn eval_one(b: &dyn Backend, dir: &Path, score: Score, budget: u64) -> serde_jso
     })
 }
 
+/// The pack against its source model, both heads stepped together (`evaluate_pair`): both
+/// NLL totals, the divergence totals and a digest of every prediction's divergence.
+fn pair_one(b: &dyn Backend, pack_dir: &Path, base_dir: &Path, budget: u64) -> serde_json::Value {
+    let ids = tokenize_file(base_dir, &root().join("tests/fixtures/text/sample.txt")).unwrap();
+    let windows: Vec<&[u32]> = (0..WINDOWS).map(|i| &ids[i * SEQ_LEN..(i + 1) * SEQ_LEN]).collect();
+    let (mut model, mut base) = (Source::open(pack_dir).unwrap(), Source::open(base_dir).unwrap());
+    let opts = EvalOptions { score: Score::All, max_memory: budget };
+    let r = evaluate_pair(b, &mut model, &mut base, &windows, &opts, &mut |_, _, _| {}).unwrap();
+    let mut h = Sha256::new();
+    for d in &r.divergence {
+        h.update(d.kl_q30.to_le_bytes());
+        h.update([d.top1_same as u8]);
+    }
+    serde_json::json!({
+        "model_nll_q30": r.model.nll_q30,
+        "baseline_nll_q30": r.baseline.nll_q30,
+        "predictions": r.divergence.len(),
+        "kld_total_q30": r.divergence.iter().map(|d| d.kl_q30).sum::<i64>(),
+        "top1_agree": r.divergence.iter().filter(|d| d.top1_same).count(),
+        "divergence_sha256": hex::encode(h.finalize()),
+    })
+}
+
 fn compute(b: &dyn Backend, pack_dir: &Path, budget: u64) -> BTreeMap<String, serde_json::Value> {
     let mut out = BTreeMap::new();
     for f in FIXTURES {
@@ -78,7 +102,13 @@ fn compute(b: &dyn Backend, pack_dir: &Path, budget: u64) -> BTreeMap<String, se
     }
     let dir = root().join("tests/fixtures/llama-bf16");
     out.insert("llama-bf16 score=second-half".into(), eval_one(b, &dir, Score::SecondHalf, budget));
-    out.insert("llama-bf16 pack (5 bits, g64, rank 0) score=all".into(), eval_one(b, pack_dir, Score::All, budget));
+    let pack_key = "llama-bf16 pack (5 bits, g64, rank 0) score=all";
+    out.insert(pack_key.into(), eval_one(b, pack_dir, Score::All, budget));
+    let pair = pair_one(b, pack_dir, &dir, budget);
+    // Stepping the two models together gives each the NLL it has alone.
+    assert_eq!(pair["model_nll_q30"], out[pack_key]["nll_q30"], "pair: the pack's NLL");
+    assert_eq!(pair["baseline_nll_q30"], out["llama-bf16 score=all"]["nll_q30"], "pair: the baseline's NLL");
+    out.insert("llama-bf16 pack against llama-bf16, divergence, score=all".into(), pair);
     out
 }
 
@@ -99,15 +129,19 @@ fn golden_eval_bits_on_every_device_and_budget() {
         std::fs::read_to_string(&path).ok().map(|s| serde_json::from_str(&s).expect("golden/eval.json parses"));
     if std::env::var("UCW_BLESS_GOLDEN").is_ok() {
         if let Some(old) = &existing {
+            // Under one forward version entries may be added (a new measurement), never
+            // changed or dropped.
+            let kept =
+                old["results"].as_object().is_some_and(|o| o.iter().all(|(k, v)| doc["results"].get(k) == Some(v)));
             assert!(
-                old["forward_version"] != doc["forward_version"] || old == &doc,
+                old["forward_version"] != doc["forward_version"] || (kept && old["settings"] == doc["settings"]),
                 "golden eval values differ under the same forward version {FORWARD_VERSION}: bump FORWARD_VERSION first"
             );
         }
         std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
         println!("wrote {}", path.display());
     }
-    let golden = existing.or_else(|| std::fs::read_to_string(&path).ok().map(|s| serde_json::from_str(&s).unwrap()));
+    let golden = std::fs::read_to_string(&path).ok().map(|s| serde_json::from_str::<serde_json::Value>(&s).unwrap());
     let golden = golden.expect("golden/eval.json missing: run with UCW_BLESS_GOLDEN=1 once");
     assert_eq!(golden["forward_version"], FORWARD_VERSION, "golden/eval.json is for another forward version");
     assert_eq!(golden["results"], doc["results"], "cpu differs from golden/eval.json");

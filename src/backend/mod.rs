@@ -525,7 +525,7 @@ pub fn align_row_exponents(w: &mut GroupFixed, spread: i32) {
 
 /// Largest |m| of a slice (a fold without early exit, so it vectorises: the bound checks
 /// below read every activation of every kernel call).
-fn max_abs(m: &[i32]) -> u32 {
+pub(crate) fn max_abs(m: &[i32]) -> u32 {
     m.iter().fold(0, |acc, &x| acc.max(x.unsigned_abs()))
 }
 

@@ -116,6 +116,13 @@ fn print_human(r: &EvalReport) {
         println!("baseline        {:.4}  (bits {})  {}", b.ppl, b.ppl_bits, b.path);
         println!("ppl ratio       {:.5}", r.ppl_ratio.unwrap_or(f64::NAN));
     }
+    if let Some(d) = &r.divergence {
+        println!(
+            "KL divergence   mean {:.6}  median {:.6}  p99 {:.6}  max {:.6} nats (baseline ‖ model)",
+            d.kld_mean, d.kld_median, d.kld_p99, d.kld_max
+        );
+        println!("top-1 agreement {:.4}% ({} of {})", 100.0 * d.top1_fraction, d.top1_agree, d.predictions);
+    }
     println!("weights digest  {}", r.weights_digest);
     if let Some(p) = &r.pack_digest {
         println!("pack digest     sha256:{p}");

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::layer::{self, ACT_BITS, Consts, LOGIT_BITS, Layer, RESIDUAL_BITS, slice_tokens};
 use super::source::Source;
+use crate::backend::cpu::kld::{self, Divergence};
 use crate::backend::{Backend, TokenFixed};
 use crate::error::Result;
 
@@ -166,16 +167,8 @@ pub fn least_call_bytes(k: usize, n: usize) -> u64 {
     ((n * k + n * gpr) * 4) as u64 + per_token_bytes(k, n)
 }
 
-/// Run the model over `windows` (each a slice of seq_len ids) and score them.
-pub fn evaluate(
-    backend: &dyn Backend,
-    src: &mut Source,
-    windows: &[&[u32]],
-    opts: &EvalOptions,
-    mut logits_sink: Option<LogitsSink>,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<EvalResult> {
-    let c = src.config().clone();
+/// Windows the forward pass accepts: one length >= 2, within the sliding window if any.
+fn check_windows(c: &crate::model::ModelConfig, windows: &[&[u32]]) -> Result<usize> {
     let seq_len = windows.first().map_or(0, |w| w.len());
     if seq_len < 2 || windows.iter().any(|w| w.len() != seq_len) {
         return Err(bad_input!("evaluation needs windows of one length >= 2"));
@@ -187,9 +180,26 @@ pub fn evaluate(
             "--seq-len {seq_len} exceeds the model's sliding_window {sw}: sliding-window attention is not implemented (use --seq-len <= {sw})"
         ));
     }
-    let start = Instant::now();
-    let consts = Consts::new(&c, seq_len);
+    Ok(seq_len)
+}
 
+/// The largest `least_call_bytes` of these `(rows, cols)` linears.
+fn least(shapes: &[(usize, usize)]) -> u64 {
+    shapes.iter().map(|&(n, k)| least_call_bytes(k, n)).max().unwrap_or(0)
+}
+
+/// Embedding and every decoder layer over all windows: the residual stream after the last
+/// layer, one `TokenFixed` per window. `progress(done, layers + 1)` after each layer.
+fn run_layers(
+    backend: &dyn Backend,
+    src: &mut Source,
+    windows: &[&[u32]],
+    consts: &Consts,
+    opts: &EvalOptions,
+    resident: &ResidentAllowance,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<TokenFixed>> {
+    let c = src.config().clone();
     // Embedding: the rows of the ids, one exponent per token at the residual width.
     let mut hidden = Vec::with_capacity(windows.len());
     {
@@ -202,8 +212,7 @@ pub fn evaluate(
     // Weights may stay on the device for every window (GPU backends) within what the budget
     // leaves beyond the least that one product needs; each call's chunk then fits in the
     // rest, so keeping weights never turns a budget that works into one that does not.
-    let least = |shapes: &[(usize, usize)]| shapes.iter().map(|&(n, k)| least_call_bytes(k, n)).max().unwrap_or(0);
-    let resident = ResidentAllowance::new(backend, opts.max_memory.saturating_sub(least(&Layer::linear_shapes(&c))));
+    resident.allow(opts.max_memory.saturating_sub(least(&Layer::linear_shapes(&c))));
     let call_budget = || opts.max_memory.saturating_sub(backend.resident_weight_bytes());
     let layers = c.num_hidden_layers;
     progress(0, layers + 1);
@@ -211,18 +220,52 @@ pub fn evaluate(
         let layer = Layer::load(backend, src, l, call_budget())?;
         let chunk = layer.chunk(call_budget())?;
         each_window(&mut hidden, backend.concurrent_windows(), |_, h| {
-            *h = layer.forward(backend, h, &consts, chunk)?;
+            *h = layer.forward(backend, h, consts, chunk)?;
             Ok(())
         })?;
         progress(l + 1, layers + 1);
     }
+    Ok(hidden)
+}
 
-    // Final norm, lm_head (the embedding when tied) and NLL, chunk by chunk.
-    let final_norm = layer::load_norm(backend, src, "model.norm.weight", c.hidden_size)?;
-    let head_name = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-    let head_w = layer::load_weight(backend, src, head_name, c.vocab_size, c.hidden_size)?;
+/// The final norm and the lm_head (the embedding when tied), loaded within `budget`.
+struct Head {
+    norm: crate::backend::GroupFixed,
+    linear: layer::Linear,
+}
+
+impl Head {
+    fn load(backend: &dyn Backend, src: &mut Source, budget: u64) -> Result<Head> {
+        let c = src.config().clone();
+        let norm = layer::load_norm(backend, src, "model.norm.weight", c.hidden_size)?;
+        let name = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let w = layer::load_weight(backend, src, name, c.vocab_size, c.hidden_size)?;
+        let linear = layer::Linear::new_within(backend, name.to_string(), w, None, budget)?;
+        Ok(Head { norm, linear })
+    }
+}
+
+/// Run the model over `windows` (each a slice of seq_len ids) and score them.
+pub fn evaluate(
+    backend: &dyn Backend,
+    src: &mut Source,
+    windows: &[&[u32]],
+    opts: &EvalOptions,
+    mut logits_sink: Option<LogitsSink>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalResult> {
+    let c = src.config().clone();
+    let seq_len = check_windows(&c, windows)?;
+    let start = Instant::now();
+    let consts = Consts::new(&c, seq_len);
+    let resident = ResidentAllowance::new(backend, 0);
+    let mut hidden = run_layers(backend, src, windows, &consts, opts, &resident, progress)?;
+    let layers = c.num_hidden_layers;
+
+    // Final norm, lm_head and NLL, chunk by chunk.
     resident.allow(opts.max_memory.saturating_sub(least(&[(c.vocab_size, c.hidden_size)])));
-    let head = layer::Linear::new_within(backend, head_name.to_string(), head_w, None, call_budget())?;
+    let call_budget = || opts.max_memory.saturating_sub(backend.resident_weight_bytes());
+    let Head { norm: final_norm, linear: head } = Head::load(backend, src, call_budget())?;
     let chunk = head.chunk(call_budget())?;
     let scored = opts.score.positions(seq_len);
     // With a sink every position's logits are produced (the last one predicts nothing).
@@ -272,5 +315,106 @@ pub fn evaluate(
         predictions,
         window_nll_q30: window_nll,
         forward_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// What `evaluate_pair` measured: each model's figures as `evaluate` gives them, and per
+/// scored prediction (windows in order, positions in order) how far the model's
+/// distribution is from the baseline's.
+#[derive(Debug, Clone)]
+pub struct PairResult {
+    pub model: EvalResult,
+    pub baseline: EvalResult,
+    pub divergence: Vec<Divergence>,
+}
+
+/// Evaluate `model` and `baseline` on the same windows and compare their next-token
+/// distributions at every scored position (`backend::cpu::kld`).
+///
+/// Both models run their decoder layers in turn, as two `evaluate` calls would; the
+/// baseline's final-norm activations are kept (windows × seq_len × hidden i32: what one
+/// model's hidden states already cost) while the model's layers run, and the two heads are
+/// then stepped together, chunk by chunk: each chunk's two rows of logits give both NLLs
+/// (the same values `evaluate` gives: `nll` of the same logits) and the divergence, and are
+/// dropped. Memory beyond one evaluation: the second head's weights, one more chunk of
+/// logits, the kept activations and 16 bytes per prediction. `progress(which, done,
+/// total)`: 0 for the model, 1 for the baseline; the head phase of both reports as the
+/// model's last step, and its time counts in the model's `forward_seconds`.
+pub fn evaluate_pair(
+    backend: &dyn Backend,
+    model: &mut Source,
+    baseline: &mut Source,
+    windows: &[&[u32]],
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(usize, usize, usize),
+) -> Result<PairResult> {
+    let (cm, cb) = (model.config().clone(), baseline.config().clone());
+    if cm.vocab_size != cb.vocab_size {
+        return Err(bad_input!(
+            "baseline {} has a vocabulary of {}, the model {}: their distributions cannot be compared",
+            baseline.dir().display(),
+            cb.vocab_size,
+            cm.vocab_size
+        ));
+    }
+    let seq_len = check_windows(&cm, windows)?;
+    check_windows(&cb, windows)?;
+    let resident = ResidentAllowance::new(backend, 0);
+    let call_budget = || opts.max_memory.saturating_sub(backend.resident_weight_bytes());
+    let head_least = least(&[(cm.vocab_size, cm.hidden_size), (cb.vocab_size, cb.hidden_size)]);
+
+    // The baseline's trunk, reduced to its final-norm activations.
+    let t0 = Instant::now();
+    let kb = Consts::new(&cb, seq_len);
+    let hb = run_layers(backend, baseline, windows, &kb, opts, &resident, &mut |d, t| progress(1, d, t))?;
+    let norm_b = layer::load_norm(backend, baseline, "model.norm.weight", cb.hidden_size)?;
+    let xb: Vec<TokenFixed> = hb
+        .iter()
+        .map(|h| backend.rms_norm(h, &norm_b, &kb.rms_hidden, ACT_BITS))
+        .collect::<std::result::Result<_, _>>()?;
+    drop(hb);
+    let base_seconds = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let km = Consts::new(&cm, seq_len);
+    let mut hm = run_layers(backend, model, windows, &km, opts, &resident, &mut |d, t| progress(0, d, t))?;
+    // Both heads at once: each may keep weights on the device within what leaves one
+    // product of either room.
+    resident.allow(opts.max_memory.saturating_sub(2 * head_least));
+    let head_b = Head::load(backend, baseline, call_budget())?;
+    let head_m = Head::load(backend, model, call_budget())?;
+    let chunk = head_b.linear.chunk(call_budget())?.min(head_m.linear.chunk(call_budget())?);
+    let scored = opts.score.positions(seq_len);
+    let per_window = each_window(&mut hm, backend.concurrent_windows(), |wi, h| {
+        let xm = backend.rms_norm(h, &head_m.norm, &km.rms_hidden, ACT_BITS)?;
+        let ids = windows[wi];
+        let (mut sum_m, mut sum_b, mut div) = (0i64, 0i64, Vec::with_capacity(scored.len()));
+        let mut p0 = scored.start;
+        while p0 < scored.end {
+            let p1 = (p0 + chunk).min(scored.end);
+            let targets = &ids[p0 + 1..p1 + 1];
+            let lb = layer::linear(backend, &slice_tokens(&xb[wi], p0, p1), &head_b.linear, LOGIT_BITS, chunk)?;
+            let lm = layer::linear(backend, &slice_tokens(&xm, p0, p1), &head_m.linear, LOGIT_BITS, chunk)?;
+            sum_b += backend.nll(&lb, targets, &kb.exp, &kb.log)?.iter().sum::<i64>();
+            sum_m += backend.nll(&lm, targets, &km.exp, &km.log)?.iter().sum::<i64>();
+            div.extend(kld::divergence(&lb, &lm, &km.exp, &km.log)?);
+            p0 = p1;
+        }
+        Ok((sum_m, sum_b, div))
+    })?;
+    let layers = cm.num_hidden_layers;
+    progress(0, layers + 1, layers + 1);
+    let predictions = (windows.len() * scored.len()) as u64;
+    let result = |window_nll: Vec<i64>, forward_seconds: f64| EvalResult {
+        nll_q30: window_nll.iter().sum(),
+        predictions,
+        window_nll_q30: window_nll,
+        forward_seconds,
+    };
+    let model_seconds = t1.elapsed().as_secs_f64();
+    Ok(PairResult {
+        model: result(per_window.iter().map(|r| r.0).collect(), model_seconds),
+        baseline: result(per_window.iter().map(|r| r.1).collect(), base_seconds),
+        divergence: per_window.into_iter().flat_map(|r| r.2).collect(),
     })
 }

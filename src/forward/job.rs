@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::eval::{EvalOptions, EvalResult, Score, evaluate};
+use super::eval::{EvalOptions, EvalResult, Score, evaluate, evaluate_pair};
 use super::source::Source;
 use super::text::{choose_windows, parse_token_bytes, tokenize_bytes};
 use crate::backend::Backend;
+use crate::backend::cpu::kld::Divergence;
 use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 
@@ -47,6 +48,56 @@ pub struct ModelFigures {
     pub tokens_per_s: f64,
 }
 
+/// How far the model's next-token distributions are from the baseline's over the scored
+/// predictions (`backend/cpu/kld.rs`: KL(baseline ‖ model) per prediction in Q30 nats,
+/// exact integers, the same on every device). Percentiles are nearest-rank on the exact
+/// values: the smallest value with at least p% of the predictions at or below it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DivergenceFigures {
+    /// Σ KL over the predictions, Q30 nats (an exact integer).
+    pub kld_total_q30: i64,
+    /// Mean KL in nats (the total / predictions, in f64), and its f64 bits (hex).
+    pub kld_mean: f64,
+    pub kld_mean_bits: String,
+    pub kld_median: f64,
+    pub kld_p90: f64,
+    pub kld_p99: f64,
+    pub kld_p999: f64,
+    pub kld_max: f64,
+    /// Predictions whose most likely token is the same under both models.
+    pub top1_agree: u64,
+    pub top1_fraction: f64,
+    pub predictions: u64,
+}
+
+impl DivergenceFigures {
+    pub fn new(d: &[Divergence]) -> DivergenceFigures {
+        let n = d.len() as u64;
+        let mut kl: Vec<i64> = d.iter().map(|x| x.kl_q30).collect();
+        kl.sort_unstable();
+        let nats = |q: i64| q as f64 / (1u64 << 30) as f64;
+        // Nearest rank: index ceil(n·per_mille/1000) − 1.
+        let pct =
+            |per_mille: u64| kl.get(((n * per_mille).div_ceil(1000)).max(1) as usize - 1).map_or(0.0, |&q| nats(q));
+        let total: i64 = kl.iter().sum();
+        let mean = nats(total) / n.max(1) as f64;
+        let agree = d.iter().filter(|x| x.top1_same).count() as u64;
+        DivergenceFigures {
+            kld_total_q30: total,
+            kld_mean: mean,
+            kld_mean_bits: format!("{:016x}", mean.to_bits()),
+            kld_median: pct(500),
+            kld_p90: pct(900),
+            kld_p99: pct(990),
+            kld_p999: pct(999),
+            kld_max: kl.last().map_or(0.0, |&q| nats(q)),
+            top1_agree: agree,
+            top1_fraction: agree as f64 / n.max(1) as f64,
+            predictions: n,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     pub ppl: f64,
@@ -77,6 +128,9 @@ pub struct EvalReport {
     pub baseline_ppl: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ppl_ratio: Option<f64>,
+    /// With a baseline: the model's distributions against the baseline's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<DivergenceFigures>,
     pub device: String,
     pub seconds: f64,
     pub tokens_per_s: f64,
@@ -173,19 +227,15 @@ pub fn run(
     let opts = EvalOptions { score: job.score, max_memory: job.max_memory };
     let tokens = w.count * w.seq_len;
 
-    let r = evaluate(backend, &mut src, &windows, &opts, None, &mut |d, t| progress(0, d, t))?;
-    let model = figures(&job.model, &src, &r, tokens)?;
-    drop(src);
-    let base = match (&mut baseline, &job.baseline) {
+    let (r, base, divergence) = match (&mut baseline, &job.baseline) {
         (Some(b), Some(p)) => {
-            let br = evaluate(backend, b, &windows, &opts, None, &mut |d, t| progress(1, d, t))?;
-            if br.predictions != r.predictions {
-                return Err(bad_input!("baseline scored a different number of predictions"));
-            }
-            Some(figures(p, b, &br, tokens)?)
+            let pr = evaluate_pair(backend, &mut src, b, &windows, &opts, progress)?;
+            let base = figures(p, b, &pr.baseline, tokens)?;
+            (pr.model, Some(base), Some(DivergenceFigures::new(&pr.divergence)))
         }
-        _ => None,
+        _ => (evaluate(backend, &mut src, &windows, &opts, None, &mut |d, t| progress(0, d, t))?, None, None),
     };
+    let model = figures(&job.model, &src, &r, tokens)?;
     Ok(EvalReport {
         ppl: model.ppl,
         ppl_bits: model.ppl_bits.clone(),
@@ -204,6 +254,7 @@ pub fn run(
         pack_digest: model.pack_digest.clone(),
         baseline_ppl: base.as_ref().map(|b| b.ppl),
         ppl_ratio: base.as_ref().map(|b| model.ppl / b.ppl),
+        divergence,
         tokens_per_s: model.tokens_per_s,
         model,
         baseline: base,

@@ -49,6 +49,7 @@ pub mod add;
 pub mod attention;
 pub mod ingest;
 pub mod isa;
+pub mod kld;
 pub mod linear;
 pub mod matmul_amx;
 pub mod matmul_avx2;
