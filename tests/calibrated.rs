@@ -241,6 +241,49 @@ fn manifest_records_the_calibration_and_uncalibrated_says_so() {
 }
 
 #[test]
+fn calib_default_is_the_built_in_mix() {
+    let t = tempfile::tempdir().unwrap();
+    let m = fixture("llama-bf16");
+    let mix = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/calib/mix-v1.txt");
+    let (ms, xs) = (m.to_str().unwrap(), mix.to_str().unwrap());
+    let run = |out: &Path, calib: &str| {
+        let os = out.to_str().unwrap();
+        let a = [
+            "compress",
+            ms,
+            "-o",
+            os,
+            "--calib",
+            calib,
+            "--calib-windows",
+            "2",
+            "--calib-seq-len",
+            "32",
+            "--device",
+            "cpu",
+        ];
+        let o = ucw(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let man: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("ucw-manifest.json")).unwrap()).unwrap();
+        (String::from_utf8_lossy(&o.stdout).to_string(), man)
+    };
+    let (out, man) = run(&t.path().join("d"), "default");
+    let c = &man["codec"]["calibration"];
+    assert_eq!(c["builtin"], "ucw-mix-v1");
+    // The compiled-in bytes are the committed file's (data/calib/README.md records its
+    // sha256 and the script that rebuilds it).
+    assert_eq!(c["text_sha256"], sha256_file(&mix));
+    let readme = std::fs::read_to_string(mix.with_file_name("README.md")).unwrap();
+    assert!(readme.contains(&sha256_file(&mix)), "data/calib/README.md records another sha256");
+    assert!(out.contains("text ucw-mix-v1 sha256:"), "{out}");
+    // The same windows as the file given by path: the same weights; only the name differs.
+    let (_, by_path) = run(&t.path().join("f"), xs);
+    assert!(by_path["codec"]["calibration"].get("builtin").is_none());
+    assert_eq!(man["weights_digest"], by_path["weights_digest"]);
+}
+
+#[test]
 fn bad_calibration_input_is_a_clear_error_or_a_stated_reduction() {
     let t = tempfile::tempdir().unwrap();
     let m = fixture("llama-bf16");

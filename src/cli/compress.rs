@@ -45,8 +45,9 @@ pub struct CompressArgs {
     /// Replace a non-empty output directory.
     #[arg(long)]
     pub force: bool,
-    /// Calibration text (tokenized with the model's tokenizer.json). Without --calib or
-    /// --calib-tokens compression is uncalibrated.
+    /// Calibration text (tokenized with the model's tokenizer.json), or `default` for the
+    /// built-in mix of six genres (data/calib/README.md; a file named default: ./default).
+    /// Without --calib or --calib-tokens compression is uncalibrated.
     #[arg(long, conflicts_with = "calib_tokens")]
     pub calib: Option<PathBuf>,
     /// Calibration token ids (little-endian u32) instead of text.
@@ -102,6 +103,7 @@ pub fn run(a: &CompressArgs) -> Result<()> {
         p => return Err(bad_input!("--calib-propagate {p}: expected compressed or teacher")),
     };
     let input = match (&a.calib, &a.calib_tokens) {
+        (Some(p), _) if p.as_os_str() == "default" => Some(CalibInput::DefaultMix),
         (Some(p), _) => Some(CalibInput::Text(p.clone())),
         (None, Some(p)) => Some(CalibInput::Tokens(p.clone())),
         (None, None) => None,
@@ -171,6 +173,7 @@ pub fn run(a: &CompressArgs) -> Result<()> {
         serde_json::json!({
             "input": c.input,
             "input_sha256": c.input_sha256,
+            "builtin": c.builtin,
             "windows": c.windows,
             "asked_windows": c.asked_windows,
             "seq_len": c.seq_len,
@@ -226,12 +229,12 @@ pub fn run(a: &CompressArgs) -> Result<()> {
             } else {
                 String::new()
             };
+            let what = c.builtin.map_or(c.input.to_string(), |b| format!("{} {b}", c.input));
             println!(
-                "calibration:     {} windows × {} tokens from token {}{short}; {} sha256:{}; {} states propagated",
+                "calibration:     {} windows × {} tokens from token {}{short}; {what} sha256:{}; {} states propagated",
                 c.windows,
                 c.seq_len,
                 c.skip,
-                c.input,
                 c.input_sha256,
                 c.propagate.name()
             );

@@ -26,7 +26,18 @@ pub enum CalibInput {
     Text(PathBuf),
     /// Little-endian u32 token ids.
     Tokens(PathBuf),
+    /// The built-in mix of genres (`DEFAULT_MIX`), tokenized like `Text`.
+    DefaultMix,
 }
+
+/// The default calibration text (`--calib default`): six genres of public-domain or
+/// permissively licensed English interleaved in blocks of about 2,000 characters, disjoint
+/// from every text ucw reports quality on; sources, licences and the script that rebuilds it
+/// byte for byte in data/calib/README.md. Compiled in, so a pack's provenance never depends
+/// on a file beside the binary; a new mix is a new name, never new bytes under this one.
+pub const DEFAULT_MIX: &[u8] = include_bytes!("../../data/calib/mix-v1.txt");
+/// Its name in the manifest and reports.
+pub const DEFAULT_MIX_NAME: &str = "ucw-mix-v1";
 
 /// Which hidden states feed the next layer's calibration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +74,8 @@ pub struct Provenance {
     pub input: &'static str,
     pub input_sha256: String,
     pub tokenizer_sha256: Option<String>,
+    /// `DEFAULT_MIX_NAME` when the text is the built-in mix.
+    pub builtin: Option<&'static str>,
     /// Windows used (fewer than asked when the text is short: `asked` keeps the request).
     pub windows: usize,
     pub asked_windows: usize,
@@ -77,6 +90,9 @@ impl Provenance {
         let mut m = serde_json::Map::new();
         m.insert("input".into(), self.input.into());
         m.insert(format!("{}_sha256", self.input), self.input_sha256.clone().into());
+        if let Some(b) = self.builtin {
+            m.insert("builtin".into(), b.into());
+        }
         m.insert(
             "tokenizer_sha256".into(),
             self.tokenizer_sha256.clone().map_or(serde_json::Value::Null, |s| s.into()),
@@ -126,22 +142,23 @@ pub fn read_windows(model: &Model, spec: &CalibSpec) -> Result<(Vec<Vec<u32>>, P
         return Err(bad_input!("--calib-seq-len {} exceeds the model's sliding_window {sw}", spec.seq_len));
     }
     let dir = &model.checkpoint.dir;
+    let text = |p: &Path, bytes: Vec<u8>| -> Result<_> {
+        let sha = sha256_hex(&bytes);
+        let ids = tokenize_bytes(dir, p, bytes)?;
+        Ok((ids, "text", sha, crate::pack::sha256_file(&dir.join("tokenizer.json")).ok()))
+    };
+    let mix_path = PathBuf::from(format!("--calib default ({DEFAULT_MIX_NAME}, built in)"));
     let (ids, input, input_sha256, tokenizer_sha256) = match &spec.input {
-        CalibInput::Text(p) => {
-            let bytes = std::fs::read(p).map_err(|e| Error::io(p, "cannot read calibration text", e))?;
-            let sha = sha256_hex(&bytes);
-            let ids = tokenize_bytes(dir, p, bytes)?;
-            let tok = crate::pack::sha256_file(&dir.join("tokenizer.json")).ok();
-            (ids, "text", sha, tok)
-        }
+        CalibInput::Text(p) => text(p, std::fs::read(p).map_err(|e| Error::io(p, "cannot read calibration text", e))?)?,
+        CalibInput::DefaultMix => text(&mix_path, DEFAULT_MIX.to_vec())?,
         CalibInput::Tokens(p) => {
             let bytes = std::fs::read(p).map_err(|e| Error::io(p, "cannot read calibration tokens", e))?;
             (parse_token_bytes(p, &bytes)?, "tokens", sha256_hex(&bytes), None)
         }
     };
-    let name = |p: &Path| p.display().to_string();
     let path = match &spec.input {
-        CalibInput::Text(p) | CalibInput::Tokens(p) => name(p),
+        CalibInput::Text(p) | CalibInput::Tokens(p) => p.display().to_string(),
+        CalibInput::DefaultMix => mix_path.display().to_string(),
     };
     if let Some((i, &id)) = ids.iter().enumerate().find(|&(_, &id)| id as usize >= c.vocab_size) {
         return Err(bad_input!("{path}: token {i} has id {id}, outside the vocabulary of {}", c.vocab_size));
@@ -163,6 +180,7 @@ pub fn read_windows(model: &Model, spec: &CalibSpec) -> Result<(Vec<Vec<u32>>, P
         input,
         input_sha256,
         tokenizer_sha256,
+        builtin: matches!(spec.input, CalibInput::DefaultMix).then_some(DEFAULT_MIX_NAME),
         windows: n,
         asked_windows: spec.windows,
         seq_len: spec.seq_len,
