@@ -151,7 +151,7 @@ fn bench_matmul(c: &mut Criterion) {
 /// Error feedback (`gptq::Feedback::refine`) of 256 rows over 4096 inputs: criterion's
 /// "elem/s" counts the n²/2 multiply-subtract updates per row that dominate it.
 fn bench_feedback(c: &mut Criterion) {
-    use ucw::codec::gptq::Feedback;
+    use ucw::codec::gptq::{Damp, Feedback};
     use ucw::codec::quant::{QuantParams, QuantTensor};
     const ROWS_FB: usize = 256;
     const N: usize = 4096;
@@ -172,7 +172,7 @@ fn bench_feedback(c: &mut Criterion) {
         }
         h[i * N + i] = N as f64 * (1.0 + (next() % 8) as f64);
     }
-    let f = Feedback::new(&h, N).expect("positive definite");
+    let f = Feedback::new(&h, N, Damp::GPTQ).expect("positive definite");
     drop(h);
     let params = QuantParams { bits: 5, group_size: 64 };
     let gpr = N / 64;

@@ -52,11 +52,12 @@ fn configs() -> Vec<(String, &'static str, Options)> {
         })
         .collect();
     // Widths allocated per linear within a target, overlays after (the command's shape). At
-    // the default 5.25 every linear of llama, mistral and qwen2 lands on 5 bits (the budget
-    // buys no widening), so those three use 4.75, between the widths: every setting here
-    // mixes widths (`compute` asserts it).
+    // the default 5.25 every linear of these fixtures lands on 5 bits (the budget buys no
+    // widening; qwen3's mixed under codec version 1's damping, not under version 2's), so
+    // they use 4.75, between the widths: every setting here mixes widths (`compute`
+    // asserts it).
     for &f in FIXTURES {
-        let (bits, text) = if f == "qwen3-bf16-sharded" { (525, "5.25") } else { (475, "4.75") };
+        let (bits, text) = (475, "4.75");
         let o = Options {
             rank: Rank::Auto { bits, weights: 100 },
             bit_alloc: BitAlloc::Mixed { bits, weights: 100 },
@@ -160,7 +161,7 @@ fn golden_calibrated_packs_on_every_device_and_budget() {
 /// H-weighted error tr(E H Eᵀ) of every linear below nearest rounding on the same grid.
 #[test]
 fn error_feedback_lowers_the_weighted_error_on_real_statistics() {
-    use ucw::codec::gptq::{Feedback, weighted_error};
+    use ucw::codec::gptq::{Damp, Feedback, weighted_error};
     use ucw::codec::quant::{MAX_IMPORTANCE, QuantParams, quantize_tensor};
     use ucw::forward::layer::Tap;
     let cpu = ucw::backend::cpu::CpuBackend::new();
@@ -180,7 +181,7 @@ fn error_feedback_lowers_the_weighted_error_on_real_statistics() {
         let plain = quantize_tensor(&cpu, &t.name, v.bytes, dtype, rows, cols, p, Some(&imp)).unwrap();
         let w = ucw::compress::source_f64(v.bytes, dtype, rows * cols);
         let mut fb = plain.clone();
-        let loss = Feedback::new(&h, cols).unwrap().refine(&mut fb, &w);
+        let loss = Feedback::new(&h, cols, Damp::GPTQ).unwrap().refine(&mut fb, &w);
         let (e0, e1) = (weighted_error(&plain, &w, &h), weighted_error(&fb, &w, &h));
         assert!(e1 < 0.9 * e0, "{}: error feedback {e1} vs nearest {e0}", t.name);
         // The loss GPTQ reports is the error under the damped H: a little above tr(E H Eᵀ).
@@ -238,6 +239,51 @@ fn manifest_records_the_calibration_and_uncalibrated_says_so() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("uncalibrated"));
     let man: serde_json::Value = serde_json::from_slice(&std::fs::read(u.join("ucw-manifest.json")).unwrap()).unwrap();
     assert!(man["codec"]["calibration"].is_null());
+}
+
+/// Damping is the only thing codec version 2 changed: at version 1's 1% (`--damp 0.01`)
+/// this build writes the weights the version-1 pack kept in tests/fixtures/packs holds.
+#[test]
+fn damp_one_percent_reproduces_codec_version_1() {
+    let t = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let v1: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join("tests/fixtures/packs/qwen3-calibrated-codec-v1.ucw/ucw-manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let m = fixture("qwen3-bf16-sharded");
+    let run = |name: &str, damp: Option<&str>| {
+        let out = t.path().join(name);
+        let mut a = vec![
+            "compress",
+            m.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--calib",
+            "tests/fixtures/text/sample.txt",
+            "--calib-windows",
+            "4",
+            "--calib-seq-len",
+            "64",
+            "--device",
+            "cpu",
+        ];
+        if let Some(d) = damp {
+            a.extend(["--damp", d]);
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_ucw")).args(&a).current_dir(root).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let man: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("ucw-manifest.json")).unwrap()).unwrap();
+        man
+    };
+    let gptq = run("gptq", Some("0.01"));
+    assert_eq!(gptq["weights_digest"], v1["weights_digest"]);
+    assert_eq!(gptq["codec"]["parameters"]["damp"], "0.01");
+    assert_eq!(gptq["codec"]["version"], ucw::codec::CODEC_VERSION);
+    let default = run("default", None);
+    assert_eq!(default["codec"]["parameters"]["damp"], ucw::codec::gptq::Damp::DEFAULT.to_string());
+    assert_ne!(default["weights_digest"], v1["weights_digest"]);
 }
 
 #[test]

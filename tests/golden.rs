@@ -66,7 +66,7 @@ fn golden_ingest_digests_on_every_device() {
         std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
         println!("wrote {}", path.display());
     }
-    let golden = existing.or_else(|| std::fs::read_to_string(&path).ok().map(|s| serde_json::from_str(&s).unwrap()));
+    let golden = std::fs::read_to_string(&path).ok().map(|s| serde_json::from_str::<serde_json::Value>(&s).unwrap());
     let golden = golden.expect("golden/ingest.json missing: run with UCW_BLESS_GOLDEN=1 once");
     assert_eq!(golden["codec_version"], CODEC_VERSION, "golden/ingest.json is for another codec version");
     assert_eq!(golden["fixtures"], doc["fixtures"], "cpu differs from golden/ingest.json");

@@ -158,6 +158,45 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A pack written under codec version 1 (tests/fixtures/packs/README.md: committed as the
+/// version-1 tool wrote it) verifies on every device with the digest it had then: versions
+/// change which codes compression chooses, never how codes decode, so a pack validated
+/// under an earlier version stays verifiable. A version this build does not know is refused.
+#[test]
+fn packs_of_earlier_codec_versions_verify_and_unknown_versions_are_refused() {
+    let pack = fixture("packs/qwen3-calibrated-codec-v1.ucw");
+    let p = Pack::open(&pack).unwrap();
+    assert_eq!((p.manifest.codec.version, p.manifest.tool.codec_version), (1, 1));
+    const { assert!(CODEC_VERSION > 1, "the fixture is meant to be older than this build's codec") };
+    let v1 = "307af14b27edff36f86fe32151b51990662c85ea0d87b30d607e38becbf85da8";
+    assert_eq!(p.digest(), v1);
+    let devs = common::devices();
+    let backends: Vec<(String, &dyn ucw::backend::Backend)> =
+        devs.iter().map(|d| (d.label.clone(), d.backend.as_ref())).collect();
+    let report = verify(&p, &backends, Some(v1)).unwrap();
+    assert!(report.pass(), "{:?}", report.tensors.iter().find(|t| !t.ok));
+    assert_eq!(report.tensors.len(), p.manifest.tensors.len() * devs.len());
+    let (code, out) = verify_code(&pack, &["--expect", v1]);
+    assert_eq!(code, 0, "{out}");
+
+    let t = tempfile::tempdir().unwrap();
+    let future = t.path().join("future");
+    copy_dir(&pack, &future);
+    rewrite_manifest(&future, |v| {
+        v["codec"]["version"] = (CODEC_VERSION + 1).into();
+        v["tool"]["codec_version"] = (CODEC_VERSION + 1).into();
+    });
+    let (code, out) = verify_code(&future, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "version {}; this build decodes ucw-q1 versions 1 to {CODEC_VERSION}",
+            CODEC_VERSION + 1
+        )),
+        "{out}"
+    );
+}
+
 /// Flipped bits at fixed-seed positions in the header and in the data of each kind of pack
 /// file: verify exits 1 naming the file, and for tensor data the damaged tensor.
 #[test]

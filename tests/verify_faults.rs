@@ -37,18 +37,20 @@ fn out(o: &Output) -> String {
 }
 
 /// Calibrated packs (4 windows of 64 tokens of the committed text, CPU):
-/// "A": qwen3 (sharded source), mixed widths 4/5/6 and a rank-4 overlay on every linear;
+/// "A": qwen3 (sharded source), `--target-bpw 4.75`: mixed widths and a rank-4 overlay on
+/// every linear;
 /// "B": mistral, `--target-bpw 6`: mixed widths 5/6 and overlays of several ranks (0 too).
 fn packs() -> &'static [(String, PathBuf)] {
     static P: OnceLock<(tempfile::TempDir, Vec<(String, PathBuf)>)> = OnceLock::new();
     &P.get_or_init(|| {
         let t = tempfile::tempdir().unwrap();
         let mut v = Vec::new();
-        for (name, fixture, extra) in
-            [("A", "qwen3-bf16-sharded", ["--rank", "4"]), ("B", "mistral-f16", ["--target-bpw", "6"])]
-        {
+        for (name, fixture, extra) in [
+            ("A", "qwen3-bf16-sharded", &["--rank", "4", "--target-bpw", "4.75"][..]),
+            ("B", "mistral-f16", &["--target-bpw", "6"]),
+        ] {
             let dir = t.path().join(name);
-            common::compress_calibrated(fixture, &dir, &extra);
+            common::compress_calibrated(fixture, &dir, extra);
             let m = Pack::open(&dir).unwrap().manifest;
             let q: Vec<_> = m.tensors.iter().filter(|t| t.kind == Kind::Quantized).collect();
             let widths: std::collections::BTreeSet<_> = q.iter().map(|t| t.bits.unwrap()).collect();
@@ -463,8 +465,26 @@ fn self_consistent_manifest_edits_of_checkable_fields_fail() {
                 "target_bpw".into(),
             ),
             ("codec name", Box::new(|v| v["codec"]["name"] = "ucw-q2".into()), "codec is ucw-q2".into()),
-            ("codec version", Box::new(|v| v["codec"]["version"] = 2.into()), "codec is".into()),
-            ("tool codec version", Box::new(|v| v["tool"]["codec_version"] = 2.into()), "tool.codec_version".into()),
+            (
+                "codec version unknown",
+                Box::new(|v| v["codec"]["version"] = (ucw::codec::CODEC_VERSION + 1).into()),
+                "codec is".into(),
+            ),
+            (
+                "tool codec version",
+                Box::new(|v| v["tool"]["codec_version"] = (ucw::codec::CODEC_VERSION + 1).into()),
+                "tool.codec_version".into(),
+            ),
+            // An earlier version this build decodes, named by both fields: the layer files
+            // still say which version wrote them.
+            (
+                "codec version earlier",
+                Box::new(|v| {
+                    v["codec"]["version"] = 1.into();
+                    v["tool"]["codec_version"] = 1.into();
+                }),
+                "codec version 2, the manifest says 1".into(),
+            ),
             (
                 "linears bits",
                 Box::new(move |v| inc(&mut v["bits_per_weight"]["linears"]["bits"])),

@@ -71,6 +71,10 @@ pub struct CompressArgs {
     /// calibration, uniform without) or uniform (--bits everywhere).
     #[arg(long, default_value = "mixed")]
     pub bit_alloc: String,
+    /// Error feedback's damping: added to the calibration statistic's diagonal as this
+    /// fraction of its mean (GPTQ's usual is 0.01; larger trusts the calibration text less).
+    #[arg(long, value_parser = crate::codec::gptq::Damp::parse, default_value_t = crate::codec::gptq::Damp::DEFAULT)]
+    pub damp: crate::codec::gptq::Damp,
     /// Bound on one kernel call's device buffers during calibration (e.g. 512M, 2G). Cannot
     /// change the pack.
     #[arg(long, default_value = "1G")]
@@ -129,6 +133,7 @@ pub fn run(a: &CompressArgs) -> Result<()> {
         force: a.force,
         calib,
         max_memory: parse_bytes(&a.max_memory)?,
+        damp: a.damp,
     };
     let common = &a.common;
     let (info, backend) = device::open(common.device)?;

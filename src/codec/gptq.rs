@@ -15,8 +15,67 @@ use rayon::prelude::*;
 
 use super::quant::{QuantTensor, step};
 
-/// Damping added to H's diagonal, as a fraction of its mean (the usual 1%).
-const DAMP: f64 = 0.01;
+/// Damping added to H's diagonal before error feedback: λ = num/den × the mean of
+/// diag(H). A larger λ trusts the calibration statistic's off-diagonal structure less: the
+/// codes move less toward what the calibration text alone rewards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damp {
+    pub num: u32,
+    pub den: u32,
+}
+
+impl Damp {
+    /// GPTQ's usual 1%: codec version 1's only value.
+    pub const GPTQ: Damp = Damp { num: 1, den: 100 };
+    /// The default from codec version 2 on: measured on SmolLM2-135M calibrated on one genre
+    /// and scored on others (BENCHMARKS.md, issue 15), where 1% fits the calibration text
+    /// at the others' expense.
+    pub const DEFAULT: Damp = Damp { num: 1, den: 1 };
+
+    /// A positive decimal ("1", "0.01", "2.5"; up to 6 decimals), kept as an exact ratio.
+    pub fn parse(s: &str) -> Result<Damp, String> {
+        let bad =
+            || format!("--damp {s}: expected a positive decimal such as 1 or 0.01 (up to 6 decimals, at most 1000)");
+        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+        if int.is_empty() && frac.is_empty()
+            || frac.len() > 6
+            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+        {
+            return Err(bad());
+        }
+        let den = 10u64.pow(frac.len() as u32);
+        let num = format!("{int}{frac}").parse::<u64>().map_err(|_| bad())?;
+        if num == 0 || num > 1000 * den {
+            return Err(bad());
+        }
+        let g = gcd(num, den);
+        Ok(Damp { num: (num / g) as u32, den: (den / g) as u32 })
+    }
+
+    pub fn value(self) -> f64 {
+        self.num as f64 / self.den as f64
+    }
+}
+
+/// Shortest decimal of the ratio ("num/den" if it has none within 6 decimals).
+impl std::fmt::Display for Damp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scale = 1_000_000u64;
+        if self.den == 0 || !scale.is_multiple_of(self.den as u64) {
+            return write!(f, "{}/{}", self.num, self.den);
+        }
+        let v = self.num as u64 * (scale / self.den as u64);
+        let (i, mut fr) = (v / scale, format!("{:06}", v % scale));
+        while fr.ends_with('0') {
+            fr.pop();
+        }
+        if fr.is_empty() { write!(f, "{i}") } else { write!(f, "{i}.{fr}") }
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
 /// Rows per parallel task (fixed partition).
 const ROWS_PER_TASK: usize = 64;
 
@@ -509,17 +568,17 @@ pub struct Feedback {
 impl Feedback {
     /// From H (`n × n` row-major, symmetric PSD, any positive scale); None when H carries
     /// no signal.
-    pub fn new(h: &[f64], n: usize) -> Option<Feedback> {
+    pub fn new(h: &[f64], n: usize, damp: Damp) -> Option<Feedback> {
         let d: Vec<f64> = (0..n).map(|j| h[j * n + j]).collect();
-        Feedback::with(&d, |a, b| h[a * n + b], n)
+        Feedback::with(&d, |a, b| h[a * n + b], n, damp)
     }
 
     /// From H as a packed triangle (the same values give the same bits as `new`).
-    pub fn from_packed(h: &super::gram::SymPacked) -> Option<Feedback> {
-        Feedback::with(&h.diag(), |a, b| h.get(a, b), h.n)
+    pub fn from_packed(h: &super::gram::SymPacked, damp: Damp) -> Option<Feedback> {
+        Feedback::with(&h.diag(), |a, b| h.get(a, b), h.n, damp)
     }
 
-    fn with(d: &[f64], h: impl Fn(usize, usize) -> f64 + Sync, n: usize) -> Option<Feedback> {
+    fn with(d: &[f64], h: impl Fn(usize, usize) -> f64 + Sync, n: usize, damp: Damp) -> Option<Feedback> {
         let mut trace = 0.0;
         for &v in d {
             trace += v;
@@ -529,10 +588,11 @@ impl Feedback {
         }
         let perm = act_order_diag(d);
         let hp = |a: usize, b: usize| h(perm[a], perm[b]);
-        // Damping: λ = 1% of the mean diagonal; a matrix that still fails (rounding on a
-        // nearly singular H) gets ten times more, a fixed sequence, so the result is the
-        // same everywhere.
-        let mut lambda = DAMP * (trace / n as f64);
+        // Damping: λ = `damp` × the mean diagonal (two correctly rounded operations on the
+        // same integers everywhere); a matrix that still fails (rounding on a nearly
+        // singular H) gets ten times more, a fixed sequence, so the result is the same
+        // everywhere.
+        let mut lambda = damp.value() * (trace / n as f64);
         loop {
             if let Some(u) = inverse_upper_factor(hp, lambda, n) {
                 return Some(Feedback { n, perm, u });
@@ -753,6 +813,28 @@ pub fn weighted_error(q: &QuantTensor, w: &[f64], h: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn damp_parses_exact_ratios_and_prints_them_back() {
+        for (s, num, den, back) in [
+            ("1", 1, 1, "1"),
+            ("0.01", 1, 100, "0.01"),
+            ("2.50", 5, 2, "2.5"),
+            (".5", 1, 2, "0.5"),
+            ("0.000001", 1, 1_000_000, "0.000001"),
+            ("1000", 1000, 1, "1000"),
+        ] {
+            let d = Damp::parse(s).unwrap();
+            assert_eq!((d.num, d.den), (num, den), "{s}");
+            assert_eq!(d.to_string(), back, "{s}");
+        }
+        for s in ["0", "0.0", "", ".", "-1", "1e2", "0.0000001", "1000.5", "x", "1.2.3"] {
+            assert!(Damp::parse(s).is_err(), "{s:?} accepted");
+        }
+        assert_eq!(Damp::GPTQ.to_string(), "0.01");
+        // Version 1's constant, bit for bit: 1/100 in f64 is the literal 0.01.
+        assert_eq!(Damp::GPTQ.value().to_bits(), 0.01f64.to_bits());
+    }
     use crate::codec::quant::QuantParams;
 
     fn spd(n: usize, seed: u64) -> Vec<f64> {
@@ -945,7 +1027,7 @@ mod tests {
             for i in 0..n {
                 h[i * n + i] += 0.25;
             }
-            let f = Feedback::new(&h, n).unwrap();
+            let f = Feedback::new(&h, n, Damp::GPTQ).unwrap();
             let params = QuantParams { bits, group_size: 16 };
             let gpr = n.div_ceil(16);
             let base_exp = -12;

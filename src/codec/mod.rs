@@ -7,7 +7,14 @@ pub mod quant;
 
 /// Version of everything that decides the bits the codec produces. Golden files record it;
 /// a change in any produced bit requires bumping it (and regenerating golden/ on purpose).
-pub const CODEC_VERSION: u32 = 1;
+/// 2: calibrated compression damps error feedback by `gptq::Damp::DEFAULT` (was GPTQ's 1%),
+/// recorded in the manifest as `damp`; decoding is unchanged.
+pub const CODEC_VERSION: u32 = 2;
+
+/// Codec versions whose packs this build rebuilds bit for bit (`ucw verify`, `export`,
+/// `eval`): the versions differ in which codes compression chooses, never in how codes
+/// decode, so a pack validated under an earlier version still verifies.
+pub const DECODES: std::ops::RangeInclusive<u32> = 1..=CODEC_VERSION;
 
 /// Fixed-point format the forward pass and codec ingest weights with by default
 /// (DESIGN §4: 16-bit mantissas per group of 64 input channels).

@@ -46,6 +46,8 @@ pub struct Options {
     /// Bound on one kernel call's device buffers during calibration (tiles the calibration
     /// tokens; cannot change a bit).
     pub max_memory: u64,
+    /// Error feedback's damping (calibrated compression only).
+    pub damp: gptq::Damp,
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
             calib: None,
             bit_alloc: BitAlloc::Uniform,
             max_memory: crate::forward::eval::DEFAULT_MAX_MEMORY,
+            damp: gptq::Damp::DEFAULT,
         }
     }
 }
@@ -388,7 +391,7 @@ pub fn compress(
                     let importance = g.importance(MAX_IMPORTANCE);
                     let packed = g.into_f64_packed();
                     let m = TapMetric {
-                        feedback: packed.as_ref().and_then(gptq::Feedback::from_packed),
+                        feedback: packed.as_ref().and_then(|p| gptq::Feedback::from_packed(p, opts.damp)),
                         packed,
                         diag,
                         importance,
@@ -640,6 +643,7 @@ pub fn compress(
                     Rank::Auto { .. } => "auto".into(),
                 },
                 bit_alloc: mixed_used.then(|| "mixed".to_string()),
+                damp: calib.is_some().then(|| opts.damp.to_string()),
                 target_bpw: match (opts.rank, mixed_target) {
                     (Rank::Auto { bits, weights }, _) | (_, Some((bits, weights))) => {
                         Some(BitsPerWeight { bits, weights })

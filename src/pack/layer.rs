@@ -56,13 +56,14 @@ impl LayerMeta {
             .ok_or_else(|| bad_input!("{}: no \"{METADATA_KEY}\" entry in __metadata__", f.path.display()))?;
         let m: LayerMeta =
             serde_json::from_str(text).map_err(|e| bad_input!("{}: invalid codec metadata: {e}", f.path.display()))?;
-        if m.codec != CODEC_NAME || m.codec_version != crate::codec::CODEC_VERSION {
+        if m.codec != CODEC_NAME || !crate::codec::DECODES.contains(&m.codec_version) {
             return Err(bad_input!(
-                "{}: codec {} version {} is not {CODEC_NAME} version {}",
+                "{}: codec {} version {}; this build decodes {CODEC_NAME} versions {} to {}",
                 f.path.display(),
                 m.codec,
                 m.codec_version,
-                crate::codec::CODEC_VERSION
+                crate::codec::DECODES.start(),
+                crate::codec::DECODES.end()
             ));
         }
         Ok(m)

@@ -73,6 +73,10 @@ pub struct CodecParams {
     /// own); absent for one width everywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bit_alloc: Option<String>,
+    /// Error feedback's damping as a decimal fraction of H's mean diagonal (calibrated
+    /// packs of codec version 2 on; version 1 used 0.01 and did not record it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damp: Option<String>,
     pub group_size: u32,
     /// "source" or a dtype spelling
     pub out_dtype: String,

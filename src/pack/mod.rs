@@ -133,6 +133,14 @@ impl Pack {
             }
             Kind::Quantized => {
                 let meta = meta.as_ref().expect("loaded for quantized tensors");
+                if meta.codec_version != self.manifest.codec.version {
+                    return Err(bad_input!(
+                        "{}: codec version {}, the manifest says {}",
+                        t.file,
+                        meta.codec_version,
+                        self.manifest.codec.version
+                    ));
+                }
                 let (q, dtype) = layer::decode(f, meta, &t.name)?;
                 backend.dequantize(&q, dtype).map_err(|e| e.for_tensor(&t.name, dtype))
             }

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 
 use super::{COPIED_FILES, FileProblem, Kind, OpenFiles, Pack, layer};
 use crate::backend::Backend;
-use crate::codec::CODEC_VERSION;
 use crate::codec::quant::MAX_RANK;
 use crate::digest::{sha256_hex, weights_digest};
 use crate::dtype::DType;
@@ -126,12 +125,14 @@ pub(crate) fn manifest_problems(pack: &Pack, bad_files: &BTreeSet<String>) -> Ve
     let m = &pack.manifest;
     let params = &m.codec.parameters;
     let mut p = Vec::new();
-    if m.codec.name != layer::CODEC_NAME || m.codec.version != CODEC_VERSION {
+    if m.codec.name != layer::CODEC_NAME || !crate::codec::DECODES.contains(&m.codec.version) {
         p.push(format!(
-            "codec is {} version {}, the layer files' codec is {} version {CODEC_VERSION}",
+            "codec is {} version {}; this build decodes {} versions {} to {}",
             m.codec.name,
             m.codec.version,
-            layer::CODEC_NAME
+            layer::CODEC_NAME,
+            crate::codec::DECODES.start(),
+            crate::codec::DECODES.end()
         ));
     }
     if m.tool.codec_version != m.codec.version {
@@ -178,6 +179,8 @@ pub(crate) fn manifest_problems(pack: &Pack, bad_files: &BTreeSet<String>) -> Ve
     let source: std::collections::BTreeMap<&str, &str> =
         m.source.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
     let mut open = OpenFiles::default();
+    // Layer files whose codec version differs from the manifest's, named once each.
+    let mut versions_named = BTreeSet::new();
     // None once something could not be counted (a damaged file, reported elsewhere).
     let (mut linear_bits, mut linear_weights, mut all_weights) = (Some(0u64), Some(0u64), Some(0u64));
     let add = |acc: &mut Option<u64>, v: Option<u64>| *acc = acc.zip(v).and_then(|(a, b)| a.checked_add(b));
@@ -203,7 +206,15 @@ pub(crate) fn manifest_problems(pack: &Pack, bad_files: &BTreeSet<String>) -> Ve
             None
         } else {
             match open.get(&pack.dir, &t.file, true) {
-                Ok((f, Some(meta))) => meta.tensors.get(name).map(|q| (f, q)),
+                Ok((f, Some(meta))) => {
+                    if meta.codec_version != m.codec.version && versions_named.insert(t.file.clone()) {
+                        p.push(format!(
+                            "{}: codec version {}, the manifest says {}",
+                            t.file, meta.codec_version, m.codec.version
+                        ));
+                    }
+                    meta.tensors.get(name).map(|q| (f, q))
+                }
                 _ => None,
             }
         };
