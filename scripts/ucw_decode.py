@@ -81,6 +81,10 @@ COPIED_FILES = frozenset(
 )
 LAYER_FILE_RE = re.compile(r"layer-([0-9]{5})\.safetensors")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
+# Codec versions this reader decodes (FORMAT.md §2: they differ only in how codes are chosen).
+CODEC_VERSIONS = (1, 2)
+# codec.parameters.damp: a decimal without superfluous zeros ("1", "0.01", "2.5").
+DAMP_RE = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]*[1-9])?")
 
 # Safetensors dtype spellings and element sizes. Quantized outputs are BF16/F16/F32 (§4); raw
 # scaffold tensors keep whatever dtype the source used (§3), so the usual ones are accepted.
@@ -256,15 +260,15 @@ def load_manifest(pack_dir: str) -> tuple[dict, bytes]:
     _require(_is_int(fv), f"format_version {fv!r} is not an integer")
     # §2: a reader must refuse a larger number. Versions below 1 were never defined either.
     _require(fv == 1, f"unsupported format_version {fv} (this reader knows 1)")
-    _require(m["tool"] == {"codec_version": 1, "name": "ucw"}, f"unknown tool {m['tool']!r}")
-
     codec = m["codec"]
     _require(
         isinstance(codec, dict) and set(codec) == {"calibration", "name", "parameters", "version"},
         "codec: wrong keys",
     )
-    _require(codec["name"] == "ucw-q1" and codec["version"] == 1,
+    # §2: codec versions 1 and 2 decode alike (2 changed only how codes are chosen).
+    _require(codec["name"] == "ucw-q1" and codec["version"] in CODEC_VERSIONS,
              f"unknown codec {codec['name']!r} version {codec['version']!r}")
+    _require(m["tool"] == {"codec_version": codec["version"], "name": "ucw"}, f"unknown tool {m['tool']!r}")
     # §2.2: null (uncalibrated) or the calibration provenance. Decoding does not use it.
     calibration = codec["calibration"]
     if calibration is not None:
@@ -275,11 +279,18 @@ def load_manifest(pack_dir: str) -> tuple[dict, bytes]:
     _require(isinstance(params, dict) and isinstance(params.get("rank"), str), "codec.parameters: no string rank")
     auto = params["rank"] == "auto"
     mixed = "bit_alloc" in params
+    # §2.1: damp exactly in calibrated packs of codec version 2.
+    damped = codec["version"] >= 2 and calibration is not None
     base_keys = {"bits", "group_size", "out_dtype", "rank"}
-    want_keys = base_keys | ({"bit_alloc"} if mixed else set()) | ({"target_bpw"} if auto or mixed else set())
+    want_keys = (base_keys | ({"bit_alloc"} if mixed else set()) | ({"target_bpw"} if auto or mixed else set())
+                 | ({"damp"} if damped else set()))
     _require(set(params) == want_keys,
              f"codec.parameters: keys {sorted(params)} differ from {sorted(want_keys)} (§2.1: target_bpw "
              "exactly when rank is \"auto\" or bit_alloc is present)")
+    if damped:
+        _require(isinstance(params["damp"], str) and DAMP_RE.fullmatch(params["damp"]) is not None
+                 and DAMP_RE.fullmatch(params["damp"]).group(0) not in ("0",),
+                 f"codec.parameters.damp {params['damp']!r} is not a positive decimal")
     if mixed:
         _require(params["bit_alloc"] == "mixed", f"codec.parameters.bit_alloc {params['bit_alloc']!r} is not \"mixed\"")
         _require(calibration is not None, "codec.parameters.bit_alloc is present in an uncalibrated pack (§2.1)")
@@ -382,6 +393,10 @@ def check_calibration(cal):
     _require(inp in ("text", "tokens"), f"codec.calibration.input {inp!r} is not \"text\" or \"tokens\"")
     keys = {"input", f"{inp}_sha256", "tokenizer_sha256", "windows", "seq_len", "skip", "tokens",
             "propagate", "statistic"}
+    # §2.2: "builtin" names the compiled-in calibration text (`--calib default`).
+    if inp == "text" and "builtin" in cal:
+        keys.add("builtin")
+        _require(cal["builtin"] == "ucw-mix-v1", f"codec.calibration.builtin {cal['builtin']!r} is unknown")
     _require(set(cal) == keys, f"codec.calibration: keys {sorted(cal)} differ from {sorted(keys)}")
 
     def hex64(v):
@@ -826,7 +841,7 @@ def parse_ucw_metadata(f: SafeTensorsFile, fname: str, report: Report) -> dict |
         isinstance(ucw, dict)
         and set(ucw) == {"codec", "codec_version", "tensors"}
         and ucw["codec"] == "ucw-q1"
-        and ucw["codec_version"] == 1
+        and ucw["codec_version"] in CODEC_VERSIONS
         and isinstance(ucw["tensors"], dict)
     )
     if ok:
@@ -954,6 +969,11 @@ def verify_pack(pack_dir: str, export: str | None) -> tuple[dict, int]:
                         report.mismatch("file-format", fname, "scaffold must not carry metadata (§3)")
                 else:
                     ucw_meta[fname] = parse_ucw_metadata(f, fname, report)
+                    md = ucw_meta[fname]
+                    if md is not None and md.get("codec_version") != manifest["codec"]["version"]:
+                        report.mismatch("layer-metadata", fname,
+                                        f"codec version {md.get('codec_version')}, the manifest says "
+                                        f"{manifest['codec']['version']}")
         opened[fname] = f
         return f
 
