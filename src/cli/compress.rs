@@ -65,7 +65,7 @@ pub struct CompressArgs {
     pub calib_skip: usize,
     /// Hidden states feeding the next layer's calibration: compressed (the layer as stored)
     /// or teacher (the source model's).
-    #[arg(long, default_value = "compressed")]
+    #[arg(long, default_value = "teacher")]
     pub calib_propagate: String,
     /// Code widths: mixed (per linear --bits−1..=--bits+1 within --target-bpw; needs
     /// calibration, uniform without) or uniform (--bits everywhere).
