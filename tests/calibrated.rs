@@ -266,6 +266,9 @@ fn damp_one_percent_reproduces_codec_version_1() {
             "4",
             "--calib-seq-len",
             "64",
+            // Version 1's default, which wrote the fixture.
+            "--calib-propagate",
+            "compressed",
             "--device",
             "cpu",
         ];
