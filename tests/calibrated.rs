@@ -247,12 +247,11 @@ fn manifest_records_the_calibration_and_uncalibrated_says_so() {
 #[test]
 fn damp_one_percent_reproduces_codec_version_1() {
     let t = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let v1: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(root.join("tests/fixtures/packs/qwen3-calibrated-codec-v1.ucw/ucw-manifest.json")).unwrap(),
+        &std::fs::read(root().join("tests/fixtures/packs/qwen3-calibrated-codec-v1.ucw/ucw-manifest.json")).unwrap(),
     )
     .unwrap();
-    let m = fixture("qwen3-bf16-sharded");
+    let (m, sample) = (fixture("qwen3-bf16-sharded"), sample());
     let run = |name: &str, damp: Option<&str>| {
         let out = t.path().join(name);
         let mut a = vec![
@@ -261,7 +260,7 @@ fn damp_one_percent_reproduces_codec_version_1() {
             "-o",
             out.to_str().unwrap(),
             "--calib",
-            "tests/fixtures/text/sample.txt",
+            sample.to_str().unwrap(),
             "--calib-windows",
             "4",
             "--calib-seq-len",
@@ -275,7 +274,7 @@ fn damp_one_percent_reproduces_codec_version_1() {
         if let Some(d) = damp {
             a.extend(["--damp", d]);
         }
-        let o = Command::new(env!("CARGO_BIN_EXE_ucw")).args(&a).current_dir(root).output().unwrap();
+        let o = ucw(&a);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let man: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("ucw-manifest.json")).unwrap()).unwrap();

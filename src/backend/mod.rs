@@ -525,7 +525,7 @@ pub fn align_row_exponents(w: &mut GroupFixed, spread: i32) {
 
 /// Largest |m| of a slice (a fold without early exit, so it vectorises: the bound checks
 /// below read every activation of every kernel call).
-pub(crate) fn max_abs(m: &[i32]) -> u32 {
+fn max_abs(m: &[i32]) -> u32 {
     m.iter().fold(0, |acc, &x| acc.max(x.unsigned_abs()))
 }
 
@@ -663,15 +663,22 @@ pub(crate) fn check_add_args(x: &TokenFixed, y: &TokenFixed, bits: u32) -> Resul
     Ok(())
 }
 
-pub(crate) fn check_nll_args(l: &TokenFixed, targets: &[u32]) -> Result<(), Error> {
+/// Rows of logits as `nll` and the divergence (`cpu::kld`) accept them: a vocabulary of
+/// 1..=2^20, |mantissas| <= 2^23, exponents <= 8; `what` names the caller in the error.
+pub(crate) fn check_logits(l: &TokenFixed, what: &str) -> Result<(), Error> {
     if l.width == 0 || l.width > 1 << 20 || l.mants.len() != l.tokens * l.width || l.exps.len() != l.tokens {
-        return Err(bad_input!("nll: bad logits shape (vocabulary up to 2^20)"));
-    }
-    if targets.len() != l.tokens || targets.iter().any(|&t| t as usize >= l.width) {
-        return Err(bad_input!("nll: targets outside the vocabulary"));
+        return Err(bad_input!("{what}: bad logits shape (vocabulary up to 2^20)"));
     }
     if max_abs(&l.mants) > 1 << 23 || l.exps.iter().any(|&e| e > 8) {
-        return Err(bad_input!("nll: logits mantissas exceed 2^23 or exponents exceed 8"));
+        return Err(bad_input!("{what}: logits mantissas exceed 2^23 or exponents exceed 8"));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_nll_args(l: &TokenFixed, targets: &[u32]) -> Result<(), Error> {
+    check_logits(l, "nll")?;
+    if targets.len() != l.tokens || targets.iter().any(|&t| t as usize >= l.width) {
+        return Err(bad_input!("nll: targets outside the vocabulary"));
     }
     Ok(())
 }

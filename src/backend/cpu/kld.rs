@@ -105,14 +105,8 @@ pub fn divergence_token(p: &[i32], ep: i32, q: &[i32], eq: i32, ec: &ExpConsts, 
 /// Every token of two logit rows of the same positions: `p` the reference's, `q` the
 /// model's (the shapes and bounds `nll` accepts).
 pub fn divergence(p: &TokenFixed, q: &TokenFixed, ec: &ExpConsts, lc: &LogConsts) -> Result<Vec<Divergence>, Error> {
-    for (name, l) in [("reference", p), ("model", q)] {
-        if l.width == 0 || l.width > 1 << 20 || l.mants.len() != l.tokens * l.width || l.exps.len() != l.tokens {
-            return Err(bad_input!("divergence: bad {name} logits shape (vocabulary up to 2^20)"));
-        }
-        if super::super::max_abs(&l.mants) > 1 << 23 || l.exps.iter().any(|&e| e > 8) {
-            return Err(bad_input!("divergence: {name} logits mantissas exceed 2^23 or exponents exceed 8"));
-        }
-    }
+    crate::backend::check_logits(p, "divergence, reference")?;
+    crate::backend::check_logits(q, "divergence, model")?;
     if p.tokens != q.tokens || p.width != q.width {
         return Err(bad_input!(
             "divergence: {}×{} reference logits against {}×{} model logits",
