@@ -156,6 +156,18 @@ fn pack_with_baseline_and_on_another_device() {
     let agree = d["top1_agree"].as_u64().unwrap();
     assert!(agree > n / 2 && agree < n, "top-1 agreement {agree} of {n}");
     assert_eq!(d["top1_fraction"].as_f64().unwrap(), agree as f64 / n as f64);
+    assert!(d["kld_mean_stderr"].as_f64().unwrap() > 0.0);
+    // The ratio's uncertainty: its per-prediction differences add up to the two NLL totals,
+    // and both standard errors are there (two windows or more).
+    let u = &r["ppl_ratio_uncertainty"];
+    let nll_diff = r["nll_q30"].as_i64().unwrap() - r["baseline"]["nll_q30"].as_i64().unwrap();
+    let ln_ratio = u["ln_ratio"].as_f64().unwrap();
+    assert_eq!(ln_ratio, nll_diff as f64 / n as f64 / (1u64 << 30) as f64);
+    assert!((ln_ratio.exp() - ratio).abs() < 1e-12, "exp(ln ratio) {} vs ratio {ratio}", ln_ratio.exp());
+    for k in ["ln_ratio_stderr", "ppl_ratio_stderr", "ln_ratio_stderr_windows", "ppl_ratio_stderr_windows"] {
+        let e = u[k].as_f64().unwrap_or(-1.0);
+        assert!(e > 0.0 && e < 0.1, "{k} {e}");
+    }
 
     // A model against itself: every divergence exactly 0, every top token the same.
     let mut a = eval_args(&m, &t);
@@ -165,6 +177,10 @@ fn pack_with_baseline_and_on_another_device() {
     assert_eq!(s["divergence"]["kld_max"], 0.0);
     assert_eq!(s["divergence"]["top1_agree"].as_u64(), Some(n));
     assert_eq!(s["ppl_ratio"], 1.0);
+    for k in ["ln_ratio", "ln_ratio_stderr", "ln_ratio_stderr_windows", "ppl_ratio_stderr"] {
+        assert_eq!(s["ppl_ratio_uncertainty"][k], 0.0, "{k} of a model against itself");
+    }
+    assert_eq!(s["divergence"]["kld_mean_stderr"], 0.0);
 
     // Every other device under test gives the same bits (the harness's selection, so a
     // required device that is missing or filtered out fails here too).
@@ -177,6 +193,7 @@ fn pack_with_baseline_and_on_another_device() {
         assert_eq!(r2["nll_q30"], r["nll_q30"], "device {i}");
         assert_eq!(r2["ppl_bits"], r["ppl_bits"], "device {i}");
         assert_eq!(r2["divergence"], r["divergence"], "device {i}");
+        assert_eq!(r2["ppl_ratio_uncertainty"], r["ppl_ratio_uncertainty"], "device {i}");
         println!("eval of the pack: same bits on device {i}");
     }
 

@@ -116,10 +116,22 @@ fn print_human(r: &EvalReport) {
         println!("baseline        {:.4}  (bits {})  {}", b.ppl, b.ppl_bits, b.path);
         println!("ppl ratio       {:.5}", r.ppl_ratio.unwrap_or(f64::NAN));
     }
+    if let Some(u) = &r.ppl_ratio_uncertainty {
+        let pm = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("± {e:.5}"));
+        println!(
+            "ratio error     {} per prediction, {} between windows (standard errors)",
+            pm(u.ppl_ratio_stderr),
+            pm(u.ppl_ratio_stderr_windows)
+        );
+    }
     if let Some(d) = &r.divergence {
         println!(
-            "KL divergence   mean {:.6}  median {:.6}  p99 {:.6}  max {:.6} nats (baseline ‖ model)",
-            d.kld_mean, d.kld_median, d.kld_p99, d.kld_max
+            "KL divergence   mean {:.6} ± {:.6}  median {:.6}  p99 {:.6}  max {:.6} nats (baseline ‖ model)",
+            d.kld_mean,
+            d.kld_mean_stderr.unwrap_or(0.0),
+            d.kld_median,
+            d.kld_p99,
+            d.kld_max
         );
         println!("top-1 agreement {:.4}% ({} of {})", 100.0 * d.top1_fraction, d.top1_agree, d.predictions);
     }

@@ -326,6 +326,9 @@ pub struct PairResult {
     pub model: EvalResult,
     pub baseline: EvalResult,
     pub divergence: Vec<Divergence>,
+    /// Per scored prediction, in window order: the model's NLL minus the baseline's, Q30
+    /// nats (what the ratio's uncertainty is computed from).
+    pub nll_diff_q30: Vec<i64>,
 }
 
 /// Evaluate `model` and `baseline` on the same windows and compare their next-token
@@ -337,7 +340,7 @@ pub struct PairResult {
 /// then stepped together, chunk by chunk: each chunk's two rows of logits give both NLLs
 /// (the same values `evaluate` gives: `nll` of the same logits) and the divergence, and are
 /// dropped. Memory beyond one evaluation: the second head's weights, one more chunk of
-/// logits, the kept activations and 16 bytes per prediction. `progress(which, done,
+/// logits, the kept activations and 24 bytes per prediction. `progress(which, done,
 /// total)`: 0 for the model, 1 for the baseline; the head phase of both reports as the
 /// model's last step, and its time counts in the model's `forward_seconds`.
 pub fn evaluate_pair(
@@ -388,19 +391,23 @@ pub fn evaluate_pair(
     let per_window = each_window(&mut hm, backend.concurrent_windows(), |wi, h| {
         let xm = backend.rms_norm(h, &head_m.norm, &km.rms_hidden, ACT_BITS)?;
         let ids = windows[wi];
-        let (mut sum_m, mut sum_b, mut div) = (0i64, 0i64, Vec::with_capacity(scored.len()));
+        let (mut sum_m, mut sum_b) = (0i64, 0i64);
+        let (mut div, mut diff) = (Vec::with_capacity(scored.len()), Vec::with_capacity(scored.len()));
         let mut p0 = scored.start;
         while p0 < scored.end {
             let p1 = (p0 + chunk).min(scored.end);
             let targets = &ids[p0 + 1..p1 + 1];
             let lb = layer::linear(backend, &slice_tokens(&xb[wi], p0, p1), &head_b.linear, LOGIT_BITS, chunk)?;
             let lm = layer::linear(backend, &slice_tokens(&xm, p0, p1), &head_m.linear, LOGIT_BITS, chunk)?;
-            sum_b += backend.nll(&lb, targets, &kb.exp, &kb.log)?.iter().sum::<i64>();
-            sum_m += backend.nll(&lm, targets, &km.exp, &km.log)?.iter().sum::<i64>();
+            let nb = backend.nll(&lb, targets, &kb.exp, &kb.log)?;
+            let nm = backend.nll(&lm, targets, &km.exp, &km.log)?;
+            sum_b += nb.iter().sum::<i64>();
+            sum_m += nm.iter().sum::<i64>();
+            diff.extend(nm.iter().zip(&nb).map(|(m, b)| m - b));
             div.extend(kld::divergence(&lb, &lm, &km.exp, &km.log)?);
             p0 = p1;
         }
-        Ok((sum_m, sum_b, div))
+        Ok((sum_m, sum_b, div, diff))
     })?;
     let layers = cm.num_hidden_layers;
     progress(0, layers + 1, layers + 1);
@@ -412,9 +419,13 @@ pub fn evaluate_pair(
         forward_seconds,
     };
     let model_seconds = t1.elapsed().as_secs_f64();
+    let model_nll = per_window.iter().map(|r| r.0).collect();
+    let base_nll = per_window.iter().map(|r| r.1).collect();
+    let (divergence, nll_diff_q30) = per_window.into_iter().map(|r| (r.2, r.3)).unzip::<_, _, Vec<_>, Vec<_>>();
     Ok(PairResult {
-        model: result(per_window.iter().map(|r| r.0).collect(), model_seconds),
-        baseline: result(per_window.iter().map(|r| r.1).collect(), base_seconds),
-        divergence: per_window.into_iter().flat_map(|r| r.2).collect(),
+        model: result(model_nll, model_seconds),
+        baseline: result(base_nll, base_seconds),
+        divergence: divergence.into_iter().flatten().collect(),
+        nll_diff_q30: nll_diff_q30.into_iter().flatten().collect(),
     })
 }

@@ -68,6 +68,9 @@ pub struct DivergenceFigures {
     pub top1_agree: u64,
     pub top1_fraction: f64,
     pub predictions: u64,
+    /// Standard error of `kld_mean` in nats, treating predictions as independent (as
+    /// llama-perplexity's `±` does); None below two predictions.
+    pub kld_mean_stderr: Option<f64>,
 }
 
 impl DivergenceFigures {
@@ -80,6 +83,7 @@ impl DivergenceFigures {
         let pct =
             |per_mille: u64| kl.get(((n * per_mille).div_ceil(1000)).max(1) as usize - 1).map_or(0.0, |&q| nats(q));
         let total: i64 = kl.iter().sum();
+        let sumsq: i128 = kl.iter().map(|&q| q as i128 * q as i128).sum();
         let mean = nats(total) / n.max(1) as f64;
         let agree = d.iter().filter(|x| x.top1_same).count() as u64;
         DivergenceFigures {
@@ -94,6 +98,73 @@ impl DivergenceFigures {
             top1_agree: agree,
             top1_fraction: agree as f64 / n.max(1) as f64,
             predictions: n,
+            kld_mean_stderr: mean_stderr(total as i128, sumsq, n).map(nats_f64),
+        }
+    }
+}
+
+/// Q30 units (as f64) to nats.
+fn nats_f64(q: f64) -> f64 {
+    q / (1u64 << 30) as f64
+}
+
+/// Standard error of the mean of `n` values from their exact sum and sum of squares:
+/// sqrt((n·Σx² − (Σx)²) / (n²·(n − 1))), the numerator an exact integer where it fits
+/// i128 (one rounding into f64; the same value on every device), else from f64 sums. In
+/// the values' units; None below two values.
+fn mean_stderr(sum: i128, sumsq: i128, n: u64) -> Option<f64> {
+    if n < 2 {
+        return None;
+    }
+    let nf = n as f64;
+    let num = (n as i128)
+        .checked_mul(sumsq)
+        .zip(sum.checked_mul(sum))
+        .and_then(|(a, b)| a.checked_sub(b))
+        .map_or_else(|| nf * sumsq as f64 - (sum as f64) * (sum as f64), |v| v as f64);
+    Some((num.max(0.0) / (nf * nf * (nf - 1.0))).sqrt())
+}
+
+/// How precisely the perplexity ratio is known. ln(ratio) is the mean over the scored
+/// predictions of d = the model's NLL − the baseline's; its standard error is given two
+/// ways: per prediction (d's spread / √n: llama-perplexity's `±`, too small where
+/// neighbouring predictions are correlated, as they are within a text) and between
+/// windows (the spread of the windows' means / √windows: each window a whole sample,
+/// the honest figure when there are enough windows). The ratio's errors are the ratio
+/// times those (first order). Computed from exact integer sums of the Q30 differences.
+#[derive(Debug, Clone, Serialize)]
+pub struct RatioUncertainty {
+    /// Mean d in nats: ln(model ppl / baseline ppl).
+    pub ln_ratio: f64,
+    pub ln_ratio_stderr: Option<f64>,
+    pub ppl_ratio_stderr: Option<f64>,
+    pub ln_ratio_stderr_windows: Option<f64>,
+    pub ppl_ratio_stderr_windows: Option<f64>,
+}
+
+impl RatioUncertainty {
+    /// `diff`: d per prediction in Q30 nats, `windows` equal runs of it in window order.
+    pub fn new(diff: &[i64], windows: usize) -> RatioUncertainty {
+        let n = diff.len() as u64;
+        let sum: i128 = diff.iter().map(|&d| d as i128).sum();
+        let sumsq: i128 = diff.iter().map(|&d| d as i128 * d as i128).sum();
+        let ln_ratio = nats_f64(sum as f64 / n.max(1) as f64);
+        let ratio = ln_ratio.exp();
+        let per = mean_stderr(sum, sumsq, n).map(nats_f64);
+        // Window sums: their mean's error / predictions per window is the error of d's mean.
+        let between = (windows >= 2 && diff.len().is_multiple_of(windows)).then(|| {
+            let sums: Vec<i128> =
+                diff.chunks(diff.len() / windows).map(|c| c.iter().map(|&d| d as i128).sum()).collect();
+            let sq: i128 = sums.iter().map(|&s| s * s).sum();
+            mean_stderr(sums.iter().sum(), sq, windows as u64).map(|e| nats_f64(e / (diff.len() / windows) as f64))
+        });
+        let between = between.flatten();
+        RatioUncertainty {
+            ln_ratio,
+            ln_ratio_stderr: per,
+            ppl_ratio_stderr: per.map(|e| ratio * e),
+            ln_ratio_stderr_windows: between,
+            ppl_ratio_stderr_windows: between.map(|e| ratio * e),
         }
     }
 }
@@ -128,6 +199,9 @@ pub struct EvalReport {
     pub baseline_ppl: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ppl_ratio: Option<f64>,
+    /// With a baseline: the ratio's standard errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppl_ratio_uncertainty: Option<RatioUncertainty>,
     /// With a baseline: the model's distributions against the baseline's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub divergence: Option<DivergenceFigures>,
@@ -227,13 +301,14 @@ pub fn run(
     let opts = EvalOptions { score: job.score, max_memory: job.max_memory };
     let tokens = w.count * w.seq_len;
 
-    let (r, base, divergence) = match (&mut baseline, &job.baseline) {
+    let (r, base, divergence, uncertainty) = match (&mut baseline, &job.baseline) {
         (Some(b), Some(p)) => {
             let pr = evaluate_pair(backend, &mut src, b, &windows, &opts, progress)?;
             let base = figures(p, b, &pr.baseline, tokens)?;
-            (pr.model, Some(base), Some(DivergenceFigures::new(&pr.divergence)))
+            let u = RatioUncertainty::new(&pr.nll_diff_q30, windows.len());
+            (pr.model, Some(base), Some(DivergenceFigures::new(&pr.divergence)), Some(u))
         }
-        _ => (evaluate(backend, &mut src, &windows, &opts, None, &mut |d, t| progress(0, d, t))?, None, None),
+        _ => (evaluate(backend, &mut src, &windows, &opts, None, &mut |d, t| progress(0, d, t))?, None, None, None),
     };
     let model = figures(&job.model, &src, &r, tokens)?;
     Ok(EvalReport {
@@ -254,6 +329,7 @@ pub fn run(
         pack_digest: model.pack_digest.clone(),
         baseline_ppl: base.as_ref().map(|b| b.ppl),
         ppl_ratio: base.as_ref().map(|b| model.ppl / b.ppl),
+        ppl_ratio_uncertainty: uncertainty,
         divergence,
         tokens_per_s: model.tokens_per_s,
         model,
@@ -267,4 +343,83 @@ pub fn run(
         forward_version: super::FORWARD_VERSION,
         notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rng::SplitMix64;
+
+    const Q30: f64 = (1u64 << 30) as f64;
+
+    /// Two-pass f64 reference: the mean, then Σ(x − mean)² / (n − 1) / n.
+    fn two_pass(x: &[f64]) -> (f64, f64) {
+        let n = x.len() as f64;
+        let m = x.iter().sum::<f64>() / n;
+        let v = x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n - 1.0);
+        (m, (v / n).sqrt())
+    }
+
+    /// By hand: d = 1, 2, 3, 4 nats: mean 2.5, variance 5/3, error √(5/12); two windows
+    /// have means 1.5 and 3.5: their spread √2, error 1.
+    #[test]
+    fn ratio_uncertainty_by_hand() {
+        let d: Vec<i64> = [1, 2, 3, 4].iter().map(|v| v << 30).collect();
+        let u = RatioUncertainty::new(&d, 2);
+        assert_eq!(u.ln_ratio, 2.5);
+        assert!((u.ln_ratio_stderr.unwrap() - (5.0f64 / 12.0).sqrt()).abs() < 1e-15);
+        assert!((u.ln_ratio_stderr_windows.unwrap() - 1.0).abs() < 1e-15);
+        assert!((u.ppl_ratio_stderr.unwrap() - 2.5f64.exp() * (5.0f64 / 12.0).sqrt()).abs() < 1e-12);
+        // One window: no between-window figure; one prediction: none at all.
+        assert!(RatioUncertainty::new(&d, 1).ln_ratio_stderr_windows.is_none());
+        let one = RatioUncertainty::new(&d[..1], 1);
+        assert!(one.ln_ratio_stderr.is_none() && one.ppl_ratio_stderr.is_none());
+        // Identical models: every difference 0, so are the errors.
+        let z = RatioUncertainty::new(&[0; 8], 4);
+        assert_eq!((z.ln_ratio, z.ln_ratio_stderr, z.ln_ratio_stderr_windows), (0.0, Some(0.0), Some(0.0)));
+    }
+
+    /// Random NLL-sized differences (±40 nats in Q30) against the two-pass reference, per
+    /// prediction and between windows.
+    #[test]
+    fn ratio_uncertainty_matches_two_pass() {
+        let mut rng = SplitMix64(15);
+        for (n, w) in [(2usize, 2usize), (97, 1), (4096, 8), (30 * 512, 30)] {
+            let d: Vec<i64> = (0..n).map(|_| (rng.next() % (80u64 << 30)) as i64 - (40i64 << 30)).collect();
+            let u = RatioUncertainty::new(&d, w);
+            let x: Vec<f64> = d.iter().map(|&v| v as f64 / Q30).collect();
+            let (m, e) = two_pass(&x);
+            let ctx = format!("n {n}, windows {w}");
+            assert!((u.ln_ratio - m).abs() <= 1e-12 * m.abs().max(1.0), "{ctx}: mean {} vs {m}", u.ln_ratio);
+            let got = u.ln_ratio_stderr.unwrap();
+            assert!((got - e).abs() <= 1e-9 * e, "{ctx}: stderr {got} vs {e}");
+            if w >= 2 {
+                let means: Vec<f64> = x.chunks(n / w).map(|c| c.iter().sum::<f64>() / c.len() as f64).collect();
+                let (_, ew) = two_pass(&means);
+                let got = u.ln_ratio_stderr_windows.unwrap();
+                assert!((got - ew).abs() <= 1e-9 * ew, "{ctx}: windows stderr {got} vs {ew}");
+            }
+        }
+    }
+
+    /// Sums too large for the exact numerator take the f64 route and agree with it.
+    #[test]
+    fn mean_stderr_falls_back_to_f64_beyond_i128() {
+        let (sum, sumsq, n) = (1i128 << 80, 1i128 << 126, 1u64 << 40);
+        let nf = n as f64;
+        let want = ((nf * sumsq as f64 - (sum as f64).powi(2)) / (nf * nf * (nf - 1.0))).sqrt();
+        assert!(want > 0.0);
+        assert_eq!(mean_stderr(sum, sumsq, n), Some(want));
+        assert_eq!(mean_stderr(5, 25, 1), None);
+    }
+
+    /// The divergence's mean error: KL values 0, 2, 4 nats: mean 2, variance 4, error √(4/3).
+    #[test]
+    fn kld_mean_stderr_by_hand() {
+        let d: Vec<Divergence> =
+            [0i64, 2, 4].iter().map(|&v| Divergence { kl_q30: v << 30, top1_same: true }).collect();
+        let f = DivergenceFigures::new(&d);
+        assert_eq!(f.kld_mean, 2.0);
+        assert!((f.kld_mean_stderr.unwrap() - (4.0f64 / 3.0).sqrt()).abs() < 1e-15);
+    }
 }
