@@ -20,12 +20,13 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
 use rayon::prelude::*;
+use ucw::backend::Backend;
 use ucw::backend::cpu::matmul_fast::Kernel;
 use ucw::backend::cpu::{CpuBackend, linear, matmul_fast};
 use ucw::backend::device::Devices;
-use ucw::backend::{Backend, GroupFixed, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents};
 use ucw::codec::DEFAULT_INGEST;
 use ucw::dtype::DType;
+use ucw::fixed::tensor::{GroupFixed, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents};
 
 const ROWS: usize = 1536;
 const COLS: usize = 576;
@@ -84,7 +85,7 @@ fn bench(c: &mut Criterion) {
         DType::BF16,
         ROWS,
         COLS,
-        ucw::codec::quant::QuantParams { bits: 5, group_size: 64 },
+        ucw::fixed::quant::QuantParams { bits: 5, group_size: 64 },
         None,
     )
     .unwrap();
@@ -152,7 +153,7 @@ fn bench_matmul(c: &mut Criterion) {
 /// "elem/s" counts the n²/2 multiply-subtract updates per row that dominate it.
 fn bench_feedback(c: &mut Criterion) {
     use ucw::codec::gptq::{Damp, Feedback};
-    use ucw::codec::quant::{QuantParams, QuantTensor};
+    use ucw::fixed::quant::{QuantParams, QuantTensor};
     const ROWS_FB: usize = 256;
     const N: usize = 4096;
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ucw::backend::cpu::CpuBackend;
-use ucw::codec::quant::{QuantParams, quantize_tensor, step};
+use ucw::codec::quant::quantize_tensor;
 use ucw::dtype::{DType, Decoded};
+use ucw::fixed::quant::{QuantParams, step};
 use ucw::model::{Model, Role};
 
 fn values(bytes: &[u8], dtype: DType) -> Vec<f64> {

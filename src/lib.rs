@@ -12,6 +12,7 @@ pub mod codec;
 pub mod compress;
 pub mod digest;
 pub mod dtype;
+pub mod fixed;
 pub mod forward;
 pub mod model;
 pub mod pack;

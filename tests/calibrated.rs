@@ -162,7 +162,8 @@ fn golden_calibrated_packs_on_every_device_and_budget() {
 #[test]
 fn error_feedback_lowers_the_weighted_error_on_real_statistics() {
     use ucw::codec::gptq::{Damp, Feedback, weighted_error};
-    use ucw::codec::quant::{MAX_IMPORTANCE, QuantParams, quantize_tensor};
+    use ucw::codec::quant::quantize_tensor;
+    use ucw::fixed::quant::{MAX_IMPORTANCE, QuantParams};
     use ucw::forward::layer::Tap;
     let cpu = ucw::backend::cpu::CpuBackend::new();
     let model = ucw::model::Model::open(&fixture("llama-bf16")).unwrap();

@@ -8,9 +8,11 @@
 mod common;
 
 use common::Rng;
+use ucw::backend::Backend;
 use ucw::backend::cpu::CpuBackend;
-use ucw::backend::cpu::act::{ExpConsts, exp_neg_q30, sigmoid_q30};
-use ucw::backend::{Backend, TokenFixed};
+use ucw::backend::cpu::act::{exp_neg_q30, sigmoid_q30};
+use ucw::fixed::tables::ExpConsts;
+use ucw::fixed::tensor::TokenFixed;
 
 #[test]
 fn exp_and_sigmoid_match_f64() {
@@ -125,7 +127,7 @@ fn llvmpipe_loop_limit_wide_rows_agree_or_are_refused() {
     let shape = ucw::backend::cpu::attention::AttnShape::new(2, 1, 64);
     let want_att = cpu.attention(&q, &k, &v, &shape, &c, 18).unwrap();
     let wide: Vec<u8> = (0..65536u32).flat_map(|i| ((i % 251) as u16 | 0x3c00).to_le_bytes()).collect();
-    let p = ucw::backend::IngestParams { group_size: 65536, mantissa_bits: 16 };
+    let p = ucw::fixed::tensor::IngestParams { group_size: 65536, mantissa_bits: 16 };
     let want_ingest = cpu.ingest(&wide, ucw::dtype::DType::F16, 1, 65536, p).unwrap();
     for (label, gpu) in common::gpu_backends() {
         assert_eq!(gpu.swiglu(&g, &u, &c, 18).unwrap(), want, "{label}: swiglu at width 1536");

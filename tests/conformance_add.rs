@@ -5,8 +5,9 @@
 mod common;
 
 use common::Rng;
+use ucw::backend::Backend;
 use ucw::backend::cpu::CpuBackend;
-use ucw::backend::{Backend, TokenFixed};
+use ucw::fixed::tensor::TokenFixed;
 
 /// Pairs of token batches whose per-token exponent gaps cover 0, small, 38, 39 and 60, both signs.
 fn pair(w: usize, seed: u64) -> (TokenFixed, TokenFixed) {

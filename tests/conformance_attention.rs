@@ -8,10 +8,11 @@
 mod common;
 
 use common::Rng;
+use ucw::backend::Backend;
 use ucw::backend::cpu::CpuBackend;
-use ucw::backend::cpu::act::ExpConsts;
 use ucw::backend::cpu::attention::AttnShape;
-use ucw::backend::{Backend, TokenFixed};
+use ucw::fixed::tables::ExpConsts;
+use ucw::fixed::tensor::TokenFixed;
 
 fn acts(t: usize, w: usize, rng: &mut Rng, exp_lo: i32) -> TokenFixed {
     let mants = (0..t * w).map(|_| (rng.next_u32() as i32) >> (15 + rng.below(4) as u32)).collect();

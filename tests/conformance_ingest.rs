@@ -5,8 +5,9 @@ mod common;
 
 use common::Rng;
 use ucw::backend::cpu::CpuBackend;
-use ucw::backend::{Backend, IngestParams, KernelError};
+use ucw::backend::{Backend, KernelError};
 use ucw::dtype::{DType, Decoded};
+use ucw::fixed::tensor::IngestParams;
 
 const DTYPES: [DType; 3] = [DType::BF16, DType::F16, DType::F32];
 

@@ -5,13 +5,14 @@
 mod common;
 
 use common::Rng;
+use ucw::backend::Backend;
 use ucw::backend::cpu::CpuBackend;
 use ucw::backend::gpu::ChunkSizes;
-use ucw::backend::{
-    Backend, ExactSums, GroupFixed, IngestParams, MATMUL_MAX_COLS, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents,
+use ucw::dtype::DType;
+use ucw::fixed::tensor::{
+    ExactSums, GroupFixed, IngestParams, MATMUL_MAX_COLS, MATMUL_MAX_SPREAD, TokenFixed, align_row_exponents,
     matmul_max_spread,
 };
-use ucw::dtype::DType;
 
 fn activations(tokens: usize, width: usize, seed: u64) -> TokenFixed {
     let mut rng = Rng(seed);
@@ -81,8 +82,7 @@ conformance!(matmul_prepared_same_bits_everywhere, |b| {
 // logits on the device when allowed to keep weights) equal matmul, then renorm + nll, on
 // every device, kept or not; logits beyond nll's exponent contract are refused either way.
 conformance!(head_nll_same_bits_everywhere, |b| {
-    use ucw::backend::cpu::act::ExpConsts;
-    use ucw::backend::cpu::nll::LogConsts;
+    use ucw::fixed::tables::{ExpConsts, LogConsts};
     let (ec, lc) = (ExpConsts::new(), LogConsts::new());
     let mut out = common::Outputs::new();
     for (i, &(t, k, n)) in [(16usize, 300usize, 120usize), (1, 64, 70), (7, 130, 513)].iter().enumerate() {
@@ -270,8 +270,7 @@ const HEAD_KNOBS: &[common::Knob] = &[
 ];
 
 conformance_with_knobs!(head_nll_split_same_bits_everywhere, HEAD_KNOBS, |b| {
-    use ucw::backend::cpu::act::ExpConsts;
-    use ucw::backend::cpu::nll::LogConsts;
+    use ucw::fixed::tables::{ExpConsts, LogConsts};
     let (ec, lc) = (ExpConsts::new(), LogConsts::new());
     let mut out = common::Outputs::new();
     for (i, &(t, k, n)) in [(100usize, 64usize, 300usize), (3, 64, 70)].iter().enumerate() {
@@ -381,8 +380,7 @@ conformance_with_knobs!(matmul_wide_rows_same_bits_everywhere, WIDE_KNOBS, |b| {
 // The lm_head's path at a wide hidden size (16,384: two slices): head_nll with the weights
 // kept on the device (fused) and not, against matmul + renorm + nll.
 conformance_with_knobs!(head_nll_wide_same_bits_everywhere, WIDE_KNOBS, |b| {
-    use ucw::backend::cpu::act::ExpConsts;
-    use ucw::backend::cpu::nll::LogConsts;
+    use ucw::fixed::tables::{ExpConsts, LogConsts};
     let (ec, lc) = (ExpConsts::new(), LogConsts::new());
     let mut out = common::Outputs::new();
     let (t, k, n) = (3usize, 16384usize, 70usize);

@@ -6,11 +6,11 @@
 mod common;
 
 use common::Rng;
+use ucw::backend::Backend;
 use ucw::backend::cpu::CpuBackend;
-use ucw::backend::cpu::act::ExpConsts;
-use ucw::backend::cpu::nll::LogConsts;
 use ucw::backend::gpu::ChunkSizes as GpuChunks;
-use ucw::backend::{Backend, ExactSums, TokenFixed};
+use ucw::fixed::tables::{ExpConsts, LogConsts};
+use ucw::fixed::tensor::{ExactSums, TokenFixed};
 
 fn logits(t: usize, v: usize, seed: u64) -> (TokenFixed, Vec<u32>) {
     let mut rng = Rng(seed);

@@ -7,10 +7,11 @@
 mod common;
 
 use common::Rng;
+use ucw::backend::Backend;
 use ucw::backend::cpu::CpuBackend;
-use ucw::backend::cpu::norm::RmsConsts;
-use ucw::backend::{Backend, GroupFixed, IngestParams, TokenFixed};
 use ucw::dtype::DType;
+use ucw::fixed::tables::RmsConsts;
+use ucw::fixed::tensor::{GroupFixed, IngestParams, TokenFixed};
 
 /// Residual-stream-like tokens: most channels small, one token with a massive outlier
 /// channel (DESIGN §4: ~25,000 against values below 10), one all-zero token.

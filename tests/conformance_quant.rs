@@ -7,8 +7,9 @@ use common::Rng;
 use half::{bf16, f16};
 use ucw::backend::cpu::CpuBackend;
 use ucw::backend::{Backend, KernelError};
-use ucw::codec::quant::{QuantParams, QuantTensor, quantize_tensor, step};
+use ucw::codec::quant::quantize_tensor;
 use ucw::dtype::DType;
+use ucw::fixed::quant::{QuantParams, QuantTensor, step};
 
 /// Gaussian-ish weights (sum of uniforms) with a few outlier columns, as float bits.
 fn weights(dtype: DType, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f64>) {
@@ -389,7 +390,7 @@ fn overlay_fit_honours_the_metric() {
     let mut g = || (rng.next_u32() as f64 / u32::MAX as f64) - 0.5;
     let res: Vec<f64> = (0..rows * cols).map(|_| g() * 1e-3).collect(); // no low-rank structure
     let h: Vec<f64> = (0..cols).map(|j| if j < 8 { 1000.0 } else { 1.0 }).collect();
-    let weighted_err = |o: &ucw::codec::quant::Overlay| -> f64 {
+    let weighted_err = |o: &ucw::fixed::quant::Overlay| -> f64 {
         (0..rows * cols)
             .map(|i| {
                 let (r, c) = (i / cols, i % cols);

@@ -5,9 +5,10 @@
 mod common;
 
 use common::Rng;
+use ucw::backend::Backend;
 use ucw::backend::cpu::CpuBackend;
-use ucw::backend::cpu::rope::RopeTables;
-use ucw::backend::{Backend, TokenFixed};
+use ucw::fixed::tables::RopeTables;
+use ucw::fixed::tensor::TokenFixed;
 
 fn tokens(n: usize, w: usize, seed: u64) -> (TokenFixed, Vec<u32>) {
     let mut rng = Rng(seed);

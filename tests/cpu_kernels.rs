@@ -13,14 +13,14 @@ use std::path::Path;
 use std::process::Command;
 
 use common::Rng;
+use ucw::backend::Backend;
 use ucw::backend::cpu::CpuBackend;
-use ucw::backend::cpu::act::ExpConsts;
 use ucw::backend::cpu::attention::AttnShape;
 use ucw::backend::cpu::isa::{self, Isa};
 use ucw::backend::cpu::linear::{matmul_rows, row_exps};
-use ucw::backend::cpu::nll::LogConsts;
-use ucw::backend::{Backend, GroupFixed, IngestParams, TokenFixed};
 use ucw::digest::sha256_hex;
+use ucw::fixed::tables::{ExpConsts, LogConsts};
+use ucw::fixed::tensor::{GroupFixed, IngestParams, TokenFixed};
 
 fn acts(rng: &mut Rng, tokens: usize, width: usize, shift: u32) -> TokenFixed {
     let mants = (0..tokens * width).map(|_| (rng.next_u32() as i32) >> (shift + rng.below(6) as u32)).collect();
@@ -124,7 +124,7 @@ fn kernel_digests() -> Vec<(String, String)> {
     let (t, k, n) = (17usize, 20000usize, 17usize);
     let x = acts(&mut rng, t, k, 14);
     let mut w = weights(&mut rng, n, k);
-    let spread = ucw::backend::matmul_max_spread(k);
+    let spread = ucw::fixed::tensor::matmul_max_spread(k);
     w.exponents.iter_mut().enumerate().for_each(|(i, e)| *e = -20 + (i % (spread as usize + 1)) as i32);
     let want = reference(&x, &w);
     let s = b.matmul(&x, &w).unwrap();

@@ -39,8 +39,9 @@
 
 use std::path::{Path, PathBuf};
 
+use ucw::backend::Backend;
 use ucw::backend::cpu::CpuBackend;
-use ucw::backend::{Backend, TokenFixed};
+use ucw::fixed::tensor::TokenFixed;
 use ucw::forward::eval::DEFAULT_MAX_MEMORY;
 use ucw::forward::layer::{self, ACT_BITS, Consts, LOGIT_BITS, Layer, Linear, RESIDUAL_BITS};
 use ucw::forward::{EvalOptions, Score, Source, embed_rows, evaluate};

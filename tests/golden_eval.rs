@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use ucw::backend::{Backend, TokenFixed};
+use ucw::backend::Backend;
+use ucw::fixed::tensor::TokenFixed;
 use ucw::forward::text::tokenize_file;
 use ucw::forward::{EvalOptions, FORWARD_VERSION, Score, Source, evaluate, evaluate_pair};
 

@@ -2,8 +2,8 @@
 //! beyond the old 8192-input limit, its i64 triangle's overflow guard, and the fixed width
 //! where the full matrix ends.
 
-use ucw::backend::TokenFixed;
 use ucw::codec::gram::{FULL_GRAM_MAX_COLS, Gram};
+use ucw::fixed::tensor::TokenFixed;
 
 /// A window of `tokens` tokens, all with exponent `exp` (so the window's grid holds every
 /// value exactly: the statistic must equal the definition with no rounding at all).

@@ -87,7 +87,7 @@ fn the_harness_refuses_to_compare_the_cpu_with_itself_when_adapters_are_required
 
 /// A small matmul as a conformance body returns it.
 fn body(b: &dyn Backend) -> Outputs {
-    use ucw::backend::{GroupFixed, IngestParams, TokenFixed};
+    use ucw::fixed::tensor::{GroupFixed, IngestParams, TokenFixed};
     let mut rng = common::Rng(7);
     let x = TokenFixed {
         tokens: 3,

@@ -10,7 +10,7 @@ use ucw::backend::Backend;
 use ucw::forward::Source;
 use ucw::forward::layer::{self, ACT_BITS, BRANCH_BITS, Consts, LOGIT_BITS, Layer, QKV_BITS, RESIDUAL_BITS};
 
-type Steps = Vec<(&'static str, ucw::backend::TokenFixed)>;
+type Steps = Vec<(&'static str, ucw::fixed::tensor::TokenFixed)>;
 
 /// Each step's output; stops at the first step the device refuses (llvmpipe's loop limit).
 fn steps(b: &dyn Backend, dir: &std::path::Path) -> (Steps, Option<String>) {
@@ -62,7 +62,7 @@ fn run_steps(b: &dyn Backend, dir: &std::path::Path, out: &mut Steps) -> ucw::er
     let logits = b.renorm(&sums, &a.exps, LOGIT_BITS)?;
     out.push(("lm_head", logits.clone()));
     let nll = b.nll(&logits, &ids[..32], &k.exp, &k.log)?;
-    let n = ucw::backend::TokenFixed {
+    let n = ucw::fixed::tensor::TokenFixed {
         tokens: 1,
         width: 32,
         exps: vec![0],

@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use common::Rng;
-use ucw::backend::cpu::{act::ExpConsts, attention::AttnShape, nll::LogConsts, norm::RmsConsts, rope::RopeTables};
-use ucw::backend::{
-    Backend, ExactSums, GroupFixed, IngestParams, KernelError, Prepared, TokenFixed, WideCase, WideResult,
-};
-use ucw::codec::quant::{QuantParams, QuantTensor};
+use ucw::backend::cpu::attention::AttnShape;
+use ucw::backend::{Backend, KernelError, Prepared, WideCase, WideResult};
 use ucw::dtype::DType;
 use ucw::error::Error;
+use ucw::fixed::quant::{QuantParams, QuantTensor};
+use ucw::fixed::tables::{ExpConsts, LogConsts, RmsConsts, RopeTables};
+use ucw::fixed::tensor::{ExactSums, GroupFixed, IngestParams, TokenFixed};
 use ucw::pack::verify::verify;
 use ucw::pack::{Kind, MANIFEST_FILE, Pack};
 

@@ -99,7 +99,7 @@ fn wide_intermediate_model_evaluates_and_compresses_with_the_same_bits_everywher
 
 // The other sizes of issue 14 item 2, kernel by kernel, every device (bounds cited in each).
 
-fn tokens_at(tokens: usize, width: usize, lim: i32, seed: u64) -> ucw::backend::TokenFixed {
+fn tokens_at(tokens: usize, width: usize, lim: i32, seed: u64) -> ucw::fixed::tensor::TokenFixed {
     let mut rng = common::Rng(seed);
     let mut mants: Vec<i32> = (0..tokens * width).map(|_| (rng.next_u32() as i32) >> (31 - 24 + 1)).collect();
     for m in mants.iter_mut() {
@@ -107,7 +107,7 @@ fn tokens_at(tokens: usize, width: usize, lim: i32, seed: u64) -> ucw::backend::
     }
     mants[0] = lim;
     mants[1] = -lim;
-    ucw::backend::TokenFixed { tokens, width, exps: (0..tokens as i32).map(|t| t - 2).collect(), mants }
+    ucw::fixed::tensor::TokenFixed { tokens, width, exps: (0..tokens as i32).map(|t| t - 2).collect(), mants }
 }
 
 // RMSNorm at hidden 16,384 and 21,844 (the widest llvmpipe runs: 3·21,844 + 2 = 65,534 loop
@@ -115,8 +115,8 @@ fn tokens_at(tokens: usize, width: usize, lim: i32, seed: u64) -> ucw::backend::
 // (src/backend/cpu/norm.rs step 1). Before, the llvmpipe check counted 4·width + 2 and
 // refused 16,384.
 conformance!(rms_norm_at_hidden_16384, |b| {
-    use ucw::backend::cpu::norm::RmsConsts;
-    use ucw::backend::{GroupFixed, IngestParams};
+    use ucw::fixed::tables::RmsConsts;
+    use ucw::fixed::tensor::{GroupFixed, IngestParams};
     let mut out = common::Outputs::new();
     for w in [16384usize, 21844] {
         let x = tokens_at(2, w, 1 << 23, w as u64);
@@ -136,9 +136,8 @@ conformance!(rms_norm_at_hidden_16384, |b| {
 // src/backend/cpu/nll.rs step 3; llvmpipe walks 4,096 logits + 64 chunk maxima per
 // invocation), and head_nll fused on the device (K = 32, 2 tokens: 1.7·10^7 products).
 conformance!(nll_at_vocabulary_262144, |b| {
-    use ucw::backend::cpu::act::ExpConsts;
-    use ucw::backend::cpu::nll::LogConsts;
-    use ucw::backend::{GroupFixed, IngestParams};
+    use ucw::fixed::tables::{ExpConsts, LogConsts};
+    use ucw::fixed::tensor::{GroupFixed, IngestParams};
     let (ec, lc) = (ExpConsts::new(), LogConsts::new());
     let v = 262_144usize;
     let mut out = common::Outputs::new();
@@ -172,9 +171,8 @@ conformance!(nll_at_vocabulary_262144, |b| {
 // query heads of 128 (width 16,384: rope and attn_renorm walk 3·16,384 iterations on
 // llvmpipe), a few tokens each; q, k, v at ±2^17.
 conformance!(attention_and_rope_at_wide_heads, |b| {
-    use ucw::backend::cpu::act::ExpConsts;
     use ucw::backend::cpu::attention::AttnShape;
-    use ucw::backend::cpu::rope::RopeTables;
+    use ucw::fixed::tables::{ExpConsts, RopeTables};
     let ec = ExpConsts::new();
     let mut out = common::Outputs::new();
     for (h, kv, d, t) in [(2usize, 1usize, 256usize, 5usize), (128, 8, 128, 3), (16, 16, 64, 4)] {

@@ -3,46 +3,23 @@
 //!
 //! Kernels take and return host data for now; device-resident chaining arrives with the
 //! forward pass, where the transfers start to matter.
+//!
+//! The fixed-point types, quantized tensors and constant tables the kernels take and return
+//! are `crate::fixed`'s, shared with every other layer.
 
 pub mod cpu;
 pub mod device;
 pub mod gpu;
 
-use crate::codec::quant::{MAX_GROUP_SIZE, MAX_IMPORTANCE, QuantParams, QuantTensor, SEARCH_MANTISSA_BITS};
 use crate::dtype::DType;
 use crate::error::Error;
+use crate::fixed::quant::{MAX_GROUP_SIZE, MAX_IMPORTANCE, QuantParams, QuantTensor, SEARCH_MANTISSA_BITS};
+use crate::fixed::tables::{ExpConsts, LogConsts, RmsConsts, RopeTables};
+use crate::fixed::tensor::{
+    ExactSums, GroupFixed, IngestParams, MATMUL_MAX_ACT, MATMUL_MAX_COLS, TokenFixed, matmul_max_spread,
+};
 
 pub use device::{DeviceInfo, DeviceSpec};
-
-/// Fixed-point group format produced by `ingest`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IngestParams {
-    /// Consecutive elements of a row sharing one exponent (the last group may be shorter).
-    pub group_size: u32,
-    /// Signed mantissa width: |m| <= 2^(mantissa_bits - 1).
-    pub mantissa_bits: u32,
-}
-
-impl IngestParams {
-    pub const MIN_MANTISSA_BITS: u32 = 2;
-    pub const MAX_MANTISSA_BITS: u32 = 30;
-    pub const MAX_GROUP_SIZE: u32 = 1 << 16;
-
-    pub fn validate(&self) -> Result<(), Error> {
-        if !(Self::MIN_MANTISSA_BITS..=Self::MAX_MANTISSA_BITS).contains(&self.mantissa_bits) {
-            return Err(bad_input!(
-                "mantissa width {} out of range {}..={}",
-                self.mantissa_bits,
-                Self::MIN_MANTISSA_BITS,
-                Self::MAX_MANTISSA_BITS
-            ));
-        }
-        if self.group_size == 0 || self.group_size > Self::MAX_GROUP_SIZE {
-            return Err(bad_input!("group size {} out of range 1..={}", self.group_size, Self::MAX_GROUP_SIZE));
-        }
-        Ok(())
-    }
-}
 
 /// A weight matrix ready for repeated products (`Backend::prepare_matmul`): the backend's
 /// own layout of it, if any, and the ingested weights unless that layout replaces them (the
@@ -112,79 +89,6 @@ impl Prepared {
 /// Bytes of ingested weights: mantissas and group exponents, 4 bytes each.
 pub fn ingested_bytes(w: &GroupFixed) -> u64 {
     ((w.mantissas.len() + w.exponents.len()) * 4) as u64
-}
-
-/// A `[rows, cols]` tensor as `mantissas[r*cols + c] * 2^exponents[r*groups_per_row + g]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupFixed {
-    pub rows: usize,
-    pub cols: usize,
-    pub params: IngestParams,
-    pub exponents: Vec<i32>,
-    pub mantissas: Vec<i32>,
-}
-
-impl GroupFixed {
-    pub fn groups_per_row(&self) -> usize {
-        self.cols.div_ceil(self.params.group_size as usize)
-    }
-}
-
-/// Activations in fixed point: token t's vector is `mants[t*width ..] * 2^exps[t]` (one
-/// shared exponent per token, DESIGN §4: the residual stream's outliers make any coarser
-/// sharing lose the small channels).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenFixed {
-    pub tokens: usize,
-    pub width: usize,
-    pub exps: Vec<i32>,
-    pub mants: Vec<i32>,
-}
-
-/// Largest |activation mantissa| `matmul` accepts (18-bit signed inputs).
-pub const MATMUL_MAX_ACT: i32 = 1 << 17;
-/// Largest spread of a weight row's group exponents `matmul` accepts for rows of up to
-/// `MATMUL_FULL_SPREAD_COLS` columns (see `matmul_max_spread` for wider rows).
-pub const MATMUL_MAX_SPREAD: i32 = 16;
-/// Widest row that keeps the full `MATMUL_MAX_SPREAD` (2^13 columns: 128 groups of 64).
-pub const MATMUL_FULL_SPREAD_COLS: usize = 1 << 13;
-/// Widest row (inner dimension K) `matmul` accepts: 2^16 columns, spread 13.
-pub const MATMUL_MAX_COLS: usize = 1 << 16;
-
-/// Largest spread of group exponents `matmul` accepts in a weight row of `cols` columns:
-/// 16 up to 2^13 columns, then one less per doubling (15 up to 2^14, 14 up to 2^15, 13 up
-/// to 2^16), i.e. the largest S with cols · 2^(32 + S) <= 2^61.
-///
-/// The bound it keeps, for every backend: |a| <= 2^17 and |m| <= 2^15, so each product
-/// |a·m| <= 2^32; a product in a group shifted by s <= S to its row's smallest exponent is
-/// <= 2^(32+S); a row's exact sum over `cols` such products is then
-/// <= cols · 2^(32+S) <= 2^61, and strictly below it (the row's smallest group is shifted
-/// by 0). So every exact sum, and every partial sum over any subset of a row's columns
-/// (groups, slices of columns, split-K partials), stays below 2^61 in magnitude: exact in
-/// i64, and inside what `renorm` and the NLL kernels assume of `ExactSums` — the same
-/// invariant as before wide rows existed (128 groups of 64 × 2^38 × 2^16 = 2^61).
-///
-/// Why lower the spread instead of widening the accumulators: rows up to 2^13 columns
-/// (every layer of SmolLM2, Llama hidden sizes up to 8192) keep spread 16 and every bit; a
-/// wider row only loses weight bits far below its largest group (`align_row_exponents`
-/// rounds a group whose exponent lies more than S below the row's largest to 2^(emax − S)
-/// steps, i.e. a step of 2^-(S+15) of the row's largest weight instead of 2^-31 at
-/// S = 16: 2^-28 at S = 13, far below the 2^-16 relative step of the 16-bit mantissas
-/// themselves). A third accumulator word (96-bit sums) would instead slow every matmul on
-/// every backend, change `ExactSums` and every kernel that reads it.
-pub fn matmul_max_spread(cols: usize) -> i32 {
-    let doublings = cols.div_ceil(MATMUL_FULL_SPREAD_COLS).max(1).next_power_of_two().trailing_zeros() as i32;
-    MATMUL_MAX_SPREAD - doublings
-}
-
-/// Exact products of `matmul`: `sums[t*n + o] * 2^(x.exps[t] + row_exps[o])`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExactSums {
-    pub tokens: usize,
-    pub n: usize,
-    pub sums: Vec<i64>,
-    /// Per output row: the smallest group exponent of that weight row.
-    pub row_exps: Vec<i32>,
 }
 
 /// Why a kernel did not produce a result.
@@ -360,33 +264,15 @@ pub trait Backend: Send + Sync {
 
     /// RMSNorm of each token with weights `gamma` (one row, one group, <= 16-bit
     /// mantissas) to `bits`-bit outputs; algorithm and bounds in `backend/cpu/norm.rs`.
-    fn rms_norm(
-        &self,
-        x: &TokenFixed,
-        gamma: &GroupFixed,
-        c: &cpu::norm::RmsConsts,
-        bits: u32,
-    ) -> Result<TokenFixed, Error>;
+    fn rms_norm(&self, x: &TokenFixed, gamma: &GroupFixed, c: &RmsConsts, bits: u32) -> Result<TokenFixed, Error>;
 
     /// SwiGLU `silu(gate) · up` per token to `bits`-bit outputs (|mantissas| <= 2^17);
     /// algorithm and bounds in `backend/cpu/act.rs`.
-    fn swiglu(
-        &self,
-        gate: &TokenFixed,
-        up: &TokenFixed,
-        c: &cpu::act::ExpConsts,
-        bits: u32,
-    ) -> Result<TokenFixed, Error>;
+    fn swiglu(&self, gate: &TokenFixed, up: &TokenFixed, c: &ExpConsts, bits: u32) -> Result<TokenFixed, Error>;
 
     /// RoPE of each token (all heads, `positions[t]` its position) to `bits`-bit outputs;
     /// algorithm and bounds in `backend/cpu/rope.rs`.
-    fn rope(
-        &self,
-        x: &TokenFixed,
-        positions: &[u32],
-        t: &cpu::rope::RopeTables,
-        bits: u32,
-    ) -> Result<TokenFixed, Error>;
+    fn rope(&self, x: &TokenFixed, positions: &[u32], t: &RopeTables, bits: u32) -> Result<TokenFixed, Error>;
 
     /// Residual add `x + y` per token to `bits`-bit outputs (|mantissas| <= 2^23);
     /// alignment and rounding in `backend/cpu/add.rs`.
@@ -394,13 +280,7 @@ pub trait Backend: Send + Sync {
 
     /// Negative log-likelihood (Q30) of each token's target under its row of logits
     /// (|mantissas| <= 2^23, exponents <= 8); algorithm and bounds in `backend/cpu/nll.rs`.
-    fn nll(
-        &self,
-        logits: &TokenFixed,
-        targets: &[u32],
-        ec: &cpu::act::ExpConsts,
-        lc: &cpu::nll::LogConsts,
-    ) -> Result<Vec<i64>, Error>;
+    fn nll(&self, logits: &TokenFixed, targets: &[u32], ec: &ExpConsts, lc: &LogConsts) -> Result<Vec<i64>, Error>;
 
     /// `nll(renorm(s, x_exps, bits), targets)` without keeping the logits (the lm_head's
     /// exact sums straight to each token's NLL): the same values.
@@ -410,8 +290,8 @@ pub trait Backend: Send + Sync {
         x_exps: &[i32],
         bits: u32,
         targets: &[u32],
-        ec: &cpu::act::ExpConsts,
-        lc: &cpu::nll::LogConsts,
+        ec: &ExpConsts,
+        lc: &LogConsts,
     ) -> Result<Vec<i64>, Error> {
         let logits = self.renorm(s, x_exps, bits)?;
         self.nll(&logits, targets, ec, lc)
@@ -427,8 +307,8 @@ pub trait Backend: Send + Sync {
         p: &Prepared,
         bits: u32,
         targets: &[u32],
-        ec: &cpu::act::ExpConsts,
-        lc: &cpu::nll::LogConsts,
+        ec: &ExpConsts,
+        lc: &LogConsts,
     ) -> Result<Vec<i64>, Error> {
         let s = self.matmul_prepared(x, p)?;
         self.renorm_nll(&s, &x.exps, bits, targets, ec, lc)
@@ -443,7 +323,7 @@ pub trait Backend: Send + Sync {
         k: &TokenFixed,
         v: &TokenFixed,
         s: &cpu::attention::AttnShape,
-        ec: &cpu::act::ExpConsts,
+        ec: &ExpConsts,
         bits: u32,
     ) -> Result<TokenFixed, Error>;
 
@@ -491,36 +371,6 @@ pub(crate) fn check_quantize_args(x: &GroupFixed, importance: &[u32], p: QuantPa
         return Err(bad_input!("importance of column {j} exceeds {MAX_IMPORTANCE}"));
     }
     Ok(())
-}
-
-/// Raise every group exponent of each row to at least (row max − `spread`), rounding the
-/// mantissas of the raised groups half to even, so `matmul`'s alignment shifts are bounded.
-/// All-zero groups take the floor exponent. Host integer arithmetic, deterministic.
-pub fn align_row_exponents(w: &mut GroupFixed, spread: i32) {
-    let gpr = w.groups_per_row();
-    let g = w.params.group_size as usize;
-    for r in 0..w.rows {
-        let nonzero = |gi: usize| {
-            let (c0, c1) = (r * w.cols + gi * g, r * w.cols + ((gi + 1) * g).min(w.cols));
-            w.mantissas[c0..c1].iter().any(|&m| m != 0)
-        };
-        let Some(emax) = (0..gpr).filter(|&gi| nonzero(gi)).map(|gi| w.exponents[r * gpr + gi]).max() else {
-            continue;
-        };
-        let floor = emax - spread;
-        for gi in 0..gpr {
-            let e = &mut w.exponents[r * gpr + gi];
-            if *e >= floor {
-                continue;
-            }
-            let shift = (floor - *e) as u32;
-            *e = floor;
-            let (c0, c1) = (r * w.cols + gi * g, r * w.cols + ((gi + 1) * g).min(w.cols));
-            for m in &mut w.mantissas[c0..c1] {
-                *m = cpu::wide::shr_round(*m as i64, shift.min(63)) as i32;
-            }
-        }
-    }
 }
 
 /// Largest |m| of a slice (a fold without early exit, so it vectorises: the bound checks
@@ -584,12 +434,7 @@ pub(crate) fn check_renorm_args(s: &ExactSums, x_exps: &[i32], bits: u32) -> Res
     Ok(())
 }
 
-pub(crate) fn check_rms_args(
-    x: &TokenFixed,
-    gamma: &GroupFixed,
-    c: &cpu::norm::RmsConsts,
-    bits: u32,
-) -> Result<(), Error> {
+pub(crate) fn check_rms_args(x: &TokenFixed, gamma: &GroupFixed, c: &RmsConsts, bits: u32) -> Result<(), Error> {
     if gamma.rows != 1 || gamma.cols != x.width || gamma.exponents.len() != 1 || gamma.params.mantissa_bits > 16 {
         return Err(bad_input!("rms_norm: gamma must be one row of {} in one group with <= 16-bit mantissas", x.width));
     }
@@ -625,12 +470,7 @@ pub(crate) fn check_swiglu_args(g: &TokenFixed, u: &TokenFixed, bits: u32) -> Re
     Ok(())
 }
 
-pub(crate) fn check_rope_args(
-    x: &TokenFixed,
-    positions: &[u32],
-    t: &cpu::rope::RopeTables,
-    bits: u32,
-) -> Result<(), Error> {
+pub(crate) fn check_rope_args(x: &TokenFixed, positions: &[u32], t: &RopeTables, bits: u32) -> Result<(), Error> {
     if t.head_dim == 0 || !t.head_dim.is_multiple_of(2) || !x.width.is_multiple_of(t.head_dim) {
         return Err(bad_input!("rope: width {} is not a whole number of heads of {}", x.width, t.head_dim));
     }

@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::quant::{QuantTensor, step};
+use crate::fixed::quant::{QuantTensor, step};
 
 /// Damping added to H's diagonal before error feedback: λ = num/den × the mean of
 /// diag(H). A larger λ trusts the calibration statistic's off-diagonal structure less: the
@@ -835,7 +835,7 @@ mod tests {
         // Version 1's constant, bit for bit: 1/100 in f64 is the literal 0.01.
         assert_eq!(Damp::GPTQ.value().to_bits(), 0.01f64.to_bits());
     }
-    use crate::codec::quant::QuantParams;
+    use crate::fixed::quant::QuantParams;
 
     fn spd(n: usize, seed: u64) -> Vec<f64> {
         // H = X Xᵀ / m + diag, X with correlated columns.

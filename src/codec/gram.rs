@@ -43,9 +43,9 @@
 
 use rayon::prelude::*;
 
-use crate::backend::cpu::linear::shr_round_any;
-use crate::backend::{MATMUL_MAX_ACT, TokenFixed};
 use crate::error::Result;
+use crate::fixed::round::shr_round_any;
+use crate::fixed::tensor::{MATMUL_MAX_ACT, TokenFixed};
 
 /// Largest input width that keeps the full matrix (Llama-3.1-70B's down_proj, 28,672, fits;
 /// 405B's 53,248 does not); wider inputs keep the diagonal only (a documented reduction,

@@ -1,9 +1,10 @@
 //! Ingest a named tensor: float bits → fixed-point groups on a backend, with errors that
 //! name the tensor and the offending element.
 
-use crate::backend::{Backend, GroupFixed, IngestParams, KernelError};
+use crate::backend::{Backend, KernelError};
 use crate::dtype::{DType, Decoded};
 use crate::error::{Error, Result};
+use crate::fixed::tensor::{GroupFixed, IngestParams};
 
 /// Ingest `[rows, cols]` of `dtype` bits; NaN/Inf is an error naming `tensor`, the flat
 /// index and its row and column (never silently encoded).

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
 
 use super::gram::SymPacked;
-use super::quant::{OVERLAY_EXP_RANGE, Overlay};
+use crate::fixed::quant::{MAX_RANK, OVERLAY_EXP_RANGE, Overlay};
 
 /// The metric H over the input channels (symmetric positive semi-definite).
 #[derive(Debug, Clone, Copy)]
@@ -668,7 +668,7 @@ pub fn allocate_layer(items: &[LayerItem], budget_bits: i128, rounds: usize) -> 
         let mut best: Option<(f64, usize)> = None;
         for t in 0..n {
             let k = rank[t] + 1;
-            if k > super::quant::MAX_RANK || k > items[t].rows.min(items[t].cols) {
+            if k > MAX_RANK || k > items[t].rows.min(items[t].cols) {
                 continue;
             }
             let dcost = bits_at(t, k) - bits_at(t, rank[t]);

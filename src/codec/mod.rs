@@ -18,6 +18,6 @@ pub const DECODES: std::ops::RangeInclusive<u32> = 1..=CODEC_VERSION;
 
 /// Fixed-point format the forward pass and codec ingest weights with by default
 /// (DESIGN §4: 16-bit mantissas per group of 64 input channels).
-pub const DEFAULT_INGEST: crate::backend::IngestParams =
-    crate::backend::IngestParams { group_size: 64, mantissa_bits: 16 };
+pub const DEFAULT_INGEST: crate::fixed::tensor::IngestParams =
+    crate::fixed::tensor::IngestParams { group_size: 64, mantissa_bits: 16 };
 pub mod lowrank;

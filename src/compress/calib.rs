@@ -9,11 +9,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::backend::{Backend, TokenFixed};
+use crate::backend::Backend;
 use crate::codec::gram::Gram;
 use crate::digest::sha256_hex;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::fixed::tensor::TokenFixed;
 use crate::forward::layer::{Consts, Layer, RESIDUAL_BITS, Tap};
 use crate::forward::source::Patched;
 use crate::forward::text::{parse_token_bytes, tokenize_bytes};

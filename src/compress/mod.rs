@@ -17,10 +17,11 @@ use crate::codec::CODEC_VERSION;
 use crate::codec::gptq;
 use crate::codec::gram::SymPacked;
 use crate::codec::lowrank::{self, LayerItem, Metric};
-use crate::codec::quant::{MAX_IMPORTANCE, MAX_RANK, QuantParams, QuantTensor, quantize_tensor, step};
+use crate::codec::quant::quantize_tensor;
 use crate::digest::{sha256_hex, weights_digest};
 use crate::dtype::{DType, Decoded, first_non_finite};
 use crate::error::{Error, Result};
+use crate::fixed::quant::{MAX_GROUP_SIZE, MAX_IMPORTANCE, MAX_RANK, QuantParams, QuantTensor, step};
 use crate::forward::layer::Tap;
 use crate::model::{Model, Role, hash_model_dir};
 use crate::pack::layer::{self, LayerMeta, QuantMeta};
@@ -293,12 +294,8 @@ pub fn compress(
     if !(2..=8).contains(&opts.bits) {
         return Err(bad_input!("--bits {} out of range 2..=8", opts.bits));
     }
-    if opts.group_size == 0 || opts.group_size > crate::codec::quant::MAX_GROUP_SIZE {
-        return Err(bad_input!(
-            "--group-size {} out of range 1..={}",
-            opts.group_size,
-            crate::codec::quant::MAX_GROUP_SIZE
-        ));
+    if opts.group_size == 0 || opts.group_size > MAX_GROUP_SIZE {
+        return Err(bad_input!("--group-size {} out of range 1..={}", opts.group_size, MAX_GROUP_SIZE));
     }
     let model = Model::open(model_dir)?;
     if let Rank::Fixed(r) = opts.rank

@@ -13,9 +13,10 @@ use rayon::prelude::*;
 
 use super::layer::{self, ACT_BITS, Consts, LOGIT_BITS, Layer, RESIDUAL_BITS, slice_tokens};
 use super::source::Source;
+use crate::backend::Backend;
 use crate::backend::cpu::kld::{self, Divergence};
-use crate::backend::{Backend, TokenFixed};
 use crate::error::Result;
+use crate::fixed::tensor::TokenFixed;
 
 /// Which predictions of a window count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,7 +231,7 @@ fn run_layers(
 
 /// The final norm and the lm_head (the embedding when tied), loaded within `budget`.
 struct Head {
-    norm: crate::backend::GroupFixed,
+    norm: crate::fixed::tensor::GroupFixed,
     linear: layer::Linear,
 }
 

@@ -8,15 +8,12 @@
 //! rounds them into the stream, so the add, not the branch, is the rounding that counts.
 
 use super::source::Tensors;
-use crate::backend::cpu::act::ExpConsts;
 use crate::backend::cpu::attention::AttnShape;
-use crate::backend::cpu::linear::shr_round_any;
-use crate::backend::cpu::norm::RmsConsts;
-use crate::backend::cpu::rope::RopeTables;
-use crate::backend::{
-    Backend, ExactSums, GroupFixed, IngestParams, Prepared, TokenFixed, align_row_exponents, matmul_max_spread,
-};
+use crate::backend::{Backend, Prepared};
 use crate::error::Result;
+use crate::fixed::round::shr_round_any;
+use crate::fixed::tables::{ExpConsts, LogConsts, RmsConsts, RopeTables};
+use crate::fixed::tensor::{ExactSums, GroupFixed, IngestParams, TokenFixed, align_row_exponents, matmul_max_spread};
 use crate::model::ModelConfig;
 
 pub const RESIDUAL_BITS: u32 = 20;
@@ -34,7 +31,7 @@ pub struct Consts {
     pub rope: RopeTables,
     pub attn: AttnShape,
     pub exp: ExpConsts,
-    pub log: crate::backend::cpu::nll::LogConsts,
+    pub log: LogConsts,
 }
 
 impl Consts {
@@ -45,7 +42,7 @@ impl Consts {
             rope: RopeTables::for_config(c, seq_len),
             attn: AttnShape::new(c.num_attention_heads, c.num_key_value_heads, c.head_dim),
             exp: ExpConsts::new(),
-            log: crate::backend::cpu::nll::LogConsts::new(),
+            log: LogConsts::new(),
         }
     }
 }
@@ -171,7 +168,7 @@ impl Linear {
         bits: u32,
         targets: &[u32],
         ec: &ExpConsts,
-        lc: &crate::backend::cpu::nll::LogConsts,
+        lc: &LogConsts,
     ) -> Result<Vec<i64>> {
         let r = match self.parts.as_slice() {
             [p] => b.head_nll(x, p, bits, targets, ec, lc),

@@ -7,9 +7,10 @@ pub mod layer;
 pub mod source;
 pub mod text;
 
-use crate::backend::{Backend, IngestParams, TokenFixed};
+use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::Result;
+use crate::fixed::tensor::{IngestParams, TokenFixed};
 use crate::model::Model;
 
 /// Version of the forward pass numerics (widths, rounding points, kernels' algorithms).

@@ -155,7 +155,7 @@ impl ModelConfig {
         let vocab_size = need(raw.vocab_size, "vocab_size")?;
         // Sizes the kernels accept (issue 14 item 2): a model beyond one gets a one-line
         // refusal naming the field here, before any weight is read.
-        let k_max = crate::backend::MATMUL_MAX_COLS;
+        let k_max = crate::fixed::tensor::MATMUL_MAX_COLS;
         for (field, v, max, what) in [
             ("hidden_size", hidden_size, k_max, "matmul inner dimension and RMSNorm width"),
             ("intermediate_size", intermediate_size, k_max, "matmul inner dimension of down_proj"),

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use super::bits;
 use super::stfile::OutTensor;
-use crate::codec::quant::{MAX_GROUP_SIZE, MAX_RANK, OVERLAY_EXP_RANGE, Overlay, QuantParams, QuantTensor};
 use crate::digest::canonical_json;
 use crate::dtype::DType;
 use crate::error::Result;
+use crate::fixed::quant::{MAX_GROUP_SIZE, MAX_RANK, OVERLAY_EXP_RANGE, Overlay, QuantParams, QuantTensor};
 use crate::model::weights::SafetensorsFile;
 
 pub const CODEC_NAME: &str = "ucw-q1";

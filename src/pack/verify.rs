@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 
 use super::{COPIED_FILES, FileProblem, Kind, OpenFiles, Pack, layer};
 use crate::backend::Backend;
-use crate::codec::quant::MAX_RANK;
 use crate::digest::{sha256_hex, weights_digest};
 use crate::dtype::DType;
 use crate::error::Result;
+use crate::fixed::quant::MAX_RANK;
 
 #[derive(Debug, Clone)]
 pub struct TensorCheck {

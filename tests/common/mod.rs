@@ -194,7 +194,7 @@ impl Outputs {
     }
 
     /// A token-major result as two cases, "`name` exps" and "`name` mants".
-    pub fn tokens(&mut self, name: &str, y: &ucw::backend::TokenFixed) {
+    pub fn tokens(&mut self, name: &str, y: &ucw::fixed::tensor::TokenFixed) {
         self.add(format!("{name} exps"), &y.exps);
         self.add(format!("{name} mants"), &y.mants);
     }

@@ -10,34 +10,8 @@
 //! 4. p = round(gm · s / 2^22) (|p| < 2^26), z = p · um (< 2^43) at exponent ge + ue − 8.
 //! 5. One renormalisation of the token to `bits` (largest |z| first, half even).
 
-use super::attention::shr_round_lane;
-use super::linear::shr_round_any;
-
-/// ln(2) and log2(e) in Q30, and the table 2^(-j/256) in Q30, all from f64 with IEEE
-/// operations and `libm` (identical on every machine).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpConsts {
-    pub ln2_q30: u32,
-    pub log2e_q30: u32,
-    pub table: [u32; 256],
-}
-
-impl ExpConsts {
-    pub fn new() -> ExpConsts {
-        let q30 = 1073741824.0f64;
-        ExpConsts {
-            ln2_q30: (core::f64::consts::LN_2 * q30).round_ties_even() as u32,
-            log2e_q30: (core::f64::consts::LOG2_E * q30).round_ties_even() as u32,
-            table: std::array::from_fn(|j| (libm::exp2(-(j as f64) / 256.0) * q30).round_ties_even() as u32),
-        }
-    }
-}
-
-impl Default for ExpConsts {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+use crate::fixed::round::{shr_round_any, shr_round_lane};
+use crate::fixed::tables::ExpConsts;
 
 fn round_u64(x: u64, s: u32) -> u64 {
     shr_round_any(x as i64, s) as u64

@@ -6,7 +6,7 @@
 //! even to emax − 38, where it is far below the output's resolution), summed exactly
 //! (< 2^62), and the token is renormalised once to `bits` (largest |s| first, half even).
 
-use super::linear::shr_round_any;
+use crate::fixed::round::shr_round_any;
 
 /// a·2^(e − target) as an integer at exponent `target`, exact for e >= target, rounded half
 /// even otherwise.

@@ -22,9 +22,11 @@
 //! as f64 matrix products (`matrixmultiply`): every product and partial sum is exact in any
 //! order or blocking, so the results are the integers above, bit for bit.
 
-use super::act::{ExpConsts, div_round_lane, exp_neg_q30_lane};
-use super::linear::{bitlen, shr_round_any};
-use crate::backend::TokenFixed;
+use super::act::{div_round_lane, exp_neg_q30_lane};
+use super::linear::bitlen;
+use crate::fixed::round::{shr_round_any, shr_round_lane};
+use crate::fixed::tables::ExpConsts;
+use crate::fixed::tensor::TokenFixed;
 
 /// Shape of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,18 +68,6 @@ pub fn score_from_dot(dot: i64, e_base: i32, scale_q30: u32) -> i64 {
     } else {
         shr_round_any(prod, (-e) as u32)
     }
-}
-
-/// `shr_round_any` for |a| < 2^62 written without branches (selects only), so that loops
-/// over keys vectorise. Equal to it on that domain (tested).
-#[inline(always)]
-pub fn shr_round_lane(a: i64, s: u32) -> i64 {
-    let k = s.min(62);
-    // 1 for k >= 1, 0 for k = 0, in arithmetic (a bool cast keeps loops from vectorising).
-    let nz = (k as i64 + 63) >> 6;
-    // a + 2^(k-1) − 1 + (quotient odd) < 2^63 for |a| < 2^62: rounds half to even.
-    let r = (a + (((1i64 << k) - 1) >> 1) + ((a >> k) & nz)) >> k;
-    if s >= 63 { 0 } else { r }
 }
 
 /// `score_from_dot` without branches (tested equal).

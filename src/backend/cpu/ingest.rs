@@ -1,7 +1,7 @@
 //! CPU twin of shaders/ingest.wgsl.
 
-use crate::backend::IngestParams;
 use crate::dtype::{DType, Decoded};
+use crate::fixed::tensor::IngestParams;
 
 /// round_half_even(sig * 2^(exp - e)) with the sign applied (twin of `to_mantissa`).
 #[inline]

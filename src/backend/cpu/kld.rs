@@ -26,12 +26,12 @@
 
 use rayon::prelude::*;
 
-use super::act::{ExpConsts, exp_neg_q30_lane};
-use super::attention::shr_round_lane;
-use super::linear::shr_round_any;
-use super::nll::{LogConsts, log2_q30};
-use crate::backend::TokenFixed;
+use super::act::exp_neg_q30_lane;
+use super::nll::log2_q30;
 use crate::error::Error;
+use crate::fixed::round::{shr_round_any, shr_round_lane};
+use crate::fixed::tables::{ExpConsts, LogConsts};
+use crate::fixed::tensor::TokenFixed;
 
 /// One position's comparison of the two distributions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! CPU twins of shaders/matmul.wgsl (exact integer matrix product) and
 //! shaders/renorm.wgsl (one rounding to a per-token exponent).
 
-use crate::backend::{ExactSums, GroupFixed, TokenFixed};
+use crate::fixed::round::shr_round_lane;
+use crate::fixed::tensor::{ExactSums, GroupFixed, TokenFixed};
 
 /// Smallest group exponent of each weight row.
 pub fn row_exps(w: &GroupFixed) -> Vec<i32> {
@@ -40,12 +41,6 @@ pub fn bitlen(x: u64) -> i32 {
     64 - x.leading_zeros() as i32
 }
 
-/// `a · 2^-s` rounded half to even for any s >= 0 (0 once s reaches 63: |a| < 2^62).
-#[inline]
-pub fn shr_round_any(a: i64, s: u32) -> i64 {
-    if s >= 63 { 0 } else { super::wide::shr_round(a, s) }
-}
-
 simd_dispatch! {
     /// Round a token's exact values (all at one exponent, |z| < 2^62) to `bits`-bit
     /// mantissas: the shift comes from the largest |z|, rounding half to even. Returns the
@@ -61,7 +56,7 @@ simd_dispatch! {
         if shift >= 0 {
             // |v| < 2^62: `shr_round_lane` equals `shr_round_any` there.
             for (o, &v) in out.iter_mut().zip(z) {
-                *o = super::attention::shr_round_lane(v, shift as u32) as i32;
+                *o = shr_round_lane(v, shift as u32) as i32;
             }
         } else {
             // Every |z| < 2^(bits-1+shift): the left shift is exact.
@@ -91,7 +86,7 @@ simd_dispatch! {
             // d > 0 only for values with bitlen(s) <= bits - 1 - d (or s = 0): the shift cannot
             // overflow. |s| < 2^61, inside `shr_round_lane`'s domain.
             let up = (s << d.clamp(0, 63)) as i32;
-            let down = super::attention::shr_round_lane(s, (-d).max(0) as u32) as i32;
+            let down = shr_round_lane(s, (-d).max(0) as u32) as i32;
             *m = if d >= 0 { up } else { down };
         }
         e

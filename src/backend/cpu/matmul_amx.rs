@@ -22,7 +22,7 @@
 //!   Σ_s C_s·2^(8s) (|.| <= 2^17·2^31·8192 = 2^61; the top classes hold only the small
 //!   signed bytes, so every term C_s·2^(8s) stays below 2^62 too) is formed in i64 and the
 //!   slices' sums are added in i64. Each slice's sum and every partial total is a sum of a
-//!   subset of the reference's terms a·m·2^s, so below 2^61 (`backend::matmul_max_spread`:
+//!   subset of the reference's terms a·m·2^s, so below 2^61 (`fixed::tensor::matmul_max_spread`:
 //!   K·2^(32+S) <= 2^61): no i64 overflow, and the total is the reference's sum exactly.
 //!
 //! Layout: weights are packed once (`Packed`), per tile of 16 rows and per k-step of 64
@@ -37,7 +37,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::matmul_blocks::{add_fixes, blocked_sums, fix_value, write_tile};
-use crate::backend::{GroupFixed, TokenFixed};
+use crate::fixed::tensor::{GroupFixed, TokenFixed};
 
 /// Tokens (A tile rows) and weight rows (C tile columns) per tile.
 const TILE: usize = 16;

@@ -42,7 +42,7 @@ use std::borrow::Cow;
 
 use super::matmul_blocks::{add_fixes, blocked_sums, fix_value, write_tile};
 use super::matmul_pairs::{PackedRows, PairRows, PairShape, pack_acts, pack_rows};
-use crate::backend::{GroupFixed, TokenFixed};
+use crate::fixed::tensor::{GroupFixed, TokenFixed};
 
 /// Tokens per micro-kernel tile. Measured (benches/kernels.rs, 512 tokens, this file's
 /// other constants fixed): 2 tokens × 16 rows gave 38 and 29 G multiply-adds/s on the

@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::backend::{GroupFixed, TokenFixed};
+use crate::fixed::tensor::{GroupFixed, TokenFixed};
 
 /// The `[tokens, n]` sums, `tokens_per_block × rows_per_block` at a time:
 /// `tile(t0, r0, out)` must write every element of its block `out` (one slice per token,

@@ -28,7 +28,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::{GroupFixed, TokenFixed};
+use crate::fixed::tensor::{GroupFixed, TokenFixed};
 
 /// Tokens per block (a multiple of `TOK_TILE`; forward-pass chunks of up to 128 tokens take
 /// one block, so their weights are widened once).
@@ -231,7 +231,7 @@ impl Shape {
         for (lr, r) in rows.enumerate() {
             for gi in 0..gpr {
                 let s = w.exponents[r * gpr + gi] - re[r];
-                debug_assert!((0..=crate::backend::MATMUL_MAX_SPREAD).contains(&s));
+                debug_assert!((0..=crate::fixed::tensor::MATMUL_MAX_SPREAD).contains(&s));
                 for l in (lr % ROW_TILE..LANES).step_by(ROW_TILE) {
                     out[((lr / ROW_TILE) * gpr + gi) * LANES + l] = s as i64;
                 }
@@ -390,7 +390,7 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::backend::cpu::linear::{matmul_rows, row_exps};
-    use crate::backend::{IngestParams, MATMUL_MAX_ACT, MATMUL_MAX_COLS, matmul_max_spread};
+    use crate::fixed::tensor::{IngestParams, MATMUL_MAX_ACT, MATMUL_MAX_COLS, matmul_max_spread};
 
     use crate::test_rng::SplitMix64 as Rng;
 

@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::backend::{GroupFixed, TokenFixed};
+use crate::fixed::tensor::{GroupFixed, TokenFixed};
 
 /// Bits of an activation's low part a_lo (unsigned).
 pub const LO_BITS: u32 = 9;
@@ -104,7 +104,7 @@ pub fn pack_rows(w: &GroupFixed, re: &[i32], s: PairShape, rows: Range<usize>, r
                 }
                 for (lane, r) in (first..first + tile_rows.len()).enumerate() {
                     let sh = w.exponents[r * s.gpr + gi] - re[r];
-                    debug_assert!((0..=crate::backend::MATMUL_MAX_SPREAD).contains(&sh));
+                    debug_assert!((0..=crate::fixed::tensor::MATMUL_MAX_SPREAD).contains(&sh));
                     sdst[gi * row_tile + lane] = sh as i64;
                 }
             }
@@ -196,8 +196,8 @@ mod tests {
     //! every weight and activation comes back from its documented place, padding is zero,
     //! out-of-i16 weights are listed, shifts are where the kernels read them.
     use super::*;
-    use crate::backend::IngestParams;
     use crate::backend::cpu::linear::row_exps;
+    use crate::fixed::tensor::IngestParams;
     use crate::test_rng::SplitMix64 as Rng;
 
     #[test]

@@ -29,7 +29,7 @@
 
 use super::matmul_blocks::{add_fixes, blocked_sums, write_tile};
 use super::matmul_pairs::{PackedRows, PairShape as Shape, pack_acts};
-use crate::backend::{GroupFixed, TokenFixed};
+use crate::fixed::tensor::{GroupFixed, TokenFixed};
 
 /// Tokens per micro-kernel tile.
 const TOK_TILE: usize = 6;

@@ -66,12 +66,14 @@ pub mod wide;
 use rayon::prelude::*;
 
 use crate::backend::{
-    Backend, ExactSums, GroupFixed, IngestParams, KernelError, Prepared, TokenFixed, WideCase, WideResult,
-    check_ingest_args, check_matmul_args, check_quantize_args, check_renorm_args,
+    Backend, KernelError, Prepared, WideCase, WideResult, check_ingest_args, check_matmul_args, check_quantize_args,
+    check_renorm_args,
 };
-use crate::codec::quant::{QuantParams, QuantTensor};
 use crate::dtype::DType;
 use crate::error::Error;
+use crate::fixed::quant::{QuantParams, QuantTensor};
+use crate::fixed::tables::{ExpConsts, LogConsts, RmsConsts, RopeTables};
+use crate::fixed::tensor::{ExactSums, GroupFixed, IngestParams, TokenFixed};
 
 /// Rows per parallel task for row-wise kernels.
 const ROWS_PER_TASK: usize = 16;
@@ -277,13 +279,7 @@ impl Backend for CpuBackend {
         Ok(linear::renorm(s, x_exps, bits))
     }
 
-    fn rms_norm(
-        &self,
-        x: &TokenFixed,
-        gamma: &GroupFixed,
-        c: &norm::RmsConsts,
-        bits: u32,
-    ) -> Result<TokenFixed, Error> {
+    fn rms_norm(&self, x: &TokenFixed, gamma: &GroupFixed, c: &RmsConsts, bits: u32) -> Result<TokenFixed, Error> {
         super::check_rms_args(x, gamma, c, bits)?;
         let w = x.width;
         let mut mants = vec![0i32; x.tokens * w];
@@ -302,7 +298,7 @@ impl Backend for CpuBackend {
         Ok(TokenFixed { tokens: x.tokens, width: w, exps, mants })
     }
 
-    fn swiglu(&self, g: &TokenFixed, u: &TokenFixed, c: &act::ExpConsts, bits: u32) -> Result<TokenFixed, Error> {
+    fn swiglu(&self, g: &TokenFixed, u: &TokenFixed, c: &ExpConsts, bits: u32) -> Result<TokenFixed, Error> {
         super::check_swiglu_args(g, u, bits)?;
         let w = g.width;
         let mut mants = vec![0i32; g.tokens * w];
@@ -321,7 +317,7 @@ impl Backend for CpuBackend {
         Ok(TokenFixed { tokens: g.tokens, width: w, exps, mants })
     }
 
-    fn rope(&self, x: &TokenFixed, positions: &[u32], t: &rope::RopeTables, bits: u32) -> Result<TokenFixed, Error> {
+    fn rope(&self, x: &TokenFixed, positions: &[u32], t: &RopeTables, bits: u32) -> Result<TokenFixed, Error> {
         super::check_rope_args(x, positions, t, bits)?;
         let w = x.width;
         let mut mants = vec![0i32; x.tokens * w];
@@ -350,13 +346,7 @@ impl Backend for CpuBackend {
         Ok(TokenFixed { tokens: x.tokens, width: w, exps, mants })
     }
 
-    fn nll(
-        &self,
-        l: &TokenFixed,
-        targets: &[u32],
-        ec: &act::ExpConsts,
-        lc: &nll::LogConsts,
-    ) -> Result<Vec<i64>, Error> {
+    fn nll(&self, l: &TokenFixed, targets: &[u32], ec: &ExpConsts, lc: &LogConsts) -> Result<Vec<i64>, Error> {
         super::check_nll_args(l, targets)?;
         let w = l.width;
         Ok((0..l.tokens)
@@ -371,8 +361,8 @@ impl Backend for CpuBackend {
         x_exps: &[i32],
         bits: u32,
         targets: &[u32],
-        ec: &act::ExpConsts,
-        lc: &nll::LogConsts,
+        ec: &ExpConsts,
+        lc: &LogConsts,
     ) -> Result<Vec<i64>, Error> {
         check_renorm_args(s, x_exps, bits)?;
         let n = s.n;
@@ -404,7 +394,7 @@ impl Backend for CpuBackend {
         k: &TokenFixed,
         v: &TokenFixed,
         s: &attention::AttnShape,
-        ec: &act::ExpConsts,
+        ec: &ExpConsts,
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         super::check_attention_args(q, k, v, s, bits)?;

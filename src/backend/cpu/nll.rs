@@ -10,38 +10,9 @@
 //! 5. NLL = ln2·(log2 S − 30) + (mmax − m_y)·2^e, in Q30 (target term uncapped, exact
 //!    to Q30 when e + 30 >= 0, else rounded half even).
 
-use super::act::{ExpConsts, exp_neg_q30_lane};
-use super::attention::shr_round_lane;
-use super::linear::shr_round_any;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogConsts {
-    /// log2(1 + j/256) in Q30, j < 256
-    pub log2_table: Vec<u32>,
-    /// 256/(256 + j) in Q30, j < 256
-    pub recip_table: Vec<u32>,
-    /// 1/ln 2 in Q30 and ln 2 in Q28
-    pub inv_ln2_q30: u32,
-    pub ln2_q28: u32,
-}
-
-impl LogConsts {
-    pub fn new() -> LogConsts {
-        let q30 = 1073741824.0f64;
-        LogConsts {
-            log2_table: (0..256).map(|j| (libm::log2(1.0 + j as f64 / 256.0) * q30).round_ties_even() as u32).collect(),
-            recip_table: (0..256).map(|j| (256.0 / (256.0 + j as f64) * q30).round_ties_even() as u32).collect(),
-            inv_ln2_q30: (core::f64::consts::LOG2_E * q30).round_ties_even() as u32,
-            ln2_q28: (core::f64::consts::LN_2 * 268435456.0).round_ties_even() as u32,
-        }
-    }
-}
-
-impl Default for LogConsts {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+use super::act::exp_neg_q30_lane;
+use crate::fixed::round::{shr_round_any, shr_round_lane};
+use crate::fixed::tables::{ExpConsts, LogConsts};
 
 fn round_i64(x: i64, s: u32) -> i64 {
     shr_round_any(x, s)

@@ -12,42 +12,9 @@
 //! 6. z_i = a_i · g_i · P (< 2^23 · 2^15 · 2^24 = 2^62), then one renormalisation of the
 //!    token to `bits` bits (largest |z| first, half even).
 
-use super::linear::{bitlen, shr_round_any};
-
-/// Host constants of one RMSNorm (width and ε); exact, from f64 with IEEE operations only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RmsConsts {
-    pub he_m: u64,
-    pub he_e: i32,
-    pub sh_m: u32,
-    pub sh_e: i32,
-    pub seed: Vec<u32>,
-}
-
-/// f64 (positive, normal) → (53-bit integer mantissa, exponent), exactly.
-fn split(x: f64) -> (u64, i32) {
-    let bits = x.to_bits();
-    let e = ((bits >> 52) & 0x7ff) as i32;
-    ((bits & ((1u64 << 52) - 1)) | (1u64 << 52), e - 1075)
-}
-
-impl RmsConsts {
-    pub fn new(width: usize, eps: f64) -> RmsConsts {
-        let (he_m, he_e) = split(width as f64 * eps);
-        // sqrt is correctly rounded in IEEE 754: the same f64 everywhere.
-        let (m, e) = split((width as f64).sqrt());
-        let sh_m = shr_round_any(m as i64, 23) as u32; // 30 significant bits
-        let (sh_m, sh_e) = if sh_m >> 30 != 0 { (sh_m >> 1, e + 24) } else { (sh_m, e + 23) };
-        // Seed for M/2^30 in [1, 4) by its top 8 bits: 2^30 / sqrt(midpoint of the bucket).
-        let seed = (64..256u32)
-            .map(|i| {
-                let mid = (i as f64 + 0.5) / 64.0;
-                (1073741824.0 / mid.sqrt()).round_ties_even() as u32
-            })
-            .collect();
-        RmsConsts { he_m, he_e, sh_m, sh_e, seed }
-    }
-}
+use super::linear::bitlen;
+use crate::fixed::round::shr_round_any;
+use crate::fixed::tables::RmsConsts;
 
 /// x · 2^-s rounded half to even, or x · 2^-s exactly when s < 0 (caller bounds it).
 fn shift_round(x: u64, s: i32) -> u64 {

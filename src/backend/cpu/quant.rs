@@ -16,7 +16,8 @@
 //! so |err| < 2^25 before and <= 2^17 after the shift; h err <= 2^29 fits an i32, h err^2
 //! <= 2^46, and a sum over <= 2^12 elements < 2^58.
 
-use crate::codec::quant::{QuantParams, group_range};
+use crate::fixed::quant::{Overlay, QuantParams, QuantTensor, group_range, step};
+use crate::fixed::round::shr_round;
 
 // Implementation (the definition above, bit for bit; the tests below compare it with the
 // plain per-z, integer-division version it replaced): each candidate step t makes one pass
@@ -68,7 +69,7 @@ pub fn step_fx(c: u32, base_exp: i32, e_g: i32) -> u32 {
     } else if sh >= 0 {
         mant << sh
     } else if sh > -32 {
-        super::wide::shr_round(mant as i64, (-sh) as u32) as u32
+        shr_round(mant as i64, (-sh) as u32) as u32
     } else {
         0
     }
@@ -230,7 +231,7 @@ impl DequantTables {
                 continue;
             }
             slot[key] = (tables.len() / width) as u32;
-            let (mant, exp) = crate::codec::quant::step(s, base_exp);
+            let (mant, exp) = step(s, base_exp);
             for q in 0..width as i64 {
                 let v = mant as i64 * (q - z as i64);
                 tables.push(dtype.encode(v < 0, v.unsigned_abs(), exp).unwrap_or(OVERFLOW));
@@ -297,8 +298,8 @@ pub fn dequantize_rows(
 ///   T = D 2^(eD - m) + O 2^(Eo - m) with m = min(eD, Eo), rounded once to `dtype`.
 #[allow(clippy::too_many_arguments)]
 pub fn dequantize_rows_overlay(
-    q: &crate::codec::quant::QuantTensor,
-    o: &crate::codec::quant::Overlay,
+    q: &QuantTensor,
+    o: &Overlay,
     dtype: crate::dtype::DType,
     r0: usize,
     out: &mut [u8],
@@ -317,7 +318,7 @@ pub fn dequantize_rows_overlay(
         }
         for c in 0..cols {
             let gi = row * gpr + c / g;
-            let (m, ed) = crate::codec::quant::step(q.scales[gi], q.base_exp);
+            let (m, ed) = step(q.scales[gi], q.base_exp);
             let d = m as i64 * (q.codes[row * cols + c] as i64 - q.zeros[gi] as i64);
             let mut ov = 0i64;
             for (k, &ak) in a.iter().enumerate() {
@@ -361,7 +362,7 @@ mod tests {
         for j in 0..x.len() {
             let d = r[j].clamp(-z, qmax - z);
             let err = (x[j] << 8) - t * d;
-            let e = super::super::wide::shr_round(err as i64, 8) as i32;
+            let e = shr_round(err as i64, 8) as i32;
             cost += (e as i64 * (e * h[j] as i32) as i64) as u64;
             if let Some(c) = out.as_deref_mut() {
                 c[j] = (d + z) as u8;

@@ -11,25 +11,13 @@
 //!   (≤ 2^38 when |cos|, |sin| ≤ 2^20; ≤ 2^42 with an attention factor ≤ 16; exact in i64)
 //! then one renormalisation of the token to `bits` (largest |y| first, half even).
 
+use crate::fixed::tables::RopeTables;
 use crate::model::ModelConfig;
 use crate::model::config::RopeScaling;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RopeTables {
-    pub head_dim: usize,
-    pub positions: usize,
-    /// `[positions, head_dim / 2]` cos and sin in Q20
-    pub cos: Vec<i32>,
-    pub sin: Vec<i32>,
-}
-
+// The type and its config-free constructors are in `fixed::tables`; this one reads a model
+// config, which `fixed` must not import, so it lives beside `inv_freq`.
 impl RopeTables {
-    /// Plain RoPE (rope_type "default"): inv_freq_f = θ^(−2f/d), scale 1.
-    pub fn new(head_dim: usize, positions: usize, theta: f64) -> RopeTables {
-        let inv: Vec<f64> = (0..head_dim / 2).map(|f| libm::pow(theta, -((2 * f) as f64) / head_dim as f64)).collect();
-        RopeTables::from_inv_freq(head_dim, positions, &inv, 1.0)
-    }
-
     /// The tables of a model's config for a window of `positions` tokens (the length that
     /// `dynamic` and `longrope` depend on: see `RopeScaling`).
     pub fn for_config(c: &ModelConfig, positions: usize) -> RopeTables {
@@ -41,24 +29,6 @@ impl RopeTables {
                 RopeTables::from_inv_freq(c.head_dim, positions, &inv, scale)
             }
         }
-    }
-
-    /// angle = p · inv_freq_f; cos and sin × `scale` (transformers' attention_scaling),
-    /// rounded half even to Q20. With scale 1 the product is exact, so `new` is unchanged.
-    pub fn from_inv_freq(head_dim: usize, positions: usize, inv_freq: &[f64], scale: f64) -> RopeTables {
-        let half = head_dim / 2;
-        assert_eq!(inv_freq.len(), half, "one inverse frequency per pair");
-        let q20 = 1048576.0f64;
-        let mut cos = Vec::with_capacity(positions * half);
-        let mut sin = Vec::with_capacity(positions * half);
-        for p in 0..positions {
-            for &inv in inv_freq {
-                let a = p as f64 * inv;
-                cos.push((libm::cos(a) * scale * q20).round_ties_even() as i32);
-                sin.push((libm::sin(a) * scale * q20).round_ties_even() as i32);
-            }
-        }
-        RopeTables { head_dim, positions, cos, sin }
     }
 }
 

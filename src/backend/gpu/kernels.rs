@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Buf, GpuBackend, words_le};
 use crate::backend::{
-    Backend, ExactSums, GroupFixed, IngestParams, KernelError, Prepared, TokenFixed, WideCase, WideResult,
-    check_ingest_args, check_matmul_acts, check_matmul_args, check_matmul_weights, check_quantize_args,
-    check_renorm_args,
+    Backend, KernelError, Prepared, WideCase, WideResult, check_ingest_args, check_matmul_acts, check_matmul_args,
+    check_matmul_weights, check_quantize_args, check_renorm_args,
 };
-use crate::codec::quant::{QuantParams, QuantTensor};
 use crate::dtype::DType;
 use crate::error::Error;
+use crate::fixed::quant::{QuantParams, QuantTensor};
+use crate::fixed::tables::{ExpConsts, LogConsts, RmsConsts, RopeTables};
+use crate::fixed::tensor::{ExactSums, GroupFixed, IngestParams, TokenFixed};
 
 /// A weight matrix on the device for all its products (`prepare_matmul`): mantissas, group
 /// exponents and row exponents as `matmul` would upload them for the whole matrix.
@@ -41,11 +42,7 @@ struct NllTables {
 }
 
 impl NllTables {
-    fn upload(
-        b: &GpuBackend,
-        ec: &crate::backend::cpu::act::ExpConsts,
-        lc: &crate::backend::cpu::nll::LogConsts,
-    ) -> Self {
+    fn upload(b: &GpuBackend, ec: &ExpConsts, lc: &LogConsts) -> Self {
         NllTables {
             exp: b.upload_words("nll.exp", &ec.table),
             log2: b.upload_words("nll.log2", &lc.log2_table),
@@ -135,8 +132,8 @@ impl GpuBackend {
         targets: &[u32],
         v: usize,
         t: &NllTables,
-        ec: &crate::backend::cpu::act::ExpConsts,
-        lc: &crate::backend::cpu::nll::LogConsts,
+        ec: &ExpConsts,
+        lc: &LogConsts,
     ) -> Result<Vec<i64>, Error> {
         let nt = targets.len();
         let chunks = v.div_ceil(self.chunks.nll).max(1);
@@ -503,8 +500,8 @@ impl Backend for GpuBackend {
         p: &Prepared,
         bits: u32,
         targets: &[u32],
-        ec: &crate::backend::cpu::act::ExpConsts,
-        lc: &crate::backend::cpu::nll::LogConsts,
+        ec: &ExpConsts,
+        lc: &LogConsts,
     ) -> Result<Vec<i64>, Error> {
         let w = p.weights().ok_or_else(|| bad_input!("matmul: weights prepared by another backend"))?;
         let (t, n, k) = (x.tokens, w.rows, w.cols);
@@ -599,13 +596,7 @@ impl Backend for GpuBackend {
         Ok(TokenFixed { tokens: t, width: n, exps, mants })
     }
 
-    fn rms_norm(
-        &self,
-        x: &TokenFixed,
-        gamma: &GroupFixed,
-        c: &crate::backend::cpu::norm::RmsConsts,
-        bits: u32,
-    ) -> Result<TokenFixed, Error> {
+    fn rms_norm(&self, x: &TokenFixed, gamma: &GroupFixed, c: &RmsConsts, bits: u32) -> Result<TokenFixed, Error> {
         crate::backend::check_rms_args(x, gamma, c, bits)?;
         // Per invocation: the sum of squares, rsqrt's two Newton steps, the largest |z|, then
         // either the zero fill or the output loop (exclusive): 3·width + 2 iterations (hidden
@@ -634,13 +625,7 @@ impl Backend for GpuBackend {
         })
     }
 
-    fn swiglu(
-        &self,
-        gate: &TokenFixed,
-        up: &TokenFixed,
-        c: &crate::backend::cpu::act::ExpConsts,
-        bits: u32,
-    ) -> Result<TokenFixed, Error> {
+    fn swiglu(&self, gate: &TokenFixed, up: &TokenFixed, c: &ExpConsts, bits: u32) -> Result<TokenFixed, Error> {
         crate::backend::check_swiglu_args(gate, up, bits)?;
         // One element per invocation: the sigmoid's 32-step division is the only loop.
         self.check_loops("swiglu", 64)?;
@@ -671,13 +656,7 @@ impl Backend for GpuBackend {
         self.renorm(&s, &x_exps, bits)
     }
 
-    fn rope(
-        &self,
-        x: &TokenFixed,
-        positions: &[u32],
-        t: &crate::backend::cpu::rope::RopeTables,
-        bits: u32,
-    ) -> Result<TokenFixed, Error> {
+    fn rope(&self, x: &TokenFixed, positions: &[u32], t: &RopeTables, bits: u32) -> Result<TokenFixed, Error> {
         crate::backend::check_rope_args(x, positions, t, bits)?;
         self.check_loops("rope", 3 * x.width as u64)?;
         let w = x.width;
@@ -709,13 +688,7 @@ impl Backend for GpuBackend {
         })
     }
 
-    fn nll(
-        &self,
-        l: &TokenFixed,
-        targets: &[u32],
-        ec: &crate::backend::cpu::act::ExpConsts,
-        lc: &crate::backend::cpu::nll::LogConsts,
-    ) -> Result<Vec<i64>, Error> {
+    fn nll(&self, l: &TokenFixed, targets: &[u32], ec: &ExpConsts, lc: &LogConsts) -> Result<Vec<i64>, Error> {
         crate::backend::check_nll_args(l, targets)?;
         self.check_nll_loops(l.width)?;
         let (n, v) = (l.tokens, l.width);
@@ -742,7 +715,7 @@ impl Backend for GpuBackend {
         k: &TokenFixed,
         v: &TokenFixed,
         s: &crate::backend::cpu::attention::AttnShape,
-        ec: &crate::backend::cpu::act::ExpConsts,
+        ec: &ExpConsts,
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         crate::backend::check_attention_args(q, k, v, s, bits)?;

@@ -266,7 +266,7 @@ impl GpuBackend {
     }
 
     /// Split-K of a matmul by `w`: (groups per slice, slices).
-    pub(crate) fn matmul_slices(&self, w: &crate::backend::GroupFixed) -> (usize, usize) {
+    pub(crate) fn matmul_slices(&self, w: &crate::fixed::tensor::GroupFixed) -> (usize, usize) {
         let g = (w.params.group_size as usize).max(1);
         let per = (self.chunks.matmul_cols / g).max(1);
         (per, w.groups_per_row().div_ceil(per).max(1))
