@@ -202,6 +202,9 @@ impl Backend for Flipping {
     fn peak_device_bytes(&self) -> Option<u64> {
         self.inner.peak_device_bytes()
     }
+    fn traffic(&self) -> Option<ucw::backend::Traffic> {
+        self.inner.traffic()
+    }
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {
         self.inner.wide_ops(cases)
     }

@@ -10,6 +10,7 @@
 pub mod cpu;
 pub mod device;
 pub mod gpu;
+pub mod traffic;
 
 use crate::dtype::DType;
 use crate::error::Error;
@@ -20,6 +21,7 @@ use crate::fixed::tensor::{
 };
 
 pub use device::{DeviceInfo, DeviceSpec};
+pub use traffic::Traffic;
 
 /// A weight matrix ready for repeated products (`Backend::prepare_matmul`): the backend's
 /// own layout of it, if any, and the ingested weights unless that layout replaces them (the
@@ -330,6 +332,15 @@ pub trait Backend: Send + Sync {
     /// Largest number of bytes this backend held in device buffers at once so far; None
     /// for the CPU backend (its buffers are host memory, counted in the process RSS).
     fn peak_device_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Queue submissions, bytes uploaded and bytes read back so far (since the backend was
+    /// opened): the host ↔ device traffic a job costs is the difference of two snapshots.
+    /// None for the CPU backend, which has no device queue and moves nothing (its
+    /// "device" is host memory), as `peak_device_bytes` is None there; reports omit the
+    /// figures rather than print zeros that would read as a measurement.
+    fn traffic(&self) -> Option<Traffic> {
         None
     }
 

@@ -170,7 +170,10 @@ pub fn run(a: &CompressArgs) -> Result<()> {
             }
         }
     };
+    let traffic_start = backend.traffic();
     let s = compress(&a.model_dir, &a.output, backend.as_ref(), &opts, &mut progress)?;
+    // Host ↔ device traffic of the compression (null where the backend does not count it).
+    let traffic = traffic_start.zip(backend.traffic()).map(|(a, b)| b.since(a));
     if tty {
         eprintln!();
     }
@@ -214,6 +217,7 @@ pub fn run(a: &CompressArgs) -> Result<()> {
             "phase_seconds": phases,
             "peak_device_bytes": backend.peak_device_bytes(),
             "peak_rss_bytes": crate::forward::job::peak_rss_bytes(),
+            "traffic": traffic,
         }));
         return Ok(());
     }

@@ -153,6 +153,22 @@ fn print_human(r: &EvalReport) {
     if let Some(p) = r.peak_rss_bytes {
         println!("peak RSS        {:.1} MiB", p as f64 / (1 << 20) as f64);
     }
+    if let Some(t) = &r.traffic {
+        println!(
+            "traffic         {} submissions, {:.1} MiB up, {:.1} MiB back ({:.0} / {:.0} bytes per token)",
+            t.submissions,
+            t.uploaded_bytes as f64 / (1 << 20) as f64,
+            t.readback_bytes as f64 / (1 << 20) as f64,
+            t.uploaded_bytes_per_token,
+            t.readback_bytes_per_token
+        );
+        println!(
+            "layer traffic   {:.1} submissions per layer and window group; {:.0} / {:.0} bytes per token and layer",
+            t.layers.submissions_per_layer_group,
+            t.layers.uploaded_bytes_per_token_layer,
+            t.layers.readback_bytes_per_token_layer
+        );
+    }
     for n in &r.notes {
         println!("note: {n}");
     }

@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use super::layer::{self, ACT_BITS, Consts, LOGIT_BITS, Layer, RESIDUAL_BITS, slice_tokens};
 use super::source::Source;
-use crate::backend::Backend;
 use crate::backend::cpu::kld::{self, Divergence};
+use crate::backend::{Backend, Traffic};
 use crate::error::Result;
 use crate::fixed::tensor::TokenFixed;
 
@@ -62,9 +62,32 @@ pub struct EvalResult {
     pub predictions: u64,
     /// Per window Σ NLL (Q30).
     pub window_nll_q30: Vec<i64>,
+    /// Host ↔ device traffic of the decoder layers applied to the windows (weights' loading
+    /// and the head excluded), where the backend counts it, and how many (layer, window
+    /// group) steps it covers: the per-layer cost of the forward pass.
+    pub layer_traffic: Option<LayerTraffic>,
     /// Seconds spent in the forward pass (weights reading and ingest included, tokenizing
     /// excluded), as `hf_ppl.py` times its forward loop. Not a result: never compared.
     pub forward_seconds: f64,
+}
+
+/// `Backend::traffic` over the decoder layers' window steps only (`EvalResult::layer_traffic`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayerTraffic {
+    pub traffic: Traffic,
+    /// Layers × window groups (`Backend::concurrent_windows` windows at a time) measured.
+    pub steps: u64,
+}
+
+impl LayerTraffic {
+    fn add(&mut self, t: Traffic) {
+        self.traffic = self.traffic.plus(t);
+        self.steps += 1;
+    }
+
+    pub fn plus(self, o: LayerTraffic) -> LayerTraffic {
+        LayerTraffic { traffic: self.traffic.plus(o.traffic), steps: self.steps + o.steps }
+    }
 }
 
 impl EvalResult {
@@ -190,7 +213,8 @@ fn least(shapes: &[(usize, usize)]) -> u64 {
 }
 
 /// Embedding and every decoder layer over all windows: the residual stream after the last
-/// layer, one `TokenFixed` per window. `progress(done, layers + 1)` after each layer.
+/// layer, one `TokenFixed` per window, and the traffic of the layers' window steps where the
+/// backend counts it. `progress(done, layers + 1)` after each layer.
 fn run_layers(
     backend: &dyn Backend,
     src: &mut Source,
@@ -199,7 +223,7 @@ fn run_layers(
     opts: &EvalOptions,
     resident: &ResidentAllowance,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<Vec<TokenFixed>> {
+) -> Result<(Vec<TokenFixed>, Option<LayerTraffic>)> {
     let c = src.config().clone();
     // Embedding: the rows of the ids, one exponent per token at the residual width.
     let mut hidden = Vec::with_capacity(windows.len());
@@ -217,16 +241,24 @@ fn run_layers(
     let call_budget = || opts.max_memory.saturating_sub(backend.resident_weight_bytes());
     let layers = c.num_hidden_layers;
     progress(0, layers + 1);
+    let group = backend.concurrent_windows().max(1);
+    let mut measured = backend.traffic().map(|_| LayerTraffic::default());
     for l in 0..layers {
         let layer = Layer::load(backend, src, l, call_budget())?;
         let chunk = layer.chunk(call_budget())?;
-        each_window(&mut hidden, backend.concurrent_windows(), |_, h| {
-            *h = layer.forward(backend, h, consts, chunk)?;
-            Ok(())
-        })?;
+        for part in hidden.chunks_mut(group) {
+            let before = backend.traffic();
+            each_window(part, group, |_, h| {
+                *h = layer.forward(backend, h, consts, chunk)?;
+                Ok(())
+            })?;
+            if let (Some(m), Some(b), Some(a)) = (measured.as_mut(), before, backend.traffic()) {
+                m.add(a.since(b));
+            }
+        }
         progress(l + 1, layers + 1);
     }
-    Ok(hidden)
+    Ok((hidden, measured))
 }
 
 /// The final norm and the lm_head (the embedding when tied), loaded within `budget`.
@@ -260,7 +292,7 @@ pub fn evaluate(
     let start = Instant::now();
     let consts = Consts::new(&c, seq_len);
     let resident = ResidentAllowance::new(backend, 0);
-    let mut hidden = run_layers(backend, src, windows, &consts, opts, &resident, progress)?;
+    let (mut hidden, layer_traffic) = run_layers(backend, src, windows, &consts, opts, &resident, progress)?;
     let layers = c.num_hidden_layers;
 
     // Final norm, lm_head and NLL, chunk by chunk.
@@ -315,6 +347,7 @@ pub fn evaluate(
         nll_q30: window_nll.iter().sum(),
         predictions,
         window_nll_q30: window_nll,
+        layer_traffic,
         forward_seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -370,7 +403,7 @@ pub fn evaluate_pair(
     // The baseline's trunk, reduced to its final-norm activations.
     let t0 = Instant::now();
     let kb = Consts::new(&cb, seq_len);
-    let hb = run_layers(backend, baseline, windows, &kb, opts, &resident, &mut |d, t| progress(1, d, t))?;
+    let (hb, traffic_b) = run_layers(backend, baseline, windows, &kb, opts, &resident, &mut |d, t| progress(1, d, t))?;
     let norm_b = layer::load_norm(backend, baseline, "model.norm.weight", cb.hidden_size)?;
     let xb: Vec<TokenFixed> = hb
         .iter()
@@ -381,7 +414,7 @@ pub fn evaluate_pair(
 
     let t1 = Instant::now();
     let km = Consts::new(&cm, seq_len);
-    let mut hm = run_layers(backend, model, windows, &km, opts, &resident, &mut |d, t| progress(0, d, t))?;
+    let (mut hm, traffic_m) = run_layers(backend, model, windows, &km, opts, &resident, &mut |d, t| progress(0, d, t))?;
     // Both heads at once: each may keep weights on the device within what leaves one
     // product of either room.
     resident.allow(opts.max_memory.saturating_sub(2 * head_least));
@@ -413,10 +446,11 @@ pub fn evaluate_pair(
     let layers = cm.num_hidden_layers;
     progress(0, layers + 1, layers + 1);
     let predictions = (windows.len() * scored.len()) as u64;
-    let result = |window_nll: Vec<i64>, forward_seconds: f64| EvalResult {
+    let result = |window_nll: Vec<i64>, layer_traffic: Option<LayerTraffic>, forward_seconds: f64| EvalResult {
         nll_q30: window_nll.iter().sum(),
         predictions,
         window_nll_q30: window_nll,
+        layer_traffic,
         forward_seconds,
     };
     let model_seconds = t1.elapsed().as_secs_f64();
@@ -424,8 +458,8 @@ pub fn evaluate_pair(
     let base_nll = per_window.iter().map(|r| r.1).collect();
     let (divergence, nll_diff_q30) = per_window.into_iter().map(|r| (r.2, r.3)).unzip::<_, _, Vec<_>, Vec<_>>();
     Ok(PairResult {
-        model: result(model_nll, model_seconds),
-        baseline: result(base_nll, base_seconds),
+        model: result(model_nll, traffic_m, model_seconds),
+        baseline: result(base_nll, traffic_b, base_seconds),
         divergence: divergence.into_iter().flatten().collect(),
         nll_diff_q30: nll_diff_q30.into_iter().flatten().collect(),
     })

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::eval::{EvalOptions, EvalResult, Score, evaluate, evaluate_pair};
+use super::eval::{EvalOptions, EvalResult, LayerTraffic, Score, evaluate, evaluate_pair};
 use super::source::Source;
 use super::text::{choose_windows, parse_token_bytes, tokenize_bytes};
-use crate::backend::Backend;
 use crate::backend::cpu::kld::Divergence;
+use crate::backend::{Backend, Traffic};
 use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 
@@ -169,6 +169,63 @@ impl RatioUncertainty {
     }
 }
 
+/// Host ↔ device traffic of one `ucw eval` (`Backend::traffic` from the job's start to its
+/// end: weights' ingest, embedding, layers and head, of both models with a baseline).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrafficFigures {
+    pub submissions: u64,
+    pub uploaded_bytes: u64,
+    pub readback_bytes: u64,
+    /// Tokens evaluated: windows × seq_len.
+    pub tokens: u64,
+    pub submissions_per_token: f64,
+    pub uploaded_bytes_per_token: f64,
+    pub readback_bytes_per_token: f64,
+    /// The decoder layers applied to the windows alone (their weights' loading excluded).
+    pub layers: LayerTrafficFigures,
+}
+
+/// `TrafficFigures::layers`: the traffic of the decoder layers' window steps, per step (one
+/// layer over one group of windows evaluated together) and per token and layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerTrafficFigures {
+    pub submissions: u64,
+    pub uploaded_bytes: u64,
+    pub readback_bytes: u64,
+    /// Layers × window groups measured (both models' with a baseline).
+    pub layer_groups: u64,
+    pub submissions_per_layer_group: f64,
+    pub uploaded_bytes_per_token_layer: f64,
+    pub readback_bytes_per_token_layer: f64,
+}
+
+impl TrafficFigures {
+    /// `total` over `tokens` evaluated tokens; `layers`' traffic covered `token_layers`
+    /// (tokens × decoder layers, summed over the models run).
+    fn new(total: Traffic, tokens: u64, layers: LayerTraffic, token_layers: u64) -> TrafficFigures {
+        let per = |v: u64, n: u64| v as f64 / n.max(1) as f64;
+        let l = layers.traffic;
+        TrafficFigures {
+            submissions: total.submissions,
+            uploaded_bytes: total.uploaded_bytes,
+            readback_bytes: total.readback_bytes,
+            tokens,
+            submissions_per_token: per(total.submissions, tokens),
+            uploaded_bytes_per_token: per(total.uploaded_bytes, tokens),
+            readback_bytes_per_token: per(total.readback_bytes, tokens),
+            layers: LayerTrafficFigures {
+                submissions: l.submissions,
+                uploaded_bytes: l.uploaded_bytes,
+                readback_bytes: l.readback_bytes,
+                layer_groups: layers.steps,
+                submissions_per_layer_group: per(l.submissions, layers.steps),
+                uploaded_bytes_per_token_layer: per(l.uploaded_bytes, token_layers),
+                readback_bytes_per_token_layer: per(l.readback_bytes, token_layers),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     pub ppl: f64,
@@ -212,6 +269,9 @@ pub struct EvalReport {
     pub peak_device_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_bytes: Option<u64>,
+    /// Host ↔ device traffic, where the backend counts it (GPU backends; omitted on the CPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficFigures>,
     pub max_memory: u64,
     pub tool: String,
     pub forward_version: u32,
@@ -254,6 +314,7 @@ pub fn run(
     progress: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<EvalReport> {
     let start = Instant::now();
+    let traffic_start = backend.traffic();
     let mut src = Source::open(&job.model)?;
     let mut baseline = job.baseline.as_ref().map(|p| Source::open(p)).transpose()?;
     let c = src.config().clone();
@@ -301,16 +362,30 @@ pub fn run(
     let opts = EvalOptions { score: job.score, max_memory: job.max_memory };
     let tokens = w.count * w.seq_len;
 
-    let (r, base, divergence, uncertainty) = match (&mut baseline, &job.baseline) {
+    let (r, base, divergence, uncertainty, base_layer_traffic) = match (&mut baseline, &job.baseline) {
         (Some(b), Some(p)) => {
             let pr = evaluate_pair(backend, &mut src, b, &windows, &opts, progress)?;
             let base = figures(p, b, &pr.baseline, tokens)?;
             let u = RatioUncertainty::new(&pr.nll_diff_q30, windows.len());
-            (pr.model, Some(base), Some(DivergenceFigures::new(&pr.divergence)), Some(u))
+            let lt = pr.baseline.layer_traffic;
+            (pr.model, Some(base), Some(DivergenceFigures::new(&pr.divergence)), Some(u), lt)
         }
-        _ => (evaluate(backend, &mut src, &windows, &opts, None, &mut |d, t| progress(0, d, t))?, None, None, None),
+        _ => {
+            let r = evaluate(backend, &mut src, &windows, &opts, None, &mut |d, t| progress(0, d, t))?;
+            (r, None, None, None, None)
+        }
     };
     let model = figures(&job.model, &src, &r, tokens)?;
+    let token_layers =
+        tokens as u64 * (c.num_hidden_layers + baseline.as_ref().map_or(0, |b| b.config().num_hidden_layers)) as u64;
+    let layer_traffic = match (r.layer_traffic, base_layer_traffic) {
+        (Some(m), Some(b)) => Some(m.plus(b)),
+        (m, _) => m,
+    };
+    let traffic = match (traffic_start, backend.traffic(), layer_traffic) {
+        (Some(s), Some(e), Some(l)) => Some(TrafficFigures::new(e.since(s), tokens as u64, l, token_layers)),
+        _ => None,
+    };
     Ok(EvalReport {
         ppl: model.ppl,
         ppl_bits: model.ppl_bits.clone(),
@@ -338,6 +413,7 @@ pub fn run(
         seconds: start.elapsed().as_secs_f64(),
         peak_device_bytes: backend.peak_device_bytes(),
         peak_rss_bytes: peak_rss_bytes(),
+        traffic,
         max_memory: job.max_memory,
         tool: format!("ucw {} (codec {})", env!("CARGO_PKG_VERSION"), crate::codec::CODEC_VERSION),
         forward_version: super::FORWARD_VERSION,

@@ -19,7 +19,7 @@ use crate::model::Model;
 /// weighted V term, so the weighted sums are exact matrix products (backend/cpu/attention.rs).
 pub const FORWARD_VERSION: u32 = 2;
 
-pub use eval::{EvalOptions, EvalResult, PairResult, Score, evaluate, evaluate_pair};
+pub use eval::{EvalOptions, EvalResult, LayerTraffic, PairResult, Score, evaluate, evaluate_pair};
 pub use source::Source;
 
 /// Embedding lookup: the ids' rows of `model.embed_tokens.weight`, gathered on the host

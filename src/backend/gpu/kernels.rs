@@ -794,6 +794,10 @@ impl Backend for GpuBackend {
         Some(self.mem.peak())
     }
 
+    fn traffic(&self) -> Option<crate::backend::Traffic> {
+        Some(self.traffic.snapshot())
+    }
+
     fn wide_ops(&self, cases: &[WideCase]) -> Result<Vec<WideResult>, Error> {
         if cases.is_empty() {
             return Ok(Vec::new());

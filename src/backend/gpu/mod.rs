@@ -140,6 +140,8 @@ pub struct GpuBackend {
     /// and the bytes it keeps now.
     resident_limit: AtomicU64,
     resident: Arc<AtomicU64>,
+    /// Submissions, uploads and readbacks (`Backend::traffic`).
+    pub(crate) traffic: crate::backend::traffic::TrafficCounter,
 }
 
 impl Drop for GpuBackend {
@@ -225,6 +227,7 @@ impl GpuBackend {
             profile: Profile::from_env(),
             resident_limit: AtomicU64::new(0),
             resident: Arc::default(),
+            traffic: Default::default(),
         })
     }
 
@@ -330,6 +333,7 @@ impl GpuBackend {
             mapped_at_creation: true,
         });
         write_mapped(&buf, bytes);
+        self.traffic.uploaded(size);
         if self.profile.on {
             self.profile.add("(upload)", t0, size);
         }
@@ -387,6 +391,7 @@ impl GpuBackend {
             mapped_at_creation: true,
         });
         write_mapped(&buf, &bytes);
+        self.traffic.uploaded(size);
         self.track(buf, size)
     }
 
@@ -425,6 +430,7 @@ impl GpuBackend {
             pass.dispatch_workgroups(x, y, 1);
         }
         self.queue.submit([enc.finish()]);
+        self.traffic.submitted();
         if self.profile.on {
             self.device
                 .poll(wgpu::PollType::wait_indefinitely())
@@ -447,6 +453,8 @@ impl GpuBackend {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&src.buf, 0, &staging.buf, 0, src.size);
         self.queue.submit([enc.finish()]);
+        self.traffic.submitted();
+        self.traffic.read_back(src.size);
         let (tx, rx) = std::sync::mpsc::channel();
         staging.buf.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
