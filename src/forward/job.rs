@@ -127,11 +127,11 @@ fn mean_stderr(sum: i128, sumsq: i128, n: u64) -> Option<f64> {
 
 /// How precisely the perplexity ratio is known. ln(ratio) is the mean over the scored
 /// predictions of d = the model's NLL − the baseline's; its standard error is given two
-/// ways: per prediction (d's spread / √n: llama-perplexity's `±`, too small where
-/// neighbouring predictions are correlated, as they are within a text) and between
-/// windows (the spread of the windows' means / √windows: each window a whole sample,
-/// the honest figure when there are enough windows). The ratio's errors are the ratio
-/// times those (first order). Computed from exact integer sums of the Q30 differences.
+/// ways: per prediction (d's spread / √n: llama-perplexity's `±`, which treats
+/// predictions as independent; neighbouring ones in a text are not, so it can understate)
+/// and between windows (the spread of the windows' means / √windows: each window a whole
+/// sample; rough with few windows). The ratio's errors are the ratio times those (first
+/// order). Computed from exact integer sums of the Q30 differences.
 #[derive(Debug, Clone, Serialize)]
 pub struct RatioUncertainty {
     /// Mean d in nats: ln(model ppl / baseline ppl).
