@@ -80,9 +80,9 @@ pub struct LayerTraffic {
 }
 
 impl LayerTraffic {
-    fn add(&mut self, t: Traffic) {
+    fn add(&mut self, t: Traffic, steps: u64) {
         self.traffic = self.traffic.plus(t);
-        self.steps += 1;
+        self.steps += steps;
     }
 
     pub fn plus(self, o: LayerTraffic) -> LayerTraffic {
@@ -241,20 +241,19 @@ fn run_layers(
     let call_budget = || opts.max_memory.saturating_sub(backend.resident_weight_bytes());
     let layers = c.num_hidden_layers;
     progress(0, layers + 1);
-    let group = backend.concurrent_windows().max(1);
+    // Window groups per layer (each_window's partition): the steps one layer's traffic covers.
+    let groups = windows.len().div_ceil(backend.concurrent_windows().max(1)) as u64;
     let mut measured = backend.traffic().map(|_| LayerTraffic::default());
     for l in 0..layers {
         let layer = Layer::load(backend, src, l, call_budget())?;
         let chunk = layer.chunk(call_budget())?;
-        for part in hidden.chunks_mut(group) {
-            let before = backend.traffic();
-            each_window(part, group, |_, h| {
-                *h = layer.forward(backend, h, consts, chunk)?;
-                Ok(())
-            })?;
-            if let (Some(m), Some(b), Some(a)) = (measured.as_mut(), before, backend.traffic()) {
-                m.add(a.since(b));
-            }
+        let before = backend.traffic();
+        each_window(&mut hidden, backend.concurrent_windows(), |_, h| {
+            *h = layer.forward(backend, h, consts, chunk)?;
+            Ok(())
+        })?;
+        if let (Some(m), Some(b), Some(a)) = (measured.as_mut(), before, backend.traffic()) {
+            m.add(a.since(b), groups);
         }
         progress(l + 1, layers + 1);
     }
@@ -360,9 +359,9 @@ pub struct PairResult {
     pub model: EvalResult,
     pub baseline: EvalResult,
     pub divergence: Vec<Divergence>,
-    /// Per scored prediction, in window order: the model's NLL minus the baseline's, Q30
-    /// nats (what the ratio's uncertainty is computed from).
-    pub nll_diff_q30: Vec<i64>,
+    /// Σ over the scored predictions of d², d = the model's NLL − the baseline's in Q30
+    /// nats (with the windows' NLL totals, what the ratio's uncertainty needs).
+    pub nll_diff_sumsq: i128,
 }
 
 /// Evaluate `model` and `baseline` on the same windows and compare their next-token
@@ -374,7 +373,7 @@ pub struct PairResult {
 /// then stepped together, chunk by chunk: each chunk's two rows of logits give both NLLs
 /// (the same values `evaluate` gives: `nll` of the same logits) and the divergence, and are
 /// dropped. Memory beyond one evaluation: the second head's weights, one more chunk of
-/// logits, the kept activations and 24 bytes per prediction. `progress(which, done,
+/// logits, the kept activations and 16 bytes per prediction. `progress(which, done,
 /// total)`: 0 for the model, 1 for the baseline; the head phase of both reports as the
 /// model's last step, and its time counts in the model's `forward_seconds`.
 pub fn evaluate_pair(
@@ -425,8 +424,8 @@ pub fn evaluate_pair(
     let per_window = each_window(&mut hm, backend.concurrent_windows(), |wi, h| {
         let xm = backend.rms_norm(h, &head_m.norm, &km.rms_hidden, ACT_BITS)?;
         let ids = windows[wi];
-        let (mut sum_m, mut sum_b) = (0i64, 0i64);
-        let (mut div, mut diff) = (Vec::with_capacity(scored.len()), Vec::with_capacity(scored.len()));
+        let (mut sum_m, mut sum_b, mut sumsq) = (0i64, 0i64, 0i128);
+        let mut div = Vec::with_capacity(scored.len());
         let mut p0 = scored.start;
         while p0 < scored.end {
             let p1 = (p0 + chunk).min(scored.end);
@@ -437,11 +436,11 @@ pub fn evaluate_pair(
             let nm = backend.nll(&lm, targets, &km.exp, &km.log)?;
             sum_b += nb.iter().sum::<i64>();
             sum_m += nm.iter().sum::<i64>();
-            diff.extend(nm.iter().zip(&nb).map(|(m, b)| m - b));
+            sumsq += nm.iter().zip(&nb).map(|(m, b)| ((m - b) as i128).pow(2)).sum::<i128>();
             div.extend(kld::divergence(&lb, &lm, &km.exp, &km.log)?);
             p0 = p1;
         }
-        Ok((sum_m, sum_b, div, diff))
+        Ok((sum_m, sum_b, div, sumsq))
     })?;
     let layers = cm.num_hidden_layers;
     progress(0, layers + 1, layers + 1);
@@ -456,11 +455,11 @@ pub fn evaluate_pair(
     let model_seconds = t1.elapsed().as_secs_f64();
     let model_nll = per_window.iter().map(|r| r.0).collect();
     let base_nll = per_window.iter().map(|r| r.1).collect();
-    let (divergence, nll_diff_q30) = per_window.into_iter().map(|r| (r.2, r.3)).unzip::<_, _, Vec<_>, Vec<_>>();
+    let nll_diff_sumsq = per_window.iter().map(|r| r.3).sum();
     Ok(PairResult {
         model: result(model_nll, traffic_m, model_seconds),
         baseline: result(base_nll, traffic_b, base_seconds),
-        divergence: divergence.into_iter().flatten().collect(),
-        nll_diff_q30: nll_diff_q30.into_iter().flatten().collect(),
+        divergence: per_window.into_iter().flat_map(|r| r.2).collect(),
+        nll_diff_sumsq,
     })
 }

@@ -143,22 +143,19 @@ pub struct RatioUncertainty {
 }
 
 impl RatioUncertainty {
-    /// `diff`: d per prediction in Q30 nats, `windows` equal runs of it in window order.
-    pub fn new(diff: &[i64], windows: usize) -> RatioUncertainty {
-        let n = diff.len() as u64;
-        let sum: i128 = diff.iter().map(|&d| d as i128).sum();
-        let sumsq: i128 = diff.iter().map(|&d| d as i128 * d as i128).sum();
+    /// `window_diffs`: per window, the model's NLL total − the baseline's (Q30 nats), each
+    /// over `per_window` predictions; `sumsq`: Σ d² over all the predictions (Q60).
+    pub fn new(window_diffs: &[i64], sumsq: i128, per_window: u64) -> RatioUncertainty {
+        let windows = window_diffs.len() as u64;
+        let n = windows * per_window;
+        let sum: i128 = window_diffs.iter().map(|&d| d as i128).sum();
         let ln_ratio = nats_f64(sum as f64 / n.max(1) as f64);
         let ratio = ln_ratio.exp();
         let per = mean_stderr(sum, sumsq, n).map(nats_f64);
-        // Window sums: their mean's error / predictions per window is the error of d's mean.
-        let between = (windows >= 2 && diff.len().is_multiple_of(windows)).then(|| {
-            let sums: Vec<i128> =
-                diff.chunks(diff.len() / windows).map(|c| c.iter().map(|&d| d as i128).sum()).collect();
-            let sq: i128 = sums.iter().map(|&s| s * s).sum();
-            mean_stderr(sums.iter().sum(), sq, windows as u64).map(|e| nats_f64(e / (diff.len() / windows) as f64))
-        });
-        let between = between.flatten();
+        // The windows' totals: their mean's error / predictions per window is the error of
+        // d's mean.
+        let sq: i128 = window_diffs.iter().map(|&d| (d as i128).pow(2)).sum();
+        let between = mean_stderr(sum, sq, windows).map(|e| nats_f64(e / per_window.max(1) as f64));
         RatioUncertainty {
             ln_ratio,
             ln_ratio_stderr: per,
@@ -366,7 +363,10 @@ pub fn run(
         (Some(b), Some(p)) => {
             let pr = evaluate_pair(backend, &mut src, b, &windows, &opts, progress)?;
             let base = figures(p, b, &pr.baseline, tokens)?;
-            let u = RatioUncertainty::new(&pr.nll_diff_q30, windows.len());
+            let diffs: Vec<i64> =
+                pr.model.window_nll_q30.iter().zip(&pr.baseline.window_nll_q30).map(|(m, b)| m - b).collect();
+            let u =
+                RatioUncertainty::new(&diffs, pr.nll_diff_sumsq, pr.model.predictions / windows.len().max(1) as u64);
             let lt = pr.baseline.layer_traffic;
             (pr.model, Some(base), Some(DivergenceFigures::new(&pr.divergence)), Some(u), lt)
         }
@@ -428,6 +428,13 @@ mod tests {
 
     const Q30: f64 = (1u64 << 30) as f64;
 
+    /// What `run` hands `RatioUncertainty::new`, made from per-prediction differences.
+    fn from_diffs(d: &[i64], windows: usize) -> RatioUncertainty {
+        let w: Vec<i64> = d.chunks(d.len() / windows).map(|c| c.iter().sum()).collect();
+        let sumsq = d.iter().map(|&v| (v as i128).pow(2)).sum();
+        RatioUncertainty::new(&w, sumsq, (d.len() / windows) as u64)
+    }
+
     /// Two-pass f64 reference: the mean, then Σ(x − mean)² / (n − 1) / n.
     fn two_pass(x: &[f64]) -> (f64, f64) {
         let n = x.len() as f64;
@@ -441,17 +448,17 @@ mod tests {
     #[test]
     fn ratio_uncertainty_by_hand() {
         let d: Vec<i64> = [1, 2, 3, 4].iter().map(|v| v << 30).collect();
-        let u = RatioUncertainty::new(&d, 2);
+        let u = from_diffs(&d, 2);
         assert_eq!(u.ln_ratio, 2.5);
         assert!((u.ln_ratio_stderr.unwrap() - (5.0f64 / 12.0).sqrt()).abs() < 1e-15);
         assert!((u.ln_ratio_stderr_windows.unwrap() - 1.0).abs() < 1e-15);
         assert!((u.ppl_ratio_stderr.unwrap() - 2.5f64.exp() * (5.0f64 / 12.0).sqrt()).abs() < 1e-12);
         // One window: no between-window figure; one prediction: none at all.
-        assert!(RatioUncertainty::new(&d, 1).ln_ratio_stderr_windows.is_none());
-        let one = RatioUncertainty::new(&d[..1], 1);
+        assert!(from_diffs(&d, 1).ln_ratio_stderr_windows.is_none());
+        let one = from_diffs(&d[..1], 1);
         assert!(one.ln_ratio_stderr.is_none() && one.ppl_ratio_stderr.is_none());
         // Identical models: every difference 0, so are the errors.
-        let z = RatioUncertainty::new(&[0; 8], 4);
+        let z = from_diffs(&[0; 8], 4);
         assert_eq!((z.ln_ratio, z.ln_ratio_stderr, z.ln_ratio_stderr_windows), (0.0, Some(0.0), Some(0.0)));
     }
 
@@ -462,7 +469,7 @@ mod tests {
         let mut rng = SplitMix64(15);
         for (n, w) in [(2usize, 2usize), (97, 1), (4096, 8), (30 * 512, 30)] {
             let d: Vec<i64> = (0..n).map(|_| (rng.next() % (80u64 << 30)) as i64 - (40i64 << 30)).collect();
-            let u = RatioUncertainty::new(&d, w);
+            let u = from_diffs(&d, w);
             let x: Vec<f64> = d.iter().map(|&v| v as f64 / Q30).collect();
             let (m, e) = two_pass(&x);
             let ctx = format!("n {n}, windows {w}");
