@@ -1,8 +1,8 @@
 //! OpenSSF Model Signing interoperability with the real tool: the unmodified
 //! `model_signing` CLI of the `model-signing` package signs a pack, and `model_signing
 //! verify key` and `ucw verify --signature --public-key` agree on every case: a good
-//! signature passes both; a tampered file, a wrong key, a consistently re-made pack and a
-//! statement that lists a file the pack lacks are refused by both.
+//! signature passes both; a tampered file, an added file, a wrong key, a consistently
+//! re-made pack and a statement that lists a file the pack lacks are refused by both.
 //!
 //! UCW_VENV names a virtual environment with model-signing installed (.ci/run makes
 //! one). Without it the test prints SKIPPED, unless UCW_REQUIRE_PYTHON is set (CI), which
@@ -199,6 +199,17 @@ fn both_tools_refuse_the_same_faults() {
     let o = oms.ucw_verify(&tampered, &tampered.join("model.sig"), "k1.pub");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("FAIL  file layer-00001.safetensors"), "{}", text(&o));
+    // The signature holds for the manifest but not for the bytes on disk: it fails too.
+    assert!(text(&o).contains("layer-00001.safetensors on disk is not the signed file"), "{}", text(&o));
+
+    // A file added beside the signed ones.
+    let added = oms.copy_pack("added");
+    std::fs::copy(&sig, added.join("model.sig")).unwrap();
+    std::fs::write(added.join("notes.txt"), b"not signed").unwrap();
+    assert!(!oms.oms_accepts(&added, &added.join("model.sig"), "k1.pub"));
+    let o = oms.ucw_verify(&added, &added.join("model.sig"), "k1.pub");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("notes.txt on disk is not the signed file"), "{}", text(&o));
 
     // A file changed and the manifest rewritten to match: a self-consistent pack that
     // plain `ucw verify` accepts; only the signature shows it is not the signed one.

@@ -51,7 +51,7 @@ pub fn run(a: &VerifyArgs) -> Result<()> {
     if let Some(r) = &a.receipt {
         receipt::check_outside(r, &pack)?;
     }
-    let signature = check_signature(a, &mut pack)?;
+    let mut signature = check_signature(a, &mut pack)?;
     let mut owned: Vec<(String, DeviceInfo, Box<dyn Backend>)> = Vec::new();
     if a.all_devices {
         let devices = Devices::discover();
@@ -64,6 +64,9 @@ pub fn run(a: &VerifyArgs) -> Result<()> {
     }
     let backends: Vec<(String, &dyn Backend)> = owned.iter().map(|(l, _, b)| (l.clone(), b.as_ref())).collect();
     let report = verify(&pack, &backends, a.expect.as_deref())?;
+    if let Some((file, s)) = signature.as_mut() {
+        s.add_file_problems(file, &report.files);
+    }
     let pass = report.pass() && signature.as_ref().is_none_or(|(_, s)| s.pass());
     if let Some(path) = &a.receipt {
         let infos: Vec<(String, DeviceInfo)> = owned.iter().map(|(l, i, _)| (l.clone(), i.clone())).collect();

@@ -21,7 +21,7 @@ use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
 use serde_json::Value;
 
-use super::{MANIFEST_FILE, Pack};
+use super::{FileProblem, MANIFEST_FILE, Pack};
 use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 
@@ -73,6 +73,16 @@ pub struct SignatureCheck {
 impl SignatureCheck {
     pub fn pass(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// The statement is compared with the manifest's list; a pack file that then fails its
+    /// file check (changed, missing, or present but unlisted) is not what was signed
+    /// either, and OMS, which hashes the files on disk, refuses it too. The manifest's
+    /// own consistency problems are no such file: its digest was compared directly.
+    pub fn add_file_problems(&mut self, what: &str, files: &[FileProblem]) {
+        for p in files.iter().filter(|p| p.file != MANIFEST_FILE) {
+            self.problems.push(format!("{what}: {} on disk is not the signed file ({})", p.file, p.problem));
+        }
     }
 }
 
