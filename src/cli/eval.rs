@@ -2,9 +2,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{Common, print_json};
+use super::{Common, print_json, write_json_atomic};
 use crate::backend::device;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::forward::Score;
 use crate::forward::job::{EvalJob, EvalReport, Input, run as run_job};
 
@@ -83,7 +83,7 @@ pub fn run(
         eprintln!();
     }
     if let Some(out) = &output {
-        write_report(out, &report)?;
+        write_json_atomic(out, &report)?;
     }
     if common.json {
         print_json(&report);
@@ -91,21 +91,6 @@ pub fn run(
         print_human(&report);
     }
     Ok(())
-}
-
-/// Write the report next to its final name, then rename: never a half-written report.
-fn write_report(path: &Path, r: &EvalReport) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let body = serde_json::to_string_pretty(r).expect("JSON of a plain value") + "\n";
-    std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, "cannot write", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, "cannot write", e)
-    })
 }
 
 fn print_human(r: &EvalReport) {

@@ -9,7 +9,7 @@ mod info;
 mod verify;
 
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::backend::DeviceSpec;
 use crate::error::Result;
@@ -48,20 +48,7 @@ enum Command {
     /// Compress a model directory into a pack.
     Compress(compress::CompressArgs),
     /// Check a pack's files, then rebuild every tensor and compare with the manifest.
-    Verify {
-        pack: PathBuf,
-        /// Fail unless the pack digest equals this (optional sha256: prefix, any case).
-        #[arg(long)]
-        expect: Option<String>,
-        /// Reconstruct on every device present and require all to agree.
-        #[arg(long)]
-        all_devices: bool,
-        /// Print every tensor, not only failures.
-        #[arg(long)]
-        verbose: bool,
-        #[command(flatten)]
-        common: Common,
-    },
+    Verify(verify::VerifyArgs),
     /// Write a Hugging Face model directory of a pack's reconstructed weights.
     Export {
         pack: PathBuf,
@@ -129,9 +116,7 @@ pub fn main() -> i32 {
         Command::Hash { model_dir, common } => hash::run(&model_dir, &common),
         Command::Info { path, common } => info::run(&path, &common),
         Command::Compress(args) => compress::run(&args),
-        Command::Verify { pack, expect, all_devices, verbose, common } => {
-            verify::run(&pack, expect.as_deref(), all_devices, verbose, &common)
-        }
+        Command::Verify(args) => verify::run(&args),
         Command::Export { pack, output, force, common } => export::run(&pack, &output, force, &common),
         Command::Eval { model, text, tokens, seq_len, windows, score, baseline, force, max_memory, output, common } => {
             eval::run(&model, text, tokens, seq_len, windows, &score, baseline, force, &max_memory, output, &common)
@@ -149,6 +134,24 @@ pub fn main() -> i32 {
 /// Print a serialisable value as pretty JSON on stdout.
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).expect("JSON of a plain value"));
+}
+
+/// Write `value` as pretty JSON to a temporary file beside `path`, flush it to disk, then
+/// rename it: `path` is either absent, the old file, or the whole new one.
+pub(crate) fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    use std::io::Write;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let body = serde_json::to_string_pretty(value).expect("JSON of a plain value") + "\n";
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(body.as_bytes())?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|_| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(crate::error::Error::io(path, "cannot write", e));
+    }
+    Ok(())
 }
 
 /// Commands that read a pack refuse one whose files, or whose manifest's claims about

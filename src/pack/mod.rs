@@ -5,11 +5,13 @@ pub mod bits;
 pub mod export;
 pub mod layer;
 pub mod manifest;
+pub mod oms;
 pub mod output;
+pub mod receipt;
 pub mod stfile;
 pub mod verify;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::backend::Backend;
@@ -33,6 +35,9 @@ pub struct Pack {
     pub dir: PathBuf,
     pub manifest_bytes: Vec<u8>,
     pub manifest: Manifest,
+    /// Files the file checks accept beside the manifest's list: a signature over the pack
+    /// cannot be inside what it signs (OMS's `model.sig`, or the file `--signature` names).
+    pub signature_files: BTreeSet<String>,
 }
 
 /// One problem found by the file checks.
@@ -51,7 +56,21 @@ impl Pack {
         let path = dir.join(MANIFEST_FILE);
         let manifest_bytes = std::fs::read(&path).map_err(|e| Error::io(&path, "cannot read", e))?;
         let manifest = Manifest::parse(&manifest_bytes).map_err(|e| bad_input!("{}: {}", dir.display(), e.message))?;
-        Ok(Pack { dir: dir.to_path_buf(), manifest_bytes, manifest })
+        let signature_files = BTreeSet::from([oms::SIGNATURE_FILE.to_string()]);
+        Ok(Pack { dir: dir.to_path_buf(), manifest_bytes, manifest, signature_files })
+    }
+
+    /// Accept `path` as a signature file when it lies in the pack directory (OMS signs a
+    /// directory with the signature written anywhere, the pack included).
+    pub fn accept_signature_file(&mut self, path: &Path) {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let same_dir = match (parent.canonicalize(), self.dir.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if let (true, Some(name)) = (same_dir, path.file_name()) {
+            self.signature_files.insert(name.to_string_lossy().to_string());
+        }
     }
 
     /// The pack digest: SHA-256 of the manifest bytes.
@@ -88,7 +107,7 @@ impl Pack {
         }
         present.sort();
         for name in &present {
-            if name != MANIFEST_FILE && !listed.contains_key(name.as_str()) {
+            if name != MANIFEST_FILE && !listed.contains_key(name.as_str()) && !self.signature_files.contains(name) {
                 problems
                     .push(FileProblem { file: name.clone(), problem: "unexpected file (not in the manifest)".into() });
             }
