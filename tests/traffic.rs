@@ -1,11 +1,13 @@
-//! Host ↔ device traffic counters (`Backend::traffic`, issue 16 item 1's measurement): on
-//! every selected adapter, the counts of an evaluation of the llama-bf16 fixture have the
-//! structure of today's pipeline, and `ucw eval --json` / `ucw compress --json` report them
+//! Host ↔ device traffic counters (`Backend::traffic`, issue 16 item 1): on every selected
+//! adapter, an evaluation of the llama-bf16 fixture runs each decoder layer on the device
+//! from buffers to buffers (`Backend::decoder_layer`): one submission per layer and window
+//! whatever the number of kernels, the window's hidden states uploaded once, and only the
+//! layer's output read back; `ucw eval --json` / `ucw compress --json` report the counts
 //! (and leave them out, or null, on the CPU, which does not count).
 //!
-//! The expected read-back bytes are derived here from the model's shapes and what each
-//! kernel of the current pipeline hands back to the host (every kernel reads its outputs
-//! back; weights are ingested on the device and read back), not from the counter.
+//! The expected bytes are derived here from the model's shapes and what the pipeline hands
+//! between host and device (weights are ingested on the device and read back; the lm_head
+//! reads back the logits' exponents and the NLL), not from the counter.
 
 mod common;
 
@@ -35,37 +37,15 @@ fn ingest_back(rows: usize, cols: usize, group: usize) -> u64 {
     (4 + rows * cols.div_ceil(group) * 4 + rows * cols * 4) as u64
 }
 
-/// Bytes one kernel with per-token outputs (`width` i32 mantissas and one exponent per
-/// token: rms_norm, rope, add, attention, renorm) reads back for `t` tokens.
+/// Bytes of `t` tokens of `width` i32 mantissas and one exponent per token.
 fn token_out(t: usize, width: usize) -> u64 {
     (t * width * 4 + t * 4) as u64
 }
 
-/// A bias-free linear of `n` outputs over `t` tokens: the i64 exact sums (one matmul, whole
-/// matrix, one slice below 8192 columns), then renorm's mantissas and exponents.
-fn linear_back(t: usize, n: usize) -> u64 {
-    (t * n * 8) as u64 + token_out(t, n)
-}
-
-/// Read-back bytes of one decoder layer over one window of `t` tokens (no biases, no q/k
-/// norm: the llama fixture).
+/// Read-back bytes of one decoder layer over one window of `t` tokens: its output only
+/// (eval takes no tap activations), O(hidden) per token.
 fn layer_back(c: &ModelConfig, t: usize) -> u64 {
-    let (h, ff) = (c.hidden_size, c.intermediate_size);
-    let (qw, kvw) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
-    token_out(t, h) // input norm
-        + linear_back(t, qw)
-        + linear_back(t, kvw)
-        + token_out(t, qw) // rope q
-        + token_out(t, kvw) // rope k
-        + linear_back(t, kvw) // v
-        + token_out(t, qw) // attention
-        + linear_back(t, h) // o
-        + token_out(t, h) // residual add
-        + token_out(t, h) // post norm
-        + 2 * linear_back(t, ff) // gate, up
-        + (t * ff * 8) as u64 + token_out(t, ff) // swiglu: z (i64), then its renorm
-        + linear_back(t, h) // down
-        + token_out(t, h) // residual add
+    token_out(t, c.hidden_size)
 }
 
 /// Read-back bytes of `evaluate` over `w` windows of `T` tokens, every prediction scored.
@@ -99,42 +79,34 @@ fn uni(words: usize) -> u64 {
 }
 
 /// Uploaded bytes of one decoder layer over one window of `t` tokens, its weights already
-/// on the device (resident: uploaded when loaded, not per window). Per kernel: its
-/// uniform(s), inputs and constant tables.
+/// on the device (resident: uploaded when loaded, not per window): the window's hidden
+/// states, the two norms' weights, the rsqrt seeds, the exp table, RoPE's tables and the
+/// positions once each; then per kernel its uniform(s), and per renorm its initial token
+/// maxima. Nothing proportional to an intermediate's width.
 fn layer_up(c: &ModelConfig, t: usize) -> u64 {
-    let (h, ff) = (c.hidden_size, c.intermediate_size);
-    let (qw, kvw) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let h = c.hidden_size;
     let k = ucw::forward::layer::Consts::new(c, T);
-    let exp_table = k.exp.table.len() * 4;
-    // renorm of `n` exact sums per token: row exponents, the i64 sums, token exponents,
-    // the per-token top (initial i32::MIN), renorm_top's and renorm's uniforms.
-    let renorm = |n: usize| up(n * 4) + up(t * n * 8) + 2 * up(t * 4) + uni(8) + uni(4);
-    // A resident linear of `n` outputs over `k` inputs: the activations, matmul's uniform,
-    // then renorm.
-    let linear = |n: usize, k: usize| up(t * k * 4) + uni(8) + renorm(n);
-    let rms = up(h * 4) + up(k.rms_hidden.seed.len() * 4) + uni(12) + up(t * h * 4) + up(t * 4);
-    let rope = |w: usize| 2 * up(k.rope.cos.len() * 4) + uni(4) + up(t * w * 4) + 2 * up(t * 4);
-    let attention = up(t * qw * 4) + 2 * up(t * kvw * 4) + up(3 * t * 4) + up(exp_table) + 3 * uni(12) + uni(4);
-    let add = uni(4) + 2 * up(t * h * 4) + 2 * up(t * 4);
-    let swiglu = up(exp_table) + uni(8) + 2 * up(t * ff * 4) + up(t * 4) + renorm(ff);
-    2 * rms
-        + linear(qw, h)
-        + 2 * linear(kvw, h)
-        + rope(qw)
-        + rope(kvw)
-        + attention
-        + linear(h, qw)
-        + 2 * add
-        + 2 * linear(ff, h)
-        + swiglu
-        + linear(h, ff)
+    let once = up(t * h * 4)
+        + up(t * 4)
+        + 2 * up(h * 4)
+        + up(k.rms_hidden.seed.len() * 4)
+        + up(k.exp.table.len() * 4)
+        + 2 * up(k.rope.cos.len() * 4)
+        + up(t * 4);
+    // renorm_top's and renorm's uniforms and the per-token top (initial i32::MIN).
+    let renorm = uni(8) + uni(4) + up(t * 4);
+    let linear = uni(8) + renorm; // matmul's uniform (one slice), then renorm
+    let rms = uni(12);
+    let rope = uni(4);
+    let attention = 3 * uni(12) + uni(4);
+    let add = uni(4);
+    let swiglu = uni(8) + uni(4) + renorm; // swiglu_z, exp_add, renorm
+    once + 2 * rms + 7 * linear + 2 * rope + attention + 2 * add + swiglu
 }
 
-/// Submissions of one decoder layer over one window in today's pipeline, where every
-/// kernel call submits each dispatch and each readback on its own: rms_norm, rope and add
-/// 1 dispatch + 2 reads; a linear matmul + renorm_top + renorm and 3 reads; attention 4
-/// dispatches + 2 reads; swiglu 1 dispatch + 1 read, then a renorm (2 + 2).
-const LAYER_SUBMISSIONS: u64 = 2 * 3 + 7 * 6 + 2 * 3 + 6 + 2 * 3 + 6;
+/// Submissions of one decoder layer over one window: the whole layer recorded, with its
+/// readback, in one submission, however many kernels it runs (24 dispatches here).
+const LAYER_SUBMISSIONS: u64 = 1;
 
 /// What one evaluation of `w` windows cost on `b`: the whole run, and the layers' part.
 fn run(b: &dyn Backend, w: usize) -> (Traffic, Traffic, u64) {

@@ -1,8 +1,8 @@
 //! The `Backend` trait: every kernel ucw runs, with a pure-Rust reference (`cpu`) and a
 //! wgpu implementation (`gpu`) that must agree with it bit for bit (DESIGN §3 rule 7).
 //!
-//! Kernels take and return host data for now; device-resident chaining arrives with the
-//! forward pass, where the transfers start to matter.
+//! Kernels take and return host data; `decoder_layer` takes a whole layer at once, so a
+//! GPU backend can keep the layer's intermediates on the device (`layer`).
 //!
 //! The fixed-point types, quantized tensors and constant tables the kernels take and return
 //! are `crate::fixed`'s, shared with every other layer.
@@ -10,6 +10,7 @@
 pub mod cpu;
 pub mod device;
 pub mod gpu;
+pub mod layer;
 pub mod traffic;
 
 use crate::dtype::DType;
@@ -328,6 +329,21 @@ pub trait Backend: Send + Sync {
         ec: &ExpConsts,
         bits: u32,
     ) -> Result<TokenFixed, Error>;
+
+    /// One decoder layer over one window (positions 0..T), `layer::compose`'s bits: the
+    /// default composes the per-op methods, each product over at most `chunk` tokens (what
+    /// the caller's memory budget allows); a GPU backend runs the layer on the device
+    /// within `LayerWeights::product_grant(chunk)` bytes of intermediates and reads back
+    /// only the output (and the four tap activations when `tap` is given).
+    fn decoder_layer(
+        &self,
+        x: &TokenFixed,
+        w: &layer::LayerWeights,
+        chunk: usize,
+        tap: Option<&mut layer::TapFn>,
+    ) -> Result<TokenFixed, Error> {
+        layer::compose(self, x, w, chunk, tap)
+    }
 
     /// Largest number of bytes this backend held in device buffers at once so far; None
     /// for the CPU backend (its buffers are host memory, counted in the process RSS).

@@ -177,11 +177,7 @@ pub fn chunk_tokens(budget: u64, k: usize, n: usize, weight_bytes: u64) -> Resul
     Ok(((free / per_token) as usize).clamp(1, cap))
 }
 
-/// Device bytes per token of a product with `k` inputs and `n` outputs: inputs (4k), exact
-/// sums (8n) and outputs (4n).
-pub(crate) fn per_token_bytes(k: usize, n: usize) -> u64 {
-    (4 * k + 12 * n + 8) as u64
-}
+pub(crate) use crate::backend::layer::per_token_bytes;
 
 /// The least budget `chunk_tokens` accepts for an `n × k` linear whose weights are held as
 /// ingested (mantissas and one exponent per group, 4 bytes each: what a GPU backend keeps

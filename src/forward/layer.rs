@@ -9,9 +9,10 @@
 
 use super::source::Tensors;
 use crate::backend::cpu::attention::AttnShape;
+pub use crate::backend::layer::{BRANCH_BITS, Bias, Tap, slice_tokens};
+use crate::backend::layer::{LayerBits, LayerConsts, LayerWeights, LinearRef};
 use crate::backend::{Backend, Prepared};
 use crate::error::Result;
-use crate::fixed::round::shr_round_any;
 use crate::fixed::tables::{ExpConsts, LogConsts, RmsConsts, RopeTables};
 use crate::fixed::tensor::{ExactSums, GroupFixed, IngestParams, TokenFixed, align_row_exponents, matmul_max_spread};
 use crate::model::ModelConfig;
@@ -19,7 +20,6 @@ use crate::model::ModelConfig;
 pub const RESIDUAL_BITS: u32 = 20;
 pub const ACT_BITS: u32 = 18;
 pub const QKV_BITS: u32 = 16;
-pub const BRANCH_BITS: u32 = 22;
 pub const LOGIT_BITS: u32 = 24;
 pub const WEIGHT_BITS: u32 = 16;
 pub const WEIGHT_GROUP: u32 = 64;
@@ -45,12 +45,6 @@ impl Consts {
             log: LogConsts::new(),
         }
     }
-}
-
-/// A bias vector in fixed point (one exponent), added to every token.
-pub struct Bias {
-    pub exp: i32,
-    pub mants: Vec<i32>,
 }
 
 /// A linear layer ready for `matmul`.
@@ -137,25 +131,14 @@ impl Linear {
         self.parts.iter().map(Prepared::bytes).max().unwrap_or(0)
     }
 
-    /// The exact sums `x · wᵀ` (bias not added): one matrix product per slice, their sums
-    /// placed side by side per token.
+    /// The exact sums `x · wᵀ` (bias not added), all slices side by side.
     pub fn sums(&self, b: &dyn Backend, x: &TokenFixed) -> Result<ExactSums> {
-        let part_sums = |p: &Prepared| b.matmul_prepared(x, p).map_err(|e| bad_input!("{}: {e}", self.name));
-        if let [p] = self.parts.as_slice() {
-            return part_sums(p);
-        }
-        let mut out =
-            ExactSums { tokens: x.tokens, n: self.rows, sums: vec![0; x.tokens * self.rows], row_exps: Vec::new() };
-        let mut r0 = 0;
-        for p in &self.parts {
-            let s = part_sums(p)?;
-            for t in 0..x.tokens {
-                out.sums[t * self.rows + r0..t * self.rows + r0 + s.n].copy_from_slice(&s.sums[t * s.n..(t + 1) * s.n]);
-            }
-            out.row_exps.extend_from_slice(&s.row_exps);
-            r0 += s.n;
-        }
-        Ok(out)
+        self.view().sums(b, x)
+    }
+
+    /// This linear as the backend's layer call takes it.
+    pub fn view(&self) -> LinearRef<'_> {
+        LinearRef { name: &self.name, rows: self.rows, parts: &self.parts, bias: self.bias.as_ref() }
     }
 
     /// Each token's NLL (Q30) of `targets` under the logits `x · wᵀ` at `bits`
@@ -231,35 +214,6 @@ pub fn load_norm(backend: &dyn Backend, src: &mut dyn Tensors, name: &str, len: 
     load_vector(backend, src, name, len, WEIGHT_BITS)
 }
 
-/// The four distinct inputs of a decoder layer's linears.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Tap {
-    /// input-norm output: q, k and v projections
-    Attn,
-    /// attention output: o projection
-    O,
-    /// post-attention-norm output: gate and up projections
-    Mlp,
-    /// SwiGLU output: down projection
-    Down,
-}
-
-impl Tap {
-    pub const ALL: [Tap; 4] = [Tap::Attn, Tap::O, Tap::Mlp, Tap::Down];
-
-    /// The tap feeding the linear whose weight is `name` (`...q_proj.weight` → Attn).
-    pub fn of_linear(name: &str) -> Option<Tap> {
-        let proj = name.strip_suffix(".weight")?.rsplit('.').next()?;
-        Some(match proj {
-            "q_proj" | "k_proj" | "v_proj" => Tap::Attn,
-            "o_proj" => Tap::O,
-            "gate_proj" | "up_proj" => Tap::Mlp,
-            "down_proj" => Tap::Down,
-            _ => return None,
-        })
-    }
-}
-
 /// Every weight of one decoder layer, ingested.
 pub struct Layer {
     pub input_norm: GroupFixed,
@@ -323,13 +277,13 @@ impl Layer {
     }
 
     /// Apply the layer to one window (positions 0..T): pre-norm attention and MLP blocks,
-    /// each added into the residual stream.
+    /// each added into the residual stream (`Backend::decoder_layer`).
     pub fn forward(&self, b: &dyn Backend, x: &TokenFixed, k: &Consts, chunk: usize) -> Result<TokenFixed> {
-        self.forward_tapped(b, x, k, chunk, &mut |_, _| Ok(()))
+        b.decoder_layer(x, &self.weights(k), chunk, None)
     }
 
-    /// `forward`, handing each of the four distinct linear inputs to `tap` as it is made
-    /// (calibration statistics read the exact activations the layer multiplies).
+    /// `forward`, handing each of the four distinct linear inputs to `tap` (calibration
+    /// statistics read the exact activations the layer multiplies).
     pub fn forward_tapped(
         &self,
         b: &dyn Backend,
@@ -338,120 +292,36 @@ impl Layer {
         chunk: usize,
         tap: &mut dyn FnMut(Tap, &TokenFixed) -> Result<()>,
     ) -> Result<TokenFixed> {
-        let t = x.tokens;
-        let a = b.rms_norm(x, &self.input_norm, &k.rms_hidden, ACT_BITS)?;
-        tap(Tap::Attn, &a)?;
-        let positions: Vec<u32> = (0..t as u32).collect();
-        let (q, kk) = match &self.qk_norm {
-            // qwen3: per-head RMSNorm of q and k before RoPE.
-            Some((qn, kn)) => {
-                let q = linear(b, &a, &self.q, BRANCH_BITS, chunk)?;
-                let kk = linear(b, &a, &self.k, BRANCH_BITS, chunk)?;
-                let q = head_norm(b, q, qn, &k.rms_head)?;
-                let kk = head_norm(b, kk, kn, &k.rms_head)?;
-                (q, kk)
-            }
-            None => (linear(b, &a, &self.q, ACT_BITS, chunk)?, linear(b, &a, &self.k, ACT_BITS, chunk)?),
-        };
-        let q = b.rope(&q, &positions, &k.rope, QKV_BITS)?;
-        let kk = b.rope(&kk, &positions, &k.rope, QKV_BITS)?;
-        let v = linear(b, &a, &self.v, QKV_BITS, chunk)?;
-        let att = b.attention(&q, &kk, &v, &k.attn, &k.exp, ACT_BITS)?;
-        drop((q, kk, v));
-        tap(Tap::O, &att)?;
-        let o = linear(b, &att, &self.o, BRANCH_BITS, chunk)?;
-        let x = b.add(x, &o, RESIDUAL_BITS)?;
-        let a = b.rms_norm(&x, &self.post_norm, &k.rms_hidden, ACT_BITS)?;
-        tap(Tap::Mlp, &a)?;
-        let g = linear(b, &a, &self.gate, ACT_BITS, chunk)?;
-        let u = linear(b, &a, &self.up, ACT_BITS, chunk)?;
-        let s = b.swiglu(&g, &u, &k.exp, ACT_BITS)?;
-        drop((g, u));
-        tap(Tap::Down, &s)?;
-        let d = linear(b, &s, &self.down, BRANCH_BITS, chunk)?;
-        b.add(&x, &d, RESIDUAL_BITS)
+        b.decoder_layer(x, &self.weights(k), chunk, Some(tap))
+    }
+
+    /// The layer as `Backend::decoder_layer` takes it, at this module's widths.
+    fn weights<'a>(&'a self, k: &'a Consts) -> LayerWeights<'a> {
+        LayerWeights {
+            input_norm: &self.input_norm,
+            post_norm: &self.post_norm,
+            q: self.q.view(),
+            k: self.k.view(),
+            v: self.v.view(),
+            o: self.o.view(),
+            qk_norm: self.qk_norm.as_ref().map(|(q, k)| (q, k)),
+            gate: self.gate.view(),
+            up: self.up.view(),
+            down: self.down.view(),
+            consts: LayerConsts {
+                rms_hidden: &k.rms_hidden,
+                rms_head: &k.rms_head,
+                rope: &k.rope,
+                attn: &k.attn,
+                exp: &k.exp,
+            },
+            bits: LayerBits { residual: RESIDUAL_BITS, act: ACT_BITS, qkv: QKV_BITS, branch: BRANCH_BITS },
+        }
     }
 }
 
-/// Tokens `t0..t1` of `x`.
-pub fn slice_tokens(x: &TokenFixed, t0: usize, t1: usize) -> TokenFixed {
-    TokenFixed {
-        tokens: t1 - t0,
-        width: x.width,
-        exps: x.exps[t0..t1].to_vec(),
-        mants: x.mants[t0 * x.width..t1 * x.width].to_vec(),
-    }
-}
-
-/// `x · wᵀ (+ bias)` rounded once per token to `bits` (twice with a bias: to 22 bits, then
-/// the add). Tokens go through in chunks of `chunk` (a per-token computation: the chunking
-/// cannot change a bit, it only bounds the buffers).
+/// `x · wᵀ (+ bias)` rounded once per token to `bits`, tokens in chunks of `chunk`
+/// (`backend::layer::linear`).
 pub fn linear(b: &dyn Backend, x: &TokenFixed, l: &Linear, bits: u32, chunk: usize) -> Result<TokenFixed> {
-    let n = l.rows;
-    let mut out = TokenFixed { tokens: x.tokens, width: n, exps: Vec::new(), mants: Vec::new() };
-    let mut t0 = 0;
-    while t0 < x.tokens {
-        let t1 = (t0 + chunk.max(1)).min(x.tokens);
-        let xc = if t0 == 0 && t1 == x.tokens { None } else { Some(slice_tokens(x, t0, t1)) };
-        let xc = xc.as_ref().unwrap_or(x);
-        let sums = l.sums(b, xc)?;
-        let y = match &l.bias {
-            None => b.renorm(&sums, &xc.exps, bits)?,
-            Some(bias) => {
-                let y = b.renorm(&sums, &xc.exps, BRANCH_BITS)?;
-                let bb = TokenFixed {
-                    tokens: y.tokens,
-                    width: n,
-                    exps: vec![bias.exp; y.tokens],
-                    mants: bias.mants.repeat(y.tokens),
-                };
-                b.add(&y, &bb, bits)?
-            }
-        };
-        if t0 == 0 && t1 == x.tokens {
-            return Ok(y); // one chunk: no copy
-        }
-        out.exps.extend_from_slice(&y.exps);
-        out.mants.extend_from_slice(&y.mants);
-        t0 = t1;
-    }
-    Ok(out)
-}
-
-/// Per-head RMSNorm (qwen3 q_norm/k_norm): each (token, head) is normalised as its own row
-/// to `ACT_BITS`, then the heads of a token are brought back to one exponent, the largest
-/// among its heads, with one round-half-even shift of the others (host integers).
-fn head_norm(b: &dyn Backend, x: TokenFixed, gamma: &GroupFixed, c: &RmsConsts) -> Result<TokenFixed> {
-    let d = gamma.cols;
-    let heads = x.width / d;
-    // The same mantissas viewed as rows of one head each (moved, not copied).
-    let rows = TokenFixed {
-        tokens: x.tokens * heads,
-        width: d,
-        exps: x.exps.iter().flat_map(|&e| std::iter::repeat_n(e, heads)).collect(),
-        mants: x.mants,
-    };
-    let y = b.rms_norm(&rows, gamma, c, ACT_BITS)?;
-    Ok(merge_heads(&y, heads))
-}
-
-/// Rows of `heads` consecutive (token, head) vectors → one exponent per token.
-pub fn merge_heads(y: &TokenFixed, heads: usize) -> TokenFixed {
-    let d = y.width;
-    let tokens = y.tokens / heads;
-    let mut exps = Vec::with_capacity(tokens);
-    let mut mants = vec![0i32; y.mants.len()];
-    for t in 0..tokens {
-        let live = |h: usize| y.mants[(t * heads + h) * d..(t * heads + h + 1) * d].iter().any(|&m| m != 0);
-        let e = (0..heads).filter(|&h| live(h)).map(|h| y.exps[t * heads + h]).max().unwrap_or(0);
-        for h in 0..heads {
-            let shift = (e - y.exps[t * heads + h]).max(0) as u32;
-            let r = (t * heads + h) * d..(t * heads + h + 1) * d;
-            for (o, &m) in mants[r.clone()].iter_mut().zip(&y.mants[r]) {
-                *o = shr_round_any(m as i64, shift) as i32;
-            }
-        }
-        exps.push(e);
-    }
-    TokenFixed { tokens, width: heads * d, exps, mants }
+    crate::backend::layer::linear(b, x, &l.view(), bits, chunk)
 }

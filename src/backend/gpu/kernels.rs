@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Buf, GpuBackend, words_le};
+use super::resident::{DevTokens, RopeBufs};
+use super::{Buf, GpuBackend, Rec, words_le};
 use crate::backend::{
     Backend, KernelError, Prepared, WideCase, WideResult, check_ingest_args, check_matmul_acts, check_matmul_args,
     check_matmul_weights, check_quantize_args, check_renorm_args,
@@ -16,7 +17,7 @@ use crate::fixed::tensor::{ExactSums, GroupFixed, IngestParams, TokenFixed};
 
 /// A weight matrix on the device for all its products (`prepare_matmul`): mantissas, group
 /// exponents and row exponents as `matmul` would upload them for the whole matrix.
-struct Resident {
+pub(crate) struct Resident {
     w: Buf,
     we: Buf,
     re: Buf,
@@ -55,8 +56,9 @@ impl GpuBackend {
     /// One matmul dispatch: `tokens` activations in `xb` times `rows` rows of `w`'s shape
     /// (mantissas, group exponents, row exponents in `wbufs`): the `[tokens, rows]` i64 sums,
     /// left on the device.
-    fn matmul_on_device(
+    pub(crate) fn matmul_on_device(
         &self,
+        rec: &mut Rec,
         xb: &Buf,
         tokens: usize,
         w: &GroupFixed,
@@ -81,39 +83,103 @@ impl GpuBackend {
         // sum over a subset of the row's products (< 2^61), added by matmul_reduce.
         let pb = self.zeroed(if slices == 1 { "matmul.out" } else { "matmul.part" }, total as u64 * 8);
         let [wb, we, rb] = wbufs;
-        self.dispatch("matmul.wgsl", "matmul", &[&params, xb, wb, we, rb, &pb], total as u64)?;
+        self.record(rec, "matmul.wgsl", "matmul", &[&params, xb, wb, we, rb, &pb], total as u64)?;
+        rec.keep(params);
         if slices == 1 {
             return Ok(pb);
         }
         let rp = self.uniform(&[outputs as u32, slices as u32, 0, 0]);
         let ob = self.zeroed("matmul.out", outputs as u64 * 8);
-        self.dispatch("matmul_reduce.wgsl", "matmul_reduce", &[&rp, &pb, &ob], outputs as u64)?;
+        self.record(rec, "matmul_reduce.wgsl", "matmul_reduce", &[&rp, &pb, &ob], outputs as u64)?;
+        rec.keep(rp);
+        rec.keep(pb);
         Ok(ob)
     }
 
     /// One matmul invocation walks a slice's columns and groups; a reduce invocation the
     /// slices.
-    fn check_matmul_loops(&self, w: &GroupFixed) -> Result<(), Error> {
+    pub(crate) fn check_matmul_loops(&self, w: &GroupFixed) -> Result<(), Error> {
         let (per, slices) = self.matmul_slices(w);
         let cols = (per * w.params.group_size as usize).min(w.cols);
         self.check_loops("matmul", (cols + per.min(w.groups_per_row())) as u64)?;
         self.check_loops("matmul_reduce", slices as u64)
     }
 
-    /// renorm_top then renorm over the `x_exps.len()` tokens whose exact sums (`[tokens, n]`
-    /// i64) are in `sb` on the device: the mantissa and exponent buffers, left there.
-    fn renorm_on_device(&self, sb: &Buf, x_exps: &[i32], rb: &Buf, n: usize, bits: u32) -> Result<(Buf, Buf), Error> {
-        let nt = x_exps.len();
+    /// renorm_top then renorm over the `nt` tokens whose exact sums (`[tokens, n]` i64) are
+    /// in `sb` and whose exponents are in `xb` on the device (row exponents `rb`): the
+    /// mantissa and exponent buffers, left there.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn renorm_on_device(
+        &self,
+        rec: &mut Rec,
+        sb: &Buf,
+        xb: &Buf,
+        rb: &Buf,
+        nt: usize,
+        n: usize,
+        bits: u32,
+    ) -> Result<(Buf, Buf), Error> {
         let chunks = n.div_ceil(self.chunks.renorm).max(1);
-        let xb = self.upload_i32("renorm.xexp", x_exps);
         let top = self.upload_i32("renorm.top", &vec![i32::MIN; nt]);
         let tp = [nt as u32, n as u32, bits, chunks as u32, 0, self.chunks.renorm as u32, 0, 0];
-        self.dispatch_split("renorm_top.wgsl", "renorm_top", &tp, 4, &[sb, &xb, rb, &top], nt * chunks)?;
+        self.record_split(rec, "renorm_top.wgsl", "renorm_top", &tp, 4, &[sb, xb, rb, &top], nt * chunks)?;
         let mb = self.zeroed("renorm.mants", (nt * n * 4) as u64);
         let eb = self.zeroed("renorm.exps", (nt * 4) as u64);
         let rp = [nt as u32, n as u32, bits, 0];
-        self.dispatch_split("renorm.wgsl", "renorm", &rp, 3, &[sb, &xb, rb, &top, &mb, &eb], nt * n)?;
+        self.record_split(rec, "renorm.wgsl", "renorm", &rp, 3, &[sb, xb, rb, &top, &mb, &eb], nt * n)?;
+        rec.keep(top);
         Ok((mb, eb))
+    }
+
+    /// renorm's loop bound: renorm_top walks at most `chunks.renorm` outputs per
+    /// invocation; renorm none.
+    pub(crate) fn check_renorm_loops(&self) -> Result<(), Error> {
+        self.check_loops("renorm", self.chunks.renorm as u64)
+    }
+
+    /// swiglu's loop bound: one element per invocation, the sigmoid's 32-step division the
+    /// only loop.
+    pub(crate) fn check_swiglu_loops(&self) -> Result<(), Error> {
+        self.check_loops("swiglu", 64)
+    }
+
+    /// rope's loop bound per invocation (one token).
+    pub(crate) fn check_rope_loops(&self, width: usize) -> Result<(), Error> {
+        self.check_loops("rope", 3 * width as u64)
+    }
+
+    /// add's loop bound per invocation (one token).
+    pub(crate) fn check_add_loops(&self, width: usize) -> Result<(), Error> {
+        self.check_loops("add", 3 * width as u64)
+    }
+
+    /// RoPE's tables uploaded.
+    pub(crate) fn upload_rope(&self, t: &RopeTables) -> RopeBufs {
+        RopeBufs { cos: self.upload_i32("rope.cos", &t.cos), sin: self.upload_i32("rope.sin", &t.sin) }
+    }
+
+    /// `x · wᵀ` by resident weights `r` (of shape `w`), rounded once per token to `bits`
+    /// (`matmul_prepared` then `renorm`), on the device.
+    pub(crate) fn linear_dev(
+        &self,
+        rec: &mut Rec,
+        x: &DevTokens,
+        w: &GroupFixed,
+        r: &Resident,
+        bits: u32,
+    ) -> Result<DevTokens, Error> {
+        let (t, n) = (x.tokens, r.rows);
+        let sb = self.matmul_on_device(rec, &x.mants, t, w, n, [&r.w, &r.we, &r.re])?;
+        let (mants, exps) = self.renorm_on_device(rec, &sb, &x.exps, &r.re, t, n, bits)?;
+        rec.keep(sb);
+        Ok(DevTokens { mants, exps, tokens: t, width: n })
+    }
+
+    /// The resident form of `p` when it holds the whole of its weights (`prepare_matmul`
+    /// keeps only weights that fit one binding).
+    pub(crate) fn resident_of<'p>(&self, p: &'p Prepared) -> Option<(&'p GroupFixed, &'p Resident)> {
+        let w = p.weights()?;
+        p.form::<Resident>().filter(|r| r.rows == w.rows && r.cols == w.cols).map(|r| (w, r))
     }
 
     /// nll_max and nll_sum walk one chunk of the vocabulary (plus the chunk maxima); nll the
@@ -137,17 +203,19 @@ impl GpuBackend {
     ) -> Result<Vec<i64>, Error> {
         let nt = targets.len();
         let chunks = v.div_ceil(self.chunks.nll).max(1);
+        let mut rec = self.rec();
         let tb = self.upload_words("nll.targets", targets);
         let cmax = self.zeroed("nll.cmax", (nt * chunks * 4) as u64);
         let psum = self.zeroed("nll.psum", (nt * chunks * 8) as u64);
         let pm = [nt as u32, v as u32, chunks as u32, 0, self.chunks.nll as u32, 0, 0, 0];
-        self.dispatch_split("nll_max.wgsl", "nll_max", &pm, 3, &[lb, &cmax], nt * chunks)?;
+        self.record_split(&mut rec, "nll_max.wgsl", "nll_max", &pm, 3, &[lb, &cmax], nt * chunks)?;
         let ps = [nt as u32, v as u32, chunks as u32, ec.log2e_q30, ec.ln2_q30, 0, self.chunks.nll as u32, 0];
-        self.dispatch_split("nll_sum.wgsl", "nll_sum", &ps, 5, &[lb, eb, &cmax, &t.exp, &psum], nt * chunks)?;
+        self.record_split(&mut rec, "nll_sum.wgsl", "nll_sum", &ps, 5, &[lb, eb, &cmax, &t.exp, &psum], nt * chunks)?;
         let params = self.uniform(&[nt as u32, v as u32, chunks as u32, 0, lc.inv_ln2_q30, lc.ln2_q28, 0, 0]);
         let o = self.zeroed("nll.out", (nt * 8) as u64);
-        self.dispatch("nll.wgsl", "nll", &[&params, lb, eb, &tb, &cmax, &psum, &t.log2, &t.recip, &o], nt as u64)?;
-        let w = words_le(&self.read(&o)?);
+        let bind = [&params, lb, eb, &tb, &cmax, &psum, &t.log2, &t.recip, &o];
+        self.record(&mut rec, "nll.wgsl", "nll", &bind, nt as u64)?;
+        let w = words_le(&self.read_after(rec, &[&o])?[0]);
         Ok((0..nt).map(|i| (w[2 * i] as u64 | (w[2 * i + 1] as u64) << 32) as i64).collect())
     }
 
@@ -186,16 +254,23 @@ impl GpuBackend {
             let mut o0 = 0;
             while o0 < n {
                 let o1 = (o0 + out_rows).min(n);
+                let mut rec = self.rec();
                 let ob = match resident {
-                    Some(r) if o0 == 0 && o1 == n => self.matmul_on_device(&xb, t1 - t0, w, n, [&r.w, &r.we, &r.re])?,
+                    Some(r) if o0 == 0 && o1 == n => {
+                        self.matmul_on_device(&mut rec, &xb, t1 - t0, w, n, [&r.w, &r.we, &r.re])?
+                    }
                     _ => {
                         let wb = self.upload_i32("matmul.w", &w.mantissas[o0 * k..o1 * k]);
                         let we = self.upload_i32("matmul.wexp", &w.exponents[o0 * gpr..o1 * gpr]);
                         let rb = self.upload_i32("matmul.rexp", &re[o0..o1]);
-                        self.matmul_on_device(&xb, t1 - t0, w, o1 - o0, [&wb, &we, &rb])?
+                        let ob = self.matmul_on_device(&mut rec, &xb, t1 - t0, w, o1 - o0, [&wb, &we, &rb])?;
+                        for b in [wb, we, rb] {
+                            rec.keep(b);
+                        }
+                        ob
                     }
                 };
-                let words = words_le(&self.read(&ob)?);
+                let words = words_le(&self.read_after(rec, &[&ob])?[0]);
                 for lt in 0..t1 - t0 {
                     for lo in 0..o1 - o0 {
                         let i = lt * (o1 - o0) + lo;
@@ -208,56 +283,16 @@ impl GpuBackend {
         }
         Ok(ExactSums { tokens: t, n, sums, row_exps: re })
     }
-
-    /// Run a per-token kernel (one invocation per token, outputs `[tokens, width]` mantissas
-    /// and one exponent per token) in chunks of tokens that fit a binding. Bindings:
-    /// params, the chunk's inputs from `chunk`, then `shared`, then the two outputs.
-    fn token_op(
-        &self,
-        file: &'static str,
-        entry: &'static str,
-        tokens: usize,
-        width: usize,
-        shared: &[&super::Buf],
-        chunk: impl Fn(usize, usize) -> (Vec<u32>, Vec<super::Buf>),
-    ) -> Result<TokenFixed, Error> {
-        let mut mants = vec![0i32; tokens * width];
-        let mut exps = vec![0i32; tokens];
-        if tokens * width == 0 {
-            return Ok(TokenFixed { tokens, width, exps, mants });
-        }
-        let per_chunk = self.rows_per_chunk(width, 4)?;
-        let mut t0 = 0;
-        while t0 < tokens {
-            let t1 = (t0 + per_chunk).min(tokens);
-            let (params, inputs) = chunk(t0, t1);
-            let params = self.uniform(&params);
-            let out = self.zeroed("token_op.out", ((t1 - t0) * width * 4) as u64);
-            let oexp = self.zeroed("token_op.oexp", ((t1 - t0) * 4) as u64);
-            let mut bind: Vec<&super::Buf> = vec![&params];
-            bind.extend(inputs.iter());
-            bind.extend(shared.iter().copied());
-            bind.push(&out);
-            bind.push(&oexp);
-            self.dispatch(file, entry, &bind, (t1 - t0) as u64)?;
-            for (d, v) in mants[t0 * width..t1 * width].iter_mut().zip(words_le(&self.read(&out)?)) {
-                *d = v as i32;
-            }
-            for (d, v) in exps[t0..t1].iter_mut().zip(words_le(&self.read(&oexp)?)) {
-                *d = v as i32;
-            }
-            t0 = t1;
-        }
-        Ok(TokenFixed { tokens, width, exps, mants })
-    }
 }
 
 impl GpuBackend {
-    /// Dispatch `total` invocations of a kernel whose first binding is a uniform of
+    /// Record `total` invocations of a kernel whose first binding is a uniform of
     /// `params` with an element offset in word `offset_slot` (the kernel indexes from it),
     /// in as many dispatches as the device grid needs.
-    fn dispatch_split(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_split(
         &self,
+        rec: &mut Rec,
         file: &'static str,
         entry: &'static str,
         params: &[u32],
@@ -273,7 +308,8 @@ impl GpuBackend {
             let pb = self.uniform(&p);
             let mut bind: Vec<&super::Buf> = vec![&pb];
             bind.extend(others.iter().copied());
-            self.dispatch(file, entry, &bind, (total - off).min(cap) as u64)?;
+            self.record(rec, file, entry, &bind, (total - off).min(cap) as u64)?;
+            rec.keep(pb);
             off += cap;
         }
         Ok(())
@@ -530,17 +566,17 @@ impl Backend for GpuBackend {
         };
         check_matmul_acts(x, n, k)?;
         self.check_matmul_loops(w)?;
-        self.check_loops("renorm", self.chunks.renorm as u64)?;
+        self.check_renorm_loops()?;
         self.check_nll_loops(n)?;
-        let xb = self.upload_i32("matmul.x", &x.mants);
-        let sb = self.matmul_on_device(&xb, t, w, n, [&r.w, &r.we, &r.re])?;
-        let (mb, eb) = self.renorm_on_device(&sb, &x.exps, &r.re, n, bits)?;
-        drop(sb);
+        let mut rec = self.rec();
+        let xd = self.upload_tokens("head.x", x, 0, t);
+        let logits = self.linear_dev(&mut rec, &xd, w, r, bits)?;
+        xd.keep_in(&mut rec);
         // nll's contract on exponents (mantissas are within 2^23 at bits <= 24).
-        if words_le(&self.read(&eb)?).iter().any(|&e| e as i32 > 8) {
+        if words_le(&self.read_after(rec, &[&logits.exps])?[0]).iter().any(|&e| e as i32 > 8) {
             return Err(bad_input!("nll: logits mantissas exceed 2^23 or exponents exceed 8"));
         }
-        self.nll_on_device(&mb, &eb, targets, n, &NllTables::upload(self, ec, lc), ec, lc)
+        self.nll_on_device(&logits.mants, &logits.exps, targets, n, &NllTables::upload(self, ec, lc), ec, lc)
     }
 
     fn allow_resident_weights(&self, bytes: u64) {
@@ -553,27 +589,21 @@ impl Backend for GpuBackend {
 
     fn matmul_prepared(&self, x: &TokenFixed, p: &Prepared) -> Result<ExactSums, Error> {
         let w = p.weights().ok_or_else(|| bad_input!("matmul: weights prepared by another backend"))?;
-        match p.form::<Resident>() {
-            Some(r) if r.rows == w.rows && r.cols == w.cols => {
+        match self.resident_of(p) {
+            Some((_, r)) => {
                 check_matmul_acts(x, w.rows, w.cols)?;
                 self.matmul_with(x, w, Some(r))
             }
-            _ => self.matmul(x, w),
+            None => self.matmul(x, w),
         }
     }
 
     fn renorm(&self, s: &ExactSums, x_exps: &[i32], bits: u32) -> Result<TokenFixed, Error> {
         check_renorm_args(s, x_exps, bits)?;
-        // renorm_top walks at most `chunks.renorm` outputs per invocation; renorm none.
-        self.check_loops("renorm", self.chunks.renorm as u64)?;
+        self.check_renorm_loops()?;
         let (t, n) = (s.tokens, s.n);
-        let mut mants = vec![0i32; t * n];
-        let mut exps = vec![0i32; t];
-        let tokens_per_chunk = self.rows_per_chunk(n, 8)?;
         let rb = self.upload_i32("renorm.rexp", &s.row_exps);
-        let mut t0 = 0;
-        while t0 < t {
-            let t1 = (t0 + tokens_per_chunk).min(t);
+        self.host_token_chunks(t, n, self.rows_per_chunk(n, 8)?, |rec, t0, t1| {
             let sb = match super::le_bytes(&s.sums[t0 * n..t1 * n]) {
                 Some(bytes) => self.upload("renorm.sums", bytes),
                 None => self.upload_words(
@@ -584,107 +614,67 @@ impl Backend for GpuBackend {
                         .collect::<Vec<_>>(),
                 ),
             };
-            let (mb, eb) = self.renorm_on_device(&sb, &x_exps[t0..t1], &rb, n, bits)?;
-            for (d, w) in mants[t0 * n..t1 * n].iter_mut().zip(words_le(&self.read(&mb)?)) {
-                *d = w as i32;
-            }
-            for (d, w) in exps[t0..t1].iter_mut().zip(words_le(&self.read(&eb)?)) {
-                *d = w as i32;
-            }
-            t0 = t1;
-        }
-        Ok(TokenFixed { tokens: t, width: n, exps, mants })
+            let xb = self.upload_i32("renorm.xexp", &x_exps[t0..t1]);
+            let (mants, exps) = self.renorm_on_device(rec, &sb, &xb, &rb, t1 - t0, n, bits)?;
+            rec.keep(sb);
+            rec.keep(xb);
+            Ok(DevTokens { mants, exps, tokens: t1 - t0, width: n })
+        })
     }
 
     fn rms_norm(&self, x: &TokenFixed, gamma: &GroupFixed, c: &RmsConsts, bits: u32) -> Result<TokenFixed, Error> {
         crate::backend::check_rms_args(x, gamma, c, bits)?;
-        // Per invocation: the sum of squares, rsqrt's two Newton steps, the largest |z|, then
-        // either the zero fill or the output loop (exclusive): 3·width + 2 iterations (hidden
-        // 16,384 runs on llvmpipe; up to 21,844).
-        self.check_loops("rms_norm", 3 * x.width as u64 + 2)?;
-        let w = x.width;
-        let shared = [&self.upload_i32("rms.gamma", &gamma.mantissas), &self.upload_words("rms.seed", &c.seed)];
-        self.token_op("rmsnorm.wgsl", "rmsnorm", x.tokens, w, &shared, |t0, t1| {
-            let params = [
-                (t1 - t0) as u32,
-                w as u32,
-                bits,
-                gamma.exponents[0] as u32,
-                c.he_m as u32,
-                (c.he_m >> 32) as u32,
-                c.he_e as u32,
-                c.sh_m,
-                c.sh_e as u32,
-                0,
-                0,
-                0,
-            ];
-            let inputs =
-                vec![self.upload_i32("rms.a", &x.mants[t0 * w..t1 * w]), self.upload_i32("rms.xexp", &x.exps[t0..t1])];
-            (params.to_vec(), inputs)
+        self.check_rms_loops(x.width)?;
+        let g = self.upload_i32("rms.gamma", &gamma.mantissas);
+        let seed = self.upload_words("rms.seed", &c.seed);
+        self.host_token_chunks(x.tokens, x.width, self.rows_per_chunk(x.width, 4)?, |rec, t0, t1| {
+            let xd = self.upload_tokens("rms.x", x, t0, t1);
+            let y = self.rms_norm_dev(rec, &xd, &g, gamma.exponents[0], &seed, c, bits)?;
+            xd.keep_in(rec);
+            Ok(y)
         })
     }
 
     fn swiglu(&self, gate: &TokenFixed, up: &TokenFixed, c: &ExpConsts, bits: u32) -> Result<TokenFixed, Error> {
         crate::backend::check_swiglu_args(gate, up, bits)?;
-        // One element per invocation: the sigmoid's 32-step division is the only loop.
-        self.check_loops("swiglu", 64)?;
-        let (t, w) = (gate.tokens, gate.width);
+        self.check_swiglu_loops()?;
+        self.check_renorm_loops()?;
         let table = self.upload_words("swiglu.table", &c.table);
-        let mut sums = vec![0i64; t * w];
         // z is 8 bytes per element: split tokens so it fits a binding.
-        let per_chunk = self.rows_per_chunk(w, 8)?;
-        let mut t0 = 0;
-        while t0 < t {
-            let t1 = (t0 + per_chunk).min(t);
-            let params = [(t1 - t0) as u32, w as u32, bits, c.ln2_q30, c.log2e_q30, 0, 0, 0];
-            let gb = self.upload_i32("swiglu.g", &gate.mants[t0 * w..t1 * w]);
-            let ub = self.upload_i32("swiglu.u", &up.mants[t0 * w..t1 * w]);
-            let eb = self.upload_i32("swiglu.gexp", &gate.exps[t0..t1]);
-            let zb = self.zeroed("swiglu.z", ((t1 - t0) * w * 8) as u64);
-            self.dispatch_split("swiglu.wgsl", "swiglu_z", &params, 5, &[&gb, &ub, &eb, &table, &zb], (t1 - t0) * w)?;
-            let words = words_le(&self.read(&zb)?);
-            for (k, d) in sums[t0 * w..t1 * w].iter_mut().enumerate() {
-                *d = (words[2 * k] as u64 | (words[2 * k + 1] as u64) << 32) as i64;
-            }
-            t0 = t1;
-        }
-        // z sits at exponent ge + ue − 8 for every element of a token: the matmul rounding
-        // with zero row exponents is exactly the twin's renorm_row.
-        let s = ExactSums { tokens: t, n: w, sums, row_exps: vec![0; w] };
-        let x_exps: Vec<i32> = gate.exps.iter().zip(&up.exps).map(|(&ge, &ue)| ge + ue - 8).collect();
-        self.renorm(&s, &x_exps, bits)
+        self.host_token_chunks(gate.tokens, gate.width, self.rows_per_chunk(gate.width, 8)?, |rec, t0, t1| {
+            let g = self.upload_tokens("swiglu.g", gate, t0, t1);
+            let u = self.upload_tokens("swiglu.u", up, t0, t1);
+            let y = self.swiglu_dev(rec, &g, &u, &table, c, bits)?;
+            g.keep_in(rec);
+            u.keep_in(rec);
+            Ok(y)
+        })
     }
 
     fn rope(&self, x: &TokenFixed, positions: &[u32], t: &RopeTables, bits: u32) -> Result<TokenFixed, Error> {
         crate::backend::check_rope_args(x, positions, t, bits)?;
-        self.check_loops("rope", 3 * x.width as u64)?;
-        let w = x.width;
-        let shared = [&self.upload_i32("rope.cos", &t.cos), &self.upload_i32("rope.sin", &t.sin)];
-        self.token_op("rope.wgsl", "rope", x.tokens, w, &shared, |t0, t1| {
-            let params = vec![(t1 - t0) as u32, w as u32, t.head_dim as u32, bits];
-            let inputs = vec![
-                self.upload_i32("rope.m", &x.mants[t0 * w..t1 * w]),
-                self.upload_i32("rope.mexp", &x.exps[t0..t1]),
-                self.upload_words("rope.pos", &positions[t0..t1]),
-            ];
-            (params, inputs)
+        self.check_rope_loops(x.width)?;
+        let tables = self.upload_rope(t);
+        self.host_token_chunks(x.tokens, x.width, self.rows_per_chunk(x.width, 4)?, |rec, t0, t1| {
+            let xd = self.upload_tokens("rope.x", x, t0, t1);
+            let pos = self.upload_words("rope.pos", &positions[t0..t1]);
+            let y = self.rope_dev(rec, &xd, &pos, &tables, t.head_dim, bits)?;
+            xd.keep_in(rec);
+            rec.keep(pos);
+            Ok(y)
         })
     }
 
     fn add(&self, x: &TokenFixed, y: &TokenFixed, bits: u32) -> Result<TokenFixed, Error> {
         crate::backend::check_add_args(x, y, bits)?;
-        self.check_loops("add", 3 * x.width as u64)?;
-        let w = x.width;
-        self.token_op("add.wgsl", "add", x.tokens, w, &[], |t0, t1| {
-            let params = vec![(t1 - t0) as u32, w as u32, bits, 0];
-            let inputs = vec![
-                self.upload_i32("add.a", &x.mants[t0 * w..t1 * w]),
-                self.upload_i32("add.b", &y.mants[t0 * w..t1 * w]),
-                self.upload_i32("add.aexp", &x.exps[t0..t1]),
-                self.upload_i32("add.bexp", &y.exps[t0..t1]),
-            ];
-            (params, inputs)
+        self.check_add_loops(x.width)?;
+        self.host_token_chunks(x.tokens, x.width, self.rows_per_chunk(x.width, 4)?, |rec, t0, t1| {
+            let a = self.upload_tokens("add.a", x, t0, t1);
+            let b = self.upload_tokens("add.b", y, t0, t1);
+            let out = self.add_dev(rec, &a, &b, bits)?;
+            a.keep_in(rec);
+            b.keep_in(rec);
+            Ok(out)
         })
     }
 
@@ -719,75 +709,28 @@ impl Backend for GpuBackend {
         bits: u32,
     ) -> Result<TokenFixed, Error> {
         crate::backend::check_attention_args(q, k, v, s, bits)?;
-        let (t, w, h, d) = (q.tokens, q.width, s.heads, s.head_dim);
-        // One window at a time: its q, k, v and head outputs must fit a binding.
-        self.rows_per_chunk(w, 4).and_then(|n| {
-            if n >= t {
-                Ok(())
-            } else {
-                Err(bad_input!("attention: a window of {t} tokens exceeds the device binding"))
-            }
-        })?;
-        // Keys per chunk: at least `chunks.attn_keys`, more when the partial sums of V
-        // ([T, heads, chunks, d] × 8 bytes) would not fit one binding. Integer maxima and
-        // sums over chunks: the choice cannot change a bit.
-        let per_chunk_bytes = (t * h * d * 8) as u64;
-        let max_chunks = (self.max_binding / per_chunk_bytes.max(1)) as usize;
-        if max_chunks == 0 {
-            return Err(bad_input!("attention: a window of {t} tokens exceeds the device binding"));
-        }
-        let kc = self.chunks.attn_keys.max(t.div_ceil(max_chunks));
-        let chunks = t.div_ceil(kc);
-        let (kc64, d64, c64) = (kc as u64, d as u64, chunks as u64);
-        self.check_loops("attention (chunk maxima)", kc64 * (d64 + 2))?;
-        self.check_loops("attention (chunk sums)", 2 * c64 + d64 + kc64 * (2 * d64 + 3))?;
-        self.check_loops("attention (division)", c64 + d64 * (c64 + 40))?;
-        self.check_loops("attention renorm", 3 * w as u64)?;
-        let params = [
-            t as u32,
-            h as u32,
-            s.kv_heads as u32,
-            d as u32,
-            s.scale_q30,
-            ec.log2e_q30,
-            ec.ln2_q30,
-            bits,
-            kc as u32,
-            chunks as u32,
-            0,
-            0,
-        ];
-        let qb = self.upload_i32("attn.q", &q.mants);
-        let kb = self.upload_i32("attn.k", &k.mants);
-        let vb = self.upload_i32("attn.v", &v.mants);
-        let e: Vec<i32> = q.exps.iter().chain(&k.exps).chain(&v.exps).copied().collect();
-        let eb = self.upload_i32("attn.exps", &e);
-        let tb = self.upload_words("attn.table", &ec.table);
-        let n = t * h * chunks;
-        let smax = self.zeroed("attn.smax", (n * 8) as u64);
-        let cev = self.zeroed("attn.cev", (n * 4) as u64);
-        self.dispatch_split("attn_max.wgsl", "attn_max", &params, 10, &[&qb, &kb, &eb, &smax, &cev], n)?;
-        let pz = self.zeroed("attn.pz", (n * 8) as u64);
-        let pa = self.zeroed("attn.pa", (n * d * 8) as u64);
-        self.dispatch_split(
-            "attn_sum.wgsl",
-            "attn_sum",
-            &params,
-            10,
-            &[&qb, &kb, &vb, &eb, &tb, &smax, &cev, &pz, &pa],
-            n,
-        )?;
-        drop((smax, qb, kb, vb));
-        let ho = self.zeroed("attn.ho", (t * w * 4) as u64);
-        let he = self.zeroed("attn.he", (t * h * 4) as u64);
-        self.dispatch_split("attention.wgsl", "attention", &params, 10, &[&pz, &pa, &cev, &ho, &he], t * h)?;
-        let p2 = self.uniform(&[t as u32, s.heads as u32, s.head_dim as u32, bits]);
-        let out = self.zeroed("attn.out", (t * w * 4) as u64);
-        let oexp = self.zeroed("attn.oexp", (t * 4) as u64);
-        self.dispatch("attn_renorm.wgsl", "attn_renorm", &[&p2, &ho, &he, &out, &oexp], t as u64)?;
-        let mants = words_le(&self.read(&out)?).into_iter().take(t * w).map(|x| x as i32).collect();
-        let exps = words_le(&self.read(&oexp)?).into_iter().take(t).map(|x| x as i32).collect();
-        Ok(TokenFixed { tokens: t, width: w, exps, mants })
+        let plan = self.attention_plan(q.tokens, s)?;
+        let t = q.tokens;
+        let mut rec = self.rec();
+        let (qd, kd, vd) = (
+            self.upload_tokens("attn.q", q, 0, t),
+            self.upload_tokens("attn.k", k, 0, t),
+            self.upload_tokens("attn.v", v, 0, t),
+        );
+        let table = self.upload_words("attn.table", &ec.table);
+        let y = self.attention_dev(&mut rec, &qd, &kd, &vd, &table, &plan, s, ec, bits)?;
+        let [y] = <[TokenFixed; 1]>::try_from(self.read_tokens(rec, &y, &[])?).expect("one tensor read");
+        Ok(y)
+    }
+
+    fn decoder_layer(
+        &self,
+        x: &TokenFixed,
+        w: &crate::backend::layer::LayerWeights,
+        chunk: usize,
+        tap: Option<&mut crate::backend::layer::TapFn>,
+    ) -> Result<TokenFixed, Error> {
+        self.decoder_layer_on_device(x, w, chunk, tap)
     }
 
     fn peak_device_bytes(&self) -> Option<u64> {

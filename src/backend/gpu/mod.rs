@@ -2,7 +2,9 @@
 //! own limits, cached pipelines, and dispatches split to fit binding-size and grid limits.
 
 mod kernels;
+mod layer;
 pub mod lint;
+mod resident;
 pub mod shaders;
 
 use std::collections::HashMap;
@@ -407,8 +409,24 @@ impl GpuBackend {
         Ok((x as u32, y as u32))
     }
 
-    /// Bind `buffers` to bindings 0.. of group 0 and run `entry` over `invocations` threads.
-    fn dispatch(&self, file: &'static str, entry: &'static str, buffers: &[&Buf], invocations: u64) -> Result<()> {
+    /// An empty recording: dispatches and copies go into one command encoder and reach the
+    /// device in one submission (`submit`, or the readback's).
+    pub(crate) fn rec(&self) -> Rec {
+        Rec { enc: self.device.create_command_encoder(&Default::default()), keep: Vec::new() }
+    }
+
+    /// Record `entry` of `file` over `invocations` threads with `buffers` bound to bindings
+    /// 0.. of group 0. With `UCW_GPU_PROFILE=1` the recording so far is submitted and
+    /// waited for at once, so each entry's time is its own (the submissions counted then
+    /// are the profile's, not the pipeline's).
+    pub(crate) fn record(
+        &self,
+        rec: &mut Rec,
+        file: &'static str,
+        entry: &'static str,
+        buffers: &[&Buf],
+        invocations: u64,
+    ) -> Result<()> {
         let t0 = std::time::Instant::now();
         let pipeline = self.pipeline(file, entry)?;
         let entries: Vec<wgpu::BindGroupEntry> = buffers
@@ -422,39 +440,66 @@ impl GpuBackend {
             entries: &entries,
         });
         let (x, y) = self.grid(invocations.div_ceil(WORKGROUP as u64))?;
-        let mut enc = self.device.create_command_encoder(&Default::default());
         {
-            let mut pass = enc.begin_compute_pass(&Default::default());
+            let mut pass = rec.enc.begin_compute_pass(&Default::default());
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind, &[]);
             pass.dispatch_workgroups(x, y, 1);
         }
-        self.queue.submit([enc.finish()]);
-        self.traffic.submitted();
         if self.profile.on {
+            let done = std::mem::replace(&mut rec.enc, self.device.create_command_encoder(&Default::default()));
+            self.queue.submit([done.finish()]);
+            self.traffic.submitted();
             self.device
                 .poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| bad_input!("{}: device lost while waiting: {e}", self.info.name))?;
             self.profile.add(entry, t0, 0);
         }
-        self.device_error(&format!("running shaders/{file} entry {entry}"))
+        self.device_error(&format!("recording shaders/{file} entry {entry}"))
     }
 
-    /// Copy a buffer back to the host.
+    /// Hand a recording to the device queue (one submission).
+    pub(crate) fn submit(&self, rec: Rec, doing: &str) -> Result<()> {
+        self.queue.submit([rec.enc.finish()]);
+        self.traffic.submitted();
+        drop(rec.keep);
+        self.device_error(doing)
+    }
+
+    /// Bind `buffers` to bindings 0.. of group 0 and run `entry` over `invocations`
+    /// threads, in a submission of its own.
+    fn dispatch(&self, file: &'static str, entry: &'static str, buffers: &[&Buf], invocations: u64) -> Result<()> {
+        let mut rec = self.rec();
+        self.record(&mut rec, file, entry, buffers, invocations)?;
+        self.submit(rec, &format!("running shaders/{file} entry {entry}"))
+    }
+
+    /// Copy a buffer back to the host (one submission).
     fn read(&self, src: &Buf) -> Result<Vec<u8>> {
+        Ok(self.read_after(self.rec(), &[src])?.pop().unwrap_or_default())
+    }
+
+    /// Submit `rec` with copies of `srcs` into one staging buffer appended, wait, and
+    /// return each source's bytes: whatever was recorded and every readback in one
+    /// submission.
+    pub(crate) fn read_after(&self, mut rec: Rec, srcs: &[&Buf]) -> Result<Vec<Vec<u8>>> {
         let t0 = std::time::Instant::now();
+        let total: u64 = srcs.iter().map(|b| b.size).sum();
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: src.size,
+            size: total.max(4),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let staging = self.track(staging, src.size);
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&src.buf, 0, &staging.buf, 0, src.size);
-        self.queue.submit([enc.finish()]);
-        self.traffic.submitted();
-        self.traffic.read_back(src.size);
+        let staging = self.track(staging, total.max(4));
+        let mut at = 0;
+        for b in srcs {
+            // Buf sizes are multiples of 4 (COPY_BUFFER_ALIGNMENT): every offset is aligned.
+            rec.enc.copy_buffer_to_buffer(&b.buf, 0, &staging.buf, at, b.size);
+            at += b.size;
+        }
+        self.submit(rec, "submitting work before a readback")?;
+        self.traffic.read_back(total);
         let (tx, rx) = std::sync::mpsc::channel();
         staging.buf.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -465,7 +510,7 @@ impl GpuBackend {
         let mapped = rx.recv().map_err(|_| bad_input!("{}: readback callback never ran", self.info.name))?;
         mapped.map_err(|e| bad_input!("{}: cannot map readback buffer: {e}", self.info.name))?;
         self.device_error("reading back results")?;
-        let out = staging
+        let all = staging
             .buf
             .slice(..)
             .get_mapped_range()
@@ -473,9 +518,36 @@ impl GpuBackend {
             .to_vec();
         staging.buf.unmap();
         if self.profile.on {
-            self.profile.add("(readback)", t0, src.size);
+            self.profile.add("(readback)", t0, total);
+        }
+        let mut out = Vec::with_capacity(srcs.len());
+        let mut at = 0;
+        for b in srcs {
+            out.push(all[at..at + b.size as usize].to_vec());
+            at += b.size as usize;
         }
         Ok(out)
+    }
+}
+
+/// Dispatches and copies recorded into one command encoder, submitted together: a whole
+/// decoder layer reaches the device as one submission instead of one per dispatch.
+/// Temporaries a recorded dispatch binds are kept here until the submission, so the
+/// device-memory count (`MemStats`) holds them while the device may still use them.
+pub(crate) struct Rec {
+    enc: wgpu::CommandEncoder,
+    keep: Vec<Buf>,
+}
+
+impl Rec {
+    /// Keep `b` alive until this recording is submitted.
+    pub(crate) fn keep(&mut self, b: Buf) {
+        self.keep.push(b);
+    }
+
+    /// Record a copy of `src` into `dst` at byte `offset` (multiples of 4).
+    pub(crate) fn copy(&mut self, src: &Buf, dst: &Buf, offset: u64, bytes: u64) {
+        self.enc.copy_buffer_to_buffer(&src.buf, 0, &dst.buf, offset, bytes);
     }
 }
 

@@ -32,6 +32,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("renorm_top.wgsl"),
     shader!("rmsnorm.wgsl"),
     shader!("swiglu.wgsl"),
+    shader!("exp_add.wgsl"),
     shader!("rope.wgsl"),
     shader!("add.wgsl"),
     shader!("nll.wgsl"),
