@@ -166,6 +166,48 @@ fn eval_traffic_has_the_pipeline_structure() {
     }
 }
 
+/// Calibration gathers its statistics from the layer run on the device: per window one
+/// submission, and read back the layer's output plus the four tap activations the
+/// statistics read (each at its width), nothing else.
+#[test]
+fn calibration_statistics_come_from_the_layer_on_the_device() {
+    use ucw::compress::calib::{CalibInput, CalibSpec, Calibration, Propagate, read_windows};
+    let gpus = common::gpu_backends();
+    if gpus.is_empty() {
+        common::report_skip("calibration_statistics_come_from_the_layer_on_the_device", "no adapter selected");
+    }
+    let model = ucw::model::Model::open(&fixture()).unwrap();
+    let c = model.config.clone();
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/sample.txt");
+    let spec = CalibSpec { input: CalibInput::Text(text), windows: 3, seq_len: T, skip: 0, propagate: Propagate::Teacher };
+    let (ids, provenance) = read_windows(&model, &spec).unwrap();
+    assert_eq!(ids.len(), 3, "the sample text holds three windows");
+    let (qw, ff) = (c.num_attention_heads * c.head_dim, c.intermediate_size);
+    let taps = token_out(T, c.hidden_size) + token_out(T, qw) + token_out(T, c.hidden_size) + token_out(T, ff);
+    for (label, gpu) in &gpus {
+        let budget = ucw::forward::eval::DEFAULT_MAX_MEMORY;
+        let mut cal = Calibration::start(gpu, &model, &ids, provenance.clone(), budget).unwrap();
+        let before = gpu.traffic().unwrap();
+        cal.layer_stats(gpu, &model, 0).unwrap();
+        let t = gpu.traffic().unwrap().since(before);
+        // Loading the layer (weights ingested and kept on the device) precedes the windows;
+        // what follows is per window.
+        let mut cal2 = Calibration::start(gpu, &model, &ids[..1], provenance.clone(), budget).unwrap();
+        let before = gpu.traffic().unwrap();
+        cal2.layer_stats(gpu, &model, 0).unwrap();
+        let t1 = gpu.traffic().unwrap().since(before);
+        let per_window = t.since(t1);
+        println!("{label}: layer 0 over 3 windows {t:?}, over 1 {t1:?}");
+        assert_eq!(per_window.submissions, 2 * LAYER_SUBMISSIONS, "{label}: submissions of two more windows");
+        assert_eq!(
+            per_window.readback_bytes,
+            2 * (layer_back(&c, T) + taps),
+            "{label}: read-back of two more windows: the output and the four taps"
+        );
+        assert_eq!(per_window.uploaded_bytes, 2 * layer_up(&c, T), "{label}: uploads of two more windows");
+    }
+}
+
 fn ucw(args: &[&str]) -> serde_json::Value {
     let o = Command::new(env!("CARGO_BIN_EXE_ucw")).args(args).output().expect("run ucw");
     assert!(o.status.success(), "ucw {args:?}: {}", String::from_utf8_lossy(&o.stderr));

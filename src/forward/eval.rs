@@ -129,10 +129,10 @@ fn each_window<T: Send, R: Send>(
 
 /// `Backend::allow_resident_weights` for the life of one evaluation, withdrawn however it
 /// ends (the backend may serve another run next: a baseline, a test).
-struct ResidentAllowance<'a>(&'a dyn Backend);
+pub(crate) struct ResidentAllowance<'a>(&'a dyn Backend);
 
 impl<'a> ResidentAllowance<'a> {
-    fn new(backend: &'a dyn Backend, bytes: u64) -> Self {
+    pub(crate) fn new(backend: &'a dyn Backend, bytes: u64) -> Self {
         backend.allow_resident_weights(bytes);
         ResidentAllowance(backend)
     }
@@ -204,7 +204,7 @@ fn check_windows(c: &crate::model::ModelConfig, windows: &[&[u32]]) -> Result<us
 }
 
 /// The largest `least_call_bytes` of these `(rows, cols)` linears.
-fn least(shapes: &[(usize, usize)]) -> u64 {
+pub(crate) fn least(shapes: &[(usize, usize)]) -> u64 {
     shapes.iter().map(|&(n, k)| least_call_bytes(k, n)).max().unwrap_or(0)
 }
 
