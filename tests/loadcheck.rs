@@ -90,6 +90,27 @@ fn loaded_weights_match_the_manifest_and_one_changed_bit_is_named() {
         return skip_or_fail(test, "UCW_VENV (a venv with safetensors, numpy, ml_dtypes) is not set");
     };
     let python = PathBuf::from(venv).join("bin/python");
+    check_loaded(&python, &[], test);
+}
+
+/// The same with the model loaded by transformers (`AutoModelForCausalLM`, its exported
+/// dtype) and checked through its `state_dict()`, as docs/LOADCHECK.md tells a serving
+/// process to. Opt-in: UCW_TORCH_PYTHON names a python with torch and transformers (too
+/// heavy for CI, docs/LOADCHECK.md); unset, it prints SKIPPED (a failure under
+/// UCW_REQUIRE_REAL_DATA).
+#[test]
+fn transformers_model_matches_the_manifest_and_one_changed_bit_is_named() {
+    let test = "transformers_model_matches_the_manifest_and_one_changed_bit_is_named";
+    let Some(python) = common::opt_in(test, "UCW_TORCH_PYTHON", "a python with torch and transformers") else {
+        return;
+    };
+    check_loaded(Path::new(&python), &["--transformers"], test);
+}
+
+/// Packs of each export dtype, exported, loaded by tests/loadcheck.py (`mode`) and checked:
+/// the digest equals the manifest's and `ucw hash`'s, and one bit changed in memory fails
+/// naming the tensor.
+fn check_loaded(python: &Path, mode: &[&str], test: &str) {
     let t = tempfile::tempdir().unwrap();
     let mut packs = vec![("qwen3-bf16", root().join("tests/fixtures/packs/qwen3-calibrated-codec-v1.ucw"))];
     for (name, fixture) in [("mistral-f16", "mistral-f16"), ("qwen2-f32", "qwen2-f32")] {
@@ -107,10 +128,12 @@ fn loaded_weights_match_the_manifest_and_one_changed_bit_is_named() {
         let hash: serde_json::Value =
             serde_json::from_str(&ucw(&["hash", export.to_str().unwrap(), "--json"])).unwrap();
         let driver = |extra: &[&str]| {
-            json_out(Command::new(&python).arg(root().join("tests/loadcheck.py")).arg(&export).arg(pack).args(extra))
+            json_out(
+                Command::new(python).arg(root().join("tests/loadcheck.py")).args(mode).arg(&export).arg(pack).args(extra),
+            )
         };
         let v = driver(&[]);
-        println!("{name}: {v}");
+        println!("{test}: {name}: {v}");
         assert_eq!(v["check"], "PASS", "{name}: {v}");
         assert_eq!(v["digest"], manifest["weights_digest"], "{name}");
         assert_eq!(v["digest"], hash["weights_digest"], "{name}");
