@@ -129,7 +129,12 @@ fn check_loaded(python: &Path, mode: &[&str], test: &str) {
             serde_json::from_str(&ucw(&["hash", export.to_str().unwrap(), "--json"])).unwrap();
         let driver = |extra: &[&str]| {
             json_out(
-                Command::new(python).arg(root().join("tests/loadcheck.py")).args(mode).arg(&export).arg(pack).args(extra),
+                Command::new(python)
+                    .arg(root().join("tests/loadcheck.py"))
+                    .args(mode)
+                    .arg(&export)
+                    .arg(pack)
+                    .args(extra),
             )
         };
         let v = driver(&[]);

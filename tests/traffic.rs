@@ -179,7 +179,8 @@ fn calibration_statistics_come_from_the_layer_on_the_device() {
     let model = ucw::model::Model::open(&fixture()).unwrap();
     let c = model.config.clone();
     let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/sample.txt");
-    let spec = CalibSpec { input: CalibInput::Text(text), windows: 3, seq_len: T, skip: 0, propagate: Propagate::Teacher };
+    let spec =
+        CalibSpec { input: CalibInput::Text(text), windows: 3, seq_len: T, skip: 0, propagate: Propagate::Teacher };
     let (ids, provenance) = read_windows(&model, &spec).unwrap();
     assert_eq!(ids.len(), 3, "the sample text holds three windows");
     let (qw, ff) = (c.num_attention_heads * c.head_dim, c.intermediate_size);
