@@ -719,8 +719,7 @@ impl Backend for GpuBackend {
         );
         let table = self.upload_words("attn.table", &ec.table);
         let y = self.attention_dev(&mut rec, &qd, &kd, &vd, &table, &plan, s, ec, bits)?;
-        let [y] = <[TokenFixed; 1]>::try_from(self.read_tokens(rec, &y, &[])?).expect("one tensor read");
-        Ok(y)
+        self.read_token_tensor(rec, &y)
     }
 
     fn decoder_layer(

@@ -166,7 +166,7 @@ impl GpuBackend {
         // One submission: the layer and its readback (the taps' only where they are taken).
         let rec = recording;
         let Some(tap) = tap else {
-            return Ok(self.read_tokens(rec, &y, &[])?.swap_remove(0));
+            return self.read_token_tensor(rec, &y);
         };
         let mut read = self.read_tokens(rec, &y, &[&a, &att, &a2, &s])?.into_iter();
         let out = read.next().expect("the layer output read");

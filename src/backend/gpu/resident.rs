@@ -77,6 +77,11 @@ impl GpuBackend {
             .collect())
     }
 
+    /// Submit `rec` and read `y` back (one submission).
+    pub(crate) fn read_token_tensor(&self, rec: Rec, y: &DevTokens) -> Result<TokenFixed, Error> {
+        Ok(self.read_tokens(rec, y, &[])?.swap_remove(0))
+    }
+
     /// A per-token kernel over `tokens` host tokens of `width` in chunks of at most
     /// `per_chunk`: each chunk uploaded by `op`, run and read back in one submission.
     pub(crate) fn host_token_chunks(
@@ -98,7 +103,7 @@ impl GpuBackend {
             let t1 = (t0 + per_chunk.max(1)).min(tokens);
             let mut rec = self.rec();
             let y = op(&mut rec, t0, t1)?;
-            let [y] = <[TokenFixed; 1]>::try_from(self.read_tokens(rec, &y, &[])?).expect("one tensor read");
+            let y = self.read_token_tensor(rec, &y)?;
             out.mants.extend_from_slice(&y.mants);
             out.exps.extend_from_slice(&y.exps);
             t0 = t1;
