@@ -15,7 +15,7 @@ use crate::digest::sha256_hex;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::fixed::tensor::TokenFixed;
-use crate::forward::eval::{ResidentAllowance, least};
+use crate::forward::eval::{ResidentAllowance, budget_beside_resident, layer_residency};
 use crate::forward::layer::{Consts, Layer, RESIDUAL_BITS, Tap};
 use crate::forward::source::Patched;
 use crate::forward::text::{parse_token_bytes, tokenize_bytes};
@@ -237,16 +237,11 @@ impl Calibration {
     }
 
     /// Let a GPU backend keep the layer's weights on the device for every window, as
-    /// `ucw eval` does (within what the budget leaves beyond the least one product needs),
-    /// so the whole layer runs there with the four taps read back in its one submission;
-    /// withdrawn when the returned guard drops. Resident weights change no bit.
+    /// `ucw eval` does (`layer_residency`), so the whole layer runs there with the four
+    /// taps read back in its one submission; withdrawn when the returned guard drops.
+    /// Resident weights change no bit.
     fn allow_resident<'b>(&self, backend: &'b dyn Backend, c: &crate::model::ModelConfig) -> ResidentAllowance<'b> {
-        ResidentAllowance::new(backend, self.max_memory.saturating_sub(least(&Layer::linear_shapes(c))))
-    }
-
-    /// What one call may hold beside the weights kept on the device.
-    fn call_budget(&self, backend: &dyn Backend) -> u64 {
-        self.max_memory.saturating_sub(backend.resident_weight_bytes())
+        ResidentAllowance::new(backend, layer_residency(self.max_memory, c))
     }
 
     /// Run the teacher's layer `l` over every window, gathering its statistics. With
@@ -255,8 +250,8 @@ impl Calibration {
         let no_patches = BTreeMap::new();
         let mut src = Patched { model, patches: &no_patches };
         let _resident = self.allow_resident(backend, &model.config);
-        let layer = Layer::load(backend, &mut src, l, self.call_budget(backend))?;
-        let chunk = layer.chunk(self.call_budget(backend))?;
+        let layer = Layer::load(backend, &mut src, l, budget_beside_resident(backend, self.max_memory))?;
+        let chunk = layer.chunk(budget_beside_resident(backend, self.max_memory))?;
         let c = &model.config;
         let widths = [
             (Tap::Attn, c.hidden_size),
@@ -296,8 +291,8 @@ impl Calibration {
         }
         let mut src = Patched { model, patches };
         let _resident = self.allow_resident(backend, &model.config);
-        let layer = Layer::load(backend, &mut src, l, self.call_budget(backend))?;
-        let chunk = layer.chunk(self.call_budget(backend))?;
+        let layer = Layer::load(backend, &mut src, l, budget_beside_resident(backend, self.max_memory))?;
+        let chunk = layer.chunk(budget_beside_resident(backend, self.max_memory))?;
         for h in self.hidden.iter_mut() {
             *h = layer.forward(backend, h, &self.consts, chunk)?;
         }

@@ -204,8 +204,21 @@ fn check_windows(c: &crate::model::ModelConfig, windows: &[&[u32]]) -> Result<us
 }
 
 /// The largest `least_call_bytes` of these `(rows, cols)` linears.
-pub(crate) fn least(shapes: &[(usize, usize)]) -> u64 {
+fn least(shapes: &[(usize, usize)]) -> u64 {
     shapes.iter().map(|&(n, k)| least_call_bytes(k, n)).max().unwrap_or(0)
+}
+
+/// Weights a backend may keep on the device while a decoder layer runs over every window:
+/// what `max_memory` leaves beyond the least one of the layer's products needs, so each
+/// call's chunk still fits in the rest and keeping weights never turns a budget that works
+/// into one that does not (eval and calibration alike).
+pub(crate) fn layer_residency(max_memory: u64, c: &crate::model::ModelConfig) -> u64 {
+    max_memory.saturating_sub(least(&Layer::linear_shapes(c)))
+}
+
+/// What one call may hold beside the weights `backend` keeps on the device.
+pub(crate) fn budget_beside_resident(backend: &dyn Backend, max_memory: u64) -> u64 {
+    max_memory.saturating_sub(backend.resident_weight_bytes())
 }
 
 /// Embedding and every decoder layer over all windows: the residual stream after the last
@@ -230,11 +243,9 @@ fn run_layers(
             hidden.push(super::embed_rows(backend, name, &emb, dtype, c.vocab_size, c.hidden_size, w, RESIDUAL_BITS)?);
         }
     }
-    // Weights may stay on the device for every window (GPU backends) within what the budget
-    // leaves beyond the least that one product needs; each call's chunk then fits in the
-    // rest, so keeping weights never turns a budget that works into one that does not.
-    resident.allow(opts.max_memory.saturating_sub(least(&Layer::linear_shapes(&c))));
-    let call_budget = || opts.max_memory.saturating_sub(backend.resident_weight_bytes());
+    // Weights may stay on the device for every window (GPU backends).
+    resident.allow(layer_residency(opts.max_memory, &c));
+    let call_budget = || budget_beside_resident(backend, opts.max_memory);
     let layers = c.num_hidden_layers;
     progress(0, layers + 1);
     // Window groups per layer (each_window's partition): the steps one layer's traffic covers.
@@ -292,7 +303,7 @@ pub fn evaluate(
 
     // Final norm, lm_head and NLL, chunk by chunk.
     resident.allow(opts.max_memory.saturating_sub(least(&[(c.vocab_size, c.hidden_size)])));
-    let call_budget = || opts.max_memory.saturating_sub(backend.resident_weight_bytes());
+    let call_budget = || budget_beside_resident(backend, opts.max_memory);
     let Head { norm: final_norm, linear: head } = Head::load(backend, src, call_budget())?;
     let chunk = head.chunk(call_budget())?;
     let scored = opts.score.positions(seq_len);
@@ -392,7 +403,7 @@ pub fn evaluate_pair(
     let seq_len = check_windows(&cm, windows)?;
     check_windows(&cb, windows)?;
     let resident = ResidentAllowance::new(backend, 0);
-    let call_budget = || opts.max_memory.saturating_sub(backend.resident_weight_bytes());
+    let call_budget = || budget_beside_resident(backend, opts.max_memory);
     let head_least = least(&[(cm.vocab_size, cm.hidden_size), (cb.vocab_size, cb.hidden_size)]);
 
     // The baseline's trunk, reduced to its final-norm activations.
