@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Independent decoder and verifier for ucw packs (format "ucw-pack" version 1, codec ucw-q1).
+"""Independent decoder and verifier for ucw packs (format "ucw-pack" version 1, codec ucw-q1,
+codec versions 1, 2 and 3).
 
 Written from docs/FORMAT.md and docs/DIGESTS.md alone; it shares no code with ucw. Section
 references such as "§4" are to docs/FORMAT.md.
@@ -10,9 +11,12 @@ references such as "§4" are to docs/FORMAT.md.
 Steps (the order of FORMAT.md §7):
   1. read ucw-manifest.json, refuse non-canonical bytes, unknown versions and invalid names (§2);
   2. compare every listed file's size and SHA-256, and look for missing or unexpected files (§1, §2);
-  3. parse the safetensors files (§3), unpack codes and zero points, add the low-rank overlay
-     where a tensor has one, and reconstruct every quantized tensor with exact integer
-     arithmetic and a single round-to-nearest-even of the exact sum (§4);
+  3. parse the safetensors files (§3); unpack the zero points and the codes: bit-packed in codec
+     versions 1 and 2 (§4), rANS-coded in codec version 3 (§4.1: the frequency table and stream
+     lengths are checked first, then each 64-row stream is decoded and must end on its last
+     byte with the state at L, and every q = d + z − 2^b + 1 must lie in 0..2^b − 1); add the
+     low-rank overlay where a tensor has one, and reconstruct every quantized tensor with exact
+     integer arithmetic and a single round-to-nearest-even of the exact sum (§4);
   4. recompute every tensor digest, the weights digest and the pack digest (§5);
   5. print a JSON report on stdout.
 With --export, every deployed tensor (reconstructed + raw) is also written to one safetensors
@@ -33,9 +37,17 @@ Manifest checks (§2, §2.1, §2.2; a violation makes the pack unreadable, exit 
   - each quantized tensor's bits is codec.parameters.bits, or within ±1 of it (and in 2..8)
     with bit_alloc "mixed"; its rank is in 0..32, at most N when the flag was "<N>". The
     codes and zero points of each linear are unpacked with that linear's own width (§4);
+  - codec.version (= tool.codec_version) is 1, 2 or 3; damp is present exactly in calibrated
+    packs of version 2 or 3; each layer file's codec_version equals it (§2, §4);
   - codec.calibration is null or exactly the §2.2 object (input "text"/"tokens", the matching
     <input>_sha256, tokenizer_sha256 (null for tokens), windows >= 1, seq_len >= 2, skip >= 0,
     tokens = windows × seq_len, propagate, statistic "exact-gram"); decoding does not use it.
+Layer files (§4, §4.1): each linear's tensors are exactly .codes, .scales, .zeros (version 3:
+.rans U8 [n], .rans_freq U16 [2^(b+1) − 1], .rans_len U32 [ceil(R/64)], .scales, .zeros), plus
+.u, .u_scale, .v, .v_scale when its rank is > 0. A broken §4.1 rule (Σ freq != 4096, Σ len != n,
+a stream under 4 bytes, a missing or left-over byte, a final state != L, q out of range) is a
+mismatch of kind "rans" naming the stored tensor at fault (….rans_freq, ….rans_len or
+….rans), and that linear is not reconstructed.
 Where FORMAT.md is silent this reader assumes (and checks, reporting a mismatch otherwise):
   - U and V values of −128 (outside §4's [−127, 127]) are reported as a mismatch, but the
     tensor is still decoded (the int64 bounds below hold for any I8/U16 contents);
@@ -50,7 +62,10 @@ Not checked: §6 (informative) says how widths and "auto" ranks are chosen withi
 this reader does not recompute those choices, it only checks the ranges above.
 
 Only the Python standard library and numpy (>= 1.24) are used. Memory: one row-chunk of one
-tensor at a time (files are memory-mapped; raw tensors are hashed in slices).
+tensor at a time (files are memory-mapped; raw tensors are hashed in slices); in codec version
+3 a chunk is a whole number of 64-row streams. The rANS loop is plain Python over a 4096-entry
+slot -> symbol table: about 3 million codes a second on one core (CPython 3.11+), so a
+135M-weight model's linears take about a minute.
 """
 
 from __future__ import annotations
@@ -81,8 +96,10 @@ COPIED_FILES = frozenset(
 )
 LAYER_FILE_RE = re.compile(r"layer-([0-9]{5})\.safetensors")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
-# Codec versions this reader decodes (FORMAT.md §2: they differ only in how codes are chosen).
-CODEC_VERSIONS = (1, 2)
+# Codec versions this reader decodes (FORMAT.md §2: 1 and 2 differ only in how codes are
+# chosen; 3 stores each linear's codes rANS-coded, §4.1, instead of bit-packed).
+CODEC_VERSIONS = (1, 2, 3)
+RANS_VERSION = 3  # the first codec version whose linears store .rans/.rans_freq/.rans_len
 # codec.parameters.damp: a decimal without superfluous zeros ("1", "0.01", "2.5").
 DAMP_RE = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]*[1-9])?")
 
@@ -99,6 +116,13 @@ FLOAT_FORMATS = {"BF16": (8, 7, 127), "F16": (5, 10, 15), "F32": (8, 23, 127)}
 
 HASH_SLICE = 16 << 20  # bytes of a raw tensor hashed at a time
 CHUNK_ELEMS = 1 << 18  # weights reconstructed at a time (row granularity)
+
+# §4.1 rANS parameters: M = 2^12 (frequency total), L = 2^23 (lower bound of the state),
+# byte-wise renormalisation, one stream per 64 rows.
+RANS_PROB_BITS = 12
+RANS_M = 1 << RANS_PROB_BITS
+RANS_L = 1 << 23
+RANS_ROWS = 64
 
 
 class PackUnreadable(Exception):
@@ -265,7 +289,8 @@ def load_manifest(pack_dir: str) -> tuple[dict, bytes]:
         isinstance(codec, dict) and set(codec) == {"calibration", "name", "parameters", "version"},
         "codec: wrong keys",
     )
-    # §2: codec versions 1 and 2 decode alike (2 changed only how codes are chosen).
+    # §2: codec versions 1 and 2 decode alike (2 changed only how codes are chosen); version 3
+    # entropy-codes the codes (§4.1). Each layer file's codec_version is checked against this.
     _require(codec["name"] == "ucw-q1" and codec["version"] in CODEC_VERSIONS,
              f"unknown codec {codec['name']!r} version {codec['version']!r}")
     _require(m["tool"] == {"codec_version": codec["version"], "name": "ucw"}, f"unknown tool {m['tool']!r}")
@@ -279,7 +304,7 @@ def load_manifest(pack_dir: str) -> tuple[dict, bytes]:
     _require(isinstance(params, dict) and isinstance(params.get("rank"), str), "codec.parameters: no string rank")
     auto = params["rank"] == "auto"
     mixed = "bit_alloc" in params
-    # §2.1: damp exactly in calibrated packs of codec version 2.
+    # §2.1: damp exactly in calibrated packs of codec version 2 or 3.
     damped = codec["version"] >= 2 and calibration is not None
     base_keys = {"bits", "group_size", "out_dtype", "rank"}
     want_keys = (base_keys | ({"bit_alloc"} if mixed else set()) | ({"target_bpw"} if auto or mixed else set())
@@ -575,15 +600,20 @@ class SafeTensorsFile:
         return np.frombuffer(raw, dtype=np.uint8).reshape(row1 - row0, width)
 
     def rows(self, name: str, row0: int, row1: int) -> np.ndarray:
-        """Rows [row0, row1) of a 1-D or 2-D integer tensor (I8, U8, U16), as int64. A 1-D
+        """Rows [row0, row1) of a 1-D or 2-D integer tensor (I8, U8, U16, U32), as int64. A 1-D
         tensor's rows are its elements."""
         t = self.tensors[name]
-        np_dtype = {"I8": "<i1", "U8": "<u1", "U16": "<u2"}[t.dtype]
+        np_dtype = {"I8": "<i1", "U8": "<u1", "U16": "<u2", "U32": "<u4"}[t.dtype]
         size = DTYPE_SIZE[t.dtype]
         width = t.shape[1] if len(t.shape) == 2 else 1
         raw = self.mm[t.begin + row0 * width * size : t.begin + row1 * width * size]
         a = np.frombuffer(raw, dtype=np_dtype).astype(np.int64)
         return a.reshape(row1 - row0, width) if len(t.shape) == 2 else a
+
+    def span(self, name: str, begin: int, end: int) -> bytes:
+        """Bytes [begin, end) of a tensor's data (a 1-D U8 tensor: its elements)."""
+        t = self.tensors[name]
+        return self.mm[t.begin + begin : t.begin + end]
 
     def slices(self, name: str):
         t = self.tensors[name]
@@ -693,15 +723,19 @@ class QuantSpec:
     out_dtype: str
     rank: int = 0
     overlay_exp: int | None = None  # Eo, present exactly when rank > 0 (§4)
+    codec_version: int = 1  # the layer file's: 3 and up store the codes rANS-coded (§4.1)
 
 
-# Suffixes of the tensors a quantized linear stores (§4), without and with an overlay.
+# Suffixes of the tensors a quantized linear stores (§4), without and with an overlay; in
+# codec version 3 the bit-packed .codes are replaced by the three rANS tensors (§4.1).
 CODE_SUFFIXES = (".codes", ".scales", ".zeros")
+RANS_SUFFIXES = (".rans", ".rans_freq", ".rans_len", ".scales", ".zeros")
 OVERLAY_SUFFIXES = (".u", ".u_scale", ".v", ".v_scale")
 
 
-def linear_suffixes(rank: int) -> tuple[str, ...]:
-    return CODE_SUFFIXES + (OVERLAY_SUFFIXES if rank > 0 else ())
+def linear_suffixes(rank: int, codec_version: int = 1) -> tuple[str, ...]:
+    base = RANS_SUFFIXES if codec_version >= RANS_VERSION else CODE_SUFFIXES
+    return base + (OVERLAY_SUFFIXES if rank > 0 else ())
 
 
 def overlay_rows(mu: np.ndarray, u: np.ndarray, mv: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -731,13 +765,168 @@ def exact_sum(w_int: np.ndarray, w_exp: np.ndarray, o_int: np.ndarray, o_exp: in
     return total, lo
 
 
+# --------------------------------------------------------------------------------------------
+# Step 3c: entropy-coded codes (codec version 3, §4.1)
+# --------------------------------------------------------------------------------------------
+
+
+class RansInvalid(Malformed):
+    """A §4.1 validity rule is broken. `tensor` names the stored tensor at fault (….rans,
+    ….rans_freq or ….rans_len), `detail` says what is wrong with it."""
+
+    def __init__(self, tensor: str, detail: str):
+        super().__init__(f"{tensor}: {detail}")
+        self.tensor = tensor
+        self.detail = detail
+
+
+def rans_table(freq, where: str) -> tuple[list, list, list]:
+    """The slot -> symbol lookup of §4.1's decoding step, from freq[s] (which must sum to M).
+
+    Returns three lists of M entries indexed by slot = x mod M: the symbol s with cum[s] <= slot
+    < cum[s] + freq[s], its freq[s], and slot − cum[s]. A decoding step is then
+    x = freq_of[slot] · (x div M) + bias[slot]. A symbol of frequency 0 owns no slot, so it can
+    never be decoded (§4.1: freq[s] >= 1). Raises RansInvalid unless Σ freq = M."""
+    freq = [int(v) for v in freq]
+    total = sum(freq)
+    if total != RANS_M:
+        raise RansInvalid(where, f"the frequencies sum to {total}, not M = {RANS_M} (§4.1)")
+    sym, freq_of, bias = [], [], []
+    for s, f in enumerate(freq):
+        sym.extend([s] * f)
+        freq_of.extend([f] * f)
+        bias.extend(range(f))
+    return sym, freq_of, bias
+
+
+def rans_offsets(lens, n: int, where_len: str, where_rans: str) -> list[int]:
+    """Start offsets of the streams in the .rans bytes, plus n at the end (§4.1 "Streams").
+    Raises RansInvalid when a stream is shorter than its 4-byte state or Σ len != n."""
+    offsets = [0]
+    for k, length in enumerate(int(v) for v in lens):
+        if length < 4:
+            raise RansInvalid(where_len, f"stream {k} is {length} bytes long, fewer than the 4 bytes "
+                                         "of its initial state (§4.1)")
+        offsets.append(offsets[-1] + length)
+    if offsets[-1] != n:
+        raise RansInvalid(where_len, f"the stream lengths sum to {offsets[-1]}, but {where_rans} holds "
+                                     f"{n} bytes (§4.1: n = Σ len)")
+    return offsets
+
+
+def rans_decode_stream(data: bytes, count: int, table, where: str, k: int = 0) -> list[int]:
+    """Decode `count` symbols from one stream's bytes (§4.1 "Decoding one stream"): the state x
+    starts as the first 4 bytes, big-endian; per symbol, slot = x mod M picks s, x becomes
+    freq[s]·(x div M) + slot − cum[s], then bytes are shifted in while x < L. Afterwards every
+    byte must have been read and x must be L. Raises RansInvalid (naming stream k) otherwise."""
+    sym, freq_of, bias = table
+    n = len(data)
+    if n < 4:
+        raise RansInvalid(where, f"stream {k} is {n} bytes long, fewer than 4 (§4.1)")
+    x = int.from_bytes(data[:4], "big")
+    pos = 4
+    out = [0] * count
+    lower = RANS_L
+    mask = RANS_M - 1
+    shift = RANS_PROB_BITS
+    i = -1
+    try:
+        for i in range(count):
+            slot = x & mask
+            out[i] = sym[slot]
+            x = freq_of[slot] * (x >> shift) + bias[slot]
+            while x < lower:
+                x = (x << 8) | data[pos]  # IndexError: the stream has no next byte
+                pos += 1
+    except IndexError:
+        raise RansInvalid(where, f"stream {k} ({n} bytes) runs out of bytes while decoding its symbol {i} "
+                                 f"of {count} (§4.1: a missing byte)") from None
+    problems = []
+    if pos != n:
+        problems.append(f"{n - pos} of its {n} bytes left over after its {count} symbols")
+    if x != lower:
+        problems.append(f"final state {x:#x}, not L = 2^23 = {lower:#x}")
+    if problems:
+        raise RansInvalid(where, f"stream {k}: " + " and ".join(problems) + " (§4.1)")
+    return out
+
+
+class RansCodes:
+    """The symbols d of one linear's codes (§4.1), decoded a stream (64 rows) at a time.
+
+    `read(begin, end)` returns bytes [begin, end) of the linear's .rans tensor, which holds n
+    bytes. The frequency table and the stream lengths are checked when this is built, before
+    any stream is decoded."""
+
+    def __init__(self, name: str, freq, lens, n: int, rows: int, cols: int, read):
+        self.where = name + ".rans"
+        self.rows, self.cols, self.read = rows, cols, read
+        self.table = rans_table(freq, name + ".rans_freq")
+        self.offsets = rans_offsets(lens, n, name + ".rans_len", self.where)
+        if len(self.offsets) - 1 != -(-rows // RANS_ROWS):
+            raise RansInvalid(name + ".rans_len", f"{len(self.offsets) - 1} streams, not ceil({rows} / "
+                                                  f"{RANS_ROWS}) (§4.1)")
+
+    @classmethod
+    def from_file(cls, f: "SafeTensorsFile", spec: "QuantSpec") -> "RansCodes":
+        name = spec.name
+        nfreq = (2 << spec.bits) - 1
+        nstreams = -(-spec.rows // RANS_ROWS)
+        return cls(name, f.rows(name + ".rans_freq", 0, nfreq), f.rows(name + ".rans_len", 0, nstreams),
+                   f.tensors[name + ".rans"].shape[0], spec.rows, spec.cols,
+                   lambda a, b: f.span(name + ".rans", a, b))
+
+    def symbols(self, r0: int, r1: int) -> np.ndarray:
+        """d[r][c] for rows [r0, r1), int64 [r1 − r0, C]; r0 must start a stream and r1 end one
+        (a multiple of 64, or R)."""
+        R, C = self.rows, self.cols
+        assert r0 % RANS_ROWS == 0 and (r1 % RANS_ROWS == 0 or r1 == R) and r0 < r1 <= R
+        out = []
+        for k in range(r0 // RANS_ROWS, -(-r1 // RANS_ROWS)):
+            nrows = min(RANS_ROWS, R - k * RANS_ROWS)
+            data = self.read(self.offsets[k], self.offsets[k + 1])
+            out.extend(rans_decode_stream(data, nrows * C, self.table, self.where, k))
+        return np.array(out, dtype=np.int64).reshape(r1 - r0, C)
+
+
+def codes_from_symbols(d: np.ndarray, z: np.ndarray, bits: int, where: str, r0: int = 0) -> np.ndarray:
+    """q = d + z − 2^b + 1 (§4.1 "Symbols"), z already expanded to one zero point per column;
+    refuses (RansInvalid) a q outside 0..2^b − 1."""
+    q = d + z - ((1 << bits) - 1)
+    bad = (q < 0) | (q >= (1 << bits))
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        raise RansInvalid(where, f"row {r0 + i} column {j}: symbol {int(d[i, j])} with zero point "
+                                 f"{int(z[i, j])} gives q = {int(q[i, j])}, outside 0..{(1 << bits) - 1} "
+                                 f"(§4.1; {int(bad.sum())} such codes in rows {r0}..{r0 + d.shape[0] - 1})")
+    return q
+
+
+def decode_rans_codes(rans: bytes, freq, lens, zeros: np.ndarray, rows: int, cols: int, bits: int,
+                      group_size: int, name: str = "tensor") -> np.ndarray:
+    """All codes q [R, C] of one linear from its .rans bytes, freq, len and its unpacked zero
+    points [R, ceil(C/G)] (§4.1), with every validity check. For tests (tests/rans_kat.py)."""
+    codes = RansCodes(name, freq, lens, len(rans), rows, cols, lambda a, b: rans[a:b])
+    z = np.asarray(zeros, dtype=np.int64).reshape(rows, -(-cols // group_size))
+    z = z[:, np.arange(cols) // group_size]
+    return codes_from_symbols(codes.symbols(0, rows), z, bits, name + ".rans")
+
+
 def reconstruct_chunks(f: SafeTensorsFile, spec: QuantSpec, report: Report):
-    """Yield the reconstructed bytes of a quantized linear, a few rows at a time (§4)."""
+    """Yield the reconstructed bytes of a quantized linear, a few rows at a time (§4).
+
+    Codec version 3 (§4.1): the codes come from the rANS streams; the frequency table and the
+    stream lengths are checked before the first chunk, and each chunk is a whole number of
+    64-row streams (the last one possibly partial), decoded with the chunk."""
     R, C, b, G = spec.rows, spec.cols, spec.bits, spec.group_size
     P = -(-C // G)  # ceil(C / G) groups per row
     col_group = np.arange(C, dtype=np.int64) // G  # group g covers columns g·G … min((g+1)·G, C) − 1
     out_le = "<u2" if spec.out_dtype in ("BF16", "F16") else "<u4"
     step = max(1, CHUNK_ELEMS // max(1, C))
+    rans = None
+    if spec.codec_version >= RANS_VERSION:
+        rans = RansCodes.from_file(f, spec)  # raises RansInvalid on a bad freq or len table
+        step = max(RANS_ROWS, step // RANS_ROWS * RANS_ROWS)  # chunks of whole streams
     dirty_padding = False
     if spec.rank > 0:
         # §4 low-rank overlay: V [r, C] and mv [r] are shared by all rows; U and mu per row.
@@ -746,14 +935,19 @@ def reconstruct_chunks(f: SafeTensorsFile, spec: QuantSpec, report: Report):
         bad_values = bool(np.any(ov == -128))
     for r0 in range(0, R, step):
         r1 = min(R, r0 + step)
-        q, ok_q = unpack_rows(f.array(spec.name + ".codes", r0, r1), C, b)
         z, ok_z = unpack_rows(f.array(spec.name + ".zeros", r0, r1), P, b)
+        z = z[:, col_group]  # one zero point per column
+        if rans is None:
+            q, ok_q = unpack_rows(f.array(spec.name + ".codes", r0, r1), C, b)
+        else:
+            # §4.1: q = d + z − 2^b + 1, refused outside 0..2^b − 1.
+            q, ok_q = codes_from_symbols(rans.symbols(r0, r1), z, b, spec.name + ".rans", r0), True
         s = f.array(spec.name + ".scales", r0, r1).astype(np.int64)
         dirty_padding |= not (ok_q and ok_z)
         m = 16 + (s & 15)              # 4-bit mantissa with implicit 16: 16..31
         e = spec.base_exp + (s >> 4)   # 4-bit exponent over the tensor's base exponent
         # w = m · (q − z) · 2^e, exactly: an integer |m·(q−z)| <= 31·255 < 2^13 times 2^e.
-        v = m[:, col_group] * (q - z[:, col_group])
+        v = m[:, col_group] * (q - z)
         e = e[:, col_group]
         if spec.rank > 0:
             # w = m·(q−z)·2^e + O·2^Eo, summed exactly and rounded once (not term by term).
@@ -796,11 +990,23 @@ def quant_spec(name: str, entry: dict, f: SafeTensorsFile, ucw_meta: dict | None
         return None
     P = -(-C // G)
     r = md["rank"]
+    version = ucw_meta["codec_version"]
     expect = {
-        ".codes": ("U8", [R, packed_width(C, bits)]),
         ".scales": ("U8", [R, P]),
         ".zeros": ("U8", [R, packed_width(P, bits)]),
     }
+    if version >= RANS_VERSION:
+        # §4.1: the codes as S = ceil(R/64) rANS streams of n bytes in all, and the table of the
+        # 2^(b+1) − 1 symbols' frequencies; no .codes.
+        t = f.tensors.get(name + ".rans")
+        n = t.shape[0] if t is not None and len(t.shape) == 1 else "n"
+        expect.update({
+            ".rans": ("U8", [n]),
+            ".rans_freq": ("U16", [(2 << bits) - 1]),
+            ".rans_len": ("U32", [-(-R // RANS_ROWS)]),
+        })
+    else:
+        expect[".codes"] = ("U8", [R, packed_width(C, bits)])
     if r > 0:  # §4 low-rank overlay
         expect.update({
             ".u": ("I8", [R, r]),
@@ -819,7 +1025,7 @@ def quant_spec(name: str, entry: dict, f: SafeTensorsFile, ucw_meta: dict | None
                             actual={"dtype": t.dtype, "shape": t.shape})
             return None
     # parse_ucw_metadata already enforced −34 <= Eo − E <= 11 (exact_sum relies on it).
-    return QuantSpec(name, R, C, bits, G, md["base_exp"], md["out_dtype"], r, md.get("overlay_exp"))
+    return QuantSpec(name, R, C, bits, G, md["base_exp"], md["out_dtype"], r, md.get("overlay_exp"), version)
 
 
 def parse_ucw_metadata(f: SafeTensorsFile, fname: str, report: Report) -> dict | None:
@@ -993,13 +1199,16 @@ def verify_pack(pack_dir: str, export: str | None) -> tuple[dict, int]:
                     claimed.setdefault(fname, set()).add(name)
                 else:
                     spec = quant_spec(name, entry, f, ucw_meta.get(fname), params, report)
-                    # The linear's tensors (§4): codes, scales, zeros, plus the overlay's four
-                    # when the tensor has rank > 0.
-                    claimed.setdefault(fname, set()).update(name + s for s in linear_suffixes(entry["rank"]))
+                    # The linear's tensors (§4): codes, scales, zeros (codec version 3: rans,
+                    # rans_freq, rans_len, scales, zeros, §4.1), plus the overlay's four when the
+                    # tensor has rank > 0. The layer file's own codec version decides which.
+                    version = (ucw_meta.get(fname) or {}).get("codec_version", manifest["codec"]["version"])
+                    claimed.setdefault(fname, set()).update(
+                        name + s for s in linear_suffixes(entry["rank"], version))
                     if spec is not None:
                         digest = quant_digest(f, spec, exporter, report)
                         # §2 bits_per_weight.linears counts every one of them.
-                        for s in linear_suffixes(spec.rank):
+                        for s in linear_suffixes(spec.rank, spec.codec_version):
                             t = f.tensors[name + s]
                             linear_bytes += t.end - t.begin
                         linear_weights += spec.rows * spec.cols
@@ -1089,6 +1298,9 @@ def quant_digest(f: SafeTensorsFile, spec: QuantSpec, exporter, report: Report) 
             h.update(chunk)
             if exporter is not None:
                 exporter.write(chunk)
+    except RansInvalid as exc:  # §4.1 validity rules: named after the stored tensor at fault
+        report.mismatch("rans", exc.tensor, exc.detail)
+        return None
     except Malformed as exc:
         report.mismatch("reconstruction", spec.name, str(exc))
         return None
@@ -1137,8 +1349,9 @@ def check_tensor_list(pack_dir: str, manifest: dict, listed_files: set, good_fil
 
 
 def check_bits_per_weight(manifest, opened, tensors, linear_bytes, linear_weights, report: Report):
-    """§2 bits_per_weight: linears = 8 × bytes of codes+scales+zeros (and u, u_scale, v, v_scale
-    where present) over the linears' weights;
+    """§2 bits_per_weight: linears = 8 × bytes of codes+scales+zeros (codec version 3: rans,
+    rans_freq, rans_len instead of codes; and u, u_scale, v, v_scale where present) over the
+    linears' weights;
     pack = 8 × data-section bytes of all safetensors files over all deployed tensors' elements.
     Only checked when every data file could be parsed."""
     if any(f is None for f in opened.values()) or report.unreadable:
@@ -1217,8 +1430,40 @@ def self_test() -> int:
         raise AssertionError("overflow not detected")
     _self_test_wide_rounding(rng)
     _self_test_overlay(rng)
+    _self_test_rans()
     print("self-test ok")
     return 0
+
+
+def _self_test_rans():
+    """§4.1 decoding on two hand-checked streams (more in tests/rans_kat.py), and refusals."""
+    # b = 2, one row, q = 1, 2, 0, one group with z = 1: d = 3, 4, 2, each once; freq = 1365
+    # each plus the shortfall 1 on s = 2 (cum = 0, 1366, 2731). Encoding 2, 4, 3 in turn from
+    # x = L = 8388608 (no renormalisation while x < 2^19·f): 6141·4096 + 2 = 25153538;
+    # 18427·4096 + 683 + 2731 = 75480406; 55297·4096 + 1 + 1366 = 226497879 = 0x0D801557.
+    freq = [0, 0, 1366, 1365, 1365, 0, 0]
+    q = decode_rans_codes(bytes.fromhex("0d801557"), freq, [4], np.array([[1]]), 1, 3, 2, 4)
+    assert q.tolist() == [[1, 2, 0]], q
+    # One symbol (freq[7] = M): x stays L, the streams are the 4 state bytes alone. R = 65 rows
+    # make two streams, the second of one row.
+    one = [0] * 7 + [4096] + [0] * 7
+    q = decode_rans_codes(bytes.fromhex("00800000" * 2), one, [4, 4], np.full((65, 1), 5), 65, 2, 3, 2)
+    assert q.tolist() == [[5, 5]] * 65
+    refusals = [
+        ((bytes.fromhex("0d801558"), freq, [4], 1), "final state"),           # a flipped bit
+        ((bytes.fromhex("0d801557"), freq[:-1] + [1], [4], 1), "sum to 4097"),  # Σ freq != M
+        ((bytes.fromhex("0d80155700"), freq, [5], 1), "left over"),          # a byte too many
+        ((bytes.fromhex("0d801557"), freq, [3], 1), "fewer than the 4"),     # len < 4
+        ((bytes.fromhex("0d801557"), freq, [5], 1), "sum to 5"),             # Σ len != n
+        ((bytes.fromhex("0d801557"), freq, [4], 0), "outside 0..3"),         # z = 0: d = 2 gives q = −1
+    ]
+    for (rans, fr, lens, z), want in refusals:
+        try:
+            decode_rans_codes(rans, fr, lens, np.array([[z]]), 1, 3, 2, 4)
+        except RansInvalid as exc:
+            assert want in str(exc), (want, str(exc))
+        else:
+            raise AssertionError(f"not refused: {want}")
 
 
 def _exact_of_bits(bits: int, fmt: str):
