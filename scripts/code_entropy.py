@@ -8,6 +8,10 @@ tensor with an ideal coder would store (rANS with a 2^12-total table comes withi
 thousandths of a bit; the table itself is under 2 KiB per tensor). Informative only: it
 reads packs through scripts/ucw_decode.py and changes nothing.
 
+Codec versions 1 and 2 store the codes bit-packed (b bits each); codec version 3 stores them
+rANS-coded (docs/FORMAT.md §4.1), and there the stored code bits are 8 × the bytes of each
+linear's .rans, .rans_freq and .rans_len (the codes are decoded from them to count).
+
     python3 scripts/code_entropy.py PACK [--per-tensor] [--json OUT]
 """
 import argparse
@@ -42,27 +46,38 @@ def main() -> int:
         if e["kind"] == "raw":
             continue
         if e["file"] not in files:
-            files[e["file"]] = u.SafeTensorsFile(os.path.join(a.pack, e["file"]))
-        f = files[e["file"]]
+            f = u.SafeTensorsFile(os.path.join(a.pack, e["file"]))
+            version = json.loads(f.metadata["ucw"])["codec_version"]  # the layer file's own (§4)
+            files[e["file"]] = (f, version)
+        f, version = files[e["file"]]
         rows, cols = e["shape"]
         b = e["bits"]
         gpr = -(-cols // g)
-        q, _ = u.unpack_rows(f.array(e["name"] + ".codes", 0, rows), cols, b)
         z, _ = u.unpack_rows(f.array(e["name"] + ".zeros", 0, rows), gpr, b)
+        zc = z[:, np.arange(cols) // g]
+        if version >= u.RANS_VERSION:
+            # §4.1: decode the symbols d = q - z + 2^b - 1 from the streams (all rows at once).
+            spec = u.QuantSpec(e["name"], rows, cols, b, g, 0, e["dtype"], codec_version=version)
+            q = u.codes_from_symbols(u.RansCodes.from_file(f, spec).symbols(0, rows), zc, b, e["name"] + ".rans")
+            code_bits = 8 * sum(f.tensors[e["name"] + sfx].end - f.tensors[e["name"] + sfx].begin
+                                for sfx in (".rans", ".rans_freq", ".rans_len"))
+        else:
+            q, _ = u.unpack_rows(f.array(e["name"] + ".codes", 0, rows), cols, b)
+            code_bits = rows * cols * b
         s = f.array(e["name"] + ".scales", 0, rows)
-        rel = q.astype(np.int64) - z[:, np.arange(cols) // g] + (1 << b) - 1
+        rel = q.astype(np.int64) - zc + (1 << b) - 1
         hq, hr, hs, hz = entropy_bits(q), entropy_bits(rel), entropy_bits(s), entropy_bits(z)
         n, ng = rows * cols, rows * gpr
         t["weights"] += n
         t["groups"] += ng
-        t["code_bits"] += n * b
+        t["code_bits"] += code_bits
         t["code_h"] += n * hq
         t["rel_h"] += n * hr
         t["meta_bits"] += ng * (8 + b)
         t["scale_h"] += ng * hs
         t["zero_h"] += ng * hz
         if a.per_tensor:
-            print(f"{e['name']:48s} {b} bits  H(q) {hq:.3f}  H(q-z) {hr:.3f}  H(scale) {hs:.2f}  H(zero) {hz:.2f}")
+            print(f"{e['name']:48s} {b} bits  stored {code_bits / n:.3f}  H(q) {hq:.3f}  H(q-z) {hr:.3f}  H(scale) {hs:.2f}  H(zero) {hz:.2f}")
     n = max(t["weights"], 1)
     out = {
         "weights": t["weights"],
