@@ -45,7 +45,7 @@ Manifest checks (§2, §2.1, §2.2; a violation makes the pack unreadable, exit 
 Layer files (§4, §4.1): each linear's tensors are exactly .codes, .scales, .zeros (version 3:
 .rans U8 [n], .rans_freq U16 [2^(b+1) − 1], .rans_len U32 [ceil(R/64)], .scales, .zeros), plus
 .u, .u_scale, .v, .v_scale when its rank is > 0. A broken §4.1 rule (Σ freq != 4096, Σ len != n,
-a stream under 4 bytes, a missing or left-over byte, a final state != L, q out of range) is a
+a stream under 4 bytes, an initial state outside L..2^31-1, a missing or left-over byte, a final state != L, q out of range) is a
 mismatch of kind "rans" naming the stored tensor at fault (….rans_freq, ….rans_len or
 ….rans), and that linear is not reconstructed.
 Where FORMAT.md is silent this reader assumes (and checks, reporting a mismatch otherwise):
@@ -824,6 +824,8 @@ def rans_decode_stream(data: bytes, count: int, table, where: str, k: int = 0) -
     if n < 4:
         raise RansInvalid(where, f"stream {k} is {n} bytes long, fewer than 4 (§4.1)")
     x = int.from_bytes(data[:4], "big")
+    if not RANS_L <= x < 1 << 31:
+        raise RansInvalid(where, f"stream {k} starts in state {x:#x}, outside L = 2^23 .. 2^31 - 1 (§4.1)")
     pos = 4
     out = [0] * count
     lower = RANS_L
@@ -1456,6 +1458,7 @@ def _self_test_rans():
         ((bytes.fromhex("0d801557"), freq, [3], 1), "fewer than the 4"),     # len < 4
         ((bytes.fromhex("0d801557"), freq, [5], 1), "sum to 5"),             # Σ len != n
         ((bytes.fromhex("0d801557"), freq, [4], 0), "outside 0..3"),         # z = 0: d = 2 gives q = −1
+        ((bytes.fromhex("000d801557"), freq, [5], 1), "starts in state"),      # a state below L
     ]
     for (rans, fr, lens, z), want in refusals:
         try:

@@ -9,11 +9,14 @@ pub mod quant;
 /// a change in any produced bit requires bumping it (and regenerating golden/ on purpose).
 /// 2: calibrated compression damps error feedback by `gptq::Damp::DEFAULT` (was GPTQ's 1%),
 /// recorded in the manifest as `damp`; decoding is unchanged.
-pub const CODEC_VERSION: u32 = 2;
+/// 3: codes are stored rANS-coded (docs/FORMAT.md §4.1), and mixed widths are priced by
+/// their coded size, so calibrated packs choose different widths.
+pub const CODEC_VERSION: u32 = 3;
 
 /// Codec versions whose packs this build rebuilds bit for bit (`ucw verify`, `export`,
-/// `eval`): the versions differ in which codes compression chooses, never in how codes
-/// decode, so a pack validated under an earlier version still verifies.
+/// `eval`): versions 1 and 2 differ only in which codes compression chooses; version 3 also
+/// stores the codes entropy-coded, and the reader decodes both forms, so a pack validated
+/// under an earlier version still verifies.
 pub const DECODES: std::ops::RangeInclusive<u32> = 1..=CODEC_VERSION;
 
 /// Fixed-point format the forward pass and codec ingest weights with by default

@@ -28,7 +28,7 @@ use crate::pack::layer::{self, LayerMeta, QuantMeta};
 use crate::pack::manifest::*;
 use crate::pack::output::Staging;
 use crate::pack::stfile::{self, OutTensor};
-use crate::pack::{COPIED_FILES, SCAFFOLD_FILE, bits, layer_file_name, sha256_file};
+use crate::pack::{COPIED_FILES, SCAFFOLD_FILE, layer_file_name, sha256_file};
 use calib::{CalibSpec, Calibration};
 
 #[derive(Debug, Clone)]
@@ -141,20 +141,20 @@ pub enum BitAlloc {
 
 /// Greedy width allocation: every linear starts at its narrowest candidate; while the
 /// budget allows, widen the linear whose next width lowers its loss most per stored bit
-/// (ties to the earlier linear). `candidates[t]` ascend in width; `losses[t][i]` is
-/// candidate i's loss. Deterministic (fixed-order f64, fixed tie-break).
-fn allocate_bits(candidates: &[Vec<QuantTensor>], losses: &[Vec<f64>], budget_bits: i128) -> Vec<usize> {
-    let cost = |q: &QuantTensor| 8 * base_bytes(q.rows, q.cols, q.params) as i128;
-    let mut pick = vec![0usize; candidates.len()];
-    let mut remaining = budget_bits - candidates.iter().map(|c| cost(&c[0])).sum::<i128>();
+/// (ties to the earlier linear). `costs[t][i]` is candidate i's stored bits (candidates
+/// ascend in width), `losses[t][i]` its loss. Deterministic (fixed-order f64, fixed
+/// tie-break).
+fn allocate_bits(costs: &[Vec<i128>], losses: &[Vec<f64>], budget_bits: i128) -> Vec<usize> {
+    let mut pick = vec![0usize; costs.len()];
+    let mut remaining = budget_bits - costs.iter().map(|c| c[0]).sum::<i128>();
     loop {
         let mut best: Option<(f64, usize)> = None;
-        for (t, c) in candidates.iter().enumerate() {
+        for (t, c) in costs.iter().enumerate() {
             let i = pick[t];
             if i + 1 >= c.len() {
                 continue;
             }
-            let dc = cost(&c[i + 1]) - cost(&c[i]);
+            let dc = c[i + 1] - c[i];
             if dc > remaining || dc <= 0 {
                 continue;
             }
@@ -164,7 +164,7 @@ fn allocate_bits(candidates: &[Vec<QuantTensor>], losses: &[Vec<f64>], budget_bi
             }
         }
         let Some((_, t)) = best else { break };
-        remaining -= cost(&candidates[t][pick[t] + 1]) - cost(&candidates[t][pick[t]]);
+        remaining -= costs[t][pick[t] + 1] - costs[t][pick[t]];
         pick[t] += 1;
     }
     pick
@@ -188,14 +188,21 @@ mod tests {
         }
     }
 
+    use crate::pack::bits;
+
+    /// Bit-packed bytes of codes, scales and zeros of a [rows×cols] linear.
+    fn base_bytes(rows: usize, cols: usize, p: QuantParams) -> u64 {
+        let gpr = cols.div_ceil(p.group_size as usize);
+        (rows * (bits::row_bytes(cols, p.bits) + gpr + bits::row_bytes(gpr, p.bits))) as u64
+    }
+
     /// Widening costs cols · 1 bit + one zero-point bit per group; the greedy takes the
     /// best loss drop per bit while it fits, and never exceeds the budget.
     #[test]
     fn allocate_bits_spends_the_budget_where_a_bit_buys_most() {
-        let c: Vec<Vec<QuantTensor>> = (0..3).map(|_| (4..=6).map(|b| cand(b, 640)).collect()).collect();
-        let cost = |t: &[usize]| -> i128 {
-            t.iter().zip(&c).map(|(&i, cc)| 8 * base_bytes(1, 640, cc[i].params) as i128).sum()
-        };
+        let c: Vec<Vec<i128>> =
+            (0..3).map(|_| (4..=6).map(|b| 8 * base_bytes(1, 640, cand(b, 640).params) as i128).collect()).collect();
+        let cost = |t: &[usize]| -> i128 { t.iter().zip(&c).map(|(&i, cc)| cc[i]).sum() };
         // Linear 1 gains most from each bit, linear 2 least.
         let losses = vec![vec![16.0, 4.0, 1.0], vec![64.0, 16.0, 8.0], vec![2.0, 1.9, 1.8]];
         let narrow = cost(&[0, 0, 0]);
@@ -215,12 +222,6 @@ mod tests {
 
 /// ALS rounds of the overlay fit.
 pub const FIT_ROUNDS: usize = 4;
-
-/// Stored bytes of codes, scales and zeros of a [rows×cols] linear.
-fn base_bytes(rows: usize, cols: usize, p: QuantParams) -> u64 {
-    let gpr = cols.div_ceil(p.group_size as usize);
-    (rows * (bits::row_bytes(cols, p.bits) + gpr + bits::row_bytes(gpr, p.bits))) as u64
-}
 
 /// The source weights as exact f64 (bf16, f16 and f32 all convert exactly).
 pub fn source_f64(src: &[u8], dtype: DType, n: usize) -> Vec<f64> {
@@ -464,7 +465,12 @@ pub fn compress(
             Some((bits, weights)) => {
                 let n: u64 = linears.iter().map(|t| (t.shape[0] * t.shape[1]) as u64).sum();
                 let budget = bits as i128 * n as i128 / weights.max(1) as i128;
-                allocate_bits(&candidates, &losses, budget)
+                // Each width is priced by its stored size, codes entropy-coded as written.
+                let costs: Vec<Vec<i128>> = candidates
+                    .iter()
+                    .map(|per| per.iter().map(|q| 8 * layer::base_stored_bytes(q) as i128).collect())
+                    .collect();
+                allocate_bits(&costs, &losses, budget)
             }
             _ => vec![widths.iter().position(|&b| b == opts.bits).unwrap_or(0); linears.len()],
         };
@@ -515,7 +521,7 @@ pub fn compress(
                     .collect(),
                 Rank::Auto { bits, weights } => {
                     let n: u64 = quantized.iter().map(|q| (q.rows * q.cols) as u64).sum();
-                    let base: u64 = quantized.iter().map(|q| 8 * base_bytes(q.rows, q.cols, q.params)).sum();
+                    let base: u64 = quantized.iter().map(|q| 8 * layer::base_stored_bytes(q)).sum();
                     let budget = bits as i128 * n as i128 / weights.max(1) as i128 - base as i128;
                     lowrank::allocate_layer(&items, budget, FIT_ROUNDS)
                 }
@@ -538,7 +544,8 @@ pub fn compress(
             let dtype = model.dtype_of(&t.name);
             let out_dtype = opts.out_dtype.unwrap_or(dtype);
             let rec = backend.dequantize(q, out_dtype).map_err(|e| e.for_tensor(&t.name, out_dtype))?;
-            let sb = layer::stored_bytes(q);
+            let tensors = layer::encode(&t.name, q);
+            let sb: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
             linear_bits += 8 * sb;
             linear_weights += (rows * cols) as u64;
             data_bytes += sb;
@@ -565,7 +572,7 @@ pub fn compress(
                 sha256: sha256_hex(&rec),
                 shape: vec![rows as u64, cols as u64],
             });
-            stored.extend(layer::encode(&t.name, q));
+            stored.extend(tensors);
             if keep {
                 patches.insert(t.name.clone(), (rec, out_dtype));
             }

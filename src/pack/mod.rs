@@ -7,6 +7,7 @@ pub mod layer;
 pub mod manifest;
 pub mod oms;
 pub mod output;
+pub mod rans;
 pub mod receipt;
 pub mod stfile;
 pub mod verify;

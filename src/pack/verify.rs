@@ -245,7 +245,7 @@ pub(crate) fn manifest_problems(pack: &Pack, bad_files: &BTreeSet<String>) -> Ve
         if fixed_rank.is_some_and(|n| q.rank > n) || q.rank as usize > MAX_RANK {
             p.push(format!("tensor \"{name}\": rank {} exceeds codec.parameters.rank {}", q.rank, params.rank));
         }
-        let stored = ["codes", "scales", "zeros", "u", "u_scale", "v", "v_scale"]
+        let stored = ["codes", "rans", "rans_freq", "rans_len", "scales", "zeros", "u", "u_scale", "v", "v_scale"]
             .iter()
             .filter_map(|s| f.tensor(&format!("{name}.{s}")))
             .map(|v| v.bytes.len() as u64)
