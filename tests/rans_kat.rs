@@ -30,7 +30,10 @@ fn rust_encoder_writes_the_independent_known_answers() {
     for c in &cases {
         let name = c["name"].as_str().unwrap();
         let (rows, cols) = (c["rows"].as_u64().unwrap() as usize, c["cols"].as_u64().unwrap() as usize);
-        let params = QuantParams { bits: c["bits"].as_u64().unwrap() as u32, group_size: c["group_size"].as_u64().unwrap() as u32 };
+        let params = QuantParams {
+            bits: c["bits"].as_u64().unwrap() as u32,
+            group_size: c["group_size"].as_u64().unwrap() as u32,
+        };
         let gpr = cols.div_ceil(params.group_size as usize);
         let q = QuantTensor {
             rows,
@@ -64,7 +67,10 @@ fn known_answers_are_the_reference_encoders_output() {
         .into_iter()
         .find(|p| Command::new(p).args(["-c", "import numpy"]).output().is_ok_and(|o| o.status.success()))
     else {
-        assert!(std::env::var("UCW_REQUIRE_PYTHON").is_err(), "UCW_REQUIRE_PYTHON is set but python3 with numpy is missing");
+        assert!(
+            std::env::var("UCW_REQUIRE_PYTHON").is_err(),
+            "UCW_REQUIRE_PYTHON is set but python3 with numpy is missing"
+        );
         common::report_skip("known_answers_are_the_reference_encoders_output", "no python3 with numpy");
         return;
     };
@@ -83,7 +89,8 @@ fn known_answers_are_the_reference_encoders_output() {
 fn damaged_streams_are_refused() {
     let c = &cases()[5];
     let (rows, cols) = (c["rows"].as_u64().unwrap() as usize, c["cols"].as_u64().unwrap() as usize);
-    let params = QuantParams { bits: c["bits"].as_u64().unwrap() as u32, group_size: c["group_size"].as_u64().unwrap() as u32 };
+    let params =
+        QuantParams { bits: c["bits"].as_u64().unwrap() as u32, group_size: c["group_size"].as_u64().unwrap() as u32 };
     let zeros: Vec<u8> = ints(&c["zeros"]);
     let good = CodedCodes {
         rans: hex::decode(c["rans_hex"].as_str().unwrap()).unwrap(),

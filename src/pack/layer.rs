@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use super::{bits, rans};
 use super::stfile::OutTensor;
+use super::{bits, rans};
 use crate::digest::canonical_json;
 use crate::dtype::DType;
 use crate::error::Result;
@@ -306,19 +306,28 @@ pub fn decode(f: &SafetensorsFile, meta: &LayerMeta, name: &str) -> Result<(Quan
     let codes = if meta.codec_version >= 3 {
         let streams = rows.div_ceil(ROWS_PER_STREAM);
         let alphabet = (1usize << (m.bits + 1)) - 1;
-        let rans = f.tensor(&format!("{name}.rans")).ok_or_else(|| bad_input!("{file}: missing tensor \"{name}.rans\""))?;
+        let rans =
+            f.tensor(&format!("{name}.rans")).ok_or_else(|| bad_input!("{file}: missing tensor \"{name}.rans\""))?;
         if rans.dtype != U8 || rans.shape.len() != 1 {
-            return Err(bad_input!("{file}: tensor \"{name}.rans\" is {} {:?}, expected U8 [n]", rans.dtype_name(), rans.shape));
+            return Err(bad_input!(
+                "{file}: tensor \"{name}.rans\" is {} {:?}, expected U8 [n]",
+                rans.dtype_name(),
+                rans.shape
+            ));
         }
         let le16 = |b: &[u8]| b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<u16>>();
-        let le32 = |b: &[u8]| b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<u32>>();
+        let le32 =
+            |b: &[u8]| b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<u32>>();
         let c = CodedCodes {
             rans: rans.bytes.to_vec(),
             freq: le16(get("rans_freq", U16, &[alphabet])?),
             lens: le32(get("rans_len", U32, &[streams])?),
         };
         if f.tensor(&format!("{name}.codes")).is_some() {
-            return Err(bad_input!("{file}: tensor \"{name}.codes\" in a codec version {} file (codes are rANS-coded)", meta.codec_version));
+            return Err(bad_input!(
+                "{file}: tensor \"{name}.codes\" in a codec version {} file (codes are rANS-coded)",
+                meta.codec_version
+            ));
         }
         decode_codes(&c, &zeros, rows, cols, params, &format!("{file}: tensor \"{name}\""))?
     } else {
@@ -347,16 +356,7 @@ pub fn decode(f: &SafetensorsFile, meta: &LayerMeta, name: &str) -> Result<(Quan
         }
     };
     Ok((
-        QuantTensor {
-            rows,
-            cols,
-            params,
-            base_exp: m.base_exp,
-            codes,
-            scales: scales.to_vec(),
-            zeros,
-            overlay,
-        },
+        QuantTensor { rows, cols, params, base_exp: m.base_exp, codes, scales: scales.to_vec(), zeros, overlay },
         m.out_dtype,
     ))
 }

@@ -78,6 +78,10 @@ pub fn verify(pack: &Pack, backends: &[(String, &dyn Backend)], expect: Option<&
                 continue;
             }
             match pack.tensor_bytes(*backend, t, &mut open) {
+                // A damaged entropy-coded stream is refused rather than decoded to other codes.
+                Err(e) if file_failed => {
+                    tensors.push(check(false, format!("damaged: {} failed its file check and {}", t.file, e.message)))
+                }
                 Err(e) => tensors.push(check(false, e.message)),
                 Ok(bytes) if file_failed => {
                     let same = sha256_hex(&bytes) == t.sha256;
