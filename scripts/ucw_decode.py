@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Independent decoder and verifier for ucw packs (format "ucw-pack" version 1, codec ucw-q1,
-codec versions 1, 2 and 3).
+codec versions 1 to 4).
 
 Written from docs/FORMAT.md and docs/DIGESTS.md alone; it shares no code with ucw. Section
 references such as "§4" are to docs/FORMAT.md.
@@ -14,9 +14,12 @@ Steps (the order of FORMAT.md §7):
   3. parse the safetensors files (§3); unpack the zero points and the codes: bit-packed in codec
      versions 1 and 2 (§4), rANS-coded in codec version 3 (§4.1: the frequency table and stream
      lengths are checked first, then each 64-row stream is decoded and must end on its last
-     byte with the state at L, and every q = d + z − 2^b + 1 must lie in 0..2^b − 1); add the
-     low-rank overlay where a tensor has one, and reconstruct every quantized tensor with exact
-     integer arithmetic and a single round-to-nearest-even of the exact sum (§4);
+     byte with the state at L, and every q = d + z − 2^b + 1 must lie in 0..2^b − 1); in codec
+     version 4 the scale codes and zero points come from the same streams (§4.2: three tables
+     back to back in .rans_freq, scale 256 + zero 2^b + code 2^(b+1) − 1 entries, each summing
+     to M; per row, per group: the scale code, the zero point, then the group's code symbols);
+     add the low-rank overlay where a tensor has one, and reconstruct every quantized tensor
+     with exact integer arithmetic and a single round-to-nearest-even of the exact sum (§4);
   4. recompute every tensor digest, the weights digest and the pack digest (§5);
   5. print a JSON report on stdout.
 With --export, every deployed tensor (reconstructed + raw) is also written to one safetensors
@@ -37,17 +40,21 @@ Manifest checks (§2, §2.1, §2.2; a violation makes the pack unreadable, exit 
   - each quantized tensor's bits is codec.parameters.bits, or within ±1 of it (and in 2..8)
     with bit_alloc "mixed"; its rank is in 0..32, at most N when the flag was "<N>". The
     codes and zero points of each linear are unpacked with that linear's own width (§4);
-  - codec.version (= tool.codec_version) is 1, 2 or 3; damp is present exactly in calibrated
-    packs of version 2 or 3; each layer file's codec_version equals it (§2, §4);
+  - codec.version (= tool.codec_version) is 1, 2, 3 or 4; damp is present exactly in calibrated
+    packs of version 2 or later; each layer file's codec_version equals it (§2, §4);
   - codec.calibration is null or exactly the §2.2 object (input "text"/"tokens", the matching
     <input>_sha256, tokenizer_sha256 (null for tokens), windows >= 1, seq_len >= 2, skip >= 0,
     tokens = windows × seq_len, propagate, statistic "exact-gram"); decoding does not use it.
-Layer files (§4, §4.1): each linear's tensors are exactly .codes, .scales, .zeros (version 3:
-.rans U8 [n], .rans_freq U16 [2^(b+1) − 1], .rans_len U32 [ceil(R/64)], .scales, .zeros), plus
-.u, .u_scale, .v, .v_scale when its rank is > 0. A broken §4.1 rule (Σ freq != 4096, Σ len != n,
-a stream under 4 bytes, an initial state outside L..2^31-1, a missing or left-over byte, a final state != L, q out of range) is a
-mismatch of kind "rans" naming the stored tensor at fault (….rans_freq, ….rans_len or
-….rans), and that linear is not reconstructed.
+Layer files (§4, §4.1, §4.2): each linear's tensors are exactly .codes, .scales, .zeros
+(version 3: .rans U8 [n], .rans_freq U16 [2^(b+1) − 1], .rans_len U32 [ceil(R/64)], .scales,
+.zeros; version 4: .rans, .rans_freq U16 [256 + 2^b + 2^(b+1) − 1], .rans_len, and no .scales
+or .zeros), plus .u, .u_scale, .v, .v_scale when its rank is > 0; which set is the layer file's
+own codec_version's (bits_per_weight.linears counts the stored ones). A broken §4.1/§4.2 rule
+(Σ freq != 4096, in version 4 for each of the scale, zero and code tables, named in the
+message; Σ len != n, a stream under 4 bytes, an initial state outside L..2^31-1, a missing or
+left-over byte, a final state != L, q out of range) is a mismatch of kind "rans" naming the
+stored tensor at fault (….rans_freq, ….rans_len or ….rans), and that linear is not
+reconstructed.
 Where FORMAT.md is silent this reader assumes (and checks, reporting a mismatch otherwise):
   - U and V values of −128 (outside §4's [−127, 127]) are reported as a mismatch, but the
     tensor is still decoded (the int64 bounds below hold for any I8/U16 contents);
@@ -62,10 +69,10 @@ Not checked: §6 (informative) says how widths and "auto" ranks are chosen withi
 this reader does not recompute those choices, it only checks the ranges above.
 
 Only the Python standard library and numpy (>= 1.24) are used. Memory: one row-chunk of one
-tensor at a time (files are memory-mapped; raw tensors are hashed in slices); in codec version
-3 a chunk is a whole number of 64-row streams. The rANS loop is plain Python over a 4096-entry
-slot -> symbol table: about 3 million codes a second on one core (CPython 3.11+), so a
-135M-weight model's linears take about a minute.
+tensor at a time (files are memory-mapped; raw tensors are hashed in slices); in codec versions
+3 and 4 a chunk is a whole number of 64-row streams. The rANS loop is plain Python over a
+4096-entry slot -> symbol table (three of them in version 4): about 3 million codes a second
+on one core (CPython 3.11+), so a 135M-weight model's linears take about a minute.
 """
 
 from __future__ import annotations
@@ -97,9 +104,11 @@ COPIED_FILES = frozenset(
 LAYER_FILE_RE = re.compile(r"layer-([0-9]{5})\.safetensors")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
 # Codec versions this reader decodes (FORMAT.md §2: 1 and 2 differ only in how codes are
-# chosen; 3 stores each linear's codes rANS-coded, §4.1, instead of bit-packed).
-CODEC_VERSIONS = (1, 2, 3)
+# chosen; 3 stores each linear's codes rANS-coded, §4.1, instead of bit-packed; 4 codes the
+# scale codes and zero points in the same streams, §4.2).
+CODEC_VERSIONS = (1, 2, 3, 4)
 RANS_VERSION = 3  # the first codec version whose linears store .rans/.rans_freq/.rans_len
+RANS_META_VERSION = 4  # the first whose streams also hold the scale codes and zero points
 # codec.parameters.damp: a decimal without superfluous zeros ("1", "0.01", "2.5").
 DAMP_RE = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]*[1-9])?")
 
@@ -290,7 +299,8 @@ def load_manifest(pack_dir: str) -> tuple[dict, bytes]:
         "codec: wrong keys",
     )
     # §2: codec versions 1 and 2 decode alike (2 changed only how codes are chosen); version 3
-    # entropy-codes the codes (§4.1). Each layer file's codec_version is checked against this.
+    # entropy-codes the codes (§4.1), version 4 the scale codes and zero points too (§4.2). Each
+    # layer file's codec_version is checked against this.
     _require(codec["name"] == "ucw-q1" and codec["version"] in CODEC_VERSIONS,
              f"unknown codec {codec['name']!r} version {codec['version']!r}")
     _require(m["tool"] == {"codec_version": codec["version"], "name": "ucw"}, f"unknown tool {m['tool']!r}")
@@ -304,7 +314,7 @@ def load_manifest(pack_dir: str) -> tuple[dict, bytes]:
     _require(isinstance(params, dict) and isinstance(params.get("rank"), str), "codec.parameters: no string rank")
     auto = params["rank"] == "auto"
     mixed = "bit_alloc" in params
-    # §2.1: damp exactly in calibrated packs of codec version 2 or 3.
+    # §2.1: damp exactly in calibrated packs of codec version 2 or later (2, 3, 4).
     damped = codec["version"] >= 2 and calibration is not None
     base_keys = {"bits", "group_size", "out_dtype", "rank"}
     want_keys = (base_keys | ({"bit_alloc"} if mixed else set()) | ({"target_bpw"} if auto or mixed else set())
@@ -723,18 +733,26 @@ class QuantSpec:
     out_dtype: str
     rank: int = 0
     overlay_exp: int | None = None  # Eo, present exactly when rank > 0 (§4)
-    codec_version: int = 1  # the layer file's: 3 and up store the codes rANS-coded (§4.1)
+    codec_version: int = 1  # the layer file's: 3 stores the codes rANS-coded (§4.1), 4 the
+                            # scale codes and zero points too (§4.2)
 
 
 # Suffixes of the tensors a quantized linear stores (§4), without and with an overlay; in
-# codec version 3 the bit-packed .codes are replaced by the three rANS tensors (§4.1).
+# codec version 3 the bit-packed .codes are replaced by the three rANS tensors (§4.1), in
+# version 4 the .scales and .zeros too (§4.2).
 CODE_SUFFIXES = (".codes", ".scales", ".zeros")
 RANS_SUFFIXES = (".rans", ".rans_freq", ".rans_len", ".scales", ".zeros")
+RANS_META_SUFFIXES = (".rans", ".rans_freq", ".rans_len")
 OVERLAY_SUFFIXES = (".u", ".u_scale", ".v", ".v_scale")
 
 
 def linear_suffixes(rank: int, codec_version: int = 1) -> tuple[str, ...]:
-    base = RANS_SUFFIXES if codec_version >= RANS_VERSION else CODE_SUFFIXES
+    if codec_version >= RANS_META_VERSION:
+        base = RANS_META_SUFFIXES
+    elif codec_version >= RANS_VERSION:
+        base = RANS_SUFFIXES
+    else:
+        base = CODE_SUFFIXES
     return base + (OVERLAY_SUFFIXES if rank > 0 else ())
 
 
@@ -766,12 +784,12 @@ def exact_sum(w_int: np.ndarray, w_exp: np.ndarray, o_int: np.ndarray, o_exp: in
 
 
 # --------------------------------------------------------------------------------------------
-# Step 3c: entropy-coded codes (codec version 3, §4.1)
+# Step 3c: entropy-coded codes (codec version 3, §4.1), scales and zero points too (4, §4.2)
 # --------------------------------------------------------------------------------------------
 
 
 class RansInvalid(Malformed):
-    """A §4.1 validity rule is broken. `tensor` names the stored tensor at fault (….rans,
+    """A §4.1/§4.2 validity rule is broken. `tensor` names the stored tensor at fault (….rans,
     ….rans_freq or ….rans_len), `detail` says what is wrong with it."""
 
     def __init__(self, tensor: str, detail: str):
@@ -780,22 +798,59 @@ class RansInvalid(Malformed):
         self.detail = detail
 
 
-def rans_table(freq, where: str) -> tuple[list, list, list]:
+SCALE_SYMBOLS = 256  # §4.2: the scale table has one entry per scale code (a byte)
+
+
+def rans_freq_entries(bits: int, codec_version: int) -> int:
+    """Entries of <name>.rans_freq: the code table's 2^(b+1) − 1 (§4.1); in codec version 4 the
+    scale table's 256 and the zero table's 2^b before it (§4.2)."""
+    n = (2 << bits) - 1
+    if codec_version >= RANS_META_VERSION:
+        n += SCALE_SYMBOLS + (1 << bits)
+    return n
+
+
+def rans_table(freq, where: str, label: str | None = None) -> tuple[list, list, list]:
     """The slot -> symbol lookup of §4.1's decoding step, from freq[s] (which must sum to M).
 
     Returns three lists of M entries indexed by slot = x mod M: the symbol s with cum[s] <= slot
     < cum[s] + freq[s], its freq[s], and slot − cum[s]. A decoding step is then
     x = freq_of[slot] · (x div M) + bias[slot]. A symbol of frequency 0 owns no slot, so it can
-    never be decoded (§4.1: freq[s] >= 1). Raises RansInvalid unless Σ freq = M."""
+    never be decoded (§4.1: freq[s] >= 1). Raises RansInvalid unless Σ freq = M; `label` names
+    the table in the message (codec version 4 has three, §4.2)."""
     freq = [int(v) for v in freq]
     total = sum(freq)
     if total != RANS_M:
-        raise RansInvalid(where, f"the frequencies sum to {total}, not M = {RANS_M} (§4.1)")
+        what = "the frequencies sum" if label is None else f"the {label} sums"
+        raise RansInvalid(where, f"{what} to {total}, not M = {RANS_M} ({'§4.1' if label is None else '§4.2'})")
     sym, freq_of, bias = [], [], []
     for s, f in enumerate(freq):
         sym.extend([s] * f)
         freq_of.extend([f] * f)
         bias.extend(range(f))
+    return sym, freq_of, bias
+
+
+def rans_tables_v4(freq, bits: int, where: str) -> tuple[list, list, list]:
+    """§4.2: the scale, zero and code tables of a codec-4 .rans_freq, each checked to sum to M,
+    as one lookup of 3·M entries: table t's slot `slot` is entry t·M + slot. The symbols are
+    each table's own (0..255, 0..2^b − 1, 0..2^(b+1) − 2)."""
+    freq = [int(v) for v in freq]
+    nz, nd = 1 << bits, (2 << bits) - 1
+    if len(freq) != SCALE_SYMBOLS + nz + nd:
+        raise RansInvalid(where, f"{len(freq)} entries, not 256 + 2^{bits} + 2^{bits + 1} − 1 = "
+                                 f"{SCALE_SYMBOLS + nz + nd} (§4.2)")
+    parts = (
+        (freq[:SCALE_SYMBOLS], "scale table (entries 0..255)"),
+        (freq[SCALE_SYMBOLS:SCALE_SYMBOLS + nz], f"zero table (entries 256..{255 + nz})"),
+        (freq[SCALE_SYMBOLS + nz:], f"code table (entries {SCALE_SYMBOLS + nz}..{len(freq) - 1})"),
+    )
+    sym, freq_of, bias = [], [], []
+    for part, label in parts:
+        t = rans_table(part, where, label)
+        sym += t[0]
+        freq_of += t[1]
+        bias += t[2]
     return sym, freq_of, bias
 
 
@@ -814,11 +869,15 @@ def rans_offsets(lens, n: int, where_len: str, where_rans: str) -> list[int]:
     return offsets
 
 
-def rans_decode_stream(data: bytes, count: int, table, where: str, k: int = 0) -> list[int]:
+def rans_decode_stream(data: bytes, count: int, table, where: str, k: int = 0, offs=None,
+                       describe=None) -> list[int]:
     """Decode `count` symbols from one stream's bytes (§4.1 "Decoding one stream"): the state x
     starts as the first 4 bytes, big-endian; per symbol, slot = x mod M picks s, x becomes
     freq[s]·(x div M) + slot − cum[s], then bytes are shifted in while x < L. Afterwards every
-    byte must have been read and x must be L. Raises RansInvalid (naming stream k) otherwise."""
+    byte must have been read and x must be L. Raises RansInvalid (naming stream k) otherwise.
+
+    Codec version 4 (§4.2): `table` is rans_tables_v4's lookup of three tables and offs[i]
+    (0, M or 2·M) selects symbol i's table; `describe(i)` names symbol i in messages."""
     sym, freq_of, bias = table
     n = len(data)
     if n < 4:
@@ -833,16 +892,27 @@ def rans_decode_stream(data: bytes, count: int, table, where: str, k: int = 0) -
     shift = RANS_PROB_BITS
     i = -1
     try:
-        for i in range(count):
-            slot = x & mask
-            out[i] = sym[slot]
-            x = freq_of[slot] * (x >> shift) + bias[slot]
-            while x < lower:
-                x = (x << 8) | data[pos]  # IndexError: the stream has no next byte
-                pos += 1
+        if offs is None:  # one table (§4.1)
+            for i in range(count):
+                slot = x & mask
+                out[i] = sym[slot]
+                x = freq_of[slot] * (x >> shift) + bias[slot]
+                while x < lower:
+                    x = (x << 8) | data[pos]  # IndexError: the stream has no next byte
+                    pos += 1
+        else:  # each symbol with its own table (§4.2)
+            assert len(offs) == count
+            for i, off in enumerate(offs):
+                j = (x & mask) + off
+                out[i] = sym[j]
+                x = freq_of[j] * (x >> shift) + bias[j]
+                while x < lower:
+                    x = (x << 8) | data[pos]  # IndexError: the stream has no next byte
+                    pos += 1
     except IndexError:
-        raise RansInvalid(where, f"stream {k} ({n} bytes) runs out of bytes while decoding its symbol {i} "
-                                 f"of {count} (§4.1: a missing byte)") from None
+        which = f" ({describe(i)})" if describe is not None else ""
+        raise RansInvalid(where, f"stream {k} ({n} bytes) runs out of bytes while decoding its symbol {i}"
+                                 f"{which} of {count} (§4.1: a missing byte)") from None
     problems = []
     if pos != n:
         problems.append(f"{n - pos} of its {n} bytes left over after its {count} symbols")
@@ -854,16 +924,39 @@ def rans_decode_stream(data: bytes, count: int, table, where: str, k: int = 0) -
 
 
 class RansCodes:
-    """The symbols d of one linear's codes (§4.1), decoded a stream (64 rows) at a time.
+    """One linear's rANS streams, decoded a stream (64 rows) at a time: the symbols d of its
+    codes (§4.1) and, in codec version 4, its scale codes and zero points too (§4.2).
 
     `read(begin, end)` returns bytes [begin, end) of the linear's .rans tensor, which holds n
-    bytes. The frequency table and the stream lengths are checked when this is built, before
-    any stream is decoded."""
+    bytes. The frequency table(s) and the stream lengths are checked when this is built, before
+    any stream is decoded. `bits` and `group_size` are needed for version 4 only (the order of
+    a row's symbols depends on the groups)."""
 
-    def __init__(self, name: str, freq, lens, n: int, rows: int, cols: int, read):
+    def __init__(self, name: str, freq, lens, n: int, rows: int, cols: int, read, bits: int | None = None,
+                 group_size: int | None = None, codec_version: int = RANS_VERSION):
         self.where = name + ".rans"
         self.rows, self.cols, self.read = rows, cols, read
-        self.table = rans_table(freq, name + ".rans_freq")
+        self.v4 = codec_version >= RANS_META_VERSION
+        if self.v4:
+            self.table = rans_tables_v4(freq, bits, name + ".rans_freq")
+            # §4.2 order of a row's symbols: per group g, the scale code (table 0), the zero point
+            # (table 1), then the group's codes in column order (table 2). row_offs[j] selects
+            # the table of the row's symbol j; the *_pos arrays pick each class out of a row.
+            G, P = group_size, -(-cols // group_size)
+            self.bits, self.groups = bits, P
+            row_offs, scale_pos, zero_pos, code_pos = [], [], [], []
+            for g in range(P):
+                width = min((g + 1) * G, cols) - g * G
+                scale_pos.append(len(row_offs))
+                zero_pos.append(len(row_offs) + 1)
+                code_pos.extend(range(len(row_offs) + 2, len(row_offs) + 2 + width))
+                row_offs += [0, RANS_M] + [2 * RANS_M] * width
+            self.row_offs = row_offs
+            self.scale_pos, self.zero_pos, self.code_pos = (np.array(p, dtype=np.intp)
+                                                            for p in (scale_pos, zero_pos, code_pos))
+            self.code_group = np.arange(cols) // G  # the group of code column c
+        else:
+            self.table = rans_table(freq, name + ".rans_freq")
         self.offsets = rans_offsets(lens, n, name + ".rans_len", self.where)
         if len(self.offsets) - 1 != -(-rows // RANS_ROWS):
             raise RansInvalid(name + ".rans_len", f"{len(self.offsets) - 1} streams, not ceil({rows} / "
@@ -872,23 +965,58 @@ class RansCodes:
     @classmethod
     def from_file(cls, f: "SafeTensorsFile", spec: "QuantSpec") -> "RansCodes":
         name = spec.name
-        nfreq = (2 << spec.bits) - 1
+        nfreq = rans_freq_entries(spec.bits, spec.codec_version)
         nstreams = -(-spec.rows // RANS_ROWS)
         return cls(name, f.rows(name + ".rans_freq", 0, nfreq), f.rows(name + ".rans_len", 0, nstreams),
                    f.tensors[name + ".rans"].shape[0], spec.rows, spec.cols,
-                   lambda a, b: f.span(name + ".rans", a, b))
+                   lambda a, b: f.span(name + ".rans", a, b), spec.bits, spec.group_size, spec.codec_version)
 
-    def symbols(self, r0: int, r1: int) -> np.ndarray:
-        """d[r][c] for rows [r0, r1), int64 [r1 − r0, C]; r0 must start a stream and r1 end one
-        (a multiple of 64, or R)."""
+    def _describe(self, k: int):
+        """Names symbol i of stream k (codec version 4): its row, group and class."""
+        plen = len(self.row_offs)
+
+        def describe(i: int) -> str:
+            r, j = divmod(i, plen)
+            if j in self.scale_pos:
+                what = f"the scale code of group {int(np.searchsorted(self.scale_pos, j))}"
+            elif j in self.zero_pos:
+                what = f"the zero point of group {int(np.searchsorted(self.zero_pos, j))}"
+            else:
+                c = int(np.searchsorted(self.code_pos, j))
+                what = f"the code of column {c}"
+            return f"{what} of row {k * RANS_ROWS + r}"
+
+        return describe
+
+    def decode(self, r0: int, r1: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+        """(s, z, d) for rows [r0, r1): the scale codes s and zero points z [r1 − r0, P] (codec
+        version 4; None before) and the code symbols d [r1 − r0, C], int64. r0 must start a
+        stream and r1 end one (a multiple of 64, or R)."""
         R, C = self.rows, self.cols
         assert r0 % RANS_ROWS == 0 and (r1 % RANS_ROWS == 0 or r1 == R) and r0 < r1 <= R
         out = []
         for k in range(r0 // RANS_ROWS, -(-r1 // RANS_ROWS)):
             nrows = min(RANS_ROWS, R - k * RANS_ROWS)
             data = self.read(self.offsets[k], self.offsets[k + 1])
-            out.extend(rans_decode_stream(data, nrows * C, self.table, self.where, k))
-        return np.array(out, dtype=np.int64).reshape(r1 - r0, C)
+            if self.v4:
+                out.extend(rans_decode_stream(data, nrows * len(self.row_offs), self.table, self.where, k,
+                                              self.row_offs * nrows, self._describe(k)))
+            else:
+                out.extend(rans_decode_stream(data, nrows * C, self.table, self.where, k))
+        if not self.v4:
+            return None, None, np.array(out, dtype=np.int64).reshape(r1 - r0, C)
+        a = np.array(out, dtype=np.int64).reshape(r1 - r0, len(self.row_offs))
+        s, z, d = a[:, self.scale_pos], a[:, self.zero_pos], a[:, self.code_pos]
+        # §4.2 refuses a zero point outside 0..2^b − 1. The zero table has exactly 2^b entries,
+        # so rans_tables_v4's lookup holds no other zero symbol and this cannot fire; it costs
+        # one comparison per group, so it stays as a guard against a bug in the lookup.
+        if z.size and int(z.max()) >= 1 << self.bits:
+            raise RansInvalid(self.where, f"a zero point {int(z.max())} outside 0..{(1 << self.bits) - 1} (§4.2)")
+        return s, z, d
+
+    def symbols(self, r0: int, r1: int) -> np.ndarray:
+        """d[r][c] for rows [r0, r1), int64 [r1 − r0, C] (see decode)."""
+        return self.decode(r0, r1)[2]
 
 
 def codes_from_symbols(d: np.ndarray, z: np.ndarray, bits: int, where: str, r0: int = 0) -> np.ndarray:
@@ -907,11 +1035,23 @@ def codes_from_symbols(d: np.ndarray, z: np.ndarray, bits: int, where: str, r0: 
 def decode_rans_codes(rans: bytes, freq, lens, zeros: np.ndarray, rows: int, cols: int, bits: int,
                       group_size: int, name: str = "tensor") -> np.ndarray:
     """All codes q [R, C] of one linear from its .rans bytes, freq, len and its unpacked zero
-    points [R, ceil(C/G)] (§4.1), with every validity check. For tests (tests/rans_kat.py)."""
+    points [R, ceil(C/G)] (§4.1, codec version 3), with every validity check. For tests
+    (tests/rans_kat.py)."""
     codes = RansCodes(name, freq, lens, len(rans), rows, cols, lambda a, b: rans[a:b])
     z = np.asarray(zeros, dtype=np.int64).reshape(rows, -(-cols // group_size))
     z = z[:, np.arange(cols) // group_size]
     return codes_from_symbols(codes.symbols(0, rows), z, bits, name + ".rans")
+
+
+def decode_rans_v4(rans: bytes, freq, lens, rows: int, cols: int, bits: int, group_size: int,
+                   name: str = "tensor") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q [R, C], s [R, P], z [R, P]) of one codec-4 linear from its .rans bytes, its three
+    concatenated tables and its stream lengths (§4.2), with every validity check. For tests."""
+    codes = RansCodes(name, freq, lens, len(rans), rows, cols, lambda a, b: rans[a:b], bits, group_size,
+                      RANS_META_VERSION)
+    s, z, d = codes.decode(0, rows)
+    q = codes_from_symbols(d, z[:, codes.code_group], bits, name + ".rans")
+    return q, s, z
 
 
 def reconstruct_chunks(f: SafeTensorsFile, spec: QuantSpec, report: Report):
@@ -919,7 +1059,8 @@ def reconstruct_chunks(f: SafeTensorsFile, spec: QuantSpec, report: Report):
 
     Codec version 3 (§4.1): the codes come from the rANS streams; the frequency table and the
     stream lengths are checked before the first chunk, and each chunk is a whole number of
-    64-row streams (the last one possibly partial), decoded with the chunk."""
+    64-row streams (the last one possibly partial), decoded with the chunk. Codec version 4
+    (§4.2): the scale codes and zero points come from the same streams (three tables)."""
     R, C, b, G = spec.rows, spec.cols, spec.bits, spec.group_size
     P = -(-C // G)  # ceil(C / G) groups per row
     col_group = np.arange(C, dtype=np.int64) // G  # group g covers columns g·G … min((g+1)·G, C) − 1
@@ -937,14 +1078,20 @@ def reconstruct_chunks(f: SafeTensorsFile, spec: QuantSpec, report: Report):
         bad_values = bool(np.any(ov == -128))
     for r0 in range(0, R, step):
         r1 = min(R, r0 + step)
-        z, ok_z = unpack_rows(f.array(spec.name + ".zeros", r0, r1), P, b)
+        if spec.codec_version >= RANS_META_VERSION:
+            s, z, d = rans.decode(r0, r1)  # §4.2: scale, zero, codes per group, from the streams
+            ok_z = True
+        else:
+            z, ok_z = unpack_rows(f.array(spec.name + ".zeros", r0, r1), P, b)
+            s = f.array(spec.name + ".scales", r0, r1).astype(np.int64)
         z = z[:, col_group]  # one zero point per column
         if rans is None:
             q, ok_q = unpack_rows(f.array(spec.name + ".codes", r0, r1), C, b)
         else:
+            if spec.codec_version < RANS_META_VERSION:
+                d = rans.symbols(r0, r1)
             # §4.1: q = d + z − 2^b + 1, refused outside 0..2^b − 1.
-            q, ok_q = codes_from_symbols(rans.symbols(r0, r1), z, b, spec.name + ".rans", r0), True
-        s = f.array(spec.name + ".scales", r0, r1).astype(np.int64)
+            q, ok_q = codes_from_symbols(d, z, b, spec.name + ".rans", r0), True
         dirty_padding |= not (ok_q and ok_z)
         m = 16 + (s & 15)              # 4-bit mantissa with implicit 16: 16..31
         e = spec.base_exp + (s >> 4)   # 4-bit exponent over the tensor's base exponent
@@ -993,18 +1140,22 @@ def quant_spec(name: str, entry: dict, f: SafeTensorsFile, ucw_meta: dict | None
     P = -(-C // G)
     r = md["rank"]
     version = ucw_meta["codec_version"]
-    expect = {
-        ".scales": ("U8", [R, P]),
-        ".zeros": ("U8", [R, packed_width(P, bits)]),
-    }
+    expect = {}
+    if version < RANS_META_VERSION:
+        expect.update({
+            ".scales": ("U8", [R, P]),
+            ".zeros": ("U8", [R, packed_width(P, bits)]),
+        })
     if version >= RANS_VERSION:
         # §4.1: the codes as S = ceil(R/64) rANS streams of n bytes in all, and the table of the
-        # 2^(b+1) − 1 symbols' frequencies; no .codes.
+        # 2^(b+1) − 1 symbols' frequencies; no .codes. §4.2 (version 4): the streams hold the
+        # scale codes and zero points too, the table is three (256 + 2^b + 2^(b+1) − 1 entries),
+        # and there are no .scales and .zeros.
         t = f.tensors.get(name + ".rans")
         n = t.shape[0] if t is not None and len(t.shape) == 1 else "n"
         expect.update({
             ".rans": ("U8", [n]),
-            ".rans_freq": ("U16", [(2 << bits) - 1]),
+            ".rans_freq": ("U16", [rans_freq_entries(bits, version)]),
             ".rans_len": ("U32", [-(-R // RANS_ROWS)]),
         })
     else:
@@ -1202,8 +1353,9 @@ def verify_pack(pack_dir: str, export: str | None) -> tuple[dict, int]:
                 else:
                     spec = quant_spec(name, entry, f, ucw_meta.get(fname), params, report)
                     # The linear's tensors (§4): codes, scales, zeros (codec version 3: rans,
-                    # rans_freq, rans_len, scales, zeros, §4.1), plus the overlay's four when the
-                    # tensor has rank > 0. The layer file's own codec version decides which.
+                    # rans_freq, rans_len, scales, zeros, §4.1; version 4: rans, rans_freq,
+                    # rans_len, §4.2), plus the overlay's four when the tensor has rank > 0. The
+                    # layer file's own codec version decides which.
                     version = (ucw_meta.get(fname) or {}).get("codec_version", manifest["codec"]["version"])
                     claimed.setdefault(fname, set()).update(
                         name + s for s in linear_suffixes(entry["rank"], version))
@@ -1300,7 +1452,7 @@ def quant_digest(f: SafeTensorsFile, spec: QuantSpec, exporter, report: Report) 
             h.update(chunk)
             if exporter is not None:
                 exporter.write(chunk)
-    except RansInvalid as exc:  # §4.1 validity rules: named after the stored tensor at fault
+    except RansInvalid as exc:  # §4.1/§4.2 validity rules: named after the stored tensor at fault
         report.mismatch("rans", exc.tensor, exc.detail)
         return None
     except Malformed as exc:
@@ -1352,8 +1504,8 @@ def check_tensor_list(pack_dir: str, manifest: dict, listed_files: set, good_fil
 
 def check_bits_per_weight(manifest, opened, tensors, linear_bytes, linear_weights, report: Report):
     """§2 bits_per_weight: linears = 8 × bytes of codes+scales+zeros (codec version 3: rans,
-    rans_freq, rans_len instead of codes; and u, u_scale, v, v_scale where present) over the
-    linears' weights;
+    rans_freq, rans_len instead of codes; version 4: instead of all three; and u, u_scale, v,
+    v_scale where present) over the linears' weights;
     pack = 8 × data-section bytes of all safetensors files over all deployed tensors' elements.
     Only checked when every data file could be parsed."""
     if any(f is None for f in opened.values()) or report.unreadable:
@@ -1467,6 +1619,76 @@ def _self_test_rans():
             assert want in str(exc), (want, str(exc))
         else:
             raise AssertionError(f"not refused: {want}")
+    _self_test_rans_v4()
+
+
+def _self_test_rans_v4():
+    """§4.2 (codec version 4) decoding on hand-checked streams, and its refusals."""
+    # b = 2, one row, C = 2, G = 1 (P = 2 groups of one column). Group 0: scale 0x10, z = 1,
+    # q = 2 (d = 2 − 1 + 3 = 4); group 1: scale 0x11, z = 2, q = 2 (d = 3). The stream's symbols:
+    # S16 Z1 D4 S17 Z2 D3. Each table holds two symbols counted once each: 2048 apiece.
+    #   scale table (256 entries): freq[16] = freq[17] = 2048, cum[16] = 0, cum[17] = 2048
+    #   zero table (4 entries):    freq[1]  = freq[2]  = 2048, cum[1]  = 0, cum[2]  = 2048
+    #   code table (7 entries):    freq[3]  = freq[4]  = 2048, cum[3]  = 0, cum[4]  = 2048
+    # Encoding from the last symbol to the first, from x = L = 2^23, x = (x div f)·M + x mod f +
+    # cum[s] with f = 2048 (no renormalisation: x stays below 2^19·2048 = 2^30; x mod f is 0 at
+    # every step):
+    #   D3:  2^12·4096 + 0                       = 2^24
+    #   Z2:  2^13·4096 + 2048                    = 2^25 + 2048
+    #   S17: (2^14 + 1)·4096 + 2048              = 2^26 + 6144           = 67115008
+    #   D4:  (2^15 + 3)·4096 + 2048              = 2^27 + 14336          = 134232064
+    #   Z1:  (2^16 + 7)·4096 + 0                 = 2^28 + 28672          = 268464128
+    #   S16: (2^17 + 14)·4096 + 0                = 2^29 + 57344          = 0x2000E000
+    # so the stream is the 4 bytes 20 00 e0 00. Decoding walks the states back: slot = x mod M
+    # = 0 < 2048 picks S16, x = 2048·(2^17 + 14) + 0 = 2^28 + 28672; slot 0 again picks Z1,
+    # x = 2048·(2^16 + 7) = 2^27 + 14336; slot 2048 picks D4 (cum 2048), x = 2048·(2^15 + 3) +
+    # 0 = 2^26 + 6144; ... and after D3, x = 2048·2^12 = 2^23 = L with all 4 bytes read.
+    freq = [0] * 256 + [0] * 4 + [0] * 7
+    freq[16] = freq[17] = 2048
+    freq[256 + 1] = freq[256 + 2] = 2048
+    freq[260 + 3] = freq[260 + 4] = 2048
+    q, s, z = decode_rans_v4(bytes.fromhex("2000e000"), freq, [4], 1, 2, 2, 1)
+    assert q.tolist() == [[2, 2]] and s.tolist() == [[16, 17]] and z.tolist() == [[1, 2]], (q, s, z)
+    # Every table with one symbol (scale 0x3a, z = 5, q = z, b = 3): each step leaves x = L, so
+    # each stream is the bare state 00 80 00 00; R = 65 rows make two streams.
+    one = [0] * (256 + 8 + 15)
+    one[0x3A] = one[256 + 5] = one[264 + 7] = 4096
+    q, s, z = decode_rans_v4(bytes.fromhex("00800000" * 2), one, [4, 4], 65, 3, 3, 2)
+    assert q.tolist() == [[5] * 3] * 65 and s.tolist() == [[0x3A] * 2] * 65 and z.tolist() == [[5] * 2] * 65
+
+    def bumped(i):
+        out = list(freq)
+        out[i] += 1
+        return out
+
+    v3_freq = [0, 0, 1366, 1365, 1365, 0, 0]  # the v3 case of _self_test_rans
+    refusals = [  # (rans, freq, lens, rows, cols, bits, G), what the message must say
+        ((bytes.fromhex("2000e000"), bumped(255), [4], 1, 2, 2, 1), "scale table (entries 0..255) sums to 4097"),
+        ((bytes.fromhex("2000e000"), bumped(259), [4], 1, 2, 2, 1), "zero table (entries 256..259) sums to 4097"),
+        ((bytes.fromhex("2000e000"), bumped(266), [4], 1, 2, 2, 1), "code table (entries 260..266) sums to 4097"),
+        ((bytes.fromhex("2000e000"), freq[:-1], [4], 1, 2, 2, 1), "266 entries, not"),
+        ((bytes.fromhex("2000e001"), freq, [4], 1, 2, 2, 1), "final state"),            # a flipped bit
+        ((bytes.fromhex("2000e00000"), freq, [5], 1, 2, 2, 1), "left over"),           # a byte too many
+        ((bytes.fromhex("2000e000"), freq, [4], 1, 2, 2, 2), "final state"),           # read with G = 2
+        # The v3 stream of _self_test_rans (codes only) read as version 4 with these tables.
+        ((bytes.fromhex("0d801557"), freq, [4], 1, 2, 2, 1), "runs out of bytes while decoding its symbol 4 (the zero point of group 1"),
+        # A v3 table (7 entries) given as a version-4 .rans_freq.
+        ((bytes.fromhex("0d801557"), v3_freq, [4], 1, 3, 2, 4), "7 entries, not 256 + 2^2 + 2^3 − 1 = 267"),
+    ]
+    for (rans, fr, lens, R, C, b, G), want in refusals:
+        try:
+            decode_rans_v4(rans, fr, lens, R, C, b, G)
+        except RansInvalid as exc:
+            assert want in str(exc), (want, str(exc))
+        else:
+            raise AssertionError(f"not refused: {want}")
+    # The version-4 stream read as version 3 (codes only, the code table, z = 1, 2): refused.
+    try:
+        decode_rans_codes(bytes.fromhex("2000e000"), freq[260:], [4], np.array([[1, 2]]), 1, 2, 2, 1)
+    except RansInvalid as exc:
+        assert "final state" in str(exc), str(exc)
+    else:
+        raise AssertionError("a v4 stream read as v3 was not refused")
 
 
 def _exact_of_bits(bits: int, fmt: str):
