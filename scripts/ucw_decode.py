@@ -1146,6 +1146,10 @@ def quant_spec(name: str, entry: dict, f: SafeTensorsFile, ucw_meta: dict | None
             ".scales": ("U8", [R, P]),
             ".zeros": ("U8", [R, packed_width(P, bits)]),
         })
+    if version >= RANS_VERSION and R * C > 1 << 31:
+        # §4.1: a coded linear has at most 2^31 elements (streams bound no size).
+        report.mismatch("layer-metadata", name, f"shape {[R, C]}: {R * C} elements, beyond 2^31 for a coded linear")
+        return None
     if version >= RANS_VERSION:
         # §4.1: the codes as S = ceil(R/64) rANS streams of n bytes in all, and the table of the
         # 2^(b+1) − 1 symbols' frequencies; no .codes. §4.2 (version 4): the streams hold the

@@ -11,11 +11,14 @@ pub mod quant;
 /// recorded in the manifest as `damp`; decoding is unchanged.
 /// 3: codes are stored rANS-coded (docs/FORMAT.md §4.1), and mixed widths are priced by
 /// their coded size, so calibrated packs choose different widths.
-pub const CODEC_VERSION: u32 = 3;
+/// 4: scale codes and zero points are stored in the same rANS streams (§4.2), which also
+/// lowers what each width costs.
+pub const CODEC_VERSION: u32 = 4;
 
 /// Codec versions whose packs this build rebuilds bit for bit (`ucw verify`, `export`,
 /// `eval`): versions 1 and 2 differ only in which codes compression chooses; version 3 also
-/// stores the codes entropy-coded, and the reader decodes both forms, so a pack validated
+/// stores the codes entropy-coded, version 4 the scales and zero points too, and the
+/// reader decodes every form, so a pack validated
 /// under an earlier version still verifies.
 pub const DECODES: std::ops::RangeInclusive<u32> = 1..=CODEC_VERSION;
 

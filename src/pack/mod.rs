@@ -2,6 +2,7 @@
 //! scaffold of raw tensors and one safetensors file per decoder layer (DESIGN §5).
 
 pub mod bits;
+pub mod coded;
 pub mod export;
 pub mod layer;
 pub mod manifest;

@@ -144,13 +144,14 @@ impl FreqTable {
     }
 }
 
-/// One stream: the symbols encoded last to first from state L, the state flushed, the bytes
-/// reversed so that a decoder reads the state (big-endian) and then the renormalisation bytes
-/// in the order it needs them.
-pub fn encode(symbols: &[u16], t: &FreqTable) -> Result<Vec<u8>, RansError> {
-    let mut out: Vec<u8> = Vec::with_capacity(symbols.len() * 5 / 8 + 8);
+/// One stream of `n` symbols, symbol i with its own table (`item(i)`): encoded last to
+/// first from state L, the state flushed, the bytes reversed so that a decoder reads the state
+/// (big-endian) and then the renormalisation bytes in the order it needs them.
+pub fn encode_by<'t>(n: usize, item: impl Fn(usize) -> (u16, &'t FreqTable)) -> Result<Vec<u8>, RansError> {
+    let mut out: Vec<u8> = Vec::with_capacity(n * 5 / 8 + 8);
     let mut x: u32 = STATE_LOW;
-    for &s in symbols.iter().rev() {
+    for i in (0..n).rev() {
+        let (s, t) = item(i);
         let f = *t.freq.get(s as usize).ok_or(RansError::AbsentSymbol(s))? as u32;
         if f == 0 {
             return Err(RansError::AbsentSymbol(s));
@@ -168,38 +169,64 @@ pub fn encode(symbols: &[u16], t: &FreqTable) -> Result<Vec<u8>, RansError> {
     Ok(out)
 }
 
-/// Decode exactly `out.len()` symbols from one whole stream; every byte must be read and the
-/// final state must be L.
-pub fn decode(bytes: &[u8], t: &FreqTable, out: &mut [u16]) -> Result<(), RansError> {
-    if bytes.len() < 4 {
-        return Err(RansError::Short(bytes.len()));
+/// One stream of symbols that all use table `t`.
+pub fn encode(symbols: &[u16], t: &FreqTable) -> Result<Vec<u8>, RansError> {
+    encode_by(symbols.len(), |i| (symbols[i], t))
+}
+
+/// Reads one whole stream symbol by symbol, each with the table the caller names.
+pub struct Decoder<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    x: u32,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(bytes: &'a [u8]) -> Result<Self, RansError> {
+        if bytes.len() < 4 {
+            return Err(RansError::Short(bytes.len()));
+        }
+        let x = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        if !(STATE_LOW..STATE_LOW << 8).contains(&x) {
+            return Err(RansError::InitialState(x));
+        }
+        Ok(Decoder { bytes, pos: 4, x })
     }
-    let mut x = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    if !(STATE_LOW..STATE_LOW << 8).contains(&x) {
-        return Err(RansError::InitialState(x));
-    }
-    let mut pos = 4usize;
-    let mask = PROB_TOTAL - 1;
-    for o in out.iter_mut() {
+
+    #[inline]
+    pub fn get(&mut self, t: &FreqTable) -> Result<u16, RansError> {
         // x < 2^31 here, so freq · (x >> 12) + slot − cum < 2^31 (the decoding step inverts
         // an encoding step that kept x below 256·L).
-        let slot = x & mask;
+        let slot = self.x & (PROB_TOTAL - 1);
         let s = t.slot_symbol[slot as usize];
-        *o = s;
-        x = t.freq[s as usize] as u32 * (x >> PROB_BITS) + slot - t.cum[s as usize];
-        while x < STATE_LOW {
-            let b = *bytes.get(pos).ok_or(RansError::Truncated)?;
-            x = (x << 8) | b as u32;
-            pos += 1;
+        self.x = t.freq[s as usize] as u32 * (self.x >> PROB_BITS) + slot - t.cum[s as usize];
+        while self.x < STATE_LOW {
+            let b = *self.bytes.get(self.pos).ok_or(RansError::Truncated)?;
+            self.x = (self.x << 8) | b as u32;
+            self.pos += 1;
         }
+        Ok(s)
     }
-    if pos != bytes.len() {
-        return Err(RansError::LeftOver(bytes.len() - pos));
+
+    /// After the last symbol: every byte read and the state back at L.
+    pub fn finish(self) -> Result<(), RansError> {
+        if self.pos != self.bytes.len() {
+            return Err(RansError::LeftOver(self.bytes.len() - self.pos));
+        }
+        if self.x != STATE_LOW {
+            return Err(RansError::FinalState(self.x));
+        }
+        Ok(())
     }
-    if x != STATE_LOW {
-        return Err(RansError::FinalState(x));
+}
+
+/// Decode exactly `out.len()` symbols of table `t` from one whole stream.
+pub fn decode(bytes: &[u8], t: &FreqTable, out: &mut [u16]) -> Result<(), RansError> {
+    let mut d = Decoder::new(bytes)?;
+    for o in out.iter_mut() {
+        *o = d.get(t)?;
     }
-    Ok(())
+    d.finish()
 }
 
 #[cfg(test)]
