@@ -174,20 +174,6 @@ fn allocate_bits(costs: &[Vec<i128>], losses: &[Vec<f64>], budget_bits: i128) ->
 mod tests {
     use super::*;
 
-    fn cand(bits: u32, cols: usize) -> QuantTensor {
-        let p = QuantParams { bits, group_size: 64 };
-        QuantTensor {
-            rows: 1,
-            cols,
-            params: p,
-            base_exp: 0,
-            codes: vec![],
-            scales: vec![],
-            zeros: vec![],
-            overlay: None,
-        }
-    }
-
     use crate::pack::bits;
 
     /// Bit-packed bytes of codes, scales and zeros of a [rows×cols] linear.
@@ -200,8 +186,9 @@ mod tests {
     /// best loss drop per bit while it fits, and never exceeds the budget.
     #[test]
     fn allocate_bits_spends_the_budget_where_a_bit_buys_most() {
-        let c: Vec<Vec<i128>> =
-            (0..3).map(|_| (4..=6).map(|b| 8 * base_bytes(1, 640, cand(b, 640).params) as i128).collect()).collect();
+        let c: Vec<Vec<i128>> = (0..3)
+            .map(|_| (4..=6).map(|bits| 8 * base_bytes(1, 640, QuantParams { bits, group_size: 64 }) as i128).collect())
+            .collect();
         let cost = |t: &[usize]| -> i128 { t.iter().zip(&c).map(|(&i, cc)| cc[i]).sum() };
         // Linear 1 gains most from each bit, linear 2 least.
         let losses = vec![vec![16.0, 4.0, 1.0], vec![64.0, 16.0, 8.0], vec![2.0, 1.9, 1.8]];

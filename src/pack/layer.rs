@@ -1,5 +1,6 @@
-//! Quantized linears in layer files: three U8 tensors per linear and their codec
-//! parameters in the file's `__metadata__` (docs/FORMAT.md).
+//! Quantized linears in layer files: each linear's rANS streams (codec version 4; versions
+//! 1–3 are read too) and overlay, and their codec parameters in the file's `__metadata__`
+//! (docs/FORMAT.md §4).
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -146,7 +147,8 @@ pub fn base_stored_bytes(q: &QuantTensor) -> u64 {
 pub const MAX_CODED_ELEMENTS: usize = 1 << 31;
 
 /// Read one quantized linear back, checking every shape against the metadata before
-/// allocating (sizes are bounded by the tensor bytes actually in the file).
+/// allocating (bit-packed sizes are bounded by the tensor bytes actually in the file, coded
+/// ones by MAX_CODED_ELEMENTS).
 pub fn decode(f: &SafetensorsFile, meta: &LayerMeta, name: &str) -> Result<(QuantTensor, DType)> {
     let file = f.path.display();
     let m = meta.tensors.get(name).ok_or_else(|| bad_input!("{file}: no codec metadata for tensor \"{name}\""))?;
