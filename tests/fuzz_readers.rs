@@ -281,10 +281,22 @@ fn layer_reader_never_panics_on_mutations() {
 #[test]
 fn layer_reader_never_panics_on_header_mutations() {
     for (what, b) in [("layer", layer_bytes()), ("overlay mixed-width layer", overlay_layer_bytes())] {
-        let (ok, rejected) =
-            fuzz(&format!("{what}, header mutations"), CASES, header_ops(), |o| check_layer(&mutate_header(&b, &o)));
-        // Some header changes keep it readable (e.g. a changed base_exp or space padding).
-        assert!(ok > 0 && rejected > 0, "{what}: {ok} decoded, {rejected} rejected");
+        let deep = std::sync::atomic::AtomicUsize::new(0);
+        let (ok, rejected) = fuzz(&format!("{what}, header mutations"), CASES, header_ops(), |o| {
+            check_layer(&mutate_header(&b, &o)).inspect_err(|m| {
+                if m.contains("tensor \"") {
+                    deep.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        });
+        // The mutations must reach past the header parser: some keep the file readable (a
+        // changed base_exp digit, padding) or are refused by the linear's decoder, naming a
+        // tensor (a stream length's shape, a code out of range). Since codec version 4 the
+        // former are rare (about one case in a thousand, and one padding byte here), so
+        // either counts.
+        let deep = deep.into_inner();
+        assert!(rejected > 0 && ok + deep > 0, "{what}: {ok} decoded, {rejected} rejected ({deep} by a tensor)");
+        println!("{what}: {ok} decoded, {rejected} rejected, {deep} of them naming a tensor");
     }
 }
 
