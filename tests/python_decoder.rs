@@ -132,7 +132,7 @@ fn calibrated_cases(tmp: &Path) -> Vec<(&'static str, Options)> {
     std::fs::write(&toks, ids).unwrap();
     let mixed = |bits, weights| BitAlloc::Mixed { bits, weights };
     vec![
-        // Widths 4, 5 and 6, rank 4 on every linear.
+        // Mixed widths (4 and 5 under codec version 4), rank 4 on every linear.
         (
             "qwen3-bf16-sharded",
             Options {
@@ -156,7 +156,9 @@ fn calibrated_cases(tmp: &Path) -> Vec<(&'static str, Options)> {
         (
             "llama-bf16",
             Options {
-                bit_alloc: mixed(475, 100),
+                // 5.25: since codec version 4 the tiny linears' stream tables leave 4.75 only
+                // 4-bit widths on this fixture.
+                bit_alloc: mixed(525, 100),
                 rank: Rank::Fixed(2),
                 out_dtype: Some(DType::F32),
                 calib: Some(CalibSpec {
