@@ -486,7 +486,7 @@ fn self_consistent_manifest_edits_of_checkable_fields_fail() {
                     v["codec"]["version"] = 1.into();
                     v["tool"]["codec_version"] = 1.into();
                 }),
-                "codec version 2, the manifest says 1".into(),
+                format!("codec version {}, the manifest says 1", ucw::codec::CODEC_VERSION),
             ),
             (
                 "linears bits",

@@ -131,17 +131,6 @@ impl FreqTable {
     pub fn freqs(&self) -> &[u16] {
         &self.freq
     }
-
-    /// Bytes `encode` would emit for these symbol counts, without encoding: not exact (the
-    /// renormalisation points depend on the order), an estimate for reports.
-    pub fn cost_bits(&self, counts: &[u64]) -> f64 {
-        counts
-            .iter()
-            .zip(&self.freq)
-            .filter(|(c, _)| **c > 0)
-            .map(|(&c, &f)| c as f64 * (PROB_BITS as f64 - (f as f64).log2()))
-            .sum()
-    }
 }
 
 /// One stream of `n` symbols, symbol i with its own table (`item(i)`): encoded last to
