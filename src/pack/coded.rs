@@ -30,13 +30,17 @@ impl Layout {
         }
     }
 
+    /// The symbol classes its streams hold, in the order `rans_freq` holds their tables.
+    fn classes(self) -> &'static [u8] {
+        match self {
+            Layout::Codes => &[CODE],
+            Layout::Whole => &[SCALE, ZERO, CODE],
+        }
+    }
+
     /// Alphabet sizes of the tables `rans_freq` holds, in order, for width `bits`.
     pub fn tables(self, bits: u32) -> Vec<usize> {
-        let code = (1usize << (bits + 1)) - 1;
-        match self {
-            Layout::Codes => vec![code],
-            Layout::Whole => vec![256, 1 << bits, code],
-        }
+        self.classes().iter().map(|&c| alphabet(c, bits)).collect()
     }
 }
 
@@ -62,6 +66,17 @@ impl Streams {
 const SCALE: u8 = 0;
 const ZERO: u8 = 1;
 const CODE: u8 = 2;
+const CLASS_NAMES: [&str; 3] = ["scale", "zero", "code"];
+
+/// Symbols a class has at width `bits`: scale codes are bytes, zero points b bits, code
+/// symbols q − z + 2^b − 1 below 2^(b+1) − 1.
+fn alphabet(class: u8, bits: u32) -> usize {
+    match class {
+        SCALE => 256,
+        ZERO => 1 << bits,
+        _ => (1 << (bits + 1)) - 1,
+    }
+}
 
 /// The symbols of rows [r0, r1) in stream order, each with its class. A code's symbol is the
 /// code relative to its group's zero point, offset to be non-negative (q − z + 2^b − 1).
@@ -89,7 +104,7 @@ fn streams_of(rows: usize) -> Vec<(usize, usize)> {
 /// normalisation), one stream per ROWS_PER_STREAM rows (in parallel; the bytes do not depend
 /// on the thread count).
 pub fn encode(q: &QuantTensor, layout: Layout) -> Streams {
-    let sizes = [256usize, 1 << q.params.bits, (1 << (q.params.bits + 1)) - 1];
+    let sizes: Vec<usize> = [SCALE, ZERO, CODE].iter().map(|&c| alphabet(c, q.params.bits)).collect();
     let streams = streams_of(q.rows);
     let counts = streams
         .par_iter()
@@ -108,7 +123,7 @@ pub fn encode(q: &QuantTensor, layout: Layout) -> Streams {
         );
     // Codes and zero points below 2^b (QuantTensor's invariant) keep every symbol in its
     // alphabet; a class in use has at least one symbol since rows, cols ≥ 1.
-    let used: &[u8] = if layout == Layout::Whole { &[SCALE, ZERO, CODE] } else { &[CODE] };
+    let used = layout.classes();
     let mut tables: Vec<Option<FreqTable>> = vec![None, None, None];
     for &c in used {
         tables[c as usize] = Some(FreqTable::from_counts(&counts[c as usize]).expect("a class in use has symbols"));
@@ -157,10 +172,10 @@ pub fn decode(
     if s.freq.len() != sizes.iter().sum::<usize>() {
         return Err(bad_input!("{what}: {} frequencies, expected {}", s.freq.len(), sizes.iter().sum::<usize>()));
     }
-    let names: &[&str] = if layout == Layout::Whole { &["scale", "zero", "code"] } else { &["code"] };
     let mut tables = Vec::with_capacity(3);
     let mut at = 0;
-    for (&n, name) in sizes.iter().zip(names) {
+    for (&n, &class) in sizes.iter().zip(layout.classes()) {
+        let name = CLASS_NAMES[class as usize];
         let t =
             FreqTable::from_freqs(s.freq[at..at + n].to_vec()).map_err(|e| bad_input!("{what}: {name} table: {e}"))?;
         tables.push(t);
