@@ -3,10 +3,10 @@
 //! every dtype a pack exports (BF16, F16, F32) and with tied embeddings; one changed bit in
 //! memory fails the check naming the tensor.
 //!
-//! The loading runs in UCW_VENV (a venv with safetensors, numpy and ml_dtypes; .ci/run
-//! makes one): safetensors' numpy loader stands in for transformers, whose torch is too
-//! heavy for CI (docs/LOADCHECK.md). The stdlib-only part runs with any python3. Missing
-//! Python prints SKIPPED, or fails under UCW_REQUIRE_PYTHON (CI).
+//! The loading runs in UCW_VENV (a venv .ci/run makes): once with safetensors' numpy
+//! loader, and once with transformers and torch, as a serving process loads a model
+//! (docs/LOADCHECK.md). The stdlib-only part runs with any python3. Missing Python or
+//! packages print SKIPPED, or fail under UCW_REQUIRE_PYTHON (CI).
 
 mod common;
 
@@ -95,16 +95,25 @@ fn loaded_weights_match_the_manifest_and_one_changed_bit_is_named() {
 
 /// The same with the model loaded by transformers (`AutoModelForCausalLM`, its exported
 /// dtype) and checked through its `state_dict()`, as docs/LOADCHECK.md tells a serving
-/// process to. Opt-in: UCW_TORCH_PYTHON names a python with torch and transformers (too
-/// heavy for CI, docs/LOADCHECK.md); unset, it prints SKIPPED (a failure under
-/// UCW_REQUIRE_REAL_DATA).
+/// process to. The python is UCW_TORCH_PYTHON, else UCW_VENV's (.ci/run installs torch and
+/// transformers there from .ci/requirements-torch.txt); one without both prints SKIPPED, a
+/// failure under UCW_REQUIRE_PYTHON (CI).
 #[test]
 fn transformers_model_matches_the_manifest_and_one_changed_bit_is_named() {
     let test = "transformers_model_matches_the_manifest_and_one_changed_bit_is_named";
-    let Some(python) = common::opt_in(test, "UCW_TORCH_PYTHON", "a python with torch and transformers") else {
-        return;
+    let python = match (std::env::var_os("UCW_TORCH_PYTHON"), std::env::var_os("UCW_VENV")) {
+        (Some(p), _) if !p.is_empty() => PathBuf::from(p),
+        (_, Some(v)) if !v.is_empty() => PathBuf::from(v).join("bin/python"),
+        _ => return skip_or_fail(test, "neither UCW_TORCH_PYTHON nor UCW_VENV is set"),
     };
-    check_loaded(Path::new(&python), &["--transformers"], test);
+    let has = Command::new(&python).args(["-c", "import torch, transformers"]).output();
+    if !has.as_ref().is_ok_and(|o| o.status.success()) {
+        let why = has
+            .map(|o| String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or_default().to_string())
+            .unwrap_or_else(|e| e.to_string());
+        return skip_or_fail(test, &format!("{} cannot import torch and transformers: {why}", python.display()));
+    }
+    check_loaded(&python, &["--transformers"], test);
 }
 
 /// Packs of each export dtype, exported, loaded by tests/loadcheck.py (`mode`) and checked:
