@@ -15,6 +15,7 @@
 //! in updates per second.
 //!
 //!     cargo bench --bench kernels
+//!     UCW_BENCH_GPU=1 cargo bench --bench kernels -- matmul_device
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -195,5 +196,44 @@ fn bench_feedback(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_matmul, bench_feedback);
+/// The exact matmul on each adapter (UCW_BENCH_GPU=1): 64 tokens through SmolLM2's
+/// 576 → 576 (q_proj) and 1536 → 576 (down_proj) shapes, weights resident
+/// (`prepare_matmul`, as the forward pass holds them), beside the CPU backend's prepared
+/// path in the same run. Small enough for a software adapter (21 M and 57 M multiply-adds);
+/// the sums are compared with the CPU's before timing.
+fn bench_matmul_gpu(c: &mut Criterion) {
+    if std::env::var("UCW_BENCH_GPU").is_err() {
+        return;
+    }
+    const TOKENS: usize = 64;
+    let cpu = CpuBackend::new();
+    let devices = Devices::discover();
+    for (k, n) in [(576, 576), (1536, 576)] {
+        let mut w: GroupFixed = cpu.ingest(&bf16_weights(n, k), DType::BF16, n, k, DEFAULT_INGEST).unwrap();
+        align_row_exponents(&mut w, MATMUL_MAX_SPREAD);
+        let x = activations(TOKENS, k); // |a| <= 2^17
+        let mut g = c.benchmark_group(format!("matmul_device_{TOKENS}x{k}_to_{n}"));
+        g.throughput(Throughput::Elements((TOKENS * k * n) as u64));
+        g.sample_size(10);
+        let p = cpu.prepare_matmul(w.clone()).unwrap();
+        let want = cpu.matmul_prepared(&x, &p).unwrap().sums;
+        g.bench_function("cpu", |b| b.iter(|| black_box(cpu.matmul_prepared(&x, &p).unwrap())));
+        for i in 1..devices.infos.len() {
+            let backend = devices.open(i).unwrap();
+            backend.allow_resident_weights(u64::MAX);
+            let p = backend.prepare_matmul(w.clone()).unwrap();
+            assert_eq!(
+                backend.matmul_prepared(&x, &p).unwrap().sums,
+                want,
+                "{} must give the CPU's bits",
+                devices.infos[i].name
+            );
+            let label = format!("{}#{}", devices.infos[i].api, i);
+            g.bench_function(label, |b| b.iter(|| black_box(backend.matmul_prepared(&x, &p).unwrap())));
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench, bench_matmul, bench_feedback, bench_matmul_gpu);
 criterion_main!(benches);

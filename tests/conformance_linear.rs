@@ -43,7 +43,10 @@ fn weights(rows: usize, cols: usize, seed: u64) -> GroupFixed {
     w
 }
 
-const SHAPES: &[(usize, usize, usize)] = &[(16, 300, 120), (3, 64, 7), (5, 1, 3), (9, 1536, 4)];
+// (tokens, K, rows): fewer than 32 tokens or rows (matmul.wgsl's matmul_rows), whole and
+// partial 32 × 32 output tiles (its tiled matmul), a short last group, one column.
+const SHAPES: &[(usize, usize, usize)] =
+    &[(16, 300, 120), (3, 64, 7), (5, 1, 3), (9, 1536, 4), (37, 130, 45), (64, 200, 96), (32, 1, 32)];
 
 fn add_sums(out: &mut common::Outputs, case: &str, s: &ExactSums) {
     out.add(format!("{case} sums"), &s.sums);
@@ -331,8 +334,9 @@ fn acts_at_bounds(tokens: usize, width: usize, same_sign: bool, seed: u64) -> To
 }
 
 /// (tokens, K, rows): one past the old 8192 limit, Llama-3.1-8B's intermediate size (14,336),
-/// a short last group at 65,531, and the widest accepted row (65,536, spread 13).
-const WIDE: &[(usize, usize, usize)] = &[(2, 8193, 3), (3, 14336, 4), (2, 65531, 2), (2, 65536, 3)];
+/// a short last group at 65,531, and the widest accepted row (65,536, spread 13); and one
+/// past 8192 with 32 × 33 outputs (matmul.wgsl's tiled kernel, the others run matmul_rows).
+const WIDE: &[(usize, usize, usize)] = &[(2, 8193, 3), (3, 14336, 4), (2, 65531, 2), (2, 65536, 3), (32, 8193, 33)];
 
 // Split-K: with the default 8192-column slices (8193: two slices, the second a single
 // group; 65,536: eight), with one group per slice (1024 slices at 65,536, so the reduce pass

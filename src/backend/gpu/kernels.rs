@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::resident::{DevTokens, RopeBufs};
-use super::{Buf, GpuBackend, Rec, words_le};
+use super::{Buf, GpuBackend, Rec, WORKGROUP, words_le};
 use crate::backend::{
     Backend, KernelError, Prepared, WideCase, WideResult, check_ingest_args, check_matmul_acts, check_matmul_args,
     check_matmul_weights, check_quantize_args, check_renorm_args,
@@ -52,6 +52,11 @@ impl NllTables {
     }
 }
 
+/// Tokens and weight rows of one matmul.wgsl workgroup's output tile (`TILE` there).
+const MATMUL_TILE: usize = 32;
+/// Staging iterations per group in matmul.wgsl: a 32 × 64 tile over 64 invocations.
+const MATMUL_STAGE_STEPS: usize = MATMUL_TILE * 64 / WORKGROUP as usize;
+
 impl GpuBackend {
     /// One matmul dispatch: `tokens` activations in `xb` times `rows` rows of `w`'s shape
     /// (mantissas, group exponents, row exponents in `wbufs`): the `[tokens, rows]` i64 sums,
@@ -69,13 +74,22 @@ impl GpuBackend {
         let gpr = w.groups_per_row();
         let (slice_groups, slices) = self.matmul_slices(w);
         let total = outputs * slices;
+        // Tiled (one workgroup per 32 × 32 output tile and slice) where tiles are mostly
+        // filled; otherwise one invocation per output and slice (tiles would be padding).
+        let tiled = tokens >= MATMUL_TILE && rows >= MATMUL_TILE;
+        let (entry, units, invocations) = if tiled {
+            let tiles = tokens.div_ceil(MATMUL_TILE) * rows.div_ceil(MATMUL_TILE) * slices;
+            ("matmul", tiles, tiles as u64 * WORKGROUP as u64)
+        } else {
+            ("matmul_rows", total, total as u64)
+        };
         let params = self.uniform(&[
             tokens as u32,
             rows as u32,
             w.cols as u32,
             w.params.group_size,
             gpr as u32,
-            total as u32,
+            units as u32,
             slice_groups as u32,
             slices as u32,
         ]);
@@ -83,7 +97,7 @@ impl GpuBackend {
         // sum over a subset of the row's products (< 2^61), added by matmul_reduce.
         let pb = self.zeroed(if slices == 1 { "matmul.out" } else { "matmul.part" }, total as u64 * 8);
         let [wb, we, rb] = wbufs;
-        self.record(rec, "matmul.wgsl", "matmul", &[&params, xb, wb, we, rb, &pb], total as u64)?;
+        self.record(rec, "matmul.wgsl", entry, &[&params, xb, wb, we, rb, &pb], invocations)?;
         rec.keep(params);
         if slices == 1 {
             return Ok(pb);
@@ -96,12 +110,14 @@ impl GpuBackend {
         Ok(ob)
     }
 
-    /// One matmul invocation walks a slice's columns and groups; a reduce invocation the
-    /// slices.
+    /// One matmul invocation walks a slice's groups, staging 32 tile elements and then
+    /// walking the group's columns in each; a reduce invocation walks the slices.
     pub(crate) fn check_matmul_loops(&self, w: &GroupFixed) -> Result<(), Error> {
         let (per, slices) = self.matmul_slices(w);
         let cols = (per * w.params.group_size as usize).min(w.cols);
-        self.check_loops("matmul", (cols + per.min(w.groups_per_row())) as u64)?;
+        let groups = per.min(w.groups_per_row());
+        // Per group: itself, the staging steps and 4 rows' shifts; then 4 + 16 stores.
+        self.check_loops("matmul", (cols + groups * (1 + MATMUL_STAGE_STEPS + 4) + 20) as u64)?;
         self.check_loops("matmul_reduce", slices as u64)
     }
 
