@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::params::{self as up, Split};
 use super::resident::{DevTokens, RopeBufs};
 use super::{Buf, GpuBackend, Rec, WORKGROUP, words_le};
 use crate::backend::{
@@ -83,16 +84,16 @@ impl GpuBackend {
         } else {
             ("matmul_rows", total, total as u64)
         };
-        let params = self.uniform(&[
-            tokens as u32,
-            rows as u32,
-            w.cols as u32,
-            w.params.group_size,
-            gpr as u32,
-            units as u32,
-            slice_groups as u32,
-            slices as u32,
-        ]);
+        let params = self.params(&up::Matmul {
+            tokens: tokens as u32,
+            n: rows as u32,
+            k: w.cols as u32,
+            group_size: w.params.group_size,
+            groups_per_row: gpr as u32,
+            units: units as u32,
+            slice_groups: slice_groups as u32,
+            slices: slices as u32,
+        });
         // One slice: the sums themselves. Several: [outputs, slices] partial sums, each a
         // sum over a subset of the row's products (< 2^61), added by matmul_reduce.
         let pb = self.zeroed(if slices == 1 { "matmul.out" } else { "matmul.part" }, total as u64 * 8);
@@ -102,7 +103,7 @@ impl GpuBackend {
         if slices == 1 {
             return Ok(pb);
         }
-        let rp = self.uniform(&[outputs as u32, slices as u32, 0, 0]);
+        let rp = self.params(&up::MatmulReduce { total: outputs as u32, slices: slices as u32, ..Default::default() });
         let ob = self.zeroed("matmul.out", outputs as u64 * 8);
         self.record(rec, "matmul_reduce.wgsl", "matmul_reduce", &[&rp, &pb, &ob], outputs as u64)?;
         rec.keep(rp);
@@ -137,12 +138,19 @@ impl GpuBackend {
     ) -> Result<(Buf, Buf), Error> {
         let chunks = n.div_ceil(self.chunks.renorm).max(1);
         let top = self.upload_i32("renorm.top", &vec![i32::MIN; nt]);
-        let tp = [nt as u32, n as u32, bits, chunks as u32, 0, self.chunks.renorm as u32, 0, 0];
-        self.record_split(rec, "renorm_top.wgsl", "renorm_top", &tp, 4, &[sb, xb, rb, &top], nt * chunks)?;
+        let tp = up::RenormTop {
+            tokens: nt as u32,
+            n: n as u32,
+            bits,
+            chunks: chunks as u32,
+            chunk: self.chunks.renorm as u32,
+            ..Default::default()
+        };
+        self.record_split(rec, ("renorm_top.wgsl", "renorm_top"), tp, &[sb, xb, rb, &top], nt * chunks)?;
         let mb = self.zeroed("renorm.mants", (nt * n * 4) as u64);
         let eb = self.zeroed("renorm.exps", (nt * 4) as u64);
-        let rp = [nt as u32, n as u32, bits, 0];
-        self.record_split(rec, "renorm.wgsl", "renorm", &rp, 3, &[sb, xb, rb, &top, &mb, &eb], nt * n)?;
+        let rp = up::Renorm { tokens: nt as u32, n: n as u32, bits, offset: 0 };
+        self.record_split(rec, ("renorm.wgsl", "renorm"), rp, &[sb, xb, rb, &top, &mb, &eb], nt * n)?;
         rec.keep(top);
         Ok((mb, eb))
     }
@@ -223,11 +231,27 @@ impl GpuBackend {
         let tb = self.upload_words("nll.targets", targets);
         let cmax = self.zeroed("nll.cmax", (nt * chunks * 4) as u64);
         let psum = self.zeroed("nll.psum", (nt * chunks * 8) as u64);
-        let pm = [nt as u32, v as u32, chunks as u32, 0, self.chunks.nll as u32, 0, 0, 0];
-        self.record_split(&mut rec, "nll_max.wgsl", "nll_max", &pm, 3, &[lb, &cmax], nt * chunks)?;
-        let ps = [nt as u32, v as u32, chunks as u32, ec.log2e_q30, ec.ln2_q30, 0, self.chunks.nll as u32, 0];
-        self.record_split(&mut rec, "nll_sum.wgsl", "nll_sum", &ps, 5, &[lb, eb, &cmax, &t.exp, &psum], nt * chunks)?;
-        let params = self.uniform(&[nt as u32, v as u32, chunks as u32, 0, lc.inv_ln2_q30, lc.ln2_q28, 0, 0]);
+        let (tokens, vocab, nchunks, chunk) = (nt as u32, v as u32, chunks as u32, self.chunks.nll as u32);
+        let pm = up::NllMax { tokens, vocab, chunks: nchunks, chunk, ..Default::default() };
+        self.record_split(&mut rec, ("nll_max.wgsl", "nll_max"), pm, &[lb, &cmax], nt * chunks)?;
+        let ps = up::NllSum {
+            tokens,
+            vocab,
+            chunks: nchunks,
+            log2e_q30: ec.log2e_q30,
+            ln2_q30: ec.ln2_q30,
+            chunk,
+            ..Default::default()
+        };
+        self.record_split(&mut rec, ("nll_sum.wgsl", "nll_sum"), ps, &[lb, eb, &cmax, &t.exp, &psum], nt * chunks)?;
+        let params = self.params(&up::Nll {
+            tokens,
+            vocab,
+            chunks: nchunks,
+            inv_ln2_q30: lc.inv_ln2_q30,
+            ln2_q28: lc.ln2_q28,
+            ..Default::default()
+        });
         let o = self.zeroed("nll.out", (nt * 8) as u64);
         let bind = [&params, lb, eb, &tb, &cmax, &psum, &t.log2, &t.recip, &o];
         self.record(&mut rec, "nll.wgsl", "nll", &bind, nt as u64)?;
@@ -302,26 +326,23 @@ impl GpuBackend {
 }
 
 impl GpuBackend {
-    /// Record `total` invocations of a kernel whose first binding is a uniform of
-    /// `params` with an element offset in word `offset_slot` (the kernel indexes from it),
-    /// in as many dispatches as the device grid needs.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn record_split(
+    /// Record `total` invocations of a kernel whose first binding is `params`, in as many
+    /// dispatches as the device grid needs, each with its first element in the parameters'
+    /// offset (the kernel indexes from it).
+    pub(crate) fn record_split<P: Split>(
         &self,
         rec: &mut Rec,
-        file: &'static str,
-        entry: &'static str,
-        params: &[u32],
-        offset_slot: usize,
+        (file, entry): (&'static str, &'static str),
+        params: P,
         others: &[&super::Buf],
         total: usize,
     ) -> Result<(), Error> {
         let cap = ((self.max_groups_per_dim as u64).pow(2) * 64).min(1 << 31) as usize;
         let mut off = 0;
         while off < total {
-            let mut p = params.to_vec();
-            p[offset_slot] = off as u32;
-            let pb = self.uniform(&p);
+            let mut p = params;
+            p.set_offset(off as u32);
+            let pb = self.params(&p);
             let mut bind: Vec<&super::Buf> = vec![&pb];
             bind.extend(others.iter().copied());
             self.record(rec, file, entry, &bind, (total - off).min(cap) as u64)?;
@@ -366,16 +387,16 @@ impl Backend for GpuBackend {
             let r1 = (r0 + rows_per_chunk).min(rows);
             let n = (r1 - r0) * cols;
             let groups = (r1 - r0) * gpr;
-            let params_buf = self.uniform(&[
-                (r1 - r0) as u32,
-                cols as u32,
-                params.group_size,
-                params.mantissa_bits,
-                dtype.shader_code(),
-                gpr as u32,
-                groups as u32,
-                0,
-            ]);
+            let params_buf = self.params(&up::Ingest {
+                rows: (r1 - r0) as u32,
+                cols: cols as u32,
+                group_size: params.group_size,
+                mant_bits: params.mantissa_bits,
+                dtype: dtype.shader_code(),
+                groups_per_row: gpr as u32,
+                total_groups: groups as u32,
+                _pad: 0,
+            });
             let input = self.upload("ingest.src", &src[r0 * cols * esize..r1 * cols * esize]);
             let exps = self.zeroed("ingest.exps", groups as u64 * 4);
             let mants = self.zeroed("ingest.mants", n as u64 * 4);
@@ -420,16 +441,16 @@ impl Backend for GpuBackend {
         while r0 < rows {
             let r1 = (r0 + rows_per_chunk).min(rows);
             let groups = (r1 - r0) * gpr;
-            let params = self.uniform(&[
-                (r1 - r0) as u32,
-                cols as u32,
-                p.group_size,
-                p.bits,
-                base_exp as u32,
-                gpr as u32,
-                groups as u32,
-                0,
-            ]);
+            let params = self.params(&up::Quantize {
+                rows: (r1 - r0) as u32,
+                cols: cols as u32,
+                group_size: p.group_size,
+                bits: p.bits,
+                base_exp,
+                groups_per_row: gpr as u32,
+                total_groups: groups as u32,
+                _pad: 0,
+            });
             let m = self.upload_i32("quantize.mants", &x.mantissas[r0 * cols..r1 * cols]);
             let e = self.upload_i32("quantize.exps", &x.exponents[r0 * gpr..r1 * gpr]);
             let c = self.zeroed("quantize.codes", ((r1 - r0) * cols * 4) as u64);
@@ -461,20 +482,19 @@ impl Backend for GpuBackend {
             let r1 = (r0 + rows_per_chunk).min(rows);
             let count = (r1 - r0) * cols;
             let words = (count * esize).div_ceil(4);
-            let params = self.uniform(&[
-                (r1 - r0) as u32,
-                cols as u32,
-                q.params.group_size,
-                dtype.shader_code(),
-                q.base_exp as u32,
-                gpr as u32,
-                count as u32,
-                words as u32,
-                q.overlay.as_ref().map_or(0, |o| o.rank as u32),
-                q.overlay.as_ref().map_or(0, |o| o.exp) as u32,
-                0,
-                0,
-            ]);
+            let params = self.params(&up::Dequantize {
+                rows: (r1 - r0) as u32,
+                cols: cols as u32,
+                group_size: q.params.group_size,
+                dtype: dtype.shader_code(),
+                base_exp: q.base_exp,
+                groups_per_row: gpr as u32,
+                count: count as u32,
+                words: words as u32,
+                rank: q.overlay.as_ref().map_or(0, |o| o.rank as u32),
+                overlay_exp: q.overlay.as_ref().map_or(0, |o| o.exp),
+                ..Default::default()
+            });
             let codes = self.upload("dequantize.codes", &q.codes[r0 * cols..r1 * cols]);
             let (ov_u, ov_v, ov_s) = match &q.overlay {
                 None => (self.zeroed("ov.u", 4), self.zeroed("ov.v", 4), self.zeroed("ov.s", 4)),
@@ -770,7 +790,7 @@ impl Backend for GpuBackend {
                     [c.a as u32, (c.a >> 32) as u32, c.b as u32, (c.b >> 32) as u32, c.x as u32, c.y as u32, c.s, 0]
                 })
                 .collect();
-            let params_buf = self.uniform(&[chunk.len() as u32, 0, 0, 0]);
+            let params_buf = self.params(&up::WideOps { count: chunk.len() as u32, ..Default::default() });
             let input = self.upload_words("wide.cases", &words);
             let results = self.zeroed("wide.results", (chunk.len() * 4 * WideResult::WORDS) as u64);
             self.dispatch("wide_ops.wgsl", "wide_ops", &[&params_buf, &input, &results], chunk.len() as u64)?;

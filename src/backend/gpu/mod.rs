@@ -4,6 +4,7 @@
 mod kernels;
 mod layer;
 pub mod lint;
+pub mod params;
 mod resident;
 pub mod shaders;
 
@@ -112,6 +113,8 @@ pub struct Buf {
     pub buf: wgpu::Buffer,
     pub size: u64,
     stats: Arc<MemStats>,
+    /// For a parameter buffer, the kernels (shader files) its struct serves.
+    kernels: &'static [&'static str],
 }
 
 impl Drop for Buf {
@@ -326,7 +329,7 @@ impl GpuBackend {
 
     fn track(&self, buf: wgpu::Buffer, size: u64) -> Buf {
         self.mem.add(size);
-        Buf { buf, size, stats: self.mem.clone() }
+        Buf { buf, size, stats: self.mem.clone(), kernels: &[] }
     }
 
     /// A storage buffer holding `bytes`, padded with zeros to a multiple of 4 (at least 4),
@@ -390,8 +393,10 @@ impl GpuBackend {
         self.track(buf, size)
     }
 
-    fn uniform(&self, words: &[u32]) -> Buf {
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    /// A kernel's uniform parameters (binding 0 of every kernel), tagged with the kernels
+    /// they are for.
+    pub(crate) fn params<P: params::Uniform>(&self, p: &P) -> Buf {
+        let bytes: Vec<u8> = p.words().iter().flat_map(|w| w.to_le_bytes()).collect();
         let size = (bytes.len().max(16).div_ceil(16) * 16) as u64;
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
@@ -401,7 +406,9 @@ impl GpuBackend {
         });
         write_mapped(&buf, &bytes);
         self.traffic.uploaded(size);
-        self.track(buf, size)
+        let mut b = self.track(buf, size);
+        b.kernels = P::FILES;
+        b
     }
 
     /// Grid for `groups` workgroups: one dimension while it fits, else a 2-D grid whose
@@ -435,6 +442,11 @@ impl GpuBackend {
         invocations: u64,
     ) -> Result<()> {
         let t0 = std::time::Instant::now();
+        if !buffers.first().is_some_and(|b| b.kernels.contains(&file)) {
+            return Err(bad_input!(
+                "internal error: shaders/{file} entry {entry} recorded without its parameters (params::*) at binding 0"
+            ));
+        }
         let pipeline = self.pipeline(file, entry)?;
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()

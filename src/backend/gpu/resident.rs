@@ -3,6 +3,7 @@
 //! read back (kernels.rs); `decoder_layer` chains them for a whole layer (layer.rs). One
 //! dispatch sequence per kernel either way.
 
+use super::params as up;
 use super::{Buf, GpuBackend, Rec, words_le};
 use crate::backend::cpu::attention::AttnShape;
 use crate::error::Error;
@@ -132,20 +133,18 @@ impl GpuBackend {
         bits: u32,
     ) -> Result<DevTokens, Error> {
         let (t, w) = (x.tokens, x.width);
-        let params = self.uniform(&[
-            t as u32,
-            w as u32,
+        let params = self.params(&up::RmsNorm {
+            tokens: t as u32,
+            width: w as u32,
             bits,
-            gamma_exp as u32,
-            c.he_m as u32,
-            (c.he_m >> 32) as u32,
-            c.he_e as u32,
-            c.sh_m,
-            c.sh_e as u32,
-            0,
-            0,
-            0,
-        ]);
+            gamma_exp,
+            he_lo: c.he_m as u32,
+            he_hi: (c.he_m >> 32) as u32,
+            he_e: c.he_e,
+            sh_m: c.sh_m,
+            sh_e: c.sh_e,
+            ..Default::default()
+        });
         let y = self.new_tokens("rms.out", t, w);
         self.record(
             rec,
@@ -169,7 +168,7 @@ impl GpuBackend {
         bits: u32,
     ) -> Result<DevTokens, Error> {
         let (t, w) = (x.tokens, x.width);
-        let params = self.uniform(&[t as u32, w as u32, head_dim as u32, bits]);
+        let params = self.params(&up::Rope { tokens: t as u32, width: w as u32, head_dim: head_dim as u32, bits });
         let y = self.new_tokens("rope.out", t, w);
         let bind = [&params, &x.mants, &x.exps, pos, &tables.cos, &tables.sin, &y.mants, &y.exps];
         self.record(rec, "rope.wgsl", "rope", &bind, t as u64)?;
@@ -180,7 +179,7 @@ impl GpuBackend {
     /// Residual add `a + b` per token.
     pub(crate) fn add_dev(&self, rec: &mut Rec, a: &DevTokens, b: &DevTokens, bits: u32) -> Result<DevTokens, Error> {
         let (t, w) = (a.tokens, a.width);
-        let params = self.uniform(&[t as u32, w as u32, bits, 0]);
+        let params = self.params(&up::Add { tokens: t as u32, width: w as u32, bits, _pad: 0 });
         let y = self.new_tokens("add.out", t, w);
         self.record(
             rec,
@@ -206,18 +205,17 @@ impl GpuBackend {
         bits: u32,
     ) -> Result<DevTokens, Error> {
         let (t, w) = (g.tokens, g.width);
-        let params = [t as u32, w as u32, bits, c.ln2_q30, c.log2e_q30, 0, 0, 0];
+        let params = up::Swiglu {
+            tokens: t as u32,
+            width: w as u32,
+            bits,
+            ln2_q30: c.ln2_q30,
+            log2e_q30: c.log2e_q30,
+            ..Default::default()
+        };
         let z = self.zeroed("swiglu.z", (t * w * 8) as u64);
-        self.record_split(
-            rec,
-            "swiglu.wgsl",
-            "swiglu_z",
-            &params,
-            5,
-            &[&g.mants, &u.mants, &g.exps, table, &z],
-            t * w,
-        )?;
-        let ep = self.uniform(&[t as u32, (-8i32) as u32, 0, 0]);
+        self.record_split(rec, ("swiglu.wgsl", "swiglu_z"), params, &[&g.mants, &u.mants, &g.exps, table, &z], t * w)?;
+        let ep = self.params(&up::ExpAdd { tokens: t as u32, bias: -8, ..Default::default() });
         let zexp = self.zeroed("swiglu.zexp", (t * 4) as u64);
         self.record(rec, "exp_add.wgsl", "exp_add", &[&ep, &g.exps, &u.exps, &zexp], t as u64)?;
         let zero_rows = self.zeroed("swiglu.rexp", (w * 4) as u64);
@@ -272,20 +270,19 @@ impl GpuBackend {
     ) -> Result<DevTokens, Error> {
         let (t, w, h, d) = (q.tokens, q.width, s.heads, s.head_dim);
         let chunks = plan.chunks;
-        let params = [
-            t as u32,
-            h as u32,
-            s.kv_heads as u32,
-            d as u32,
-            s.scale_q30,
-            ec.log2e_q30,
-            ec.ln2_q30,
+        let params = up::Attn {
+            tokens: t as u32,
+            heads: h as u32,
+            kv_heads: s.kv_heads as u32,
+            head_dim: d as u32,
+            scale_q30: s.scale_q30,
+            log2e_q30: ec.log2e_q30,
+            ln2_q30: ec.ln2_q30,
             bits,
-            plan.keys_per_chunk as u32,
-            chunks as u32,
-            0,
-            0,
-        ];
+            kc: plan.keys_per_chunk as u32,
+            chunks: chunks as u32,
+            ..Default::default()
+        };
         // The kernels read q's, k's and v's token exponents from one buffer, in that order.
         let eb = self.zeroed("attn.exps", (3 * t * 4) as u64);
         for (i, x) in [q, k, v].into_iter().enumerate() {
@@ -294,15 +291,16 @@ impl GpuBackend {
         let n = t * h * chunks;
         let smax = self.zeroed("attn.smax", (n * 8) as u64);
         let cev = self.zeroed("attn.cev", (n * 4) as u64);
-        self.record_split(rec, "attn_max.wgsl", "attn_max", &params, 10, &[&q.mants, &k.mants, &eb, &smax, &cev], n)?;
+        self.record_split(rec, ("attn_max.wgsl", "attn_max"), params, &[&q.mants, &k.mants, &eb, &smax, &cev], n)?;
         let pz = self.zeroed("attn.pz", (n * 8) as u64);
         let pa = self.zeroed("attn.pa", (n * d * 8) as u64);
         let bind = [&q.mants, &k.mants, &v.mants, &eb, table, &smax, &cev, &pz, &pa];
-        self.record_split(rec, "attn_sum.wgsl", "attn_sum", &params, 10, &bind, n)?;
+        self.record_split(rec, ("attn_sum.wgsl", "attn_sum"), params, &bind, n)?;
         let ho = self.zeroed("attn.ho", (t * w * 4) as u64);
         let he = self.zeroed("attn.he", (t * h * 4) as u64);
-        self.record_split(rec, "attention.wgsl", "attention", &params, 10, &[&pz, &pa, &cev, &ho, &he], t * h)?;
-        let p2 = self.uniform(&[t as u32, s.heads as u32, s.head_dim as u32, bits]);
+        self.record_split(rec, ("attention.wgsl", "attention"), params, &[&pz, &pa, &cev, &ho, &he], t * h)?;
+        let p2 =
+            self.params(&up::AttnRenorm { tokens: t as u32, heads: s.heads as u32, head_dim: s.head_dim as u32, bits });
         let y = self.new_tokens("attn.out", t, w);
         self.record(rec, "attn_renorm.wgsl", "attn_renorm", &[&p2, &ho, &he, &y.mants, &y.exps], t as u64)?;
         for b in [eb, smax, cev, pz, pa, ho, he, p2] {
