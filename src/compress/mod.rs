@@ -249,7 +249,7 @@ pub fn compress(
         Some(spec) => Some(calib::read_windows(&model, spec)?),
         None => None,
     };
-    let mut pack = PackWriter::new(out, opts.force)?;
+    let mut pack = PackWriter::new(out, opts)?;
 
     // Source and provenance.
     progress(Progress { done: 0, layers, phase: "hashing source" });
@@ -307,7 +307,7 @@ pub fn compress(
         // layer nothing reads them, so that forward pass is skipped.
         let keep =
             l + 1 < layers && calib.as_ref().is_some_and(|c| c.provenance.propagate == calib::Propagate::Compressed);
-        let patches = pack.write_layer(backend, &model, l, &linears, &quantized, opts, keep)?;
+        let patches = pack.write_layer(backend, &model, l, &linears, &quantized, keep)?;
         times.write += t0.elapsed().as_secs_f64();
         if let Some(c) = calib.as_mut()
             && keep

@@ -58,6 +58,9 @@ pub(super) fn source_facts(model_dir: &Path, model: &Model) -> Result<SourceFact
 /// the stored sizes the manifest's bits per weight count.
 pub(super) struct PackWriter {
     tmp: Staging,
+    /// Reconstructed dtype (`--out-dtype`; None: each tensor's source dtype).
+    out_dtype: Option<DType>,
+    group_size: u32,
     files: Vec<FileEntry>,
     entries: Vec<TensorEntry>,
     linear_bits: u64,
@@ -75,9 +78,11 @@ pub(super) struct Recipe<'a> {
 
 impl PackWriter {
     /// Refuses a destination that is a file, or a non-empty directory without --force.
-    pub fn new(out: &Path, force: bool) -> Result<PackWriter> {
+    pub fn new(out: &Path, opts: &Options) -> Result<PackWriter> {
         Ok(PackWriter {
-            tmp: Staging::new(out, force)?,
+            tmp: Staging::new(out, opts.force)?,
+            out_dtype: opts.out_dtype,
+            group_size: opts.group_size,
             files: Vec::new(),
             entries: Vec::new(),
             linear_bits: 0,
@@ -102,7 +107,6 @@ impl PackWriter {
     /// Layer `l`'s file: each linear's stored form, and its reconstruction's digest in the
     /// manifest. Returns the reconstructions where `keep` (the compressed layer's forward
     /// pass needs them), else nothing.
-    #[allow(clippy::type_complexity)]
     pub fn write_layer(
         &mut self,
         backend: &dyn Backend,
@@ -110,7 +114,6 @@ impl PackWriter {
         l: usize,
         linears: &[&ExpectedTensor],
         quantized: &[QuantTensor],
-        opts: &Options,
         keep: bool,
     ) -> Result<BTreeMap<String, (Vec<u8>, DType)>> {
         let file = layer_file_name(l);
@@ -120,7 +123,7 @@ impl PackWriter {
         for (t, q) in linears.iter().zip(quantized) {
             let (rows, cols) = (t.shape[0], t.shape[1]);
             let dtype = model.dtype_of(&t.name);
-            let out_dtype = opts.out_dtype.unwrap_or(dtype);
+            let out_dtype = self.out_dtype.unwrap_or(dtype);
             let rec = backend.dequantize(q, out_dtype).map_err(|e| e.for_tensor(&t.name, out_dtype))?;
             let tensors = layer::encode(&t.name, q);
             let sb: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
@@ -133,7 +136,7 @@ impl PackWriter {
                 QuantMeta {
                     base_exp: q.base_exp,
                     bits: q.params.bits,
-                    group_size: opts.group_size,
+                    group_size: self.group_size,
                     out_dtype,
                     overlay_exp: q.overlay.as_ref().map(|o| o.exp),
                     rank: q.overlay.as_ref().map_or(0, |o| o.rank as u32),
