@@ -62,7 +62,21 @@ fn attn_diff(m: vec2<u32>, s: vec2<u32>) -> u32 {
     return cap;
 }
 
-// Σ_i a_i · b_i exactly in 64 bits (|a|, |b| <= 2^17, d <= 256: < 2^42).
-fn attn_dot_step(acc: vec2<u32>, a: i32, b: i32) -> vec2<u32> {
-    return w_add(acc, w_mul_i32(a, b));
+// Σ_i a_i · b_i exactly (|a|, |b| <= 2^17, checked by check_attention_args; d <= 256), in
+// 32-bit products: each operand split as x = xh·2^9 + xl (xh = x >> 9, |xh| <= 2^8;
+// xl = x & 511, 0 <= xl < 2^9), the four partial sums Σah·bh (<= 2^24), Σah·bl and Σal·bh
+// (each < 2^25) and Σal·bl (< 2^26) kept in the lanes of one vec4<i32>, exact, and joined
+// once per dot in 64 bits by attn_dot_value (|dot| <= 2^42). Integer sums: the same bits
+// as one 64-bit product per term.
+fn attn_dot_step(acc: vec4<i32>, a: i32, b: i32) -> vec4<i32> {
+    let ah = a >> 9u;
+    let al = a & 511i;
+    let bh = b >> 9u;
+    let bl = b & 511i;
+    return acc + vec4<i32>(ah, ah, al, al) * vec4<i32>(bh, bl, bh, bl);
+}
+
+fn attn_dot_value(acc: vec4<i32>) -> vec2<u32> {
+    let cross = w_add(w_from_i32(acc.y), w_from_i32(acc.z));
+    return w_add(w_add(w_shl(w_from_i32(acc.x), 18u), w_shl(cross, 9u)), w_from_i32(acc.w));
 }

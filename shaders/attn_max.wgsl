@@ -29,11 +29,11 @@ fn attn_max(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (j0 <= t) {
         let j1 = min(j0 + p.kc - 1u, t);
         for (var j = j0; j <= j1; j++) {
-            var dot = vec2<u32>(0u, 0u);
+            var acc = vec4<i32>(0i);
             for (var i = 0u; i < d; i++) {
-                dot = attn_dot_step(dot, q[t * p.heads * d + h * d + i], k[j * p.kv_heads * d + g * d + i]);
+                acc = attn_dot_step(acc, q[t * p.heads * d + h * d + i], k[j * p.kv_heads * d + g * d + i]);
             }
-            let s = attn_score(dot, exps[t] + exps[p.tokens + j] - 10i, p.scale_q30);
+            let s = attn_score(attn_dot_value(acc), exps[t] + exps[p.tokens + j] - 10i, p.scale_q30);
             if (j == j0 || w_lt(m, s)) {
                 m = s;
             }

@@ -51,11 +51,11 @@ fn attn_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         pa[2u * (idx * d + i) + 1u] = 0u;
     }
     for (var j = j0; j <= j1; j++) {
-        var dot = vec2<u32>(0u, 0u);
+        var acc = vec4<i32>(0i);
         for (var i = 0u; i < d; i++) {
-            dot = attn_dot_step(dot, q[t * p.heads * d + h * d + i], k[j * p.kv_heads * d + g * d + i]);
+            acc = attn_dot_step(acc, q[t * p.heads * d + h * d + i], k[j * p.kv_heads * d + g * d + i]);
         }
-        let s = attn_score(dot, exps[t] + exps[p.tokens + j] - 10i, p.scale_q30);
+        let s = attn_score(attn_dot_value(acc), exps[t] + exps[p.tokens + j] - 10i, p.scale_q30);
         let ei = exp_index(attn_diff(m, s), p.log2e_q30);
         let wj = exp_finish(table[ei.j], ei, p.ln2_q30);
         z = w_add(z, vec2<u32>(wj, 0u));
