@@ -115,77 +115,9 @@ pub enum BitAlloc {
     Uniform,
     /// Per layer, `--bits` − 1, `--bits` or `--bits` + 1 per linear, chosen within this
     /// many bits per weight over the layer's linears (a ratio of integers, the
-    /// `--target-bpw`) where a bit lowers the calibrated error most (`allocate_bits`); the
+    /// `--target-bpw`) where a bit lowers the calibrated error most (`work::allocate_bits`); the
     /// overlays (`Rank::Auto`, same target) get what is left.
     Mixed { bits: u64, weights: u64 },
-}
-
-/// Greedy width allocation: every linear starts at its narrowest candidate; while the
-/// budget allows, widen the linear whose next width lowers its loss most per stored bit
-/// (ties to the earlier linear). `costs[t][i]` is candidate i's stored bits (candidates
-/// ascend in width), `losses[t][i]` its loss. Deterministic (fixed-order f64, fixed
-/// tie-break).
-fn allocate_bits(costs: &[Vec<i128>], losses: &[Vec<f64>], budget_bits: i128) -> Vec<usize> {
-    let mut pick = vec![0usize; costs.len()];
-    let mut remaining = budget_bits - costs.iter().map(|c| c[0]).sum::<i128>();
-    loop {
-        let mut best: Option<(f64, usize)> = None;
-        for (t, c) in costs.iter().enumerate() {
-            let i = pick[t];
-            if i + 1 >= c.len() {
-                continue;
-            }
-            let dc = c[i + 1] - c[i];
-            if dc > remaining || dc <= 0 {
-                continue;
-            }
-            let ratio = (losses[t][i] - losses[t][i + 1]) / dc as f64;
-            if ratio > 0.0 && best.is_none_or(|(b, _)| ratio > b) {
-                best = Some((ratio, t));
-            }
-        }
-        let Some((_, t)) = best else { break };
-        remaining -= costs[t][pick[t] + 1] - costs[t][pick[t]];
-        pick[t] += 1;
-    }
-    pick
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    use crate::pack::bits;
-
-    /// Bit-packed bytes of codes, scales and zeros of a [rows×cols] linear.
-    fn base_bytes(rows: usize, cols: usize, p: QuantParams) -> u64 {
-        let gpr = cols.div_ceil(p.group_size as usize);
-        (rows * (bits::row_bytes(cols, p.bits) + gpr + bits::row_bytes(gpr, p.bits))) as u64
-    }
-
-    /// Widening costs cols · 1 bit + one zero-point bit per group; the greedy takes the
-    /// best loss drop per bit while it fits, and never exceeds the budget.
-    #[test]
-    fn allocate_bits_spends_the_budget_where_a_bit_buys_most() {
-        let c: Vec<Vec<i128>> = (0..3)
-            .map(|_| (4..=6).map(|bits| 8 * base_bytes(1, 640, QuantParams { bits, group_size: 64 }) as i128).collect())
-            .collect();
-        let cost = |t: &[usize]| -> i128 { t.iter().zip(&c).map(|(&i, cc)| cc[i]).sum() };
-        // Linear 1 gains most from each bit, linear 2 least.
-        let losses = vec![vec![16.0, 4.0, 1.0], vec![64.0, 16.0, 8.0], vec![2.0, 1.9, 1.8]];
-        let narrow = cost(&[0, 0, 0]);
-        let step = cost(&[1, 0, 0]) - narrow;
-        assert_eq!(allocate_bits(&c, &losses, narrow - 1), vec![0, 0, 0]);
-        assert_eq!(allocate_bits(&c, &losses, narrow + step), vec![0, 1, 0]);
-        assert_eq!(allocate_bits(&c, &losses, narrow + 2 * step), vec![1, 1, 0]);
-        assert_eq!(allocate_bits(&c, &losses, narrow + 3 * step), vec![1, 2, 0]);
-        assert_eq!(allocate_bits(&c, &losses, narrow + 4 * step), vec![2, 2, 0]);
-        let all = allocate_bits(&c, &losses, i128::MAX / 2);
-        assert_eq!(all, vec![2, 2, 2]);
-        for budget in [narrow, narrow + step / 2, narrow + 5 * step + 7] {
-            assert!(cost(&allocate_bits(&c, &losses, budget)) <= budget);
-        }
-    }
 }
 
 /// ALS rounds of the overlay fit.
