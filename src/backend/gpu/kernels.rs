@@ -800,3 +800,31 @@ impl Backend for GpuBackend {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `const NAME: u32` of a composed kernel, from naga.
+    fn wgsl_const(file: &str, name: &str) -> u32 {
+        let src = super::super::shaders::compose(file).unwrap().source;
+        let module = naga::front::wgsl::parse_str(&src).unwrap();
+        let (_, c) = module.constants.iter().find(|(_, c)| c.name.as_deref() == Some(name)).unwrap();
+        match module.global_expressions[c.init] {
+            naga::Expression::Literal(naga::Literal::U32(v)) => v,
+            ref e => panic!("{file}: {name} is {e:?}"),
+        }
+    }
+
+    /// The dispatch's tile and the loop bound's staging steps are matmul.wgsl's: a tile
+    /// changed on one side only would leave outputs unwritten or the loop check short.
+    #[test]
+    fn matmul_tile_constants_match_the_shader() {
+        let (tile, step, gmax) =
+            (wgsl_const("matmul.wgsl", "TILE"), wgsl_const("matmul.wgsl", "STEP"), wgsl_const("matmul.wgsl", "GMAX"));
+        assert_eq!(tile as usize, MATMUL_TILE);
+        assert_eq!(step * step, WORKGROUP, "one invocation per (token, row) offset within a step");
+        assert_eq!(4 * step, tile, "4 × 4 outputs per invocation");
+        assert_eq!((tile * gmax / WORKGROUP) as usize, MATMUL_STAGE_STEPS);
+    }
+}
