@@ -11,9 +11,9 @@
 // Products in 32-bit integers, not emulated 64-bit ones: a = h·2^9 + l with h = a >> 9
 // (|h| <= 2^8) and l = a & 511 (0 <= l < 2^9), so within one group of <= 64 columns
 // Σ h·m <= 64·2^8·2^15 = 2^29 and Σ l·m < 64·2^9·2^15 = 2^30: both i32 sums are exact, and
-// the group's sum is (Σh·m)·2^9 + Σl·m, formed once per group in 64 bits. The same split
-// the CPU's VNNI/AMX paths make into byte planes; integer sums in any order give the same
-// bits, so the tiling below cannot change a result.
+// the group's sum is (Σh·m)·2^9 + Σl·m, formed once per group in 64 bits: the split the
+// CPU's VNNI kernel makes (src/backend/cpu/matmul_vnni.rs). Integer sums in any order give
+// the same bits, so the tiling below cannot change a result.
 //
 // matmul_rows, for products with fewer than 32 tokens or rows (where a tile would be mostly
 // padding): one invocation per output and slice, the same split products.
