@@ -48,16 +48,22 @@ fn layer_back(c: &ModelConfig, t: usize) -> u64 {
     token_out(t, c.hidden_size)
 }
 
+/// Read-back bytes of loading one decoder layer: two norms and seven linears ingested on
+/// the device (groups of 64).
+fn layer_weights_back(c: &ModelConfig) -> u64 {
+    let (h, ff) = (c.hidden_size, c.intermediate_size);
+    let (qw, kvw) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let linears = [(qw, h), (kvw, h), (kvw, h), (h, qw), (ff, h), (ff, h), (h, ff)];
+    2 * ingest_back(1, h, h) + linears.iter().map(|&(n, k)| ingest_back(n, k, 64)).sum::<u64>()
+}
+
 /// Read-back bytes of `evaluate` over `w` windows of `T` tokens, every prediction scored.
 fn expected_readback(c: &ModelConfig, w: usize) -> u64 {
-    let (h, ff, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-    let (qw, kvw) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let (h, v) = (c.hidden_size, c.vocab_size);
     assert!(c.tie_word_embeddings && !c.qkv_bias && !c.o_bias && !c.mlp_bias && !c.qk_norm, "llama fixture");
-    // Weights, once: two norms and seven linears per layer (groups of 64), the final norm,
-    // the (tied) embedding as lm_head.
-    let linears = [(qw, h), (kvw, h), (kvw, h), (h, qw), (ff, h), (ff, h), (h, ff)];
-    let per_layer = 2 * ingest_back(1, h, h) + linears.iter().map(|&(n, k)| ingest_back(n, k, 64)).sum::<u64>();
-    let weights = c.num_hidden_layers as u64 * per_layer + ingest_back(1, h, h) + ingest_back(v, h, 64);
+    // Weights, once: two norms and seven linears per layer, the final norm, the (tied)
+    // embedding as lm_head.
+    let weights = c.num_hidden_layers as u64 * layer_weights_back(c) + ingest_back(1, h, h) + ingest_back(v, h, 64);
     // Per window: its embedding rows (one group per token), the layers, the final norm,
     // and the fused head: the logits' exponents (checked on the host) and the NLL (i64) of
     // the T − 1 predictions.
@@ -166,9 +172,11 @@ fn eval_traffic_has_the_pipeline_structure() {
     }
 }
 
-/// Calibration gathers its statistics from the layer run on the device: per window one
-/// submission, and read back the layer's output plus the four tap activations the
-/// statistics read (each at its width), nothing else.
+/// Calibration gathers its statistics from the layer run on the device and keeps them there
+/// (issue 16 item 4): per window one submission for the layer and one per statistic, the
+/// layer's output and the four tap activations read back (each at its width), the taps'
+/// grid values uploaded to the statistics; the statistics themselves come back once per
+/// layer, whatever the number of windows.
 #[test]
 fn calibration_statistics_come_from_the_layer_on_the_device() {
     use ucw::compress::calib::{CalibInput, CalibSpec, Calibration, Propagate, read_windows};
@@ -184,7 +192,8 @@ fn calibration_statistics_come_from_the_layer_on_the_device() {
     let (ids, provenance) = read_windows(&model, &spec).unwrap();
     assert_eq!(ids.len(), 3, "the sample text holds three windows");
     let (qw, ff) = (c.num_attention_heads * c.head_dim, c.intermediate_size);
-    let taps = token_out(T, c.hidden_size) + token_out(T, qw) + token_out(T, c.hidden_size) + token_out(T, ff);
+    let widths = [c.hidden_size, qw, c.hidden_size, ff];
+    let taps: u64 = widths.iter().map(|&w| token_out(T, w)).sum();
     for (label, gpu) in &gpus {
         let budget = ucw::forward::eval::DEFAULT_MAX_MEMORY;
         let mut cal = Calibration::start(gpu, &model, &ids, provenance.clone(), budget).unwrap();
@@ -199,13 +208,29 @@ fn calibration_statistics_come_from_the_layer_on_the_device() {
         let t1 = gpu.traffic().unwrap().since(before);
         let per_window = t.since(t1);
         println!("{label}: layer 0 over 3 windows {t:?}, over 1 {t1:?}");
-        assert_eq!(per_window.submissions, 2 * LAYER_SUBMISSIONS, "{label}: submissions of two more windows");
+        // Each tap's statistic stays on the device (shaders/gram.wgsl): per window, one more
+        // submission per tap with its values on the window's grid and one dispatch's
+        // parameters (every triangle here fits one binding, every window one piece).
+        let gram_up: u64 = widths.iter().map(|&w| up(T * w * 4) + uni(12)).sum();
+        assert_eq!(per_window.submissions, 2 * (LAYER_SUBMISSIONS + 4), "{label}: submissions of two more windows");
         assert_eq!(
             per_window.readback_bytes,
             2 * (layer_back(&c, T) + taps),
             "{label}: read-back of two more windows: the output and the four taps"
         );
-        assert_eq!(per_window.uploaded_bytes, 2 * layer_up(&c, T), "{label}: uploads of two more windows");
+        assert_eq!(
+            per_window.uploaded_bytes,
+            2 * (layer_up(&c, T) + gram_up),
+            "{label}: uploads of two more windows: the layer's and the four taps' values"
+        );
+        // The statistics come back once per layer, whatever the windows: the four packed
+        // triangles, 8 bytes an entry, after the layer's weights.
+        let triangles: u64 = widths.iter().map(|&w| (8 * w * (w + 1) / 2) as u64).sum();
+        assert_eq!(
+            t1.readback_bytes,
+            layer_weights_back(&c) + layer_back(&c, T) + taps + triangles,
+            "{label}: read-back of one window: the weights, the output, the taps and the four statistics"
+        );
     }
 }
 

@@ -18,11 +18,37 @@ use crate::error::Error;
 use crate::fixed::quant::{MAX_GROUP_SIZE, MAX_IMPORTANCE, QuantParams, QuantTensor, SEARCH_MANTISSA_BITS};
 use crate::fixed::tables::{ExpConsts, LogConsts, RmsConsts, RopeTables};
 use crate::fixed::tensor::{
-    ExactSums, GroupFixed, IngestParams, MATMUL_MAX_ACT, MATMUL_MAX_COLS, TokenFixed, matmul_max_spread,
+    ExactSums, GRAM_MAX_X, GroupFixed, IngestParams, MATMUL_MAX_ACT, MATMUL_MAX_COLS, TokenFixed, matmul_max_spread,
 };
 
 pub use device::{DeviceInfo, DeviceSpec};
 pub use traffic::Traffic;
+
+/// An exact Gram accumulator a backend keeps in its own memory (`Backend::gram_open`): the
+/// lower triangle of Σ x xᵀ in i64 units, packed as `fixed::tensor::tri_offset` says, in
+/// the backend's own form.
+pub struct DeviceGram {
+    pub cols: usize,
+    /// Device bytes it holds.
+    pub bytes: u64,
+    form: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl DeviceGram {
+    pub fn new(cols: usize, bytes: u64, form: Box<dyn std::any::Any + Send + Sync>) -> DeviceGram {
+        DeviceGram { cols, bytes, form }
+    }
+
+    pub fn form<T: 'static>(&self) -> Option<&T> {
+        self.form.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for DeviceGram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceGram {{ cols: {}, bytes: {} }}", self.cols, self.bytes)
+    }
+}
 
 /// A weight matrix ready for repeated products (`Backend::prepare_matmul`): the backend's
 /// own layout of it, if any, and the ingested weights unless that layout replaces them (the
@@ -345,6 +371,29 @@ pub trait Backend: Send + Sync {
         layer::compose(self, x, w, chunk, tap)
     }
 
+    /// An exact Gram accumulator of `cols` inputs, all zeros, in this backend's own memory
+    /// (`gram_add`, `gram_read`), or None where the host keeps the statistic: the default,
+    /// and the CPU's, whose memory is the host's.
+    fn gram_open(&self, cols: usize) -> Result<Option<DeviceGram>, Error> {
+        let _ = cols;
+        Ok(None)
+    }
+
+    /// `acc ← (acc << align) + (Σ_t x_t x_tᵀ) << shift` on every entry of the lower triangle
+    /// (wrapping i64), x `[tokens, cols]` one window's values on its grid (|x| ≤
+    /// `GRAM_MAX_X`), align and shift ≤ 63. The caller (codec/gram.rs, the CPU twin)
+    /// guarantees every result fits in i64; the sums are then exact whatever the order.
+    fn gram_add(&self, acc: &mut DeviceGram, x: &[i32], tokens: usize, align: u32, shift: u32) -> Result<(), Error> {
+        let _ = (acc, x, tokens, align, shift);
+        Err(bad_input!("internal error: {} keeps no Gram accumulators", self.describe()))
+    }
+
+    /// The accumulator's packed triangle, read back.
+    fn gram_read(&self, acc: &DeviceGram) -> Result<Vec<i64>, Error> {
+        let _ = acc;
+        Err(bad_input!("internal error: {} keeps no Gram accumulators", self.describe()))
+    }
+
     /// Largest number of bytes this backend held in device buffers at once so far; None
     /// for the CPU backend (its buffers are host memory, counted in the process RSS).
     fn peak_device_bytes(&self) -> Option<u64> {
@@ -546,6 +595,19 @@ pub(crate) fn check_nll_args(l: &TokenFixed, targets: &[u32]) -> Result<(), Erro
     check_logits(l, "nll")?;
     if targets.len() != l.tokens || targets.iter().any(|&t| t as usize >= l.width) {
         return Err(bad_input!("nll: targets outside the vocabulary"));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_gram_args(acc: &DeviceGram, x: &[i32], tokens: usize, align: u32, shift: u32) -> Result<(), Error> {
+    if x.len() != tokens * acc.cols {
+        return Err(bad_input!("gram: {} values for {tokens} tokens of {} inputs", x.len(), acc.cols));
+    }
+    if align > 63 || shift > 63 {
+        return Err(bad_input!("gram: shifts {align} and {shift} beyond 63"));
+    }
+    if let Some(v) = x.iter().find(|v| v.unsigned_abs() > GRAM_MAX_X as u32) {
+        return Err(bad_input!("gram: value {v} beyond 2^19"));
     }
     Ok(())
 }

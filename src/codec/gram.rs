@@ -43,9 +43,10 @@
 
 use rayon::prelude::*;
 
+use crate::backend::{Backend, DeviceGram};
 use crate::error::Result;
 use crate::fixed::round::shr_round_any;
-use crate::fixed::tensor::{MATMUL_MAX_ACT, TokenFixed};
+use crate::fixed::tensor::{MATMUL_MAX_ACT, TokenFixed, tri_offset};
 
 /// Largest input width that keeps the full matrix (Llama-3.1-70B's down_proj, 28,672, fits;
 /// 405B's 53,248 does not); wider inputs keep the diagonal only (a documented reduction,
@@ -53,6 +54,10 @@ use crate::fixed::tensor::{MATMUL_MAX_ACT, TokenFixed};
 /// diagonal, is in docs/ARCHITECTURE.md). Fixed, not derived from a memory budget, so the
 /// pack cannot depend on `--max-memory`.
 pub const FULL_GRAM_MAX_COLS: usize = 32768;
+// The device kernel's operand bound (GRAM_MAX_X) is the grid's: 2^17 shifted up by at most
+// GRID_EXTRA_BITS.
+const _: () = assert!(MATMUL_MAX_ACT << GRID_EXTRA_BITS == crate::fixed::tensor::GRAM_MAX_X);
+
 /// Largest window (tokens) one exact product may cover.
 pub const MAX_WINDOW_TOKENS: usize = 1 << 14;
 /// Bits kept above the window's largest token exponent's mantissa grid.
@@ -100,19 +105,17 @@ impl SymPacked {
     }
 }
 
-fn tri_offset(n: usize, j: usize) -> usize {
-    j * n - j * j.saturating_sub(1) / 2
-}
-
-/// The integer triangle: i64 while the bound holds, i128 after a widening.
-#[derive(Debug, Clone)]
+/// The integer triangle: i64 while the bound holds (on the host, or in a backend's memory
+/// as `Device`), i128 after a widening (always on the host).
+#[derive(Debug)]
 enum Tri {
     Diagonal,
     I64(Vec<i64>),
+    Device(DeviceGram),
     I128(Vec<i128>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Gram {
     pub cols: usize,
     pub full: bool,
@@ -188,6 +191,7 @@ impl Gram {
         cols <= FULL_GRAM_MAX_COLS
     }
 
+    /// A statistic kept on the host.
     pub fn new(cols: usize) -> Gram {
         let mut g = Gram::new_diagonal(cols);
         if Gram::keeps_full(cols) {
@@ -195,6 +199,38 @@ impl Gram {
             g.tri = Tri::I64(vec![0; cols * (cols + 1) / 2]);
         }
         g
+    }
+
+    /// A statistic whose i64 triangle `backend` keeps in its own memory when it can
+    /// (`Backend::gram_open`; a GPU), else on the host as `new`. Windows then go through
+    /// `add_window_on` with the same backend, and `settle` brings the triangle to the host.
+    /// The same integers either way: only where the products are summed changes.
+    pub fn on(backend: &dyn Backend, cols: usize) -> Result<Gram> {
+        if !Gram::keeps_full(cols) {
+            return Ok(Gram::new_diagonal(cols));
+        }
+        match backend.gram_open(cols)? {
+            Some(d) => {
+                let mut g = Gram::new_diagonal(cols);
+                g.full = true;
+                g.tri = Tri::Device(d);
+                Ok(g)
+            }
+            None => Ok(Gram::new(cols)),
+        }
+    }
+
+    /// Whether the triangle is in a backend's memory now.
+    pub fn on_device(&self) -> bool {
+        matches!(self.tri, Tri::Device(_))
+    }
+
+    /// Bring a triangle kept by `backend` to the host (no-op otherwise).
+    pub fn settle(&mut self, backend: &dyn Backend) -> Result<()> {
+        if let Tri::Device(d) = &self.tri {
+            self.tri = Tri::I64(backend.gram_read(d)?);
+        }
+        Ok(())
     }
 
     /// A statistic that keeps only the diagonal whatever its width (tests, comparisons).
@@ -219,6 +255,7 @@ impl Gram {
             Tri::I64(a) => a[k] as i128,
             Tri::I128(a) => a[k],
             Tri::Diagonal => panic!("entry_exact on a diagonal-only statistic"),
+            Tri::Device(_) => panic!("entry_exact before settle"),
         }
     }
 
@@ -227,8 +264,17 @@ impl Gram {
         self.grid
     }
 
-    /// Add one window's tokens (`name` names the tap in errors).
+    /// Add one window's tokens (`name` names the tap in errors) to a host statistic.
     pub fn add_window(&mut self, x: &TokenFixed, name: &str) -> Result<()> {
+        self.add(None, x, name)
+    }
+
+    /// Add one window's tokens to a statistic opened with `Gram::on(backend, ..)`.
+    pub fn add_window_on(&mut self, backend: &dyn Backend, x: &TokenFixed, name: &str) -> Result<()> {
+        self.add(Some(backend), x, name)
+    }
+
+    fn add(&mut self, backend: Option<&dyn Backend>, x: &TokenFixed, name: &str) -> Result<()> {
         if x.width != self.cols {
             return Err(bad_input!("{name}: statistics of width {} fed {} inputs", self.cols, x.width));
         }
@@ -242,7 +288,8 @@ impl Gram {
             return Ok(()); // an all-zero window adds nothing
         };
         let g = e_max - GRID_EXTRA_BITS;
-        let mut xs = vec![0f64; x.tokens * c];
+        // The window on its grid: |value| <= 2^17 · 2^GRID_EXTRA_BITS = GRAM_MAX_X.
+        let mut xs = vec![0i32; x.tokens * c];
         for t in 0..x.tokens {
             let shift = g - x.exps[t]; // ≥ −GRID_EXTRA_BITS
             for (o, &m) in xs[t * c..(t + 1) * c].iter_mut().zip(&x.mants[t * c..(t + 1) * c]) {
@@ -250,7 +297,7 @@ impl Gram {
                     return Err(bad_input!("{name}: activation mantissa {m} beyond 2^17"));
                 }
                 let v = if shift <= 0 { (m as i64) << (-shift) } else { shr_round_any(m as i64, shift as u32) };
-                *o = v as f64;
+                *o = v as i32;
             }
         }
         let unit = 2 * g; // value of one unit of this window's sums
@@ -283,30 +330,45 @@ impl Gram {
         let new_diag: Vec<i128> =
             self.diag.iter().zip(&wdiag).map(|(&d, &w)| (d << align) + ((w as i128) << s)).collect();
         let top_diag = new_diag.iter().copied().max().unwrap_or(0);
-        if top_diag > I64_LIMIT
-            && let Tri::I64(a) = &mut self.tri
-        {
-            // Widen once (exact): the bound of the i64 triangle would not hold.
-            let wide: Vec<i128> = a.par_iter().map(|&v| v as i128).collect();
-            self.tri = Tri::I128(wide);
-        }
-        if align > 0 {
-            match &mut self.tri {
-                Tri::I64(a) => a.par_iter_mut().for_each(|v| *v <<= align),
-                Tri::I128(a) => a.par_iter_mut().for_each(|v| *v <<= align),
-                Tri::Diagonal => {}
+        if top_diag > I64_LIMIT {
+            // Widen once (exact): the bound of the i64 triangle would not hold. A triangle
+            // in a backend's memory comes to the host first and stays there.
+            match &self.tri {
+                Tri::I64(a) => self.tri = Tri::I128(a.par_iter().map(|&v| v as i128).collect()),
+                Tri::Device(d) => {
+                    let backend = backend.ok_or_else(|| bad_input!("internal error: {name}: no backend given"))?;
+                    self.tri = Tri::I128(backend.gram_read(d)?.into_par_iter().map(|v| v as i128).collect());
+                }
+                Tri::I128(_) | Tri::Diagonal => {}
             }
         }
         self.grid = new_grid;
         self.top = new_top;
         self.windows += 1;
         self.diag = new_diag;
+        if let Tri::Device(d) = &mut self.tri {
+            // Below the i64 bound every aligned entry and sum fits (module comment), so a
+            // shift past 62 only ever moves zeros: 63 stands for any larger one.
+            let backend = backend.ok_or_else(|| bad_input!("internal error: {name}: no backend given"))?;
+            return backend.gram_add(d, &xs, t, align.min(63), s.min(63));
+        }
+        if align > 0 {
+            match &mut self.tri {
+                Tri::I64(a) => a.par_iter_mut().for_each(|v| *v <<= align),
+                Tri::I128(a) => a.par_iter_mut().for_each(|v| *v <<= align),
+                Tri::Diagonal | Tri::Device(_) => {}
+            }
+        }
+        if matches!(self.tri, Tri::Diagonal) {
+            return Ok(());
+        }
+        let xs: Vec<f64> = xs.into_par_iter().map(|v| v as f64).collect();
         // Lower triangle, one task per block of columns; each task's slice of the triangle
         // is the contiguous column-major range of its columns.
         match &mut self.tri {
             Tri::I64(a) => column_blocks(a, c).into_par_iter().for_each(|(j0, out)| add_block(out, &xs, c, t, j0, s)),
             Tri::I128(a) => column_blocks(a, c).into_par_iter().for_each(|(j0, out)| add_block(out, &xs, c, t, j0, s)),
-            Tri::Diagonal => {}
+            Tri::Diagonal | Tri::Device(_) => {}
         }
         Ok(())
     }
@@ -364,6 +426,7 @@ impl Gram {
         let n = self.cols;
         let data = match self.tri {
             Tri::Diagonal => return None,
+            Tri::Device(_) => panic!("into_f64_packed before settle"),
             Tri::I64(mut a) => {
                 a.par_iter_mut().for_each(|v| *v = Gram::f64_of(*v as i128, scale).to_bits() as i64);
                 let mut a = std::mem::ManuallyDrop::new(a);
@@ -466,7 +529,7 @@ mod tests {
         assert!(!g.widened());
         // The packed f64 triangle holds the same values as the full f64 matrix.
         let full = g.to_f64_full().unwrap();
-        let p = g.clone().into_f64_packed().unwrap();
+        let p = g.into_f64_packed().unwrap();
         for i in 0..c {
             for j in 0..c {
                 assert_eq!(p.get(i, j).to_bits(), full[i * c + j].to_bits());
@@ -502,8 +565,8 @@ mod tests {
         }
         assert_eq!(g.to_f64_full(), g2.to_f64_full());
         assert_eq!(g.diag_exact(), (0..c).map(|i| g.entry_exact(i, i)).collect::<Vec<_>>());
-        let p = g.clone().into_f64_packed().unwrap();
-        assert_eq!(p.to_full(), g.to_f64_full().unwrap());
+        let full = g.to_f64_full().unwrap();
+        assert_eq!(g.into_f64_packed().unwrap().to_full(), full);
     }
 
     #[test]

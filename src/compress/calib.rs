@@ -259,14 +259,19 @@ impl Calibration {
             (Tap::Mlp, c.hidden_size),
             (Tap::Down, c.intermediate_size),
         ];
-        let mut grams: BTreeMap<Tap, Gram> = widths.iter().map(|&(t, w)| (t, Gram::new(w))).collect();
+        // A GPU keeps the triangles on the device while the windows go through (one upload
+        // and one submission per window and tap) and they come back once, below.
+        let mut grams = BTreeMap::new();
+        for &(t, w) in &widths {
+            grams.insert(t, Gram::on(backend, w)?);
+        }
         let teacher = self.provenance.propagate == Propagate::Teacher;
         let mut accumulate_seconds = 0.0;
         for h in self.hidden.iter_mut() {
             let out = layer.forward_tapped(backend, h, &self.consts, chunk, &mut |tap, x| {
                 let t0 = std::time::Instant::now();
                 let g = grams.get_mut(&tap).expect("every tap has a statistic");
-                let r = g.add_window(x, &format!("model.layers.{l} {tap:?} input"));
+                let r = g.add_window_on(backend, x, &format!("model.layers.{l} {tap:?} input"));
                 accumulate_seconds += t0.elapsed().as_secs_f64();
                 r
             })?;
@@ -274,6 +279,11 @@ impl Calibration {
                 *h = out;
             }
         }
+        let t0 = std::time::Instant::now();
+        for g in grams.values_mut() {
+            g.settle(backend)?;
+        }
+        accumulate_seconds += t0.elapsed().as_secs_f64();
         Ok(LayerStats { grams, accumulate_seconds })
     }
 

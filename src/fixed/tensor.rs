@@ -63,6 +63,17 @@ pub struct TokenFixed {
     pub mants: Vec<i32>,
 }
 
+/// Largest |value| of a calibration window on its grid (`Backend::gram_add`): 18-bit
+/// activation mantissas shifted up by at most two bits (codec/gram.rs).
+pub const GRAM_MAX_X: i32 = 1 << 19;
+
+/// Index of entry (j, j) of a symmetric `n × n` matrix kept as its packed lower triangle,
+/// column-major ((i, j), i ≥ j, at `tri_offset(n, j) + i − j`): the layout of the exact
+/// Gram statistics on the host (codec/gram.rs) and on a device (shaders/gram.wgsl).
+pub fn tri_offset(n: usize, j: usize) -> usize {
+    j * n - j * j.saturating_sub(1) / 2
+}
+
 /// Largest |activation mantissa| `matmul` accepts (18-bit signed inputs).
 pub const MATMUL_MAX_ACT: i32 = 1 << 17;
 /// Largest spread of a weight row's group exponents `matmul` accepts for rows of up to

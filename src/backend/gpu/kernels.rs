@@ -768,6 +768,25 @@ impl Backend for GpuBackend {
         self.decoder_layer_on_device(x, w, chunk, tap)
     }
 
+    fn gram_open(&self, cols: usize) -> Result<Option<crate::backend::DeviceGram>, Error> {
+        self.gram_open_dev(cols)
+    }
+
+    fn gram_add(
+        &self,
+        acc: &mut crate::backend::DeviceGram,
+        x: &[i32],
+        tokens: usize,
+        align: u32,
+        shift: u32,
+    ) -> Result<(), Error> {
+        self.gram_add_dev(acc, x, tokens, align, shift)
+    }
+
+    fn gram_read(&self, acc: &crate::backend::DeviceGram) -> Result<Vec<i64>, Error> {
+        self.gram_read_dev(acc)
+    }
+
     fn peak_device_bytes(&self) -> Option<u64> {
         Some(self.mem.peak())
     }
@@ -826,5 +845,18 @@ mod tests {
         assert_eq!(step * step, WORKGROUP, "one invocation per (token, row) offset within a step");
         assert_eq!(4 * step, tile, "4 × 4 outputs per invocation");
         assert_eq!((tile * gmax / WORKGROUP) as usize, MATMUL_STAGE_STEPS);
+    }
+
+    /// The same for gram.wgsl: chunks of the triangle are whole tiles of its TILE columns
+    /// and the loop bound counts its STAGE tokens per stage.
+    #[test]
+    fn gram_tile_constants_match_the_shader() {
+        use super::super::gram::{GRAM_STAGE, GRAM_TILE};
+        let (tile, step, stage) =
+            (wgsl_const("gram.wgsl", "TILE"), wgsl_const("gram.wgsl", "STEP"), wgsl_const("gram.wgsl", "STAGE"));
+        assert_eq!(tile as usize, GRAM_TILE);
+        assert_eq!(stage as usize, GRAM_STAGE);
+        assert_eq!(step * step, WORKGROUP, "one invocation per (row, column) offset within a step");
+        assert_eq!(4 * step, tile, "4 × 4 entries per invocation");
     }
 }

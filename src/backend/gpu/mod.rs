@@ -1,6 +1,7 @@
 //! The wgpu backend: adapters on every API wgpu supports, devices opened with the adapter's
 //! own limits, cached pipelines, and dispatches split to fit binding-size and grid limits.
 
+mod gram;
 mod kernels;
 mod layer;
 pub mod lint;

@@ -100,6 +100,11 @@ uniforms! {
 
     ExpAdd for ["exp_add.wgsl"] { tokens: u32, bias: i32, _pad1: u32, _pad2: u32 }
 
+    Gram for ["gram.wgsl"] {
+        tokens: u32, cols: u32, j0: u32, jtiles: u32, it0: u32, base: u32, align: u32, shift: u32,
+        units: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    }
+
     Ingest for ["ingest.wgsl"] {
         rows: u32, cols: u32, group_size: u32, mant_bits: u32, dtype: u32, groups_per_row: u32,
         total_groups: u32, _pad: u32,

@@ -28,6 +28,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("dequantize.wgsl"),
     shader!("matmul.wgsl"),
     shader!("matmul_reduce.wgsl"),
+    shader!("gram.wgsl"),
     shader!("renorm.wgsl"),
     shader!("renorm_top.wgsl"),
     shader!("rmsnorm.wgsl"),
