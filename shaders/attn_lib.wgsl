@@ -23,6 +23,12 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// attn_max and attn_sum run a workgroup of 64 = QB × KB invocations per (block of QB
+// queries, head, chunk of keys), the chunk's keys KB at a time (AttnPlan in
+// src/backend/gpu/resident.rs counts its loops with the same values).
+const QB: u32 = 8u;
+const KB: u32 = 8u;
+
 // The dot rounded to 31 bits, times round(2^30/√d), to Q20 at exponent e + sh (e = eq + ek
 // − 10), saturated at ±2^61.
 fn attn_score(dot: vec2<u32>, e0: i32, scale_q30: u32) -> vec2<u32> {

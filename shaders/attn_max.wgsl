@@ -3,6 +3,12 @@
 // the chunk's keys j <= t and the largest V exponent among them; chunks wholly beyond t
 // write the minimum. Integer maxima: the chunking cannot change a bit, and no invocation
 // walks the whole prefix (Mesa llvmpipe stops an invocation after 65535 loop iterations).
+//
+// Over a workgroup (attn_lib.wgsl): one per (block of QB queries, head, chunk); the
+// block's queries are staged once, the chunk's keys KB at a time, and invocation (qi, kl)
+// scores query qi against keys kl, kl + KB, ...; the KB lanes of a query are then reduced
+// by one invocation in lane order (a maximum: any order gives the same value, and nothing
+// depends on subgroups). Each key row is read once per workgroup instead of once per query.
 
 // Binding 0, the parameters `p`, is declared in attn_lib.wgsl.
 @group(0) @binding(1) var<storage, read> q: array<i32>;     // [T, heads·d]
@@ -11,36 +17,105 @@
 @group(0) @binding(4) var<storage, read_write> smax: array<u32>;  // [T, heads, chunks] × (lo, hi)
 @group(0) @binding(5) var<storage, read_write> cev: array<i32>;   // [T, heads, chunks]
 
+// The block's queries [QB, d] and one step's keys [KB, d] (d <= 256): 16 KiB, WebGPU's
+// guaranteed workgroup storage. After the last step `ks` holds the lanes' results.
+var<workgroup> qs: array<i32, 2048>;
+var<workgroup> ks: array<i32, 2048>;
+
 @compute @workgroup_size(64)
-fn attn_max(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = p.offset + gid.x + gid.y * nwg.x * 64u;
-    if (idx >= p.tokens * p.heads * p.chunks) {
+fn attn_max(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    // Uniform per workgroup (every branch before a barrier below is).
+    let unit = (p.offset + (wg.x + wg.y * nwg.x) * 64u) / 64u;
+    let qblocks = (p.tokens + QB - 1u) / QB;
+    if (unit >= qblocks * p.heads * p.chunks) {
         return;
     }
-    let c = idx % p.chunks;
-    let th = idx / p.chunks;
-    let t = th / p.heads;
-    let h = th % p.heads;
+    let c = unit % p.chunks;
+    let bh = unit / p.chunks;
+    let h = bh % p.heads;
+    let t0 = (bh / p.heads) * QB;
     let d = p.head_dim;
     let g = h / (p.heads / p.kv_heads);
     let j0 = c * p.kc;
-    var m = vec2<u32>(0u, 0x80000000u);   // i64 min: an empty chunk
+    let tlast = min(t0 + QB, p.tokens) - 1u;
+    let qi = li / KB;
+    let kl = li % KB;
+    let t = t0 + qi;
+    let idx = (t * p.heads + h) * p.chunks + c;
+    if (j0 > tlast) {
+        // No query of the block sees a key of this chunk.
+        if (kl == 0u && t < p.tokens) {
+            smax[2u * idx] = 0u;
+            smax[2u * idx + 1u] = 0x80000000u;
+            cev[idx] = -2147483647i - 1i;
+        }
+        return;
+    }
+    let j1 = min(j0 + p.kc, tlast + 1u);   // the keys any query of the block sees
+    for (var e = li; e < QB * d; e += 64u) {
+        let r = e / d;
+        var x = 0i;
+        if (t0 + r < p.tokens) {
+            x = q[(t0 + r) * p.heads * d + h * d + e % d];
+        }
+        qs[e] = x;
+    }
+    var m = vec2<u32>(0u, 0x80000000u);   // i64 min: no key seen
     var ev = -2147483647i - 1i;
-    if (j0 <= t) {
-        let j1 = min(j0 + p.kc - 1u, t);
-        for (var j = j0; j <= j1; j++) {
+    var any = false;
+    for (var jb = j0; jb < j1; jb += KB) {
+        // The previous step's keys are read (and the queries staged) before new keys land.
+        workgroupBarrier();
+        for (var e = li; e < KB * d; e += 64u) {
+            let r = e / d;
+            var x = 0i;
+            if (jb + r < j1) {
+                x = k[(jb + r) * p.kv_heads * d + g * d + e % d];
+            }
+            ks[e] = x;
+        }
+        workgroupBarrier();
+        let j = jb + kl;
+        if (j < j1 && j <= t) {
             var acc = vec4<i32>(0i);
             for (var i = 0u; i < d; i++) {
-                acc = attn_dot_step(acc, q[t * p.heads * d + h * d + i], k[j * p.kv_heads * d + g * d + i]);
+                acc = attn_dot_step(acc, qs[qi * d + i], ks[kl * d + i]);
             }
             let s = attn_score(attn_dot_value(acc), exps[t] + exps[p.tokens + j] - 10i, p.scale_q30);
-            if (j == j0 || w_lt(m, s)) {
+            if (!any || w_lt(m, s)) {
                 m = s;
             }
             ev = max(ev, exps[2u * p.tokens + j]);
+            any = true;
         }
     }
-    smax[2u * idx] = m.x;
-    smax[2u * idx + 1u] = m.y;
-    cev[idx] = ev;
+    workgroupBarrier();
+    ks[4u * li] = bitcast<i32>(m.x);
+    ks[4u * li + 1u] = bitcast<i32>(m.y);
+    ks[4u * li + 2u] = ev;
+    ks[4u * li + 3u] = select(0i, 1i, any);
+    workgroupBarrier();
+    if (kl == 0u && t < p.tokens) {
+        var mm = vec2<u32>(0u, 0x80000000u);
+        var ee = -2147483647i - 1i;
+        var seen = false;
+        for (var l = 0u; l < KB; l++) {
+            let b = 4u * (qi * KB + l);
+            if (ks[b + 3u] == 1i) {
+                let s = vec2<u32>(bitcast<u32>(ks[b]), bitcast<u32>(ks[b + 1u]));
+                if (!seen || w_lt(mm, s)) {
+                    mm = s;
+                }
+                ee = max(ee, ks[b + 2u]);
+                seen = true;
+            }
+        }
+        smax[2u * idx] = mm.x;
+        smax[2u * idx + 1u] = mm.y;
+        cev[idx] = ee;
+    }
 }

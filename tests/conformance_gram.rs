@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{AS_OPENED, Knob, Rng};
+use common::{Knob, Rng};
 use ucw::backend::Backend;
 use ucw::codec::gram::Gram;
 use ucw::fixed::tensor::TokenFixed;
@@ -96,9 +96,14 @@ fn body(b: &dyn Backend) -> common::Outputs {
     out
 }
 
-/// Small bindings and grids: the 96-input triangle (37,248 bytes) splits into two chunks
-/// (32 columns, then 64), its windows of 70 and 130 tokens into pieces of 64 (24 KiB of
-/// values), and every dispatch over a 2-D grid of at most 3 workgroups a side.
-const KNOBS: &[Knob] = &[AS_OPENED, ("bindings of 24 KiB, grids of 3", |g| g.with_work_limits(24 << 10, 3))];
+/// Statistics on the device (a software adapter keeps them on the host by default:
+/// `UCW_GPU_GRAM`), as they are and with small bindings and grids: the 96-input triangle
+/// (37,248 bytes) splits into two chunks (32 columns, then 64), its windows of 70 and 130
+/// tokens into pieces of 64 (24 KiB of values), and every dispatch over a 2-D grid of at
+/// most 3 workgroups a side.
+const KNOBS: &[Knob] = &[
+    ("statistics on the device", |g| g.with_gram_on_device(true)),
+    ("on the device, bindings of 24 KiB, grids of 3", |g| g.with_gram_on_device(true).with_work_limits(24 << 10, 3)),
+];
 
 conformance_with_knobs!(gram_same_bits_everywhere, KNOBS, body);

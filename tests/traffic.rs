@@ -194,43 +194,57 @@ fn calibration_statistics_come_from_the_layer_on_the_device() {
     let (qw, ff) = (c.num_attention_heads * c.head_dim, c.intermediate_size);
     let widths = [c.hidden_size, qw, c.hidden_size, ff];
     let taps: u64 = widths.iter().map(|&w| token_out(T, w)).sum();
-    for (label, gpu) in &gpus {
-        let budget = ucw::forward::eval::DEFAULT_MAX_MEMORY;
-        let mut cal = Calibration::start(gpu, &model, &ids, provenance.clone(), budget).unwrap();
-        let before = gpu.traffic().unwrap();
-        cal.layer_stats(gpu, &model, 0).unwrap();
-        let t = gpu.traffic().unwrap().since(before);
-        // Loading the layer (weights ingested and kept on the device) precedes the windows;
-        // what follows is per window.
-        let mut cal2 = Calibration::start(gpu, &model, &ids[..1], provenance.clone(), budget).unwrap();
-        let before = gpu.traffic().unwrap();
-        cal2.layer_stats(gpu, &model, 0).unwrap();
-        let t1 = gpu.traffic().unwrap().since(before);
-        let per_window = t.since(t1);
-        println!("{label}: layer 0 over 3 windows {t:?}, over 1 {t1:?}");
-        // Each tap's statistic stays on the device (shaders/gram.wgsl): per window, one more
-        // submission per tap with its values on the window's grid and one dispatch's
-        // parameters (every triangle here fits one binding, every window one piece).
-        let gram_up: u64 = widths.iter().map(|&w| up(T * w * 4) + uni(12)).sum();
-        assert_eq!(per_window.submissions, 2 * (LAYER_SUBMISSIONS + 4), "{label}: submissions of two more windows");
-        assert_eq!(
-            per_window.readback_bytes,
-            2 * (layer_back(&c, T) + taps),
-            "{label}: read-back of two more windows: the output and the four taps"
-        );
-        assert_eq!(
-            per_window.uploaded_bytes,
-            2 * (layer_up(&c, T) + gram_up),
-            "{label}: uploads of two more windows: the layer's and the four taps' values"
-        );
-        // The statistics come back once per layer, whatever the windows: the four packed
-        // triangles, 8 bytes an entry, after the layer's weights.
-        let triangles: u64 = widths.iter().map(|&w| (8 * w * (w + 1) / 2) as u64).sum();
-        assert_eq!(
-            t1.readback_bytes,
-            layer_weights_back(&c) + layer_back(&c, T) + taps + triangles,
-            "{label}: read-back of one window: the weights, the output, the taps and the four statistics"
-        );
+    for on_device in [false, true] {
+        for (label, gpu) in common::gpu_backends() {
+            let gpu = &gpu.with_gram_on_device(on_device);
+            let label = format!("{label}, statistics on the {}", if on_device { "device" } else { "host" });
+            let budget = ucw::forward::eval::DEFAULT_MAX_MEMORY;
+            let mut cal = Calibration::start(gpu, &model, &ids, provenance.clone(), budget).unwrap();
+            let before = gpu.traffic().unwrap();
+            cal.layer_stats(gpu, &model, 0).unwrap();
+            let t = gpu.traffic().unwrap().since(before);
+            // Loading the layer (weights ingested and kept on the device) precedes the
+            // windows; what follows is per window.
+            let mut cal2 = Calibration::start(gpu, &model, &ids[..1], provenance.clone(), budget).unwrap();
+            let before = gpu.traffic().unwrap();
+            cal2.layer_stats(gpu, &model, 0).unwrap();
+            let t1 = gpu.traffic().unwrap().since(before);
+            let per_window = t.since(t1);
+            println!("{label}: layer 0 over 3 windows {t:?}, over 1 {t1:?}");
+            // On the device each tap's statistic costs, per window, one more submission with
+            // its values on the window's grid and one dispatch's parameters (every triangle
+            // here fits one binding, every window one piece), and comes back once per layer,
+            // 8 bytes an entry.
+            let (gram_subs, gram_up, triangles) = if on_device {
+                (
+                    4,
+                    widths.iter().map(|&w| up(T * w * 4) + uni(12)).sum::<u64>(),
+                    widths.iter().map(|&w| (8 * w * (w + 1) / 2) as u64).sum::<u64>(),
+                )
+            } else {
+                (0, 0, 0)
+            };
+            assert_eq!(
+                per_window.submissions,
+                2 * (LAYER_SUBMISSIONS + gram_subs),
+                "{label}: submissions of two more windows"
+            );
+            assert_eq!(
+                per_window.readback_bytes,
+                2 * (layer_back(&c, T) + taps),
+                "{label}: read-back of two more windows: the output and the four taps"
+            );
+            assert_eq!(
+                per_window.uploaded_bytes,
+                2 * (layer_up(&c, T) + gram_up),
+                "{label}: uploads of two more windows: the layer's (and the taps' values)"
+            );
+            assert_eq!(
+                t1.readback_bytes,
+                layer_weights_back(&c) + layer_back(&c, T) + taps + triangles,
+                "{label}: read-back of one window: the weights, the output, the taps (and the statistics)"
+            );
+        }
     }
 }
 

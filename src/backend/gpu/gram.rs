@@ -69,7 +69,7 @@ impl GpuBackend {
 
     pub(crate) fn gram_open_dev(&self, cols: usize) -> Result<Option<DeviceGram>, Error> {
         // tri_offset in u32 on the device: n·n < 2^32.
-        if cols == 0 || cols > 1 << 15 {
+        if !self.gram_on_device() || cols == 0 || cols > 1 << 15 {
             return Ok(None);
         }
         let mut chunks = Vec::new();

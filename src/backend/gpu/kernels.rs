@@ -847,6 +847,15 @@ mod tests {
         assert_eq!((tile * gmax / WORKGROUP) as usize, MATMUL_STAGE_STEPS);
     }
 
+    /// attn_lib.wgsl's query block and key step are the dispatch's and the loop bound's.
+    #[test]
+    fn attention_block_constants_match_the_shader() {
+        use super::super::resident::{ATTN_KB, ATTN_QB};
+        let (qb, kb) = (wgsl_const("attn_max.wgsl", "QB"), wgsl_const("attn_max.wgsl", "KB"));
+        assert_eq!((qb as usize, kb as usize), (ATTN_QB, ATTN_KB));
+        assert_eq!(qb * kb, WORKGROUP, "one invocation per (query, key lane)");
+    }
+
     /// The same for gram.wgsl: chunks of the triangle are whole tiles of its TILE columns
     /// and the loop bound counts its STAGE tokens per stage.
     #[test]

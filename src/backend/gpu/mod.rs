@@ -148,6 +148,8 @@ pub struct GpuBackend {
     resident: Arc<AtomicU64>,
     /// Submissions, uploads and readbacks (`Backend::traffic`).
     pub(crate) traffic: crate::backend::traffic::TrafficCounter,
+    /// Whether calibration statistics accumulate on this device (`Backend::gram_open`).
+    gram_on_device: bool,
 }
 
 impl Drop for GpuBackend {
@@ -186,6 +188,19 @@ impl ChunkSizes {
 /// columns and their 128 groups are 8320 loop iterations, far inside llvmpipe's 65,535.
 pub const MATMUL_SLICE_COLS: usize = 8192;
 
+/// Where calibration statistics accumulate (`Backend::gram_open`): `UCW_GPU_GRAM=device` or
+/// `host` where set, else on the device unless the adapter is a CPU (a software rasterizer
+/// such as llvmpipe, where the host's f64 GEMM is far faster: SmolLM2-135M's statistics
+/// over 2 × 128 tokens took 70 s on llvmpipe Vulkan against 2.4 s on the host,
+/// BENCHMARKS.md). Exact integers either way: a choice of speed, never of bits.
+fn gram_policy(setting: Option<&str>, device_type: wgpu::DeviceType) -> bool {
+    match setting {
+        Some("device") => true,
+        Some("host") => false,
+        _ => device_type != wgpu::DeviceType::Cpu,
+    }
+}
+
 /// Mesa's llvmpipe (the software Vulkan and GL adapters) stops every loop of a shader
 /// invocation once the invocation has run this many loop iterations in all (gallivm
 /// `LP_MAX_TGSI_LOOP_ITERATIONS`, "shared between every loop"), silently: the results are
@@ -216,6 +231,7 @@ impl GpuBackend {
             }
         }));
         let loop_limit = info.name.contains("llvmpipe").then_some(LLVMPIPE_LOOP_LIMIT);
+        let gram_on_device = gram_policy(std::env::var("UCW_GPU_GRAM").ok().as_deref(), info.device_type);
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let max_groups_per_dim = limits.max_compute_workgroups_per_dimension;
         Ok(GpuBackend {
@@ -231,6 +247,7 @@ impl GpuBackend {
             error,
             mem: Arc::default(),
             profile: Profile::from_env(),
+            gram_on_device,
             resident_limit: AtomicU64::new(0),
             resident: Arc::default(),
             traffic: Default::default(),
@@ -250,6 +267,18 @@ impl GpuBackend {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Keep calibration statistics on this device (`true`) or on the host, whatever the
+    /// adapter type and `UCW_GPU_GRAM` say: the same integers either way (tests exercise
+    /// both on software adapters).
+    pub fn with_gram_on_device(mut self, on: bool) -> Self {
+        self.gram_on_device = on;
+        self
+    }
+
+    pub(crate) fn gram_on_device(&self) -> bool {
+        self.gram_on_device
     }
 
     /// Lower the binding-size and grid limits so tests can exercise the splitting paths on

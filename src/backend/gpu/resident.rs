@@ -4,11 +4,16 @@
 //! dispatch sequence per kernel either way.
 
 use super::params as up;
-use super::{Buf, GpuBackend, Rec, words_le};
+use super::{Buf, GpuBackend, Rec, WORKGROUP, words_le};
 use crate::backend::cpu::attention::AttnShape;
 use crate::error::Error;
 use crate::fixed::tables::{ExpConsts, RmsConsts};
 use crate::fixed::tensor::TokenFixed;
+
+/// Queries per workgroup of attn_max.wgsl and attn_sum.wgsl (attn_lib.wgsl's QB).
+pub(crate) const ATTN_QB: usize = 8;
+/// Keys per step of those workgroups (attn_lib.wgsl's KB); QB × KB = WORKGROUP.
+pub(crate) const ATTN_KB: usize = 8;
 
 /// `[tokens, width]` i32 mantissas and one i32 exponent per token, on the device.
 pub(crate) struct DevTokens {
@@ -246,8 +251,16 @@ impl GpuBackend {
         let kc = self.chunks.attn_keys.max(t.div_ceil(max_chunks));
         let chunks = t.div_ceil(kc);
         let (kc64, d64, c64) = (kc as u64, d as u64, chunks as u64);
-        self.check_loops("attention (chunk maxima)", kc64 * (d64 + 2))?;
-        self.check_loops("attention (chunk sums)", 2 * c64 + d64 + kc64 * (2 * d64 + 3))?;
+        // attn_max and attn_sum (a workgroup per block of ATTN_QB queries, keys ATTN_KB
+        // per step): the staging loops, the steps (staging, one dot, the weighted values'
+        // dimensions), the lanes' reduction.
+        let (qb, kb) = (ATTN_QB as u64, ATTN_KB as u64);
+        let (steps, stage, dims) = (kc64.div_ceil(kb), (qb * d64).div_ceil(64), d64.div_ceil(kb));
+        self.check_loops("attention (chunk maxima)", stage + steps * (1 + stage + d64) + kb)?;
+        self.check_loops(
+            "attention (chunk sums)",
+            c64 + stage + steps * (1 + stage + d64 + dims * (1 + kb)) + dims + kb,
+        )?;
         self.check_loops("attention (division)", c64 + d64 * (c64 + 40))?;
         self.check_loops("attention renorm", 3 * w as u64)?;
         Ok(AttnPlan { keys_per_chunk: kc, chunks })
@@ -289,13 +302,15 @@ impl GpuBackend {
             rec.copy(&x.exps, &eb, (i * t * 4) as u64, (t * 4) as u64);
         }
         let n = t * h * chunks;
+        // One workgroup per (block of ATTN_QB queries, head, chunk).
+        let groups = t.div_ceil(ATTN_QB) * h * chunks * WORKGROUP as usize;
         let smax = self.zeroed("attn.smax", (n * 8) as u64);
         let cev = self.zeroed("attn.cev", (n * 4) as u64);
-        self.record_split(rec, ("attn_max.wgsl", "attn_max"), params, &[&q.mants, &k.mants, &eb, &smax, &cev], n)?;
+        self.record_split(rec, ("attn_max.wgsl", "attn_max"), params, &[&q.mants, &k.mants, &eb, &smax, &cev], groups)?;
         let pz = self.zeroed("attn.pz", (n * 8) as u64);
         let pa = self.zeroed("attn.pa", (n * d * 8) as u64);
         let bind = [&q.mants, &k.mants, &v.mants, &eb, table, &smax, &cev, &pz, &pa];
-        self.record_split(rec, ("attn_sum.wgsl", "attn_sum"), params, &bind, n)?;
+        self.record_split(rec, ("attn_sum.wgsl", "attn_sum"), params, &bind, groups)?;
         let ho = self.zeroed("attn.ho", (t * w * 4) as u64);
         let he = self.zeroed("attn.he", (t * h * 4) as u64);
         self.record_split(rec, ("attention.wgsl", "attention"), params, &[&pz, &pa, &cev, &ho, &he], t * h)?;
