@@ -24,10 +24,17 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 // attn_max and attn_sum run a workgroup of 64 = QB × KB invocations per (block of QB
-// queries, head, chunk of keys), the chunk's keys KB at a time (AttnPlan in
-// src/backend/gpu/resident.rs counts its loops with the same values).
+// queries, head, chunk of keys), the chunk's keys attn_step_keys(d) at a time, key lane
+// kl taking keys kl, kl + KB, ... of each step (`attention_plan` in
+// src/backend/gpu/resident.rs counts the loops with the same values).
 const QB: u32 = 8u;
 const KB: u32 = 8u;
+
+// Keys staged per step: as many as 2048 words hold at head_dim d (the 8 KiB of `ks`), a
+// multiple of KB, at most 64: fewer steps, so fewer barriers, for small heads.
+fn attn_step_keys(d: u32) -> u32 {
+    return clamp(2048u / d / KB * KB, KB, 64u);
+}
 
 // The dot rounded to 31 bits, times round(2^30/√d), to Q20 at exponent e + sh (e = eq + ek
 // − 10), saturated at ±2^61.

@@ -5,8 +5,8 @@
 // walks the whole prefix (Mesa llvmpipe stops an invocation after 65535 loop iterations).
 //
 // Over a workgroup (attn_lib.wgsl): one per (block of QB queries, head, chunk); the
-// block's queries are staged once, the chunk's keys KB at a time, and invocation (qi, kl)
-// scores query qi against keys kl, kl + KB, ...; the KB lanes of a query are then reduced
+// block's queries are staged once, the chunk's keys a step at a time, and invocation (qi,
+// kl) scores query qi against keys kl, kl + KB, ...; the KB lanes of a query are then reduced
 // by one invocation in lane order (a maximum: any order gives the same value, and nothing
 // depends on subgroups). Each key row is read once per workgroup instead of once per query.
 
@@ -17,8 +17,9 @@
 @group(0) @binding(4) var<storage, read_write> smax: array<u32>;  // [T, heads, chunks] × (lo, hi)
 @group(0) @binding(5) var<storage, read_write> cev: array<i32>;   // [T, heads, chunks]
 
-// The block's queries [QB, d] and one step's keys [KB, d] (d <= 256): 16 KiB, WebGPU's
-// guaranteed workgroup storage. After the last step `ks` holds the lanes' results.
+// The block's queries [QB, d] and one step's keys [attn_step_keys(d), d] (d <= 256): 16
+// KiB, WebGPU's guaranteed workgroup storage. After the last step `ks` holds the lanes'
+// results.
 var<workgroup> qs: array<i32, 2048>;
 var<workgroup> ks: array<i32, 2048>;
 
@@ -67,10 +68,11 @@ fn attn_max(
     var m = vec2<u32>(0u, 0x80000000u);   // i64 min: no key seen
     var ev = -2147483647i - 1i;
     var any = false;
-    for (var jb = j0; jb < j1; jb += KB) {
+    let sk = attn_step_keys(d);
+    for (var jb = j0; jb < j1; jb += sk) {
         // The previous step's keys are read (and the queries staged) before new keys land.
         workgroupBarrier();
-        for (var e = li; e < KB * d; e += 64u) {
+        for (var e = li; e < sk * d; e += 64u) {
             let r = e / d;
             var x = 0i;
             if (jb + r < j1) {
@@ -79,18 +81,20 @@ fn attn_max(
             ks[e] = x;
         }
         workgroupBarrier();
-        let j = jb + kl;
-        if (j < j1 && j <= t) {
-            var acc = vec4<i32>(0i);
-            for (var i = 0u; i < d; i++) {
-                acc = attn_dot_step(acc, qs[qi * d + i], ks[kl * d + i]);
+        for (var r = kl; r < sk; r += KB) {
+            let j = jb + r;
+            if (j < j1 && j <= t) {
+                var acc = vec4<i32>(0i);
+                for (var i = 0u; i < d; i++) {
+                    acc = attn_dot_step(acc, qs[qi * d + i], ks[r * d + i]);
+                }
+                let s = attn_score(attn_dot_value(acc), exps[t] + exps[p.tokens + j] - 10i, p.scale_q30);
+                if (!any || w_lt(m, s)) {
+                    m = s;
+                }
+                ev = max(ev, exps[2u * p.tokens + j]);
+                any = true;
             }
-            let s = attn_score(attn_dot_value(acc), exps[t] + exps[p.tokens + j] - 10i, p.scale_q30);
-            if (!any || w_lt(m, s)) {
-                m = s;
-            }
-            ev = max(ev, exps[2u * p.tokens + j]);
-            any = true;
         }
     }
     workgroupBarrier();
@@ -118,4 +122,40 @@ fn attn_max(
         smax[2u * idx + 1u] = mm.y;
         cev[idx] = ee;
     }
+}
+
+// One invocation per (query, head, chunk), walking the chunk's keys itself: what software
+// adapters run (`GpuBackend::attn_workgroups`), same bits.
+@compute @workgroup_size(64)
+fn attn_max_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = p.offset + gid.x + gid.y * nwg.x * 64u;
+    if (idx >= p.tokens * p.heads * p.chunks) {
+        return;
+    }
+    let c = idx % p.chunks;
+    let th = idx / p.chunks;
+    let t = th / p.heads;
+    let h = th % p.heads;
+    let d = p.head_dim;
+    let g = h / (p.heads / p.kv_heads);
+    let j0 = c * p.kc;
+    var m = vec2<u32>(0u, 0x80000000u);   // i64 min: an empty chunk
+    var ev = -2147483647i - 1i;
+    if (j0 <= t) {
+        let j1 = min(j0 + p.kc - 1u, t);
+        for (var j = j0; j <= j1; j++) {
+            var acc = vec4<i32>(0i);
+            for (var i = 0u; i < d; i++) {
+                acc = attn_dot_step(acc, q[t * p.heads * d + h * d + i], k[j * p.kv_heads * d + g * d + i]);
+            }
+            let s = attn_score(attn_dot_value(acc), exps[t] + exps[p.tokens + j] - 10i, p.scale_q30);
+            if (j == j0 || w_lt(m, s)) {
+                m = s;
+            }
+            ev = max(ev, exps[2u * p.tokens + j]);
+        }
+    }
+    smax[2u * idx] = m.x;
+    smax[2u * idx + 1u] = m.y;
+    cev[idx] = ev;
 }

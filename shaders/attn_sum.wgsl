@@ -5,14 +5,14 @@
 // weight on the V grid u_j = round(w_j · 2^-(Ev − ev_j + 9)) (<= 2^21), each exactly in 64
 // bits. Pass 3 adds the chunks: integer sums, so the chunking cannot change a bit.
 //
-// Over a workgroup (attn_lib.wgsl), as attn_max: per step of KB keys, invocation (qi, kl)
-// weighs key kl of the step for query qi; the KB weights of each query are shared through
-// workgroup memory and invocation (qi, kl) then adds Σ_keys u · v for the dimensions kl,
-// kl + KB, ... of query qi into registers, in 32-bit partial sums (u = uh·2^9 + ul with uh
-// <= 2^12, ul < 2^9, and v split likewise, |vh| <= 2^8: over KB = 8 keys Σ uh·vh <= 2^23,
-// Σ uh·vl and Σ ul·vh <= 2^24, Σ ul·vl < 2^21), joined in 64 bits once per step. The
-// lanes' Σ w are added by one invocation at the end. Integer sums: the same bits in any
-// order.
+// Over a workgroup (attn_lib.wgsl), as attn_max: per step of sk = attn_step_keys(d) <= 64
+// keys, invocation (qi, kl) weighs keys kl, kl + KB, ... of the step for query qi; the
+// step's weights of each query are shared through workgroup memory and invocation (qi, kl)
+// then adds Σ_keys u · v for the dimensions kl, kl + KB, ... of query qi into registers, in
+// 32-bit partial sums (u = uh·2^9 + ul with uh <= 2^12, ul < 2^9, and v split likewise,
+// |vh| <= 2^8: over 64 keys Σ uh·vh <= 2^26, Σ uh·vl < 2^27, Σ ul·vh <= 2^23, Σ ul·vl <
+// 2^24), joined in 64 bits once per step. The lanes' Σ w are added by one invocation at
+// the end. Integer sums: the same bits in any order.
 
 // Binding 0, the parameters `p`, is declared in attn_lib.wgsl.
 @group(0) @binding(1) var<storage, read> q: array<i32>;     // [T, heads·d]
@@ -25,8 +25,8 @@
 @group(0) @binding(8) var<storage, read_write> pz: array<u32>;  // [T, heads, chunks] × (lo, hi)
 @group(0) @binding(9) var<storage, read_write> pa: array<u32>;  // [T, heads, chunks, d] × (lo, hi)
 
-// The block's queries [QB, d] and one step's keys [KB, d] (d <= 256): 16 KiB. After a
-// step's scores, `ks` holds its weights [QB, KB]; after the last step, the lanes' Σ w.
+// The block's queries [QB, d] and one step's keys [sk, d] (d <= 256): 16 KiB. After a
+// step's scores, `ks` holds its weights [QB, sk]; after the last step, the lanes' Σ w.
 var<workgroup> qs: array<i32, 2048>;
 var<workgroup> ks: array<i32, 2048>;
 
@@ -84,9 +84,11 @@ fn attn_sum(
     }
     var z = vec2<u32>(0u, 0u);
     var acc: array<vec2<u32>, 32>;   // dimensions kl + KB·r of query qi (d <= 256)
-    for (var jb = j0; jb < j1; jb += KB) {
+    var us: array<u32, 8>;           // this lane's weights of a step (sk / KB <= 8)
+    let sk = attn_step_keys(d);
+    for (var jb = j0; jb < j1; jb += sk) {
         workgroupBarrier();
-        for (var e = li; e < KB * d; e += 64u) {
+        for (var e = li; e < sk * d; e += 64u) {
             let r = e / d;
             var x = 0i;
             if (jb + r < j1) {
@@ -95,30 +97,35 @@ fn attn_sum(
             ks[e] = x;
         }
         workgroupBarrier();
-        let j = jb + kl;
-        var uj = 0u;
-        if (live && j < j1 && j <= t) {
-            var dot = vec4<i32>(0i);
-            for (var i = 0u; i < d; i++) {
-                dot = attn_dot_step(dot, qs[qi * d + i], ks[kl * d + i]);
+        for (var r = kl; r < sk; r += KB) {
+            let j = jb + r;
+            var uj = 0u;
+            if (live && j < j1 && j <= t) {
+                var dot = vec4<i32>(0i);
+                for (var i = 0u; i < d; i++) {
+                    dot = attn_dot_step(dot, qs[qi * d + i], ks[r * d + i]);
+                }
+                let s = attn_score(attn_dot_value(dot), exps[t] + exps[p.tokens + j] - 10i, p.scale_q30);
+                let ei = exp_index(attn_diff(m, s), p.log2e_q30);
+                let wj = exp_finish(table[ei.j], ei, p.ln2_q30);
+                z = w_add(z, vec2<u32>(wj, 0u));
+                // Ev >= ev_j; beyond 32 bits of shift every weight (<= 2^30) rounds to 0.
+                let sh = min(u32(ev - exps[2u * p.tokens + j]), 32u) + 9u;
+                uj = w_shr_round(vec2<u32>(wj, 0u), sh).x;
             }
-            let s = attn_score(attn_dot_value(dot), exps[t] + exps[p.tokens + j] - 10i, p.scale_q30);
-            let ei = exp_index(attn_diff(m, s), p.log2e_q30);
-            let wj = exp_finish(table[ei.j], ei, p.ln2_q30);
-            z = w_add(z, vec2<u32>(wj, 0u));
-            // Ev >= ev_j; beyond 32 bits of shift every weight (<= 2^30) rounds to 0.
-            let sh = min(u32(ev - exps[2u * p.tokens + j]), 32u) + 9u;
-            uj = w_shr_round(vec2<u32>(wj, 0u), sh).x;
+            us[r / KB] = uj;
         }
         // Every score is computed (the keys are read) before the weights take their place.
         workgroupBarrier();
-        ks[li] = i32(uj);
+        for (var r = kl; r < sk; r += KB) {
+            ks[qi * sk + r] = i32(us[r / KB]);
+        }
         workgroupBarrier();
         for (var r = 0u; r * KB + kl < d; r++) {
             let i = r * KB + kl;
             var part = vec4<i32>(0i);
-            for (var kk = 0u; kk < KB; kk++) {
-                let u = ks[qi * KB + kk];
+            for (var kk = 0u; kk < sk; kk++) {
+                let u = ks[qi * sk + kk];
                 if (u != 0i) {
                     part = attn_dot_step(part, u, v[(jb + kk) * p.kv_heads * d + g * d + i]);
                 }
@@ -147,4 +154,66 @@ fn attn_sum(
         pz[2u * idx] = zz.x;
         pz[2u * idx + 1u] = zz.y;
     }
+}
+
+// One invocation per (query, head, chunk), walking the chunk's keys itself: what software
+// adapters run (`GpuBackend::attn_workgroups`), same bits.
+@compute @workgroup_size(64)
+fn attn_sum_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = p.offset + gid.x + gid.y * nwg.x * 64u;
+    if (idx >= p.tokens * p.heads * p.chunks) {
+        return;
+    }
+    let c = idx % p.chunks;
+    let th = idx / p.chunks;
+    let t = th / p.heads;
+    let h = th % p.heads;
+    let d = p.head_dim;
+    let g = h / (p.heads / p.kv_heads);
+    let j0 = c * p.kc;
+    if (j0 > t) {
+        return;   // pz and pa stay zero
+    }
+    // Chunk 0 always holds key 0 <= t, so its values are real.
+    var m = vec2<u32>(smax[2u * th * p.chunks], smax[2u * th * p.chunks + 1u]);
+    var ev = cev[th * p.chunks];
+    for (var cc = 1u; cc < p.chunks; cc++) {
+        if (cc * p.kc <= t) {
+            let s = vec2<u32>(smax[2u * (th * p.chunks + cc)], smax[2u * (th * p.chunks + cc) + 1u]);
+            if (w_lt(m, s)) {
+                m = s;
+            }
+            ev = max(ev, cev[th * p.chunks + cc]);
+        }
+    }
+    let j1 = min(j0 + p.kc - 1u, t);
+    var z = vec2<u32>(0u, 0u);
+    for (var i = 0u; i < d; i++) {
+        pa[2u * (idx * d + i)] = 0u;
+        pa[2u * (idx * d + i) + 1u] = 0u;
+    }
+    for (var j = j0; j <= j1; j++) {
+        var acc = vec4<i32>(0i);
+        for (var i = 0u; i < d; i++) {
+            acc = attn_dot_step(acc, q[t * p.heads * d + h * d + i], k[j * p.kv_heads * d + g * d + i]);
+        }
+        let s = attn_score(attn_dot_value(acc), exps[t] + exps[p.tokens + j] - 10i, p.scale_q30);
+        let ei = exp_index(attn_diff(m, s), p.log2e_q30);
+        let wj = exp_finish(table[ei.j], ei, p.ln2_q30);
+        z = w_add(z, vec2<u32>(wj, 0u));
+        // Ev >= ev_j; beyond 32 bits of shift every weight (<= 2^30) rounds to 0.
+        let sh = min(u32(ev - exps[2u * p.tokens + j]), 32u) + 9u;
+        let uj = w_shr_round(vec2<u32>(wj, 0u), sh).x;
+        if (uj != 0u) {
+            for (var i = 0u; i < d; i++) {
+                let r = w_mul_i32(i32(uj), v[j * p.kv_heads * d + g * d + i]);
+                let a = vec2<u32>(pa[2u * (idx * d + i)], pa[2u * (idx * d + i) + 1u]);
+                let b = w_add(a, r);
+                pa[2u * (idx * d + i)] = b.x;
+                pa[2u * (idx * d + i) + 1u] = b.y;
+            }
+        }
+    }
+    pz[2u * idx] = z.x;
+    pz[2u * idx + 1u] = z.y;
 }

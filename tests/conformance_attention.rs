@@ -28,9 +28,21 @@ fn case(t: usize, heads: usize, kv: usize, d: usize, seed: u64) -> (TokenFixed, 
     (q, k, v, AttnShape::new(heads, kv, d))
 }
 
-const CASES: &[(usize, usize, usize, usize)] = &[(20, 4, 2, 16), (9, 2, 2, 32), (1, 4, 1, 8), (12, 3, 1, 64)];
+// (tokens, heads, kv heads, head_dim). The GPU's workgroups stage attn_step_keys(d) keys
+// per step (64 up to d = 32, 32 at 64, 24 at 80, 16 at 128, 8 at 256): the last three
+// cases walk several steps of a 64-key chunk, and partial blocks of 8 queries.
+const CASES: &[(usize, usize, usize, usize)] =
+    &[(20, 4, 2, 16), (9, 2, 2, 32), (1, 4, 1, 8), (12, 3, 1, 64), (70, 2, 1, 128), (45, 2, 1, 80), (33, 2, 2, 256)];
 
-conformance!(attention_same_bits_everywhere, |b| {
+/// Both ways the GPU walks keys (`UCW_GPU_ATTN`): a workgroup per block of 8 queries (the
+/// hardware default) and one invocation per (query, head, chunk) (software adapters'), each
+/// forced whatever the adapter.
+const WALKS: &[common::Knob] = &[
+    ("workgroups", |g| g.with_attn_workgroups(true)),
+    ("one invocation per query, head and chunk", |g| g.with_attn_workgroups(false)),
+];
+
+conformance_with_knobs!(attention_same_bits_everywhere, WALKS, |b| {
     let ec = ExpConsts::new();
     let mut out = common::Outputs::new();
     for (i, &(t, h, kv, d)) in CASES.iter().enumerate() {
@@ -88,13 +100,21 @@ fn attention_twin_is_within_its_bound_of_f64() {
 // holds only 4 chunks' partial sums makes the host widen the chunks to 56 keys (boundaries
 // 56, 112, 168).
 const ATTN_KNOBS: &[common::Knob] = &[
-    common::AS_OPENED,
-    ("5 keys per chunk, grid 2", |g| {
-        g.with_chunk_sizes(ucw::backend::gpu::ChunkSizes { attn_keys: 5, ..ucw::backend::gpu::ChunkSizes::DEFAULT })
+    ("workgroups", |g| g.with_attn_workgroups(true)),
+    ("one invocation per query, head and chunk", |g| g.with_attn_workgroups(false)),
+    ("workgroups, 5 keys per chunk, grid 2", |g| {
+        g.with_attn_workgroups(true)
+            .with_chunk_sizes(ucw::backend::gpu::ChunkSizes { attn_keys: 5, ..ucw::backend::gpu::ChunkSizes::DEFAULT })
             .with_work_limits(u64::MAX, 2)
     }),
-    ("binding of 4 chunks' partial sums", |g| {
-        g.with_chunk_sizes(ucw::backend::gpu::ChunkSizes { attn_keys: 5, ..ucw::backend::gpu::ChunkSizes::DEFAULT })
+    ("rows, 5 keys per chunk, grid 2", |g| {
+        g.with_attn_workgroups(false)
+            .with_chunk_sizes(ucw::backend::gpu::ChunkSizes { attn_keys: 5, ..ucw::backend::gpu::ChunkSizes::DEFAULT })
+            .with_work_limits(u64::MAX, 2)
+    }),
+    ("workgroups, binding of 4 chunks' partial sums", |g| {
+        g.with_attn_workgroups(true)
+            .with_chunk_sizes(ucw::backend::gpu::ChunkSizes { attn_keys: 5, ..ucw::backend::gpu::ChunkSizes::DEFAULT })
             .with_work_limits(4 * 221 * 64 * 8 + 8, 65535)
     }),
 ];

@@ -81,6 +81,9 @@ fn layer_outputs(b: &dyn Backend) -> common::Outputs {
 
 const KNOBS: &[common::Knob] = &[
     common::AS_OPENED,
+    // Attention a workgroup per block of queries (hardware's default; llvmpipe's is one
+    // invocation per query, head and chunk).
+    ("attention over workgroups", |g| g.with_attn_workgroups(true)),
     // Split-K (down_proj's 160 columns in slices of one group, added by matmul_reduce),
     // renorm_top over 7-output chunks, 5-key attention chunks: all inside the recording.
     ("small chunks", |g| g.with_chunk_sizes(ChunkSizes { nll: 73, renorm: 7, attn_keys: 5, matmul_cols: 64 })),

@@ -150,6 +150,9 @@ pub struct GpuBackend {
     pub(crate) traffic: crate::backend::traffic::TrafficCounter,
     /// Whether calibration statistics accumulate on this device (`Backend::gram_open`).
     gram_on_device: bool,
+    /// Whether attention's passes over keys run a workgroup per block of queries (else one
+    /// invocation per query, head and chunk; `attn_policy`).
+    attn_workgroups: bool,
 }
 
 impl Drop for GpuBackend {
@@ -201,6 +204,20 @@ fn gram_policy(setting: Option<&str>, device_type: wgpu::DeviceType) -> bool {
     }
 }
 
+/// How attention walks keys (`shaders/attn_max.wgsl`, `attn_sum.wgsl`): `UCW_GPU_ATTN=
+/// workgroups` or `rows` where set, else a workgroup per block of 8 queries (keys staged
+/// once per block in workgroup memory, weighted values summed in registers: 8× fewer key
+/// reads from device memory and no read-modify-write per key) unless the adapter is a
+/// CPU: llvmpipe ran those kernels 1.2–1.6× slower than one invocation per (query, head,
+/// chunk) (SmolLM2-135M, 1 × 512, BENCHMARKS.md). Same bits either way.
+fn attn_policy(setting: Option<&str>, device_type: wgpu::DeviceType) -> bool {
+    match setting {
+        Some("workgroups") => true,
+        Some("rows") => false,
+        _ => device_type != wgpu::DeviceType::Cpu,
+    }
+}
+
 /// Mesa's llvmpipe (the software Vulkan and GL adapters) stops every loop of a shader
 /// invocation once the invocation has run this many loop iterations in all (gallivm
 /// `LP_MAX_TGSI_LOOP_ITERATIONS`, "shared between every loop"), silently: the results are
@@ -232,6 +249,7 @@ impl GpuBackend {
         }));
         let loop_limit = info.name.contains("llvmpipe").then_some(LLVMPIPE_LOOP_LIMIT);
         let gram_on_device = gram_policy(std::env::var("UCW_GPU_GRAM").ok().as_deref(), info.device_type);
+        let attn_workgroups = attn_policy(std::env::var("UCW_GPU_ATTN").ok().as_deref(), info.device_type);
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let max_groups_per_dim = limits.max_compute_workgroups_per_dimension;
         Ok(GpuBackend {
@@ -248,6 +266,7 @@ impl GpuBackend {
             mem: Arc::default(),
             profile: Profile::from_env(),
             gram_on_device,
+            attn_workgroups,
             resident_limit: AtomicU64::new(0),
             resident: Arc::default(),
             traffic: Default::default(),
@@ -279,6 +298,18 @@ impl GpuBackend {
 
     pub(crate) fn gram_on_device(&self) -> bool {
         self.gram_on_device
+    }
+
+    /// Run attention's passes over keys a workgroup per block of queries (`true`) or one
+    /// invocation per query, head and chunk, whatever the adapter type and `UCW_GPU_ATTN`
+    /// say: the same bits either way (tests run both on software adapters).
+    pub fn with_attn_workgroups(mut self, on: bool) -> Self {
+        self.attn_workgroups = on;
+        self
+    }
+
+    pub(crate) fn attn_workgroups(&self) -> bool {
+        self.attn_workgroups
     }
 
     /// Lower the binding-size and grid limits so tests can exercise the splitting paths on

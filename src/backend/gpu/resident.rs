@@ -12,8 +12,13 @@ use crate::fixed::tensor::TokenFixed;
 
 /// Queries per workgroup of attn_max.wgsl and attn_sum.wgsl (attn_lib.wgsl's QB).
 pub(crate) const ATTN_QB: usize = 8;
-/// Keys per step of those workgroups (attn_lib.wgsl's KB); QB × KB = WORKGROUP.
+/// Key lanes of those workgroups (attn_lib.wgsl's KB); QB × KB = WORKGROUP.
 pub(crate) const ATTN_KB: usize = 8;
+
+/// Keys those workgroups stage per step at head_dim `d` (attn_lib.wgsl's attn_step_keys).
+pub(crate) fn attn_step_keys(d: usize) -> usize {
+    (2048 / d.max(1) / ATTN_KB * ATTN_KB).clamp(ATTN_KB, 64)
+}
 
 /// `[tokens, width]` i32 mantissas and one i32 exponent per token, on the device.
 pub(crate) struct DevTokens {
@@ -251,16 +256,22 @@ impl GpuBackend {
         let kc = self.chunks.attn_keys.max(t.div_ceil(max_chunks));
         let chunks = t.div_ceil(kc);
         let (kc64, d64, c64) = (kc as u64, d as u64, chunks as u64);
-        // attn_max and attn_sum (a workgroup per block of ATTN_QB queries, keys ATTN_KB
-        // per step): the staging loops, the steps (staging, one dot, the weighted values'
-        // dimensions), the lanes' reduction.
-        let (qb, kb) = (ATTN_QB as u64, ATTN_KB as u64);
-        let (steps, stage, dims) = (kc64.div_ceil(kb), (qb * d64).div_ceil(64), d64.div_ceil(kb));
-        self.check_loops("attention (chunk maxima)", stage + steps * (1 + stage + d64) + kb)?;
-        self.check_loops(
-            "attention (chunk sums)",
-            c64 + stage + steps * (1 + stage + d64 + dims * (1 + kb)) + dims + kb,
-        )?;
+        if self.attn_workgroups() {
+            // attn_max and attn_sum (a workgroup per block of ATTN_QB queries, `sk` keys per
+            // step): the queries' staging, the steps (staging, a lane's dots, its weights,
+            // the weighted values' dimensions over the step's keys), the lanes' reduction.
+            let (qb, kb, sk) = (ATTN_QB as u64, ATTN_KB as u64, attn_step_keys(d) as u64);
+            let (steps, dims, lane_keys) = (kc64.div_ceil(sk), d64.div_ceil(kb), sk.div_ceil(kb));
+            let (q_stage, k_stage) = ((qb * d64).div_ceil(64), (sk * d64).div_ceil(64));
+            let step_max = 1 + k_stage + lane_keys * (1 + d64);
+            self.check_loops("attention (chunk maxima)", q_stage + steps * step_max + kb)?;
+            let step_sum = step_max + lane_keys + dims * (1 + sk);
+            self.check_loops("attention (chunk sums)", c64 + q_stage + steps * step_sum + dims + kb)?;
+        } else {
+            // attn_max_rows and attn_sum_rows: one invocation walks its chunk's keys.
+            self.check_loops("attention (chunk maxima)", kc64 * (d64 + 2))?;
+            self.check_loops("attention (chunk sums)", 2 * c64 + d64 + kc64 * (2 * d64 + 3))?;
+        }
         self.check_loops("attention (division)", c64 + d64 * (c64 + 40))?;
         self.check_loops("attention renorm", 3 * w as u64)?;
         Ok(AttnPlan { keys_per_chunk: kc, chunks })
@@ -302,15 +313,21 @@ impl GpuBackend {
             rec.copy(&x.exps, &eb, (i * t * 4) as u64, (t * 4) as u64);
         }
         let n = t * h * chunks;
-        // One workgroup per (block of ATTN_QB queries, head, chunk).
-        let groups = t.div_ceil(ATTN_QB) * h * chunks * WORKGROUP as usize;
+        // One workgroup per (block of ATTN_QB queries, head, chunk), or one invocation per
+        // (query, head, chunk).
+        let (max_entry, sum_entry, invocations) = if self.attn_workgroups() {
+            ("attn_max", "attn_sum", t.div_ceil(ATTN_QB) * h * chunks * WORKGROUP as usize)
+        } else {
+            ("attn_max_rows", "attn_sum_rows", n)
+        };
         let smax = self.zeroed("attn.smax", (n * 8) as u64);
         let cev = self.zeroed("attn.cev", (n * 4) as u64);
-        self.record_split(rec, ("attn_max.wgsl", "attn_max"), params, &[&q.mants, &k.mants, &eb, &smax, &cev], groups)?;
+        let bind = [&q.mants, &k.mants, &eb, &smax, &cev];
+        self.record_split(rec, ("attn_max.wgsl", max_entry), params, &bind, invocations)?;
         let pz = self.zeroed("attn.pz", (n * 8) as u64);
         let pa = self.zeroed("attn.pa", (n * d * 8) as u64);
         let bind = [&q.mants, &k.mants, &v.mants, &eb, table, &smax, &cev, &pz, &pa];
-        self.record_split(rec, ("attn_sum.wgsl", "attn_sum"), params, &bind, groups)?;
+        self.record_split(rec, ("attn_sum.wgsl", sum_entry), params, &bind, invocations)?;
         let ho = self.zeroed("attn.ho", (t * w * 4) as u64);
         let he = self.zeroed("attn.he", (t * h * 4) as u64);
         self.record_split(rec, ("attention.wgsl", "attention"), params, &[&pz, &pa, &cev, &ho, &he], t * h)?;
