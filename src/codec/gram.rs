@@ -31,6 +31,11 @@
 //!   Headroom of i64: 2^63 ≥ tokens · 2^38 · 2^(2·Δ), Δ the spread (binary orders) between
 //!   the windows' largest exponents for the hottest input: e.g. 2^18 tokens with Δ ≤ 3.
 //!
+//! Where (`Gram::on`): a GPU backend may keep the i64 triangle in device memory
+//! (`Backend::gram_add`, shaders/gram.wgsl) while this module keeps the grid, the exact
+//! diagonal and every decision above; the triangle comes to the host once (`settle`) or at
+//! a widening. This module's host path is that kernel's CPU twin: the same integers.
+//!
 //! Memory (bytes; n = `cols`, N = n(n+1)/2 entries of the triangle, T = window tokens):
 //! - accumulation: 8·N (i64 triangle) + 16·n (diagonal) + 8·T·n (one window on its grid),
 //!   plus 8·64·n per parallel task (one block of the window's product); 16·N after a widening
