@@ -200,7 +200,8 @@ fn bench_feedback(c: &mut Criterion) {
 /// 576 → 576 (q_proj) and 1536 → 576 (down_proj) shapes, weights resident
 /// (`prepare_matmul`, as the forward pass holds them), beside the CPU backend's prepared
 /// path in the same run. Small enough for a software adapter (21 M and 57 M multiply-adds);
-/// the sums are compared with the CPU's before timing.
+/// the sums are compared with the CPU's before timing. Each adapter runs both tiled kernels
+/// (`_split`: two i32 products per multiply-add; `_packed`: packed 4×8-bit dot products).
 fn bench_matmul_gpu(c: &mut Criterion) {
     if std::env::var("UCW_BENCH_GPU").is_err() {
         return;
@@ -218,18 +219,21 @@ fn bench_matmul_gpu(c: &mut Criterion) {
         let p = cpu.prepare_matmul(w.clone()).unwrap();
         let want = cpu.matmul_prepared(&x, &p).unwrap().sums;
         g.bench_function("cpu", |b| b.iter(|| black_box(cpu.matmul_prepared(&x, &p).unwrap())));
+        // Each adapter with both tiled kernels: split i32 products and packed 4×8-bit dots.
         for i in 1..devices.infos.len() {
-            let backend = devices.open(i).unwrap();
-            backend.allow_resident_weights(u64::MAX);
-            let p = backend.prepare_matmul(w.clone()).unwrap();
-            assert_eq!(
-                backend.matmul_prepared(&x, &p).unwrap().sums,
-                want,
-                "{} must give the CPU's bits",
-                devices.infos[i].name
-            );
-            let label = format!("{}#{}", devices.infos[i].api, i);
-            g.bench_function(label, |b| b.iter(|| black_box(backend.matmul_prepared(&x, &p).unwrap())));
+            for (kind, packed) in [("split", false), ("packed", true)] {
+                let backend = devices.open_gpu(i).unwrap().with_packed_dot(packed);
+                backend.allow_resident_weights(u64::MAX);
+                let p = backend.prepare_matmul(w.clone()).unwrap();
+                assert_eq!(
+                    backend.matmul_prepared(&x, &p).unwrap().sums,
+                    want,
+                    "{} ({kind}) must give the CPU's bits",
+                    devices.infos[i].name
+                );
+                let label = format!("{}#{}_{kind}", devices.infos[i].api, i);
+                g.bench_function(label, |b| b.iter(|| black_box(backend.matmul_prepared(&x, &p).unwrap())));
+            }
         }
         g.finish();
     }

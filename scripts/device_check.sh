@@ -116,6 +116,14 @@ rm -f "$OUT/t.log"
 run_eval vk_8x512 vulkan 512 8 $(( $(left) > 150 ? 150 : $(left) - 30 ))
 run_eval cpu_8x512 cpu 512 8 60
 same_bits "vulkan 8x512 bits equal cpu" cpu_8x512 vk_8x512
+# The tiled matmul on split i32 products instead of packed 4x8-bit dot products (the
+# hardware default): a speed comparison, and the same bits.
+if [ "$(left)" -gt 560 ]; then
+    UCW_GPU_DOT=split run_eval vk_8x512_split vulkan 512 8 150
+    same_bits "vulkan 8x512 split products bits equal cpu" cpu_8x512 vk_8x512_split
+else
+    log "vk_8x512_split left out: $(left) s left"
+fi
 # Issue 16: a calibrated compression of one Llama-3.1-8B-shape layer (statistics and scale
 # search on the device) against the CPU's, pack digests compared; target <= 60 s on the GPU.
 # Needs about 400 s of the budget (COMPRESS_8B=0 leaves it out).

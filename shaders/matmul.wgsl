@@ -15,6 +15,21 @@
 // CPU's VNNI kernel makes (src/backend/cpu/matmul_vnni.rs). Integer sums in any order give
 // the same bits, so the tiling below cannot change a result.
 //
+// matmul_dot4: the tiled kernel with packed 4×8-bit integer dot products (WGSL's
+// dot4I8Packed; naga emits the hardware instruction (SPIR-V OpSDot, HLSL dot4add_i8packed)
+// where the device has it and exact shifts and multiplies elsewhere). Each value is split
+// into signed byte digits once, while the tile is staged: a = d2·2^16 + d1·2^8 + d0 with
+// d0, d1 in [-128, 127] and d2 in [-2, 2] (|a| <= 2^17), m = (e1 + f)·2^8 + e0 with e0, e1
+// in [-128, 127] and f in {0, 1}: m spans 2^16 + 1 values, one more than two bytes hold, so
+// the top (m >= 32,640, where e1 would be 128) takes f = 1 and the f plane is only walked
+// where an invocation's rows have one (the CPU's VNNI kernel adds the same correction). Per
+// output and group, by weight: lo = Σd0e0 + (Σd0e1 + Σd1e0 + Σd0f)·2^8 and hi = Σd1e1 + Σd2e0
+// + Σd1f + (Σd2e1 + Σd2f)·2^8. Over a group of <= 64 columns Σ|d0e0| <= 64·2^14 = 2^20, each
+// of the three 2^8-weighted sums <= 2^20, so |lo| <= 2^20 + 3·2^28 < 2^31; |hi| <= 64·(2^14
+// + 2·2^7 + 2^7) + 2^8·64·(2·2^7 + 2) < 2^23: both exact in i32, and the group's sum is
+// hi·2^16 + lo in 64 bits: a·m exactly, as in the other kernels. Workgroup memory: three
+// digit planes of each operand, 16 quads × 32 rows each (12 KiB in xs and ws).
+//
 // matmul_rows, for products with fewer than 32 tokens or rows (where a tile would be mostly
 // padding): one invocation per output and slice, the same split products.
 //
@@ -150,6 +165,140 @@ fn matmul(
             }
         }
     }
+}
+
+// dot4I8Packed of one token's digit word with four rows' digit words.
+fn dots(a: u32, m: vec4<u32>) -> vec4<i32> {
+    return vec4<i32>(dot4I8Packed(a, m.x), dot4I8Packed(a, m.y), dot4I8Packed(a, m.z), dot4I8Packed(a, m.w));
+}
+
+// Four columns of one row as byte digits: a = d2·2^16 + d1·2^8 + d0 (x), balanced so every
+// digit is a signed byte.
+fn low_digit(v: vec4<i32>) -> vec4<i32> {
+    return ((v + vec4<i32>(128i)) & vec4<i32>(255i)) - vec4<i32>(128i);
+}
+
+const QUADS: u32 = GMAX / 4u;     // column quads of a group: one packed word each
+const PLANE: u32 = QUADS * TILE;  // words of one digit plane of the tile
+
+@compute @workgroup_size(64)
+fn matmul_dot4(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let tile = wg.x + wg.y * nwg.x;
+    if (tile >= p.units) {
+        return;
+    }
+    let row_tiles = (p.n + TILE - 1u) / TILE;
+    let sl = tile % p.slices;
+    let tn = tile / p.slices;
+    let t0 = (tn / row_tiles) * TILE;
+    let n0 = (tn % row_tiles) * TILE;
+    let lt = li / STEP;
+    let ln = li % STEP;
+    let g0 = sl * p.slice_groups;
+    let g1 = min(g0 + p.slice_groups, p.groups_per_row);
+    var acc: array<vec2<u32>, 16>;   // [4i + j]: token lt + 8i, row ln + 8j
+    for (var g = g0; g < g1; g++) {
+        let c0 = g * p.group_size;
+        let width = min(p.group_size, p.k - c0);
+        // Stage: word e is quad e / TILE (columns 4q..4q+3 of the group), tile row e % TILE;
+        // columns outside the matrices or past the group are 0 and add nothing.
+        for (var e = li; e < PLANE; e += 64u) {
+            let c = (e / TILE) * 4u;
+            let r = e % TILE;
+            var xv = vec4<i32>(0i);
+            var wv = vec4<i32>(0i);
+            if (t0 + r < p.tokens) {
+                let b = (t0 + r) * p.k + c0 + c;
+                if (c < width) { xv.x = x[b]; }
+                if (c + 1u < width) { xv.y = x[b + 1u]; }
+                if (c + 2u < width) { xv.z = x[b + 2u]; }
+                if (c + 3u < width) { xv.w = x[b + 3u]; }
+            }
+            if (n0 + r < p.n) {
+                let b = (n0 + r) * p.k + c0 + c;
+                if (c < width) { wv.x = w[b]; }
+                if (c + 1u < width) { wv.y = w[b + 1u]; }
+                if (c + 2u < width) { wv.z = w[b + 2u]; }
+                if (c + 3u < width) { wv.w = w[b + 3u]; }
+            }
+            let d0 = low_digit(xv);
+            let r1 = (xv - d0) >> vec4<u32>(8u);
+            let d1 = low_digit(r1);
+            xs[e] = bitcast<i32>(pack4xI8(d0));
+            xs[PLANE + e] = bitcast<i32>(pack4xI8(d1));
+            xs[2u * PLANE + e] = bitcast<i32>(pack4xI8((r1 - d1) >> vec4<u32>(8u)));
+            let e0 = low_digit(wv);
+            let m1 = (wv - e0) >> vec4<u32>(8u);   // in [-128, 128]
+            let f = select(vec4<i32>(0i), vec4<i32>(1i), m1 > vec4<i32>(127i));
+            ws[e] = bitcast<i32>(pack4xI8(e0));
+            ws[PLANE + e] = bitcast<i32>(pack4xI8(m1 - f));
+            ws[2u * PLANE + e] = bitcast<i32>(pack4xI8(f));
+        }
+        workgroupBarrier();
+        // Token i's sums in lo[i], hi[i], row j in lane j (no inner loops: llvmpipe counts
+        // every loop iteration against its limit).
+        var lo0 = vec4<i32>(0i); var hi0 = vec4<i32>(0i);
+        var lo1 = vec4<i32>(0i); var hi1 = vec4<i32>(0i);
+        var lo2 = vec4<i32>(0i); var hi2 = vec4<i32>(0i);
+        var lo3 = vec4<i32>(0i); var hi3 = vec4<i32>(0i);
+        let quads = (width + 3u) / 4u;
+        for (var q = 0u; q < quads; q++) {
+            let col = q * TILE;
+            let mr = col + ln;
+            let e0 = bitcast<vec4<u32>>(vec4<i32>(ws[mr], ws[mr + STEP], ws[mr + 2u * STEP], ws[mr + 3u * STEP]));
+            let e1 = bitcast<vec4<u32>>(vec4<i32>(ws[PLANE + mr], ws[PLANE + mr + STEP], ws[PLANE + mr + 2u * STEP], ws[PLANE + mr + 3u * STEP]));
+            let fm = bitcast<vec4<u32>>(vec4<i32>(ws[2u * PLANE + mr], ws[2u * PLANE + mr + STEP], ws[2u * PLANE + mr + 2u * STEP], ws[2u * PLANE + mr + 3u * STEP]));
+            let ar = col + lt;
+            let a0 = bitcast<vec4<u32>>(vec4<i32>(xs[ar], xs[ar + STEP], xs[ar + 2u * STEP], xs[ar + 3u * STEP]));
+            let a1 = bitcast<vec4<u32>>(vec4<i32>(xs[PLANE + ar], xs[PLANE + ar + STEP], xs[PLANE + ar + 2u * STEP], xs[PLANE + ar + 3u * STEP]));
+            let a2 = bitcast<vec4<u32>>(vec4<i32>(xs[2u * PLANE + ar], xs[2u * PLANE + ar + STEP], xs[2u * PLANE + ar + 2u * STEP], xs[2u * PLANE + ar + 3u * STEP]));
+            lo0 += dots(a0.x, e0) + 256i * (dots(a0.x, e1) + dots(a1.x, e0));
+            hi0 += dots(a1.x, e1) + dots(a2.x, e0) + 256i * dots(a2.x, e1);
+            lo1 += dots(a0.y, e0) + 256i * (dots(a0.y, e1) + dots(a1.y, e0));
+            hi1 += dots(a1.y, e1) + dots(a2.y, e0) + 256i * dots(a2.y, e1);
+            lo2 += dots(a0.z, e0) + 256i * (dots(a0.z, e1) + dots(a1.z, e0));
+            hi2 += dots(a1.z, e1) + dots(a2.z, e0) + 256i * dots(a2.z, e1);
+            lo3 += dots(a0.w, e0) + 256i * (dots(a0.w, e1) + dots(a1.w, e0));
+            hi3 += dots(a1.w, e1) + dots(a2.w, e0) + 256i * dots(a2.w, e1);
+            if (any(fm != vec4<u32>(0u))) {
+                lo0 += 256i * dots(a0.x, fm); hi0 += dots(a1.x, fm) + 256i * dots(a2.x, fm);
+                lo1 += 256i * dots(a0.y, fm); hi1 += dots(a1.y, fm) + 256i * dots(a2.y, fm);
+                lo2 += 256i * dots(a0.z, fm); hi2 += dots(a1.z, fm) + 256i * dots(a2.z, fm);
+                lo3 += 256i * dots(a0.w, fm); hi3 += dots(a1.w, fm) + 256i * dots(a2.w, fm);
+            }
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let o = n0 + ln + STEP * j;
+            if (o < p.n) {
+                let sh = u32(wexp[o * p.groups_per_row + g] - rexp[o]);
+                acc[j] = w_add(acc[j], w_shl(digit_sum(hi0[j], lo0[j]), sh));
+                acc[4u + j] = w_add(acc[4u + j], w_shl(digit_sum(hi1[j], lo1[j]), sh));
+                acc[8u + j] = w_add(acc[8u + j], w_shl(digit_sum(hi2[j], lo2[j]), sh));
+                acc[12u + j] = w_add(acc[12u + j], w_shl(digit_sum(hi3[j], lo3[j]), sh));
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let t = t0 + lt + STEP * i;
+        for (var j = 0u; j < 4u; j++) {
+            let o = n0 + ln + STEP * j;
+            if (t < p.tokens && o < p.n) {
+                let idx = (t * p.n + o) * p.slices + sl;
+                out[2u * idx] = acc[4u * i + j].x;
+                out[2u * idx + 1u] = acc[4u * i + j].y;
+            }
+        }
+    }
+}
+
+// hi·2^16 + lo of one group (matmul_dot4), as one 64-bit value.
+fn digit_sum(hi: i32, lo: i32) -> vec2<u32> {
+    return w_add(w_shl(w_from_i32(hi), 16u), w_from_i32(lo));
 }
 
 @compute @workgroup_size(64)

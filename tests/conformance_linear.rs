@@ -53,7 +53,14 @@ fn add_sums(out: &mut common::Outputs, case: &str, s: &ExactSums) {
     out.add(format!("{case} row_exps"), &s.row_exps);
 }
 
-conformance!(matmul_same_bits_everywhere, |b| {
+/// Both ways the tiled matmul multiplies (`UCW_GPU_DOT`): packed 4×8-bit dot products of
+/// byte digits (matmul_dot4) and two exact i32 products per multiply-add (matmul).
+const DOT_KNOBS: &[common::Knob] = &[
+    ("packed 4x8-bit dot products", |g| g.with_packed_dot(true)),
+    ("split i32 products", |g| g.with_packed_dot(false)),
+];
+
+conformance_with_knobs!(matmul_same_bits_everywhere, DOT_KNOBS, |b| {
     let mut out = common::Outputs::new();
     for (i, &(t, k, n)) in SHAPES.iter().enumerate() {
         let x = activations(t, k, 10 + i as u64);
@@ -66,7 +73,7 @@ conformance!(matmul_same_bits_everywhere, |b| {
 // Prepared weights (packed once, as the forward pass uses them) give `matmul`'s bits on
 // every device: including a weight of +2^15 (outside i16: the CPU packs it as a correction),
 // one token (the reference loop), and a product repeated on one preparation.
-conformance!(matmul_prepared_same_bits_everywhere, |b| {
+conformance_with_knobs!(matmul_prepared_same_bits_everywhere, DOT_KNOBS, |b| {
     let mut out = common::Outputs::new();
     for (i, &(t, k, n)) in SHAPES.iter().chain(&[(1, 300, 120)]).enumerate() {
         let x = activations(t, k, 10 + i as u64);
@@ -348,6 +355,8 @@ const WIDE_KNOBS: &[common::Knob] = &[
     ("one group per matmul slice", |g| g.with_chunk_sizes(ChunkSizes { matmul_cols: 64, ..ChunkSizes::DEFAULT })),
     ("65 groups per matmul slice", |g| g.with_chunk_sizes(ChunkSizes { matmul_cols: 65 * 64, ..ChunkSizes::DEFAULT })),
     ("binding of 65,536 x 4 bytes", |g| g.with_work_limits(65536 * 4, 65535)),
+    ("packed 4x8-bit dot products", |g| g.with_packed_dot(true)),
+    ("split i32 products", |g| g.with_packed_dot(false)),
 ];
 
 // Inner dimensions past the old limit of 128 groups up to MATMUL_MAX_COLS, at the values'

@@ -84,6 +84,9 @@ const KNOBS: &[common::Knob] = &[
     // Attention a workgroup per block of queries (hardware's default; llvmpipe's is one
     // invocation per query, head and chunk).
     ("attention over workgroups", |g| g.with_attn_workgroups(true)),
+    // The tiled products on packed 4×8-bit dot products (Vulkan and DX12 hardware's
+    // default; software adapters run the split i32 products).
+    ("packed dot products", |g| g.with_packed_dot(true)),
     // Split-K (down_proj's 160 columns in slices of one group, added by matmul_reduce),
     // renorm_top over 7-output chunks, 5-key attention chunks: all inside the recording.
     ("small chunks", |g| g.with_chunk_sizes(ChunkSizes { nll: 73, renorm: 7, attn_keys: 5, matmul_cols: 64 })),

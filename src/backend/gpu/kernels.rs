@@ -80,7 +80,8 @@ impl GpuBackend {
         let tiled = tokens >= MATMUL_TILE && rows >= MATMUL_TILE;
         let (entry, units, invocations) = if tiled {
             let tiles = tokens.div_ceil(MATMUL_TILE) * rows.div_ceil(MATMUL_TILE) * slices;
-            ("matmul", tiles, tiles as u64 * WORKGROUP as u64)
+            let entry = if self.packed_dot() { "matmul_dot4" } else { "matmul" };
+            (entry, tiles, tiles as u64 * WORKGROUP as u64)
         } else {
             ("matmul_rows", total, total as u64)
         };
@@ -118,6 +119,7 @@ impl GpuBackend {
         let cols = (per * w.params.group_size as usize).min(w.cols);
         let groups = per.min(w.groups_per_row());
         // Per group: itself, the staging steps and 4 rows' shifts; then 4 + 16 stores.
+        // matmul_dot4 runs fewer (a quarter of the staging steps and of the columns).
         self.check_loops("matmul", (cols + groups * (1 + MATMUL_STAGE_STEPS + 4) + 20) as u64)?;
         self.check_loops("matmul_reduce", slices as u64)
     }

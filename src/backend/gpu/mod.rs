@@ -153,6 +153,9 @@ pub struct GpuBackend {
     /// Whether attention's passes over keys run a workgroup per block of queries (else one
     /// invocation per query, head and chunk; `attn_policy`).
     attn_workgroups: bool,
+    /// Whether the tiled matmul multiplies byte digits with packed 4×8-bit dot products
+    /// (`matmul_dot4`; else two exact i32 products per multiply-add; `dot_policy`).
+    packed_dot: bool,
 }
 
 impl Drop for GpuBackend {
@@ -218,6 +221,22 @@ fn attn_policy(setting: Option<&str>, device_type: wgpu::DeviceType) -> bool {
     }
 }
 
+/// How the tiled matmul multiplies (`shaders/matmul.wgsl`): `UCW_GPU_DOT=packed` or `split`
+/// where set, else packed 4×8-bit dot products (`matmul_dot4`) on Vulkan and DX12 adapters
+/// that are not CPUs, the split i32 products (`matmul`) elsewhere. wgpu does not say whether
+/// the device has the instruction; naga emits it (SPIR-V `OpSDot`, HLSL `dot4add_i8packed`)
+/// where the Vulkan device has VK_KHR_shader_integer_dot_product (core in Vulkan 1.3) or
+/// D3D12 has shader model 6.4, which current NVIDIA, AMD and Intel drivers have; Metal and GL
+/// get shifts and multiplies, where six byte dots per four multiply-adds cannot beat the
+/// split kernel's eight i32 products. Same bits either way.
+fn dot_policy(setting: Option<&str>, device_type: wgpu::DeviceType, backend: wgpu::Backend) -> bool {
+    match setting {
+        Some("packed") => true,
+        Some("split") => false,
+        _ => device_type != wgpu::DeviceType::Cpu && matches!(backend, wgpu::Backend::Vulkan | wgpu::Backend::Dx12),
+    }
+}
+
 /// Mesa's llvmpipe (the software Vulkan and GL adapters) stops every loop of a shader
 /// invocation once the invocation has run this many loop iterations in all (gallivm
 /// `LP_MAX_TGSI_LOOP_ITERATIONS`, "shared between every loop"), silently: the results are
@@ -250,6 +269,7 @@ impl GpuBackend {
         let loop_limit = info.name.contains("llvmpipe").then_some(LLVMPIPE_LOOP_LIMIT);
         let gram_on_device = gram_policy(std::env::var("UCW_GPU_GRAM").ok().as_deref(), info.device_type);
         let attn_workgroups = attn_policy(std::env::var("UCW_GPU_ATTN").ok().as_deref(), info.device_type);
+        let packed_dot = dot_policy(std::env::var("UCW_GPU_DOT").ok().as_deref(), info.device_type, info.backend);
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let max_groups_per_dim = limits.max_compute_workgroups_per_dimension;
         Ok(GpuBackend {
@@ -267,6 +287,7 @@ impl GpuBackend {
             profile: Profile::from_env(),
             gram_on_device,
             attn_workgroups,
+            packed_dot,
             resident_limit: AtomicU64::new(0),
             resident: Arc::default(),
             traffic: Default::default(),
@@ -310,6 +331,18 @@ impl GpuBackend {
 
     pub(crate) fn attn_workgroups(&self) -> bool {
         self.attn_workgroups
+    }
+
+    /// Run the tiled matmul on packed 4×8-bit dot products (`true`) or on split i32
+    /// products, whatever the adapter and `UCW_GPU_DOT` say: the same bits either way (tests
+    /// run both on software adapters).
+    pub fn with_packed_dot(mut self, on: bool) -> Self {
+        self.packed_dot = on;
+        self
+    }
+
+    pub(crate) fn packed_dot(&self) -> bool {
+        self.packed_dot
     }
 
     /// Lower the binding-size and grid limits so tests can exercise the splitting paths on
