@@ -73,9 +73,60 @@ const GMAX: u32 = 64u;
 var<workgroup> xs: array<i32, 2048>;
 var<workgroup> ws: array<i32, 2048>;
 
-// Σ h·m and Σ l·m of one group, as one 64-bit value.
-fn group_sum(hs: i32, ls: i32) -> vec2<u32> {
-    return w_add(w_shl(w_from_i32(hs), 9u), w_from_i32(ls));
+// A group's sum from its two exact i32 parts, hi·2^s + lo, as one 64-bit value (s = 9:
+// Σ h·m and Σ l·m; s = 16: matmul_dot4's digit sums).
+fn split_sum(hi: i32, lo: i32, s: u32) -> vec2<u32> {
+    return w_add(w_shl(w_from_i32(hi), s), w_from_i32(lo));
+}
+
+// Where a tiled workgroup works: its tile's first token and row, its split-K slice and
+// that slice's groups [g0, g1).
+struct TileAt {
+    t0: u32,
+    n0: u32,
+    sl: u32,
+    g0: u32,
+    g1: u32,
+}
+
+fn tile_at(tile: u32) -> TileAt {
+    let row_tiles = (p.n + TILE - 1u) / TILE;
+    let sl = tile % p.slices;
+    let tn = tile / p.slices;
+    let g0 = sl * p.slice_groups;
+    return TileAt((tn / row_tiles) * TILE, (tn % row_tiles) * TILE, sl, g0, min(g0 + p.slice_groups, p.groups_per_row));
+}
+
+// Adds group g's sums hi·2^s + lo (token i in hi[i], lo[i], row j in lane j) to the
+// invocation's outputs, each shifted to its row's smallest exponent (rows past n add
+// nothing and read nothing).
+fn add_group(acc: ptr<function, array<vec2<u32>, 16>>, n0: u32, ln: u32, g: u32, s: u32, hi: array<vec4<i32>, 4>, lo: array<vec4<i32>, 4>) {
+    for (var j = 0u; j < 4u; j++) {
+        let o = n0 + ln + STEP * j;
+        if (o < p.n) {
+            let sh = u32(wexp[o * p.groups_per_row + g] - rexp[o]);
+            // Tokens unrolled: llvmpipe counts every loop iteration (check_matmul_loops).
+            (*acc)[j] = w_add((*acc)[j], w_shl(split_sum(hi[0][j], lo[0][j], s), sh));
+            (*acc)[4u + j] = w_add((*acc)[4u + j], w_shl(split_sum(hi[1][j], lo[1][j], s), sh));
+            (*acc)[8u + j] = w_add((*acc)[8u + j], w_shl(split_sum(hi[2][j], lo[2][j], s), sh));
+            (*acc)[12u + j] = w_add((*acc)[12u + j], w_shl(split_sum(hi[3][j], lo[3][j], s), sh));
+        }
+    }
+}
+
+// The invocation's 4 × 4 outputs (token lt + 8i, row ln + 8j in acc[4i + j]) of slice sl.
+fn store_tile(at: TileAt, lt: u32, ln: u32, acc: array<vec2<u32>, 16>) {
+    for (var i = 0u; i < 4u; i++) {
+        let t = at.t0 + lt + STEP * i;
+        for (var j = 0u; j < 4u; j++) {
+            let o = at.n0 + ln + STEP * j;
+            if (t < p.tokens && o < p.n) {
+                let idx = (t * p.n + o) * p.slices + at.sl;
+                out[2u * idx] = acc[4u * i + j].x;
+                out[2u * idx + 1u] = acc[4u * i + j].y;
+            }
+        }
+    }
 }
 
 @compute @workgroup_size(64)
@@ -90,17 +141,13 @@ fn matmul(
     if (tile >= p.units) {
         return;
     }
-    let row_tiles = (p.n + TILE - 1u) / TILE;
-    let sl = tile % p.slices;
-    let tn = tile / p.slices;
-    let t0 = (tn / row_tiles) * TILE;
-    let n0 = (tn % row_tiles) * TILE;
+    let at = tile_at(tile);
+    let t0 = at.t0;
+    let n0 = at.n0;
     let lt = li / STEP;
     let ln = li % STEP;
-    let g0 = sl * p.slice_groups;
-    let g1 = min(g0 + p.slice_groups, p.groups_per_row);
     var acc: array<vec2<u32>, 16>;   // [4i + j]: token lt + 8i, row ln + 8j
-    for (var g = g0; g < g1; g++) {
+    for (var g = at.g0; g < at.g1; g++) {
         let c0 = g * p.group_size;
         let width = min(p.group_size, p.k - c0);
         // Stage: element e is column e / TILE, tile row e % TILE; outside the matrices (or
@@ -139,32 +186,11 @@ fn matmul(
             h2 += ah.z * m; l2 += al.z * m;
             h3 += ah.w * m; l3 += al.w * m;
         }
-        // Each row's group sums, shifted to the row's smallest exponent (rows past n add
-        // nothing and read nothing).
-        for (var j = 0u; j < 4u; j++) {
-            let o = n0 + ln + STEP * j;
-            if (o < p.n) {
-                let sh = u32(wexp[o * p.groups_per_row + g] - rexp[o]);
-                acc[j] = w_add(acc[j], w_shl(group_sum(h0[j], l0[j]), sh));
-                acc[4u + j] = w_add(acc[4u + j], w_shl(group_sum(h1[j], l1[j]), sh));
-                acc[8u + j] = w_add(acc[8u + j], w_shl(group_sum(h2[j], l2[j]), sh));
-                acc[12u + j] = w_add(acc[12u + j], w_shl(group_sum(h3[j], l3[j]), sh));
-            }
-        }
+        add_group(&acc, n0, ln, g, 9u, array(h0, h1, h2, h3), array(l0, l1, l2, l3));
         // The next group overwrites the tile only after every invocation has read it.
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let t = t0 + lt + STEP * i;
-        for (var j = 0u; j < 4u; j++) {
-            let o = n0 + ln + STEP * j;
-            if (t < p.tokens && o < p.n) {
-                let idx = (t * p.n + o) * p.slices + sl;
-                out[2u * idx] = acc[4u * i + j].x;
-                out[2u * idx + 1u] = acc[4u * i + j].y;
-            }
-        }
-    }
+    store_tile(at, lt, ln, acc);
 }
 
 // dot4I8Packed of one token's digit word with four rows' digit words.
@@ -191,17 +217,13 @@ fn matmul_dot4(
     if (tile >= p.units) {
         return;
     }
-    let row_tiles = (p.n + TILE - 1u) / TILE;
-    let sl = tile % p.slices;
-    let tn = tile / p.slices;
-    let t0 = (tn / row_tiles) * TILE;
-    let n0 = (tn % row_tiles) * TILE;
+    let at = tile_at(tile);
+    let t0 = at.t0;
+    let n0 = at.n0;
     let lt = li / STEP;
     let ln = li % STEP;
-    let g0 = sl * p.slice_groups;
-    let g1 = min(g0 + p.slice_groups, p.groups_per_row);
     var acc: array<vec2<u32>, 16>;   // [4i + j]: token lt + 8i, row ln + 8j
-    for (var g = g0; g < g1; g++) {
+    for (var g = at.g0; g < at.g1; g++) {
         let c0 = g * p.group_size;
         let width = min(p.group_size, p.k - c0);
         // Stage: word e is quad e / TILE (columns 4q..4q+3 of the group), tile row e % TILE;
@@ -271,34 +293,10 @@ fn matmul_dot4(
                 lo3 += 256i * dots(a0.w, fm); hi3 += dots(a1.w, fm) + 256i * dots(a2.w, fm);
             }
         }
-        for (var j = 0u; j < 4u; j++) {
-            let o = n0 + ln + STEP * j;
-            if (o < p.n) {
-                let sh = u32(wexp[o * p.groups_per_row + g] - rexp[o]);
-                acc[j] = w_add(acc[j], w_shl(digit_sum(hi0[j], lo0[j]), sh));
-                acc[4u + j] = w_add(acc[4u + j], w_shl(digit_sum(hi1[j], lo1[j]), sh));
-                acc[8u + j] = w_add(acc[8u + j], w_shl(digit_sum(hi2[j], lo2[j]), sh));
-                acc[12u + j] = w_add(acc[12u + j], w_shl(digit_sum(hi3[j], lo3[j]), sh));
-            }
-        }
+        add_group(&acc, n0, ln, g, 16u, array(hi0, hi1, hi2, hi3), array(lo0, lo1, lo2, lo3));
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let t = t0 + lt + STEP * i;
-        for (var j = 0u; j < 4u; j++) {
-            let o = n0 + ln + STEP * j;
-            if (t < p.tokens && o < p.n) {
-                let idx = (t * p.n + o) * p.slices + sl;
-                out[2u * idx] = acc[4u * i + j].x;
-                out[2u * idx + 1u] = acc[4u * i + j].y;
-            }
-        }
-    }
-}
-
-// hi·2^16 + lo of one group (matmul_dot4), as one 64-bit value.
-fn digit_sum(hi: i32, lo: i32) -> vec2<u32> {
-    return w_add(w_shl(w_from_i32(hi), 16u), w_from_i32(lo));
+    store_tile(at, lt, ln, acc);
 }
 
 @compute @workgroup_size(64)
@@ -325,7 +323,7 @@ fn matmul_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
             hs += (a >> 9u) * m;
             ls += (a & 511i) * m;
         }
-        acc = w_add(acc, w_shl(group_sum(hs, ls), u32(wexp[o * p.groups_per_row + g] - rexp[o])));
+        acc = w_add(acc, w_shl(split_sum(hs, ls, 9u), u32(wexp[o * p.groups_per_row + g] - rexp[o])));
     }
     out[2u * idx] = acc.x;
     out[2u * idx + 1u] = acc.y;
