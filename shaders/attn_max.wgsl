@@ -1,4 +1,4 @@
-// requires: wide.wgsl attn_lib.wgsl
+// requires: wide.wgsl attn_lib.wgsl attn_block.wgsl
 // Attention, pass 1 of 3: per (query t, head h, chunk c of `kc` keys) the largest score of
 // the chunk's keys j <= t and the largest V exponent among them; chunks wholly beyond t
 // write the minimum. Integer maxima: the chunking cannot change a bit, and no invocation
@@ -10,18 +10,11 @@
 // by one invocation in lane order (a maximum: any order gives the same value, and nothing
 // depends on subgroups). Each key row is read once per workgroup instead of once per query.
 
-// Binding 0, the parameters `p`, is declared in attn_lib.wgsl.
-@group(0) @binding(1) var<storage, read> q: array<i32>;     // [T, heads·d]
-@group(0) @binding(2) var<storage, read> k: array<i32>;     // [T, kv_heads·d]
+// Binding 0, the parameters `p`, is declared in attn_lib.wgsl; q and k (1, 2) and the
+// workgroup memory in attn_block.wgsl. After the last step `ks` holds the lanes' results.
 @group(0) @binding(3) var<storage, read> exps: array<i32>;  // q exps [T], k exps [T], v exps [T]
 @group(0) @binding(4) var<storage, read_write> smax: array<u32>;  // [T, heads, chunks] × (lo, hi)
 @group(0) @binding(5) var<storage, read_write> cev: array<i32>;   // [T, heads, chunks]
-
-// The block's queries [QB, d] and one step's keys [attn_step_keys(d), d] (d <= 256): 16
-// KiB, WebGPU's guaranteed workgroup storage. After the last step `ks` holds the lanes'
-// results.
-var<workgroup> qs: array<i32, 2048>;
-var<workgroup> ks: array<i32, 2048>;
 
 @compute @workgroup_size(64)
 fn attn_max(
@@ -31,23 +24,16 @@ fn attn_max(
 ) {
     // Uniform per workgroup (every branch before a barrier below is).
     let unit = (p.offset + (wg.x + wg.y * nwg.x) * 64u) / 64u;
-    let qblocks = (p.tokens + QB - 1u) / QB;
-    if (unit >= qblocks * p.heads * p.chunks) {
+    if (unit >= attn_block_units()) {
         return;
     }
-    let c = unit % p.chunks;
-    let bh = unit / p.chunks;
-    let h = bh % p.heads;
-    let t0 = (bh / p.heads) * QB;
+    let b = attn_block(unit);
     let d = p.head_dim;
-    let g = h / (p.heads / p.kv_heads);
-    let j0 = c * p.kc;
-    let tlast = min(t0 + QB, p.tokens) - 1u;
     let qi = li / KB;
     let kl = li % KB;
-    let t = t0 + qi;
-    let idx = (t * p.heads + h) * p.chunks + c;
-    if (j0 > tlast) {
+    let t = b.t0 + qi;
+    let idx = (t * p.heads + b.h) * p.chunks + b.c;
+    if (b.j0 > b.tlast) {
         // No query of the block sees a key of this chunk.
         if (kl == 0u && t < p.tokens) {
             smax[2u * idx] = 0u;
@@ -56,30 +42,16 @@ fn attn_max(
         }
         return;
     }
-    let j1 = min(j0 + p.kc, tlast + 1u);   // the keys any query of the block sees
-    for (var e = li; e < QB * d; e += 64u) {
-        let r = e / d;
-        var x = 0i;
-        if (t0 + r < p.tokens) {
-            x = q[(t0 + r) * p.heads * d + h * d + e % d];
-        }
-        qs[e] = x;
-    }
+    let j1 = min(b.j0 + p.kc, b.tlast + 1u);   // the keys any query of the block sees
+    stage_queries(b, li);
     var m = vec2<u32>(0u, 0x80000000u);   // i64 min: no key seen
     var ev = -2147483647i - 1i;
     var any = false;
     let sk = attn_step_keys(d);
-    for (var jb = j0; jb < j1; jb += sk) {
+    for (var jb = b.j0; jb < j1; jb += sk) {
         // The previous step's keys are read (and the queries staged) before new keys land.
         workgroupBarrier();
-        for (var e = li; e < sk * d; e += 64u) {
-            let r = e / d;
-            var x = 0i;
-            if (jb + r < j1) {
-                x = k[(jb + r) * p.kv_heads * d + g * d + e % d];
-            }
-            ks[e] = x;
-        }
+        stage_keys(b, jb, j1, sk, li);
         workgroupBarrier();
         for (var r = kl; r < sk; r += KB) {
             let j = jb + r;

@@ -1,4 +1,4 @@
-// requires: wide.wgsl expq.wgsl attn_lib.wgsl
+// requires: wide.wgsl expq.wgsl attn_lib.wgsl attn_block.wgsl
 // Attention, pass 2 of 3: per (query t, head h, chunk c) with the exact score maximum m and
 // V exponent Ev of the whole prefix (the largest of pass 1's chunk values): the chunk's
 // Σ w_j (w_j = e^-(m − s_j) in Q30) and, per output dimension, Σ u_j · v_ji with the key's
@@ -14,9 +14,9 @@
 // 2^24), joined in 64 bits once per step. The lanes' Σ w are added by one invocation at
 // the end. Integer sums: the same bits in any order.
 
-// Binding 0, the parameters `p`, is declared in attn_lib.wgsl.
-@group(0) @binding(1) var<storage, read> q: array<i32>;     // [T, heads·d]
-@group(0) @binding(2) var<storage, read> k: array<i32>;     // [T, kv_heads·d]
+// Binding 0, the parameters `p`, is declared in attn_lib.wgsl; q and k (1, 2) and the
+// workgroup memory in attn_block.wgsl. After a step's scores `ks` holds its weights [QB,
+// sk]; after the last step, the lanes' Σ w.
 @group(0) @binding(3) var<storage, read> v: array<i32>;     // [T, kv_heads·d]
 @group(0) @binding(4) var<storage, read> exps: array<i32>;  // q exps [T], k exps [T], v exps [T]
 @group(0) @binding(5) var<storage, read> table: array<u32>; // 2^(-j/256), Q30
@@ -25,10 +25,28 @@
 @group(0) @binding(8) var<storage, read_write> pz: array<u32>;  // [T, heads, chunks] × (lo, hi)
 @group(0) @binding(9) var<storage, read_write> pa: array<u32>;  // [T, heads, chunks, d] × (lo, hi)
 
-// The block's queries [QB, d] and one step's keys [sk, d] (d <= 256): 16 KiB. After a
-// step's scores, `ks` holds its weights [QB, sk]; after the last step, the lanes' Σ w.
-var<workgroup> qs: array<i32, 2048>;
-var<workgroup> ks: array<i32, 2048>;
+// The whole prefix's exact score maximum m and largest V exponent ev for query t, head
+// (t·heads + h = th): the largest of pass 1's values over the chunks that hold a key <= t
+// (chunk 0 always does, so its values are real).
+struct PrefixMax {
+    m: vec2<u32>,
+    ev: i32,
+}
+
+fn prefix_max(th: u32, t: u32) -> PrefixMax {
+    var m = vec2<u32>(smax[2u * th * p.chunks], smax[2u * th * p.chunks + 1u]);
+    var ev = cev[th * p.chunks];
+    for (var cc = 1u; cc < p.chunks; cc++) {
+        if (cc * p.kc <= t) {
+            let s = vec2<u32>(smax[2u * (th * p.chunks + cc)], smax[2u * (th * p.chunks + cc) + 1u]);
+            if (w_lt(m, s)) {
+                m = s;
+            }
+            ev = max(ev, cev[th * p.chunks + cc]);
+        }
+    }
+    return PrefixMax(m, ev);
+}
 
 @compute @workgroup_size(64)
 fn attn_sum(
@@ -37,65 +55,34 @@ fn attn_sum(
     @builtin(local_invocation_index) li: u32,
 ) {
     let unit = (p.offset + (wg.x + wg.y * nwg.x) * 64u) / 64u;
-    let qblocks = (p.tokens + QB - 1u) / QB;
-    if (unit >= qblocks * p.heads * p.chunks) {
+    if (unit >= attn_block_units()) {
         return;
     }
-    let c = unit % p.chunks;
-    let bh = unit / p.chunks;
-    let h = bh % p.heads;
-    let t0 = (bh / p.heads) * QB;
+    let b = attn_block(unit);
     let d = p.head_dim;
-    let g = h / (p.heads / p.kv_heads);
-    let j0 = c * p.kc;
-    let tlast = min(t0 + QB, p.tokens) - 1u;
-    if (j0 > tlast) {
+    if (b.j0 > b.tlast) {
         return;   // pz and pa stay zero
     }
-    let j1 = min(j0 + p.kc, tlast + 1u);
+    let j1 = min(b.j0 + p.kc, b.tlast + 1u);
     let qi = li / KB;
     let kl = li % KB;
-    let t = t0 + qi;
-    let live = t < p.tokens && j0 <= t;   // this query sees a key of the chunk
-    let th = t * p.heads + h;
-    // The prefix's maximum and V exponent (chunk 0 always holds key 0 <= t).
-    var m = vec2<u32>(0u, 0u);
-    var ev = 0i;
+    let t = b.t0 + qi;
+    let live = t < p.tokens && b.j0 <= t;   // this query sees a key of the chunk
+    let th = t * p.heads + b.h;
+    var pm = PrefixMax(vec2<u32>(0u, 0u), 0i);
     if (live) {
-        m = vec2<u32>(smax[2u * th * p.chunks], smax[2u * th * p.chunks + 1u]);
-        ev = cev[th * p.chunks];
-        for (var cc = 1u; cc < p.chunks; cc++) {
-            if (cc * p.kc <= t) {
-                let s = vec2<u32>(smax[2u * (th * p.chunks + cc)], smax[2u * (th * p.chunks + cc) + 1u]);
-                if (w_lt(m, s)) {
-                    m = s;
-                }
-                ev = max(ev, cev[th * p.chunks + cc]);
-            }
-        }
+        pm = prefix_max(th, t);
     }
-    for (var e = li; e < QB * d; e += 64u) {
-        let r = e / d;
-        var x = 0i;
-        if (t0 + r < p.tokens) {
-            x = q[(t0 + r) * p.heads * d + h * d + e % d];
-        }
-        qs[e] = x;
-    }
+    let m = pm.m;
+    let ev = pm.ev;
+    stage_queries(b, li);
     var z = vec2<u32>(0u, 0u);
     var acc: array<vec2<u32>, 32>;   // dimensions kl + KB·r of query qi (d <= 256)
     var us: array<u32, 8>;           // this lane's weights of a step (sk / KB <= 8)
     let sk = attn_step_keys(d);
-    for (var jb = j0; jb < j1; jb += sk) {
+    for (var jb = b.j0; jb < j1; jb += sk) {
         workgroupBarrier();
-        for (var e = li; e < sk * d; e += 64u) {
-            let r = e / d;
-            var x = 0i;
-            if (jb + r < j1) {
-                x = k[(jb + r) * p.kv_heads * d + g * d + e % d];
-            }
-            ks[e] = x;
-        }
+        stage_keys(b, jb, j1, sk, li);
         workgroupBarrier();
         for (var r = kl; r < sk; r += KB) {
             let j = jb + r;
@@ -127,7 +114,7 @@ fn attn_sum(
             for (var kk = 0u; kk < sk; kk++) {
                 let u = ks[qi * sk + kk];
                 if (u != 0i) {
-                    part = attn_dot_step(part, u, v[(jb + kk) * p.kv_heads * d + g * d + i]);
+                    part = attn_dot_step(part, u, v[(jb + kk) * p.kv_heads * d + b.g * d + i]);
                 }
             }
             acc[r] = w_add(acc[r], attn_dot_value(part));
@@ -140,7 +127,7 @@ fn attn_sum(
     if (!live) {
         return;   // pz and pa stay zero (no barrier follows)
     }
-    let idx = th * p.chunks + c;
+    let idx = th * p.chunks + b.c;
     for (var r = 0u; r * KB + kl < d; r++) {
         let i = r * KB + kl;
         pa[2u * (idx * d + i)] = acc[r].x;
@@ -174,18 +161,9 @@ fn attn_sum_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     if (j0 > t) {
         return;   // pz and pa stay zero
     }
-    // Chunk 0 always holds key 0 <= t, so its values are real.
-    var m = vec2<u32>(smax[2u * th * p.chunks], smax[2u * th * p.chunks + 1u]);
-    var ev = cev[th * p.chunks];
-    for (var cc = 1u; cc < p.chunks; cc++) {
-        if (cc * p.kc <= t) {
-            let s = vec2<u32>(smax[2u * (th * p.chunks + cc)], smax[2u * (th * p.chunks + cc) + 1u]);
-            if (w_lt(m, s)) {
-                m = s;
-            }
-            ev = max(ev, cev[th * p.chunks + cc]);
-        }
-    }
+    let pm = prefix_max(th, t);
+    let m = pm.m;
+    let ev = pm.ev;
     let j1 = min(j0 + p.kc - 1u, t);
     var z = vec2<u32>(0u, 0u);
     for (var i = 0u; i < d; i++) {

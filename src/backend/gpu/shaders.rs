@@ -40,6 +40,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader!("nll_max.wgsl"),
     shader!("nll_sum.wgsl"),
     shader!("attn_lib.wgsl"),
+    shader!("attn_block.wgsl"),
     shader!("attn_max.wgsl"),
     shader!("attn_sum.wgsl"),
     shader!("attention.wgsl"),
