@@ -11,7 +11,7 @@
 //! lower the binding limit to prove it.
 
 use super::params as up;
-use super::{Buf, GpuBackend, WORKGROUP, words_le};
+use super::{Buf, GpuBackend, WORKGROUP, i64_at, words_le};
 use crate::backend::{DeviceGram, check_gram_args};
 use crate::error::Error;
 use crate::fixed::tensor::tri_offset;
@@ -153,7 +153,7 @@ impl GpuBackend {
         for (c, bytes) in g.chunks.iter().zip(parts) {
             let words = words_le(&bytes);
             let len = tri_offset(acc.cols, c.j1) - c.base;
-            out.extend((0..len).map(|k| (words[2 * k] as u64 | (words[2 * k + 1] as u64) << 32) as i64));
+            out.extend((0..len).map(|k| i64_at(&words, k)));
         }
         Ok(out)
     }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::params::{self as up, Split};
 use super::resident::{DevTokens, RopeBufs};
-use super::{Buf, GpuBackend, Rec, WORKGROUP, words_le};
+use super::{Buf, GpuBackend, Rec, WORKGROUP, i64_at, words_le};
 use crate::backend::{
     Backend, KernelError, Prepared, WideCase, WideResult, check_ingest_args, check_matmul_acts, check_matmul_args,
     check_matmul_weights, check_quantize_args, check_renorm_args,
@@ -258,7 +258,7 @@ impl GpuBackend {
         let bind = [&params, lb, eb, &tb, &cmax, &psum, &t.log2, &t.recip, &o];
         self.record(&mut rec, "nll.wgsl", "nll", &bind, nt as u64)?;
         let w = words_le(&self.read_after(rec, &[&o])?[0]);
-        Ok((0..nt).map(|i| (w[2 * i] as u64 | (w[2 * i + 1] as u64) << 32) as i64).collect())
+        Ok((0..nt).map(|i| i64_at(&w, i)).collect())
     }
 
     /// `matmul` of checked arguments, with `w` already on the device where `resident` is
@@ -316,7 +316,7 @@ impl GpuBackend {
                 for lt in 0..t1 - t0 {
                     for lo in 0..o1 - o0 {
                         let i = lt * (o1 - o0) + lo;
-                        sums[(t0 + lt) * n + o0 + lo] = (words[2 * i] as u64 | (words[2 * i + 1] as u64) << 32) as i64;
+                        sums[(t0 + lt) * n + o0 + lo] = i64_at(&words, i);
                     }
                 }
                 o0 = o1;

@@ -681,6 +681,11 @@ fn le_bytes<T: bytemuck::Pod>(v: &[T]) -> Option<&[u8]> {
     cfg!(target_endian = "little").then(|| bytemuck::cast_slice(v))
 }
 
+/// The shaders' 64-bit value i of a readback's words: (lo, hi) at words[2i], words[2i + 1].
+pub(crate) fn i64_at(words: &[u32], i: usize) -> i64 {
+    (words[2 * i] as u64 | (words[2 * i + 1] as u64) << 32) as i64
+}
+
 /// Little-endian 32-bit words of `bytes` (a readback), in one pass.
 pub(crate) fn words_le(bytes: &[u8]) -> Vec<u32> {
     if cfg!(target_endian = "little") {
